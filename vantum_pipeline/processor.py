@@ -1,0 +1,504 @@
+"""FrameProcessor: the unit of a pipeline, and how frames move between units.
+
+How frames move
+---------------
+There is no task per processor. ``push_frame`` hands the frame to the next
+processor's *lane* (one per direction). If that lane is idle, the frame is
+processed at once, in the pusher's task: a hop costs a few function calls, not
+a task switch. If the lane is busy (another task is inside ``process_frame``
+for that direction, or the pusher re-entered it), the frame is appended to the
+lane's bounded deque and the task already draining the lane processes it next.
+Hence, per direction:
+
+- in-band frames reach ``process_frame`` one at a time and in order;
+- a full deque makes the pusher wait (backpressure), unless the pusher is the
+  very task draining that lane (it would wait for itself), in which case the
+  frame is appended beyond the bound and counted in ``overflows``;
+- system frames skip the lanes: they are handled at once, in the pusher's
+  task, even while an in-band frame of the same processor is in progress.
+
+Interruption (barge-in) is a two-phase flush driven by an epoch counter shared
+by the pipeline:
+
+1. ``push_interruption()`` increments the epoch and, without awaiting, purges
+   every lane of every processor of in-band frames of older epochs (frames
+   whose class ``survives_interruption`` are kept: ``EndFrame`` and the user's
+   input) and cancels every *turn task* of an older epoch. From then on
+   ``push_frame`` drops old-epoch frames: late work never reaches anyone.
+2. One ``InterruptionFrame`` is delivered to every processor's
+   ``process_frame``, downstream of the caller first, then upstream. Until a
+   processor has handled it, frames of the new epoch wait in its lanes; then
+   its lanes resume.
+
+A frame's epoch is stamped when it is first pushed: with the epoch of the frame
+being handled when it was pushed (tracked in a ``contextvars`` variable, so
+turn tasks spawned by a handler inherit it), or the pipeline's current epoch
+when nothing is being handled (long-lived tasks started with ``create_task``).
+A receive loop that answers work of a given turn stamps ``frame.epoch`` itself.
+
+Tasks
+-----
+``create_task`` starts a long-lived task owned by the processor (a socket's
+receive loop); ``create_turn_task`` starts one bound to the current epoch,
+cancelled by the next interruption (an LLM stream). Both are cancelled and
+awaited, with a timeout, when the pipeline stops; an exception in either
+becomes an ``ErrorFrame`` pushed upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import itertools
+from collections import deque
+from collections.abc import Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from loguru import logger
+
+from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.frames import (
+    UNSTAMPED,
+    ErrorFrame,
+    Frame,
+    InterruptionFrame,
+    StartFrame,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["FrameDirection", "FrameProcessor", "PipelineState", "link"]
+
+
+class FrameDirection(enum.IntEnum):
+    DOWNSTREAM = 1
+    UPSTREAM = 2
+
+
+_DOWN = FrameDirection.DOWNSTREAM
+_UP = FrameDirection.UPSTREAM
+
+#: Epoch of the frame being handled in this context; None outside handlers
+#: and in long-lived tasks.
+_handling_epoch: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "vantum_handling_epoch", default=None
+)
+
+_current_task = asyncio.current_task
+_names = itertools.count(1)
+
+
+class _Receiver(Protocol):
+    async def _receive(self, frame: Frame, direction: FrameDirection) -> None: ...
+
+
+class _Lane:
+    """One direction's entry of a processor: a bounded deque and its drainer."""
+
+    __slots__ = ("queue", "busy", "owner", "waiters", "maxsize")
+
+    def __init__(self, maxsize: int) -> None:
+        self.queue: deque[Frame] = deque()
+        self.busy = False
+        self.owner: asyncio.Task[Any] | None = None
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.maxsize = maxsize
+
+    def wake_waiters(self) -> None:
+        room = self.maxsize - len(self.queue)
+        while self.waiters and room > 0:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                room -= 1
+
+
+class _DropEdge:
+    """Where frames go past the ends of a processor that is not in a task."""
+
+    async def _receive(self, frame: Frame, direction: FrameDirection) -> None:
+        logger.trace("{} fell off the end of an unlinked processor", frame.tag)
+
+
+_DROP_EDGE = _DropEdge()
+
+
+class PipelineState:
+    """What all processors of one running pipeline share: the epoch, the
+    processor list (for interruptions) and counters."""
+
+    def __init__(self, processors: Iterable[FrameProcessor] = (), *, interruption_timeout: float = 1.0) -> None:
+        self.epoch = 0
+        self.processors: list[FrameProcessor] = list(processors)
+        self.interruption_timeout = interruption_timeout
+        self.allow_interruptions = True
+        self.stale_dropped = 0
+        self.interruptions = 0
+        self.on_interruption: Callable[[int], None] | None = None
+        self._interrupting: asyncio.Future[None] | None = None
+
+    def is_stale(self, frame: Frame) -> bool:
+        return not frame.survives_interruption and 0 <= frame.epoch < self.epoch
+
+    async def interrupt(self, origin: FrameProcessor | None) -> None:
+        """Run an interruption raised by ``origin`` (None: at the head)."""
+        if not self.allow_interruptions:
+            logger.debug("interruption ignored: interruptions are disabled")
+            return
+        if self._interrupting is not None:
+            # Two detectors (local VAD, STT event) firing for one barge-in make
+            # one interruption: wait for the one in progress.
+            await asyncio.shield(self._interrupting)
+            return
+        self._interrupting = asyncio.get_running_loop().create_future()
+        self.epoch += 1
+        self.interruptions += 1
+        epoch = self.epoch
+        pending = list(self.processors)
+        try:
+            if self.on_interruption is not None:
+                self.on_interruption(epoch)
+            for processor in self.processors:
+                processor._flush(epoch)
+            frame = InterruptionFrame()
+            frame.epoch = epoch
+            start = self.processors.index(origin) if origin in self.processors else 0
+            order = [(p, _DOWN) for p in self.processors[start:]]
+            order += [(p, _UP) for p in reversed(self.processors[:start])]
+            for processor, direction in order:
+                await processor._deliver_interruption(frame, direction, self.interruption_timeout)
+                pending.remove(processor)
+        finally:
+            # Never leave a processor gated on an interruption it will not see
+            # (the interrupting task was cancelled mid-delivery).
+            for processor in pending:
+                processor._open_gate(epoch)
+            self._interrupting.set_result(None)
+            self._interrupting = None
+        current = asyncio.current_task()
+        if current is not None:
+            for processor in self.processors:
+                task_epoch = processor._turn_tasks.get(current)
+                if task_epoch is not None and task_epoch < epoch:
+                    current.cancel()  # the interrupter was itself a stale turn task
+                    break
+
+
+class FrameProcessor:
+    """Base of every processor.
+
+    Override ``process_frame``; push what you produce (and the frames you do
+    not handle) with ``push_frame``. The default ``process_frame`` passes every
+    frame on in its direction.
+
+    ``max_queue`` bounds each lane (frames waiting while the processor is busy).
+    Subclasses must call ``super().__init__()``.
+    """
+
+    def __init__(self, *, name: str | None = None, max_queue: int = 256) -> None:
+        if max_queue < 1:
+            raise ConfigurationError(f"max_queue must be >= 1, got {max_queue}")
+        self.name = name or f"{type(self).__name__}#{next(_names)}"
+        self._next: _Receiver = _DROP_EDGE
+        self._prev: _Receiver = _DROP_EDGE
+        self._down = _Lane(max_queue)
+        self._up = _Lane(max_queue)
+        self._state = PipelineState([self])
+        # -1 until StartFrame is handled: in-band frames wait for the start.
+        self._seen_epoch = -1
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._turn_tasks: dict[asyncio.Task[Any], int] = {}
+        self._stopped = False
+        #: In-band frames queued beyond ``max_queue`` by re-entrant pushes.
+        self.overflows = 0
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+    # ------------------------------------------------------------ override
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Handle one frame. The default passes it on."""
+        await self.push_frame(frame, direction)
+
+    async def cleanup(self) -> None:
+        """Release resources when the pipeline stops (after End or Cancel).
+
+        Called once, with a timeout, after the processor's tasks are cancelled.
+        """
+
+    # ---------------------------------------------------------- public API
+
+    @property
+    def epoch(self) -> int:
+        """The pipeline's current interruption epoch."""
+        return self._state.epoch
+
+    @property
+    def handling_epoch(self) -> int:
+        """Epoch of the frame being handled (the current one outside handlers)."""
+        epoch = _handling_epoch.get()
+        return self._state.epoch if epoch is None else epoch
+
+    def is_stale(self, frame: Frame) -> bool:
+        """True when ``frame`` belongs to an interrupted turn."""
+        return self._state.is_stale(frame)
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = _DOWN) -> None:
+        """Send ``frame`` to the neighbour in ``direction``.
+
+        Stamps an unstamped frame's epoch; drops an in-band frame of an
+        interrupted epoch. Pushing a new ``InterruptionFrame`` is the same as
+        ``push_interruption()``. May wait while the neighbour's lane is full.
+        Cancel-safe: a cancelled push has either delivered the frame or not.
+        """
+        state = self._state
+        epoch = frame.epoch
+        if epoch == UNSTAMPED:
+            if type(frame) is InterruptionFrame:
+                await state.interrupt(self)
+                return
+            handling = _handling_epoch.get()
+            frame.epoch = state.epoch if handling is None else handling
+            if frame.epoch < state.epoch and not frame.survives_interruption:
+                state.stale_dropped += 1
+                return
+        elif epoch < state.epoch and not frame.survives_interruption:
+            state.stale_dropped += 1
+            return
+        elif type(frame) is InterruptionFrame:
+            return  # the framework delivers it to every processor itself
+        await (self._next if direction is _DOWN else self._prev)._receive(frame, direction)
+
+    async def push_interruption(self) -> None:
+        """Interrupt the bot's current turn across the whole pipeline.
+
+        Returns when every processor has seen the InterruptionFrame.
+        """
+        await self._state.interrupt(self)
+
+    async def push_error(self, error: str, *, fatal: bool = False, exception: BaseException | None = None) -> None:
+        """Send an ErrorFrame upstream, towards the task."""
+        await self.push_frame(ErrorFrame(error, fatal=fatal, processor=self.name, exception=exception), _UP)
+
+    def create_task(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """Start a long-lived task owned by this processor (e.g. a receive loop).
+
+        Frames it pushes are stamped with the pipeline's epoch at push time.
+        It is cancelled when the pipeline stops.
+        """
+        context = contextvars.copy_context()
+        context.run(_handling_epoch.set, None)
+        task = asyncio.get_running_loop().create_task(
+            self._guard(coro), name=f"{self.name}:{name or 'task'}", context=context
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def create_turn_task(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """Start a task that belongs to the current turn (e.g. an LLM stream).
+
+        Frames it pushes carry the epoch it was started in, and the next
+        interruption cancels it.
+        """
+        task = asyncio.get_running_loop().create_task(self._guard(coro), name=f"{self.name}:{name or 'turn'}")
+        self._turn_tasks[task] = self.handling_epoch
+        task.add_done_callback(self._forget_turn_task)
+        return task
+
+    async def cancel_tasks(self, timeout: float = 1.0) -> None:
+        """Cancel and await every task this processor owns, within ``timeout``."""
+        current = _current_task()
+        tasks = [t for t in (*self._tasks, *self._turn_tasks) if not t.done() and t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                logger.error("{}: task {} did not stop within {:.1f}s", self.name, task.get_name(), timeout)
+
+    # ----------------------------------------------------------- internals
+
+    def _forget_turn_task(self, task: asyncio.Task[Any]) -> None:
+        self._turn_tasks.pop(task, None)
+
+    async def _guard(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._report(exc, None)
+            return None
+
+    async def _report(self, exc: Exception, frame: Frame | None, *, fatal: bool = False) -> None:
+        where = f" on {frame.tag}" if frame is not None else ""
+        logger.opt(exception=exc).error("{} failed{}: {}: {}", self.name, where, type(exc).__name__, exc)
+        try:
+            await self.push_error(f"{self.name}: {type(exc).__name__}: {exc}", fatal=fatal, exception=exc)
+        except Exception:  # the error path itself must not raise into the caller
+            logger.opt(exception=True).error("{} could not report an error", self.name)
+
+    async def _handle(self, frame: Frame, direction: FrameDirection) -> None:
+        token = _handling_epoch.set(frame.epoch)
+        try:
+            await self.process_frame(frame, direction)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._report(exc, frame, fatal=type(frame) is StartFrame)
+        finally:
+            _handling_epoch.reset(token)
+
+    async def _receive(self, frame: Frame, direction: FrameDirection) -> None:
+        if not frame.in_band:
+            await self._handle(frame, direction)
+            if type(frame) is StartFrame:
+                self._open_gate(frame.epoch)
+            return
+        lane = self._down if direction is _DOWN else self._up
+        while lane.busy or lane.queue or frame.epoch > self._seen_epoch:
+            if len(lane.queue) < lane.maxsize:
+                lane.queue.append(frame)
+                return
+            if lane.owner is _current_task():
+                self.overflows += 1  # re-entrant push: waiting would deadlock
+                lane.queue.append(frame)
+                return
+            await _wait_for_room(lane)
+            if self._state.is_stale(frame):
+                self._state.stale_dropped += 1
+                return
+        lane.busy = True
+        lane.owner = _current_task()
+        try:
+            await self._handle(frame, direction)
+            if lane.queue:
+                await self._drain(lane, direction)
+        finally:
+            lane.busy = False
+            lane.owner = None
+            if lane.queue and lane.queue[0].epoch <= self._seen_epoch:
+                # The drainer was cancelled with frames still queued: someone
+                # must drain them, and it can't be the cancelled task.
+                self._spawn_drain(direction)
+
+    async def _drain(self, lane: _Lane, direction: FrameDirection) -> None:
+        queue = lane.queue
+        state = self._state
+        while queue:
+            frame = queue[0]
+            if frame.epoch > self._seen_epoch:
+                return  # new epoch: wait until this processor saw the interruption
+            queue.popleft()
+            if lane.waiters:
+                lane.wake_waiters()
+            if state.is_stale(frame):
+                state.stale_dropped += 1
+                continue
+            await self._handle(frame, direction)
+
+    async def _drain_detached(self, direction: FrameDirection) -> None:
+        lane = self._down if direction is _DOWN else self._up
+        if lane.busy or not lane.queue:
+            return
+        lane.busy = True
+        lane.owner = _current_task()
+        try:
+            await self._drain(lane, direction)
+        finally:
+            lane.busy = False
+            lane.owner = None
+            if lane.queue and lane.queue[0].epoch <= self._seen_epoch:
+                self._spawn_drain(direction)
+
+    def _spawn_drain(self, direction: FrameDirection) -> None:
+        if not self._stopped:
+            self.create_task(self._drain_detached(direction), "drain")
+
+    def _open_gate(self, epoch: int) -> None:
+        """Let frames of ``epoch`` in: the processor has seen its start/interruption."""
+        if self._seen_epoch < epoch:
+            self._seen_epoch = epoch
+        for direction, lane in ((_DOWN, self._down), (_UP, self._up)):
+            if lane.waiters:
+                lane.wake_waiters()
+            if lane.queue and not lane.busy and lane.queue[0].epoch <= self._seen_epoch:
+                self._spawn_drain(direction)
+
+    def _flush(self, epoch: int) -> None:
+        """Phase 1 of an interruption: synchronous, no await."""
+        state = self._state
+        for lane in (self._down, self._up):
+            if lane.queue:
+                kept = [f for f in lane.queue if f.survives_interruption or f.epoch >= epoch]
+                state.stale_dropped += len(lane.queue) - len(kept)
+                lane.queue.clear()
+                lane.queue.extend(kept)
+            if lane.waiters:
+                lane.wake_waiters()
+        current = _current_task()
+        for task, task_epoch in list(self._turn_tasks.items()):
+            if task_epoch < epoch and task is not current:
+                task.cancel()
+
+    async def _deliver_interruption(self, frame: InterruptionFrame, direction: FrameDirection, timeout: float) -> None:
+        """Phase 2 of an interruption, for this processor."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._handle(frame, direction)
+        except TimeoutError:
+            logger.error("{} took over {:.1f}s to handle an interruption", self.name, timeout)
+        self._open_gate(frame.epoch)
+
+    async def _stop(self, timeout: float) -> None:
+        """Cancel owned tasks and run ``cleanup``, all within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._stopped = True
+        await self.cancel_tasks(timeout=timeout / 2)
+        try:
+            async with asyncio.timeout(max(0.01, deadline - loop.time())):
+                await self.cleanup()
+        except TimeoutError:
+            logger.error("{}: cleanup did not finish within {:.1f}s", self.name, timeout)
+        except Exception as exc:
+            logger.opt(exception=exc).error("{}: cleanup failed: {}", self.name, exc)
+
+    # ------------------------------------------------------------- linking
+
+    def _leaves(self) -> list[FrameProcessor]:
+        return [self]
+
+    def _first_leaf(self) -> FrameProcessor:
+        return self
+
+    def _last_leaf(self) -> FrameProcessor:
+        return self
+
+    def link(self, other: FrameProcessor) -> FrameProcessor:
+        """Make ``other`` the downstream neighbour of this processor; returns ``other``."""
+        link(self, other)
+        return other
+
+
+async def _wait_for_room(lane: _Lane) -> None:
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    lane.waiters.append(waiter)
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        if waiter in lane.waiters:
+            lane.waiters.remove(waiter)
+        raise
+
+
+def link(upstream: FrameProcessor, downstream: FrameProcessor) -> None:
+    """Connect two processors (or pipelines) so frames flow between them."""
+    tail = upstream._last_leaf()
+    head = downstream._first_leaf()
+    tail._next = head
+    head._prev = tail
