@@ -85,6 +85,8 @@ __all__ = [
     "InterimTranscriptionFrame",
     "EndOfTurnFrame",
     "TTSWordTimestampsFrame",
+    "HeardTextFrame",
+    "LLMContextFrame",
     "InputDTMFFrame",
     # control
     "EndFrame",
@@ -317,6 +319,27 @@ class TTSWordTimestampsFrame(DataFrame):
 
     words: tuple[tuple[str, float, float], ...]
     context_id: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class HeardTextFrame(DataFrame):
+    """Bot text the user has actually heard, emitted by the output transport
+    as playback advances (Twilio mark echoes, the local audio clock) and
+    mapped through TTS word timestamps. Incremental: each frame adds words
+    to the ``context_id`` turn. A record of the past, so it survives
+    interruptions."""
+
+    text: str
+    context_id: str | None = None
+
+    survives_interruption: ClassVar[bool] = True
+
+
+@dataclass(slots=True, eq=False)
+class LLMContextFrame(DataFrame):
+    """Ask the LLM for a reply to ``context`` (an ``LLMContext``)."""
+
+    context: Any
 
 
 @dataclass(slots=True, eq=False)
