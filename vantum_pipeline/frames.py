@@ -325,9 +325,9 @@ class TTSWordTimestampsFrame(DataFrame):
 class HeardTextFrame(DataFrame):
     """Bot text the user has actually heard, emitted by the output transport
     as playback advances (Twilio mark echoes, the local audio clock) and
-    mapped through TTS word timestamps. Incremental: each frame adds words
-    to the ``context_id`` turn. A record of the past, so it survives
-    interruptions."""
+    mapped through TTS word timestamps. Cumulative: ``text`` is everything of
+    the ``context_id`` turn heard so far, so a late or repeated frame is
+    harmless. A record of the past, so it survives interruptions."""
 
     text: str
     context_id: str | None = None
