@@ -34,7 +34,8 @@ Pacing: ``time_to_first_token`` seconds before the first token, then
 Faults
 ------
 ``fake.fail_next(fault, times=n)`` makes the next ``n`` requests fail with
-``fault`` (then replies resume: "n failures then success"). See ``Fault``:
+``fault`` (then replies resume: "n failures then success"; a failing request
+streams the next scripted reply, if it streams at all, without using it up). See ``Fault``:
 429 with ``retry-after`` / ``retry-after-ms``, 500/503, 401, a stall before
 the first token or mid-stream, an error event mid-stream, a close without
 ``[DONE]``, a dropped connection.
@@ -369,7 +370,7 @@ class FakeOpenAI:
             await self._runner.cleanup()
             raise
         self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock, shutdown_timeout=1.0).start()
+        await web.SockSite(self._runner, sock).start()
         return self
 
     async def close(self) -> None:
@@ -422,9 +423,9 @@ class FakeOpenAI:
             return False
         return True
 
-    async def _reply_for(self, body: dict[str, Any]) -> Reply:
+    async def _reply_for(self, body: dict[str, Any], *, consume: bool = True) -> Reply:
         if self._replies:
-            reply = self._replies.popleft()
+            reply = self._replies.popleft() if consume else self._replies[0]
         elif self.responder is not None:
             produced = self.responder(body)
             reply = await produced if inspect.isawaitable(produced) else produced
@@ -492,7 +493,8 @@ class FakeOpenAI:
         if fault is not None and fault.kind == "http_error":
             return self._fault_response(fault)
         try:
-            reply = await self._reply_for(body)
+            # A request that fails mid-way leaves its scripted reply for the retry.
+            reply = await self._reply_for(body, consume=fault is None)
         except Exception as exc:
             logger.opt(exception=exc).error("FakeOpenAI: the responder failed")
             return self._error(500, error_body(f"fake responder failed: {exc}", type="server_error"))
