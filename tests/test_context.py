@@ -93,9 +93,7 @@ def test_history_window_keeps_system_and_last_n() -> None:
     window = context.window()
     assert window[0].role == "system" and window[0].content == "You are a sales rep."
     assert len(window) == 11
-    assert [m.content for m in window[1:]] == [
-        text for n in range(10, 15) for text in (f"user {n}", f"bot {n}")
-    ]
+    assert [m.content for m in window[1:]] == [text for n in range(10, 15) for text in (f"user {n}", f"bot {n}")]
     assert len(context.messages) == 31  # the transcript itself is kept whole
     assert_valid_for_api(context)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -102,7 +101,9 @@ async def test_sse_framing_and_rate_limit_headers_on_the_wire(fake: FakeOpenAI) 
     assert events[-1] == "" and events[-2] == "data: [DONE]"
     payloads = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
     assert all(e.startswith("data: ") for e in events[:-1])
-    assert payloads[0]["object"] == "chat.completion.chunk" and payloads[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert (
+        payloads[0]["object"] == "chat.completion.chunk" and payloads[0]["choices"][0]["delta"]["role"] == "assistant"
+    )
     assert payloads[-1]["choices"] == [] and payloads[-1]["usage"]["completion_tokens"] == 3
 
 
@@ -386,7 +387,7 @@ async def test_error_event_mid_stream_raises_api_error(fake: FakeOpenAI) -> None
     received: list[str] = []
     async with client_for(fake) as client:
         stream = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
-        with pytest.raises(openai.APIError, match="Something broke mid-way.") as caught:
+        with pytest.raises(openai.APIError, match=r"Something broke mid-way\.") as caught:
             async for chunk in stream:
                 received.append(chunk.choices[0].delta.content or "")
     assert not isinstance(caught.value, openai.APIStatusError)  # it came inside a 200
@@ -431,10 +432,15 @@ def _free_port() -> int:
 
 async def test_command_line_runs_the_fake_standalone() -> None:
     port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vantum_pipeline.testing", "openai", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vantum_pipeline.testing",
+        "openai",
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         client = AsyncOpenAI(
@@ -447,14 +453,22 @@ async def test_command_line_runs_the_fake_standalone() -> None:
                     completion = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
                     break
                 except openai.APIConnectionError:
-                    if time.monotonic() > deadline or process.poll() is not None:
+                    if time.monotonic() > deadline or process.returncode is not None:
                         raise
                     await asyncio.sleep(0.1)
         assert completion.choices[0].message.content
     finally:
         process.terminate()
         try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(process.wait(), timeout=5)
+        except TimeoutError:
             process.kill()
-            process.wait(timeout=5)
+            await asyncio.wait_for(process.wait(), timeout=5)
+
+
+async def test_malformed_event_mid_stream_is_a_json_error_in_the_sdk(fake: FakeOpenAI) -> None:
+    fake.fail_next(Fault.malformed_event(after_tokens=1))
+    fake.script("one two three")
+    async with client_for(fake) as client:
+        with pytest.raises(json.JSONDecodeError):
+            await stream_chunks(client)

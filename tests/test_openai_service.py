@@ -122,7 +122,10 @@ async def test_tokens_reach_the_next_processor_in_order(fake: FakeOpenAI) -> Non
     ]
     (request,) = fake.chat_requests
     body = request.body
-    assert body["messages"] == [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hello, who is this?"}]
+    assert body["messages"] == [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Hello, who is this?"},
+    ]
     assert (body["model"], body["temperature"], body["max_tokens"], body["top_p"]) == ("gpt-4o", 0.7, 150, 1.0)
     assert (body["frequency_penalty"], body["presence_penalty"]) == (0.3, 0.2)
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
@@ -222,7 +225,11 @@ async def test_rate_limit_longer_than_the_turn_budget_gives_up_with_the_error_ph
     assert [f.category for f in out.of_type(TTSSpeakFrame)] == ["error"]
 
 
-@pytest.mark.parametrize("fault", [Fault.server_error(500), Fault.server_error(503), Fault.drop_connection(0)])
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.server_error(500), Fault.server_error(503), Fault.drop_connection(0), Fault.malformed_event(0)],
+    ids=["500", "503", "dropped", "malformed"],
+)
 async def test_server_errors_are_retried_with_backoff(fake: FakeOpenAI, fault: Fault) -> None:
     fake.fail_next(fault, times=2)
     fake.script("Here I am.")
@@ -329,7 +336,7 @@ async def test_a_tool_call_runs_and_the_model_continues(fake: FakeOpenAI) -> Non
     assert calls == [{"day": "Tuesday"}]
     assert texts(out.downstream) == "Let me check.Tuesday at ten works. Shall I book it?"
     assert len(out.of_type(LLMFullResponseStartFrame)) == len(out.of_type(LLMFullResponseEndFrame)) == 1
-    first, second = fake.chat_requests
+    _, second = fake.chat_requests
     call_message, result_message = second.body["messages"][-2:]
     call_id = call_message["tool_calls"][0]["id"]
     assert call_message["role"] == "assistant" and call_message["content"] == "Let me check."
@@ -353,9 +360,7 @@ async def test_a_tool_result_after_an_interruption_is_dropped(fake: FakeOpenAI) 
     fake.script(Reply(tool_calls=[ToolCall("book_demo")]), "This continuation must never be spoken.", "Okay!")
     context = conversation()
     llm = OpenAILLMService(settings_for(fake), tools=[tool])
-    async with PipelineHarness(
-        [UserAggregator(context), llm, HeardEcho(), AssistantAggregator(context)]
-    ) as harness:
+    async with PipelineHarness([UserAggregator(context), llm, HeardEcho(), AssistantAggregator(context)]) as harness:
         await harness.send(EndOfTurnFrame("Book me in."))
         await asyncio.wait_for(started.wait(), timeout=5)
         await harness.send(InterruptionFrame())

@@ -181,9 +181,9 @@ class AssistantAggregator(FrameProcessor):
         elif isinstance(frame, HeardTextFrame):
             self._heard(frame)
         elif isinstance(frame, BotStoppedSpeakingFrame):
-            turn = self._turn
-            if turn is not None and not turn.open and turn.started <= turn.stopped:
-                turn.played = True
+            latest = self._turn
+            if latest is not None and not latest.open and latest.started <= latest.stopped:
+                latest.played = True
         elif isinstance(frame, InterruptionFrame):
             self._interrupt()
         elif isinstance(frame, EndOfTurnFrame):

@@ -43,7 +43,7 @@ Metrics (``MetricsFrame`` downstream, ``labels={"service": "openai"}``):
 ``latency.llm_ttft`` (request sent → first token, per request),
 ``usage.llm_prompt_tokens`` / ``usage.llm_completion_tokens`` (the usage
 chunk), ``service.request`` / ``service.error`` / ``service.rate_limited`` /
-``service.retry`` (1 each).
+``service.retry`` / ``protocol.malformed`` (an event that is not JSON) (1 each).
 
 The openai SDK is imported here and nowhere else in the library.
 """
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -513,6 +514,11 @@ class OpenAILLMService(FrameProcessor):
                 raise FirstTokenTimeout(
                     f"no first token within {s.first_token_timeout:.1f}s", service=SERVICE, retryable=False
                 ) from None
+            except json.JSONDecodeError as exc:
+                await self._close(stream)
+                await self._metric("protocol.malformed", 1)
+                await self._metric("service.error", 1)
+                raise ServiceError(f"malformed event in stream: {exc}", service=SERVICE, retryable=True) from exc
             except openai.OpenAIError as exc:
                 await self._close(stream)
                 error = service_error(exc)
@@ -574,6 +580,12 @@ class OpenAILLMService(FrameProcessor):
                         raise ServiceError(
                             f"stream stalled for {self.settings.chunk_timeout:.1f}s", service=SERVICE, retryable=False
                         ) from None
+                    except json.JSONDecodeError as exc:
+                        await self._metric("protocol.malformed", 1)
+                        await self._metric("service.error", 1)
+                        raise ServiceError(
+                            f"malformed event in stream: {exc}", service=SERVICE, retryable=False
+                        ) from exc
                     except openai.OpenAIError as exc:
                         await self._metric("service.error", 1)
                         raise service_error(exc) from exc
@@ -633,7 +645,10 @@ class OpenAILLMService(FrameProcessor):
         tasks = [self.create_task(self._invoke(context, call), f"tool:{call.name}") for call in calls]
         # Shielded: an interruption cancels this turn, not the functions
         # (each records its own result when it completes).
-        results: list[ToolResult | None] = await asyncio.shield(asyncio.gather(*tasks))
+        gathered = asyncio.gather(*tasks)
+        # Nobody awaits it once this turn is interrupted: retrieve its outcome anyway.
+        gathered.add_done_callback(lambda future: future.cancelled() or future.exception())
+        results: list[ToolResult | None] = await asyncio.shield(gathered)
         done = [result for result in results if result is not None]
         if any(result.end_call for result in done):
             turn.end_call = True

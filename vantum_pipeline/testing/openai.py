@@ -37,8 +37,8 @@ Faults
 ``fault`` (then replies resume: "n failures then success"; a failing request
 streams the next scripted reply, if it streams at all, without using it up). See ``Fault``:
 429 with ``retry-after`` / ``retry-after-ms``, 500/503, 401, a stall before
-the first token or mid-stream, an error event mid-stream, a close without
-``[DONE]``, a dropped connection.
+the first token or mid-stream, an error event or a malformed event
+mid-stream, a close without ``[DONE]``, a dropped connection.
 
 Records
 -------
@@ -82,7 +82,14 @@ ReplyLike = str | Reply
 Responder = Callable[[dict[str, Any]], ReplyLike | Awaitable[ReplyLike]]
 
 FaultKind = Literal[
-    "http_error", "stall_headers", "stall_first_token", "stall_mid_stream", "error_event", "close_without_done", "drop"
+    "http_error",
+    "stall_headers",
+    "stall_first_token",
+    "stall_mid_stream",
+    "error_event",
+    "malformed_event",
+    "close_without_done",
+    "drop",
 ]
 
 MAX_BODY = 4 * 1024 * 1024
@@ -200,6 +207,11 @@ class Fault:
     ) -> Fault:
         """A ``data: {"error": {...}}`` event mid-stream, then the end of the body."""
         return cls("error_event", after_tokens=after_tokens, message=message, error_type="server_error")
+
+    @classmethod
+    def malformed_event(cls, after_tokens: int = 1) -> Fault:
+        """A ``data:`` line that is not JSON mid-stream, then the end of the body."""
+        return cls("malformed_event", after_tokens=after_tokens)
 
     @classmethod
     def close_without_done(cls, after_tokens: int | None = None) -> Fault:
@@ -542,7 +554,7 @@ class FakeOpenAI:
             if await self._pause(fault.seconds):
                 return self._error(503, error_body("fake is shutting down", type="server_error"))
         await self._pause(ttft + interval * max(0, len(builder.token_events()) - 1))
-        if fault is not None and fault.kind in ("drop", "close_without_done", "error_event"):
+        if fault is not None and fault.kind in ("drop", "close_without_done", "error_event", "malformed_event"):
             return self._error(500, error_body(fault.message or "fake fault", type="server_error"), headers)
         record.tokens_sent = builder.completion_tokens
         record.completed = True
@@ -618,6 +630,9 @@ class FakeOpenAI:
             return await self._pause(fault.seconds)
         if fault.kind == "error_event":
             await send(encode_sse(error_body(fault.message, type=fault.error_type or "server_error")))
+            return True
+        if fault.kind == "malformed_event":
+            await send(b'data: {"id": "chatcmpl-broken", "choices": [{"delta": \n\n')
             return True
         if fault.kind == "close_without_done":
             return True

@@ -238,7 +238,7 @@ def _validate_message(i: int, message: Any) -> None:
     if not isinstance(message, Mapping):
         raise _reject(f"Invalid type for 'messages[{i}]': expected an object.", f"messages[{i}]")
     role = message.get("role")
-    if role not in MESSAGE_FIELDS:
+    if not isinstance(role, str) or role not in MESSAGE_FIELDS:
         raise _reject(
             f"Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', 'function', "
             "'tool', and 'developer'.",
