@@ -27,7 +27,7 @@ from typing import Final
 
 from vantum_pipeline.errors import ConfigurationError
 
-__all__ = ["Secret", "load_env", "require_secret", "require_env", "optional_env"]
+__all__ = ["Secret", "load_env", "optional_env", "require_env", "require_secret"]
 
 
 class Secret:

@@ -17,7 +17,7 @@ from loguru import logger
 
 from vantum_pipeline.errors import ConfigurationError, ServiceError
 
-__all__ = ["RetryPolicy", "RetryExhausted", "retry_after_of"]
+__all__ = ["RetryExhausted", "RetryPolicy", "retry_after_of"]
 
 T = TypeVar("T")
 
