@@ -402,7 +402,7 @@ class OutputTransport(FrameProcessor):
     async def _play(self) -> None:
         while True:
             now = self._now()
-            await self._report(now)
+            await self._check_progress(now)
             if self._broken:
                 return
             if self._queue:
@@ -483,7 +483,7 @@ class OutputTransport(FrameProcessor):
             await self.push_error(f"{self.name}: output failed: {exc}", fatal=True, exception=exc)
             return False
 
-    async def _report(self, now: float) -> None:
+    async def _check_progress(self, now: float) -> None:
         """Heard-text updates, bot-stopped detection and the idle flag."""
         generation = self._generation
         updates = self.tracker.progress(self.timeline.heard_position(now))
