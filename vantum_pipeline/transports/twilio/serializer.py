@@ -151,6 +151,14 @@ class TwilioSerializer:
         self._inbound = StreamResampler(TWILIO_SAMPLE_RATE, sample_rate)
         self._outbound: StreamResampler | None = None
 
+    def set_input_rate(self, sample_rate: int) -> None:
+        """Produce inbound pcm16 at ``sample_rate`` from now on (the pipeline's rate)."""
+        if sample_rate <= 0:
+            raise ConfigurationError(f"sample_rate must be positive, got {sample_rate}")
+        if sample_rate != self.sample_rate:
+            self.sample_rate = sample_rate
+            self._inbound = StreamResampler(TWILIO_SAMPLE_RATE, sample_rate)
+
     @property
     def stream_sid(self) -> str | None:
         return self.start.stream_sid if self.start is not None else None
