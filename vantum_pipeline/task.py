@@ -38,7 +38,7 @@ from vantum_pipeline.frames import (
 )
 from vantum_pipeline.processor import FrameDirection, FrameProcessor, PipelineState, _handling_epoch
 
-__all__ = ["PipelineTask", "PipelineRunner"]
+__all__ = ["PipelineRunner", "PipelineTask"]
 
 FrameObserver = Callable[[Frame, FrameDirection], Awaitable[None] | None]
 
