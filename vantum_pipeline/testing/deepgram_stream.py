@@ -380,7 +380,7 @@ class ListenStream:
         out.append(
             self._results(
                 words, recognition.confidence, is_final=True,
-                speech_final=speech_final and bool(words), from_finalize=from_finalize,
+                speech_final=speech_final, from_finalize=from_finalize,
             )
         )  # fmt: skip
         self._note_words(words)
