@@ -8,11 +8,13 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.listen.v1.socket_client import V1SocketClientResponse
 from loguru import logger
 
+from vantum_pipeline.audio.vad import VADParams
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
     BotStartedSpeakingFrame,
@@ -29,6 +31,7 @@ from vantum_pipeline.frames import (
 )
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processor import FrameDirection
+from vantum_pipeline.processors.vad import VADProcessor
 from vantum_pipeline.services.deepgram import AudioBacklog, DeepgramSettings, DeepgramSTTService, TurnAssembler
 from vantum_pipeline.settings import Secret
 from vantum_pipeline.testing.deepgram import DeepgramFaults, FakeDeepgram, ScriptedLine, ScriptedRecognizer
@@ -432,6 +435,41 @@ async def test_interruption_on_speech_started_can_be_turned_off() -> None:
             await harness.wait_for(EndOfTurnFrame)
             assert harness.task.state.interruptions == 0
     assert harness.collected.of_type(UserStartedSpeakingFrame) == []
+
+
+class EnergyDetector:
+    """A speech detector for the local VAD: loud is speech."""
+
+    sample_rate = RATE
+    frame_samples = 320
+
+    def speech_probability(self, frame: Any) -> float:
+        return 1.0 if float(np.sqrt(np.mean(np.square(frame, dtype=np.float64)))) > 1000 else 0.0
+
+    def reset(self) -> None:
+        pass
+
+
+async def test_with_a_local_vad_upstream_its_frames_lead_and_its_stop_finalizes() -> None:
+    recognizer = ScriptedRecognizer(["sounds good"])
+    async with FakeDeepgram(recognizer=recognizer) as fake:
+        vad = VADProcessor(VADParams(start_secs=0.06, stop_secs=0.2), detector_factory=EnergyDetector)
+        stt = DeepgramSTTService(settings_for(fake, endpointing=3000))
+        async with PipelineHarness([vad, stt]) as harness:
+            await say(harness, silence(0.3) + speech(0.8) + silence(0.5))
+            await harness.wait_for(EndOfTurnFrame)
+            await harness.send(BotStartedSpeakingFrame())
+            await say(harness, speech(0.5, seed=3) + silence(0.5))
+            await harness.wait_for(UserStartedSpeakingFrame, count=2)
+        connection = fake.connections[0]
+    starts = harness.collected.of_type(UserStartedSpeakingFrame)
+    assert [f.source for f in starts] == ["vad", "vad"]  # none re-emitted from Deepgram's SpeechStarted
+    assert connection.sent_of_type("SpeechStarted")
+    assert connection.received_of_type("Finalize")
+    [final] = [m for m in connection.sent_of_type("Results") if m["is_final"] and m["from_finalize"]][:1]
+    assert final["channel"]["alternatives"][0]["transcript"] == "Sounds good."
+    assert texts(harness, EndOfTurnFrame) == ["Sounds good."]
+    assert harness.task.state.interruptions == 1  # the VAD's, not a second one from Deepgram
 
 
 # ------------------------------------------------------- formats, lifecycle

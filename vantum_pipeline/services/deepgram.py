@@ -13,7 +13,9 @@ comes back into frames:
   ``low_confidence`` when its confidence is below ``min_confidence``;
 - ``SpeechStarted`` → ``UserStartedSpeakingFrame`` (and
   ``UserStoppedSpeakingFrame`` when that turn ends), and, while the bot is
-  speaking, ``push_interruption()``.
+  speaking, ``push_interruption()``; both left to a local VAD once its
+  ``UserStartedSpeakingFrame`` comes through (``defer_to_local_vad``), whose
+  ``UserStoppedSpeakingFrame`` then triggers ``Finalize``.
 
 Times (``TranscriptionFrame.timestamp``, word times) are seconds of the
 call's audio as received by this processor, across reconnections.
@@ -127,8 +129,11 @@ class DeepgramSettings:
     finalize_on_vad_stop: bool = True
     #: Interrupt the bot when Deepgram hears speech start while it speaks.
     interrupt_on_speech_started: bool = True
-    #: Emit UserStarted/StoppedSpeakingFrame from Deepgram's events (off when a local VAD does it).
+    #: Emit UserStarted/StoppedSpeakingFrame from Deepgram's events.
     speaking_frames: bool = True
+    #: Once a local VAD's UserStartedSpeakingFrame comes through, leave speaking
+    #: frames and interruptions to it (no duplicates).
+    defer_to_local_vad: bool = True
     #: Pass input audio on downstream (off: this processor consumes it).
     audio_passthrough: bool = False
 
@@ -411,6 +416,7 @@ class DeepgramSTTService(FrameProcessor):
         self._format_error = False
         self._bot_speaking = False
         self._user_speaking = False
+        self._local_vad = False
         #: Counters, for tests and logs.
         self.reconnects = 0
         self.malformed = 0
@@ -440,6 +446,10 @@ class DeepgramSTTService(FrameProcessor):
             return
         if isinstance(frame, UserStoppedSpeakingFrame):
             await self._finalize()
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            if self.settings.defer_to_local_vad and not self._local_vad:
+                self._local_vad = True
+                logger.debug("{}: a local VAD reports speech: Deepgram's speech events are not re-emitted", self.name)
         elif isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = True
         elif isinstance(frame, BotStoppedSpeakingFrame):
@@ -672,6 +682,8 @@ class DeepgramSTTService(FrameProcessor):
             for task in (receiver, keepalive):
                 task.cancel()
             await asyncio.wait({receiver, keepalive}, timeout=1.0)
+            if keepalive.done() and not keepalive.cancelled() and keepalive.exception() is not None:
+                logger.error("{}: KeepAlive loop failed: {!r}", self.name, keepalive.exception())
 
     async def _replay(self, socket: Any) -> None:
         chunk = max(self._width, self._bytes_per_second // 10 // self._width * self._width)  # 100 ms
@@ -790,6 +802,8 @@ class DeepgramSTTService(FrameProcessor):
         await self.push_frame(frame)
 
     async def _on_speech_started(self) -> None:
+        if self._local_vad:
+            return  # the VAD upstream already announced it (and interrupted)
         if self.settings.speaking_frames and not self._user_speaking:
             self._user_speaking = True
             await self.push_frame(UserStartedSpeakingFrame(source=SERVICE))
