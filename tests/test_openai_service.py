@@ -243,6 +243,21 @@ async def test_server_errors_are_retried_with_backoff(fake: FakeOpenAI, fault: F
     assert len(metrics(out.downstream, "service.retry")) == 2
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.unauthorized(), Fault.rate_limited(quota=True), Fault.http_error(503, "busy", should_retry=False)],
+    ids=["401", "quota", "x-should-retry-false"],
+)
+async def test_errors_that_retrying_cannot_fix_are_not_retried(fake: FakeOpenAI, fault: Fault) -> None:
+    fake.fail_next(fault, times=3)
+    context = conversation()
+    context.add_user("Hello?")
+    out = await run_pipeline([OpenAILLMService(settings_for(fake))], [LLMContextFrame(context)])
+    assert len(fake.chat_requests) == 1
+    assert [f.category for f in out.of_type(TTSSpeakFrame)] == ["error"]
+    assert not metrics(out.downstream, "service.retry")
+
+
 async def test_retries_exhausted_speak_the_error_phrase(fake: FakeOpenAI) -> None:
     fake.fail_next(Fault.server_error(500), times=10)
     context = conversation()

@@ -231,7 +231,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def service_error(exc: BaseException) -> ServiceError:
+def _service_error(exc: BaseException) -> ServiceError:
     """An SDK exception as our ServiceError, with retryable and retry_after
     set the way the product's policy reads them."""
     if isinstance(exc, openai.APIStatusError):
@@ -397,7 +397,7 @@ class OpenAILLMService(FrameProcessor):
             logger.warning("{}: {}", self.name, exc)
             await self._fallback(turn, "timeout")
         except (ServiceError, TimeoutError) as exc:
-            logger.error("{}: reply failed: {}", self.name, exc or f"turn took over {s.turn_timeout:.1f}s")
+            logger.error("{}: reply failed: {}", self.name, str(exc) or f"turn took over {s.turn_timeout:.1f}s")
             await self._fallback(turn, "error")
         except Exception as exc:
             # A bug, not the service: still, the callee must not hear dead air.
@@ -521,7 +521,7 @@ class OpenAILLMService(FrameProcessor):
                 raise ServiceError(f"malformed event in stream: {exc}", service=SERVICE, retryable=True) from exc
             except openai.OpenAIError as exc:
                 await self._close(stream)
-                error = service_error(exc)
+                error = _service_error(exc)
                 await self._metric("service.error", 1)
                 if error.status == 429:
                     await self._metric("service.rate_limited", 1)
@@ -588,7 +588,7 @@ class OpenAILLMService(FrameProcessor):
                         ) from exc
                     except openai.OpenAIError as exc:
                         await self._metric("service.error", 1)
-                        raise service_error(exc) from exc
+                        raise _service_error(exc) from exc
                 if chunk.usage is not None:
                     await self._usage(chunk.usage)
                 for choice in chunk.choices:

@@ -349,7 +349,7 @@ class FakeOpenAI:
         self,
         count: int = 1,
         *,
-        timeout: float = 5.0,  # noqa: ASYNC109 - a test helper: the caller states the bound
+        timeout: float = 5.0,
         finished: bool = False,
     ) -> list[RecordedRequest]:
         """Wait until ``count`` requests were received (and, with ``finished``,
