@@ -19,9 +19,11 @@ from vantum_pipeline.frames import (
     InterruptionFrame,
     TextFrame,
     TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
 )
 from vantum_pipeline.testing.pipeline import PipelineHarness, run_pipeline
-from vantum_pipeline.transports.wav import WavInputTransport, WavRecorder
+from vantum_pipeline.transports.wav import WavInputTransport, WavOutputTransport, WavRecorder
 
 
 def tone(freq: float, rate: int, seconds: float, amp: float = 8000.0) -> bytes:
@@ -186,3 +188,55 @@ async def test_wav_input_into_recorder_round_trip() -> None:
     await asyncio.wait_for(run_pipeline([source, recorder], [], send_end=False, timeout=5), timeout=10)
     stereo = samples(decode_wav(buffer.getvalue()).pcm).reshape(-1, 2)
     assert stereo[:, 0].tobytes() == pcm and not stereo[:, 1].any()
+
+
+# ----------------------------------------------------------- output transport
+
+
+async def test_output_transport_plays_into_the_file_in_real_time() -> None:
+    buffer = io.BytesIO()
+    output = WavOutputTransport(buffer, stop_hangover=0.05)
+    clip = np.full(1600, 2500, dtype="<i2").tobytes()  # 0.1 s at 16 kHz
+    started = time.monotonic()
+    frames: list[Frame | float] = [
+        TTSStartedFrame(context_id="c"),
+        TTSAudioRawFrame(clip, 16000, context_id="c"),
+        TTSStoppedFrame(context_id="c"),
+        0.3,  # the line goes quiet
+        TTSAudioRawFrame(clip, 16000, context_id="d"),
+        0.2,
+    ]
+    out = await run_pipeline([output], frames, timeout=5)
+    elapsed = time.monotonic() - started
+    track = samples(decode_wav(buffer.getvalue()).pcm)
+    loud = np.nonzero(track)[0]
+    # Two clips of 0.1 s, the second at least 0.3 s after the first began, silence around them.
+    assert int(np.count_nonzero(track)) == 3200
+    first_end = loud[np.nonzero(np.diff(loud) > 1)[0][0]]
+    second_start = loud[np.nonzero(np.diff(loud) > 1)[0][0] + 1]
+    assert first_end - loud[0] == 1599 and second_start - loud[0] >= int(0.3 * 16000)
+    assert len(track) <= (elapsed + 0.1) * 16000
+    assert out.types(FrameDirection.UPSTREAM).count("BotStartedSpeakingFrame") == 2
+    assert out.types().count("BotStoppedSpeakingFrame") == 2
+
+
+async def test_output_transport_cuts_the_file_at_an_interruption() -> None:
+    buffer = io.BytesIO()
+    output = WavOutputTransport(buffer, sample_rate=8000, lead=0.5, record_input=True)
+    bot = np.full(16000, 3000, dtype="<i2").tobytes()  # 1 s at 16 kHz, resampled to the file's 8 kHz
+    frames: list[Frame | float] = [
+        TTSAudioRawFrame(bot, 16000, context_id="c"),
+        0.3,
+        InterruptionFrame(),
+        InputAudioRawFrame(np.full(160, 700, dtype="<i2").tobytes(), 8000),
+        0.1,
+    ]
+    started = time.monotonic()
+    await run_pipeline([output], frames, timeout=5)
+    elapsed = time.monotonic() - started
+    stereo = samples(decode_wav(buffer.getvalue()).pcm).reshape(-1, 2)
+    caller, heard = stereo[:, 0], stereo[:, 1]
+    played = int(np.count_nonzero(np.abs(heard) > 1000))
+    # Cut at the interruption: about 0.3 s of the second played, not the 0.5 s written ahead, nor the rest.
+    assert 0.25 * 8000 <= played <= (elapsed - 0.05) * 8000 and played < 0.6 * 8000
+    assert int(np.count_nonzero(caller == 700)) == 160

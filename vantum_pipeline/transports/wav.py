@@ -7,19 +7,23 @@ as fast as the pipeline takes them (``realtime=False``, for tests). At the
 end of the file it sends ``tail_silence`` seconds of silence, then asks for a
 graceful end, keeps sending silence, or just stops (``after``).
 
-``WavRecorder`` is a pass-through processor that writes a timestamp-aligned
-recording of the call: the bot's audio (``OutputAudioRawFrame`` and
-``TTSAudioRawFrame``) laid out as a player would play it (from when it
-arrives, or after the audio already queued), silence where nothing was sent,
-and, with ``record_input``, the caller's audio on a second channel, so a
-whole call can be listened to afterwards. Bot audio still queued when an
-interruption arrives is cut, as a player would cut it. The clock is the wall
-clock from ``StartFrame``, or (``clock="input"``) the amount of caller audio
-that passed, for runs faster than real time, or any callable returning seconds.
+``WavOutputTransport`` is an output transport (``transports.base``) whose
+device is a WAV file: the base paces the bot's audio in real time, sends the
+bot speaking frames and the heard text, and the file receives each chunk
+where it would have been heard, silence in between, the queued audio cut at
+an interruption. With ``record_input`` the caller's audio passing by is the
+left channel, so a whole call can be listened to afterwards.
 
-The recorder is a plain processor, not an output transport: it neither paces
-audio nor sends ``BotStartedSpeakingFrame``; place it just before the output
-transport (or at the tail of a file-only pipeline).
+``WavRecorder`` writes the same recording from a pass-through processor, for
+runs that are not real time: bot audio (``OutputAudioRawFrame``, including
+``TTSAudioRawFrame``) is laid out as a player would play it (from when it
+arrives, or after the audio already queued), and its clock is the wall clock
+from ``StartFrame``, the amount of caller audio that passed
+(``clock="input"``: a simulated call fed as fast as possible), or any
+callable returning seconds. Place it just before the output transport, or at
+the tail of a file-only pipeline; it neither paces nor reports playback.
+
+Both build on ``CallRecording``, the timeline and file writer.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from loguru import logger
@@ -49,8 +53,9 @@ from vantum_pipeline.frames import (
     StartFrame,
 )
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
+from vantum_pipeline.transports.base import AudioChunk, OutputTransport
 
-__all__ = ["WavInputTransport", "WavRecorder"]
+__all__ = ["CallRecording", "WavInputTransport", "WavOutputTransport", "WavRecorder"]
 
 AfterFile = Literal["end", "silence", "stop"]
 WavSource = str | os.PathLike[str] | BinaryIO | WavAudio
@@ -151,7 +156,7 @@ class WavInputTransport(FrameProcessor):
 
 
 class _Track:
-    """One channel of the recording: samples from ``base`` (the first not yet written) onwards."""
+    """One channel of a recording: samples from ``base`` (the first not yet written) onwards."""
 
     def __init__(self) -> None:
         self.base = 0
@@ -168,12 +173,9 @@ class _Track:
             self.buffer += bytes(2 * (position - self.end))
         self.buffer += pcm
 
-    def cut(self, position: int) -> int:
-        """Drop the samples from ``position`` on; returns how many were dropped."""
-        keep = max(0, position - self.base)
-        dropped = max(0, len(self.buffer) // 2 - keep)
-        del self.buffer[2 * keep :]
-        return dropped
+    def cut(self, position: int) -> None:
+        """Drop the samples from ``position`` on."""
+        del self.buffer[2 * max(0, position - self.base) :]
 
     def take(self, count: int) -> bytes:
         """The next ``count`` samples (silence beyond the buffer), removed from it."""
@@ -183,13 +185,123 @@ class _Track:
         return chunk + bytes(2 * count - len(chunk))
 
 
+class CallRecording:
+    """A call laid out on a timeline of samples, written to a WAV file as time passes.
+
+    No clock of its own: callers give positions in samples.
+
+    The bot track (and, with ``record_input``, the caller's, as the left
+    channel of a stereo file) holds audio from the last sample written on;
+    ``write_until(position)`` commits everything before ``position`` (the
+    past: it can no longer change) and ``cut_bot(position)`` drops bot audio
+    from ``position`` on (a player stopped). ``max_ahead`` (seconds) bounds
+    the bot audio held beyond the last position written; more is dropped and
+    counted in ``dropped_samples``.
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str] | BinaryIO,
+        sample_rate: int,
+        *,
+        record_input: bool = False,
+        max_ahead: float = 120.0,
+        name: str = "recording",
+    ) -> None:
+        if sample_rate <= 0:
+            raise ConfigurationError(f"{name}: sample_rate must be > 0, got {sample_rate}")
+        self.sample_rate = sample_rate
+        self.record_input = record_input
+        self.max_ahead = max_ahead
+        self.name = name
+        self.dropped_samples = 0
+        self._writer = WavWriter(target, sample_rate, 2 if record_input else 1)
+        self._bot = _Track()
+        self._user = _Track()
+
+    @property
+    def closed(self) -> bool:
+        return self._writer.closed
+
+    @property
+    def samples_written(self) -> int:
+        return self._writer.samples_written
+
+    @property
+    def bot_end(self) -> int:
+        """Where the bot audio queued so far ends."""
+        return self._bot.end
+
+    def add_bot(self, position: int, audio: bytes, sample_rate: int, encoding: str = PCM16) -> int:
+        """Place bot audio at ``position`` (or after the bot audio queued); returns its length."""
+        pcm = self._convert(audio, sample_rate, encoding, self._bot)
+        room = int(self.max_ahead * self.sample_rate) - max(0, self._bot.end - self._bot.base)
+        if len(pcm) // 2 > room:
+            self.dropped_samples += len(pcm) // 2 - max(0, room)
+            logger.warning("{}: bot audio more than {:.0f} s ahead, dropped", self.name, self.max_ahead)
+            pcm = pcm[: 2 * max(0, room)]
+        self._bot.place(position, pcm)
+        return len(pcm) // 2
+
+    def add_user(self, end: int, audio: bytes, sample_rate: int, encoding: str = PCM16) -> int:
+        """Place caller audio ending at ``end`` (or after the caller audio queued); returns its length.
+
+        Ignored (but measured) unless ``record_input``.
+        """
+        pcm = self._convert(audio, sample_rate, encoding, self._user)
+        count = len(pcm) // 2
+        if self.record_input:
+            self._user.place(max(end - count, self._user.end), pcm)
+        return count
+
+    def cut_bot(self, position: int) -> None:
+        self._bot.cut(max(position, self._bot.base))
+        self._bot.resampler = None  # the interrupted audio's filter tail must not leak into the next
+
+    def write_until(self, position: int) -> None:
+        """Write everything before ``position`` to the file."""
+        count = position - self._bot.base
+        if count <= 0 or self._writer.closed:
+            return
+        bot = self._bot.take(count)
+        if not self.record_input:
+            self._writer.write(bot)
+            return
+        user = self._user.take(count)
+        stereo = np.empty((count, 2), dtype="<i2")
+        stereo[:, 0] = np.frombuffer(user, dtype="<i2")
+        stereo[:, 1] = np.frombuffer(bot, dtype="<i2")
+        self._writer.write(stereo.tobytes())
+
+    def close(self, position: int, *, play_out: bool) -> None:
+        """Write up to ``position`` (and, with ``play_out``, all the audio queued) and close the file."""
+        if self._writer.closed:
+            return
+        if play_out:
+            position = max(position, self._bot.end, self._user.end)
+        self.write_until(position)
+        self._writer.close()
+
+    def _convert(self, audio: bytes, sample_rate: int, encoding: str, track: _Track) -> bytes:
+        if encoding == MULAW:
+            pcm = ulaw2lin(audio)
+        elif encoding == PCM16:
+            pcm = audio[: len(audio) - len(audio) % 2]
+        else:
+            raise ConfigurationError(f"{self.name}: unknown audio encoding {encoding!r}")
+        if sample_rate == self.sample_rate:
+            return pcm
+        if track.resampler is None or track.resampler.in_rate != sample_rate:
+            track.resampler = StreamResampler(sample_rate, self.sample_rate)
+        return track.resampler.resample(pcm)
+
+
 class WavRecorder(FrameProcessor):
     """Records the call to a WAV file; passes every frame on. See the module docstring.
 
     ``sample_rate`` is the file's rate (audio at other rates is resampled).
     With ``record_input`` the file is stereo: the caller left, the bot right.
-    ``max_ahead`` bounds the bot audio held ahead of the clock (seconds); audio
-    beyond it is dropped and counted in ``dropped_samples``.
+    ``max_ahead`` bounds the bot audio held ahead of the clock (seconds).
     """
 
     def __init__(
@@ -212,40 +324,43 @@ class WavRecorder(FrameProcessor):
         self.record_input = record_input
         self.clock = clock
         self.max_ahead = max_ahead
-        self.dropped_samples = 0
-        self._writer: WavWriter | None = None
+        self.recording: CallRecording | None = None
         self._start_time = 0.0
         self._input_samples = 0  # caller audio seen, at the recording rate: the "input" clock
-        self._bot = _Track()
-        self._user = _Track()
 
     @property
     def samples_written(self) -> int:
-        return self._writer.samples_written if self._writer is not None else 0
+        return self.recording.samples_written if self.recording is not None else 0
+
+    @property
+    def dropped_samples(self) -> int:
+        return self.recording.dropped_samples if self.recording is not None else 0
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        if isinstance(frame, StartFrame):
-            self._open()
-        elif isinstance(frame, AudioRawFrame) and direction is FrameDirection.DOWNSTREAM:
-            self._record(frame)
-        elif isinstance(frame, InterruptionFrame):
+        recording = self.recording
+        if isinstance(frame, StartFrame) and recording is None:
+            self.recording = CallRecording(
+                self._target,
+                self.sample_rate,
+                record_input=self.record_input,
+                max_ahead=self.max_ahead,
+                name=self.name,
+            )
+            self._start_time = self._seconds()
+        elif recording is not None and direction is FrameDirection.DOWNSTREAM and isinstance(frame, AudioRawFrame):
+            self._record(recording, frame)
+        elif recording is not None and isinstance(frame, InterruptionFrame):
             # The player stops: queued bot audio beyond this moment is never heard.
-            self._bot.cut(max(self._now(), self._bot.base))
-            self._bot.resampler = None
-        elif isinstance(frame, EndFrame):
-            self._close(play_out=True)
-        elif isinstance(frame, CancelFrame):
-            self._close(play_out=False)
+            recording.cut_bot(self._now())
+        elif recording is not None and isinstance(frame, EndFrame):
+            recording.close(self._now(), play_out=True)
+        elif recording is not None and isinstance(frame, CancelFrame):
+            recording.close(self._now(), play_out=False)
         await self.push_frame(frame, direction)
 
     async def cleanup(self) -> None:
-        self._close(play_out=False)
-
-    def _open(self) -> None:
-        if self._writer is None:
-            channels = 2 if self.record_input else 1
-            self._writer = WavWriter(self._target, self.sample_rate, channels)
-            self._start_time = self._seconds()
+        if self.recording is not None:
+            self.recording.close(self._now(), play_out=False)
 
     def _now(self) -> int:
         """The recording clock, in samples."""
@@ -258,66 +373,77 @@ class WavRecorder(FrameProcessor):
             return self.clock()
         return asyncio.get_running_loop().time()
 
-    def _record(self, frame: AudioRawFrame) -> None:
-        if self._writer is None:
-            return
-        is_input = isinstance(frame, InputAudioRawFrame)
-        if not is_input and not isinstance(frame, OutputAudioRawFrame):
-            return
-        track = self._user if is_input else self._bot
-        pcm = self._to_rate(frame, track)
-        count = len(pcm) // 2
-        if is_input:
-            self._input_samples += count
-            if self.record_input:
-                # The caller's audio is continuous: it ends now (or after what is already there).
-                track.place(max(self._now() - count, track.end), pcm)
-        else:
-            now = self._now()
-            room = int(self.max_ahead * self.sample_rate) - max(0, track.end - now)
-            if count > room:
-                self.dropped_samples += count - max(0, room)
-                logger.warning("{}: bot audio more than {:.0f} s ahead, dropped", self.name, self.max_ahead)
-                pcm = pcm[: 2 * max(0, room)]
-            track.place(now, pcm)
-        self._write_until(self._now())
-
-    def _to_rate(self, frame: AudioRawFrame, track: _Track) -> bytes:
+    def _record(self, recording: CallRecording, frame: AudioRawFrame) -> None:
         if frame.num_channels != 1:
             raise ConfigurationError(f"{self.name}: only mono audio is recorded, got {frame.num_channels} channels")
-        if frame.encoding == MULAW:
-            pcm = ulaw2lin(frame.audio)
-        elif frame.encoding == PCM16:
-            pcm = frame.audio
-        else:
-            raise ConfigurationError(f"{self.name}: unknown audio encoding {frame.encoding!r}")
-        if frame.sample_rate == self.sample_rate:
-            return pcm
-        if track.resampler is None or track.resampler.in_rate != frame.sample_rate:
-            track.resampler = StreamResampler(frame.sample_rate, self.sample_rate)
-        return track.resampler.resample(pcm)
+        if isinstance(frame, InputAudioRawFrame):
+            self._input_samples += recording.add_user(self._now(), frame.audio, frame.sample_rate, frame.encoding)
+        elif isinstance(frame, OutputAudioRawFrame):
+            recording.add_bot(self._now(), frame.audio, frame.sample_rate, frame.encoding)
+        recording.write_until(self._now())
 
-    def _write_until(self, position: int) -> None:
-        """Write everything before ``position``: it is in the past and can no longer change."""
-        assert self._writer is not None
-        count = position - self._bot.base
-        if count <= 0:
-            return
-        bot = self._bot.take(count)
-        if not self.record_input:
-            self._writer.write(bot)
-            return
-        user = self._user.take(count)
-        stereo = np.empty((count, 2), dtype="<i2")
-        stereo[:, 0] = np.frombuffer(user, dtype="<i2")
-        stereo[:, 1] = np.frombuffer(bot, dtype="<i2")
-        self._writer.write(stereo.tobytes())
 
-    def _close(self, *, play_out: bool) -> None:
-        if self._writer is None or self._writer.closed:
+class WavOutputTransport(OutputTransport):
+    """An output transport whose device is a WAV file: the bot's audio, paced
+    in real time by the output base (bot speaking frames, heard text, cut on
+    interruption), lands in the file where it would have been heard, with
+    silence in between. ``sample_rate`` is the file's rate (None: the
+    pipeline's output rate); ``record_input`` adds the caller's audio passing
+    by as the left channel. Other keyword arguments go to ``OutputTransport``.
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str] | BinaryIO,
+        *,
+        sample_rate: int | None = None,
+        record_input: bool = False,
+        name: str | None = None,
+        **output_options: Any,
+    ) -> None:
+        super().__init__(name=name, **output_options)
+        self._target = target
+        self._file_rate = sample_rate
+        self.record_input = record_input
+        self.recording: CallRecording | None = None
+        self._start_time = 0.0
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        recording = self.recording
+        if (
+            recording is not None
+            and direction is FrameDirection.DOWNSTREAM
+            and isinstance(frame, InputAudioRawFrame)
+            and frame.num_channels == 1
+        ):
+            recording.add_user(self._position(), frame.audio, frame.sample_rate, frame.encoding)
+            recording.write_until(self._position())
+        await super().process_frame(frame, direction)
+
+    async def open_output(self, start: StartFrame) -> None:
+        if self.recording is None:
+            rate = self._file_rate or start.audio_out_sample_rate
+            self.recording = CallRecording(self._target, rate, record_input=self.record_input, name=self.name)
+            self._start_time = self._now()
+
+    async def write_audio(self, chunk: AudioChunk) -> None:
+        if self.recording is None:
             return
-        end = self._now()
-        if play_out:
-            end = max(end, self._bot.end, self._user.end)
-        self._write_until(end)
-        self._writer.close()
+        if chunk.num_channels != 1:
+            raise ConfigurationError(f"{self.name}: only mono audio is recorded, got {chunk.num_channels} channels")
+        now = self._position()
+        # Written to an idle line it plays now; otherwise right after what is playing.
+        self.recording.add_bot(now, chunk.audio, chunk.sample_rate, chunk.encoding)
+        self.recording.write_until(now)
+
+    async def clear_output(self) -> None:
+        if self.recording is not None:
+            self.recording.cut_bot(self._position())
+
+    async def close_output(self) -> None:
+        if self.recording is not None:
+            self.recording.close(self._position(), play_out=False)
+
+    def _position(self) -> int:
+        assert self.recording is not None
+        return int((self._now() - self._start_time) * self.recording.sample_rate)
