@@ -29,6 +29,7 @@ from vantum_pipeline.frames import (
     TTSStoppedFrame,
     TTSWordTimestampsFrame,
 )
+from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.processors.sentence import SentenceAggregator
 from vantum_pipeline.services.cartesia import (
     CartesiaSettings,
@@ -179,6 +180,42 @@ async def test_interruption_cancels_the_context_and_no_stale_chunk_is_delivered(
     assert new != old and of(frames[cut:], TTSAudioRawFrame, new)
     assert of(frames, TTSStoppedFrame, old) == []  # the interruption closes the bracket
     assert check_stream([*frames[:cut], InterruptionFrame(), *frames[cut:]]) == []
+
+
+class FullOutput(FrameProcessor):
+    """Stands for an output transport whose buffer is full: an audio frame
+    waits in process_frame until the interruption frees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocked = asyncio.Event()
+        self.freed = asyncio.Event()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, InterruptionFrame):
+            self.freed.set()
+        elif isinstance(frame, TTSAudioRawFrame) and not self.freed.is_set():
+            self.blocked.set()
+            await self.freed.wait()
+            if self.is_stale(frame):
+                return
+        await self.push_frame(frame, direction)
+
+
+async def test_interruption_while_the_output_applies_backpressure(fake: FakeCartesia) -> None:
+    tts = CartesiaTTSService(settings_for(fake))
+    output = FullOutput()
+    async with PipelineHarness([tts, output]) as harness:
+        for frame in reply("A reply long enough to fill the output buffer of the transport."):
+            await harness.send(frame)
+        await asyncio.wait_for(output.blocked.wait(), 5)  # the receive loop is stuck pushing audio
+        await harness.send(InterruptionFrame())
+        await speak(harness, reply("Yes?"))
+    frames = harness.downstream
+    old, new = (f.context_id for f in of(frames, TTSStartedFrame))
+    assert fake.cancels == [old]
+    assert of(frames, TTSAudioRawFrame, old) == []  # the blocked chunk was stale once freed
+    assert of(frames, TTSAudioRawFrame, new) and fake.contexts[new].done
 
 
 # ------------------------------------------------------------------ failures

@@ -68,11 +68,8 @@ socket itself (``conn.recv_bytes()``), parses with ``parse_server_message``
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import enum
 import itertools
-import json
 import time
 import uuid
 from collections import deque
@@ -103,6 +100,7 @@ from vantum_pipeline.frames import (
 )
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
+from vantum_pipeline.services.cartesia_messages import ServerMessage, parse_server_message
 from vantum_pipeline.services.fallback_audio import fallback_audio, fallback_text
 from vantum_pipeline.services.tts_cache import CachedAudio, TTSCache, TTSCacheKey
 from vantum_pipeline.settings import Secret, load_env, optional_env, require_secret
@@ -212,75 +210,6 @@ class CartesiaSettings:
     def seconds(self, audio_bytes: int) -> float:
         width = 1 if self.encoding == "pcm_mulaw" else 2
         return audio_bytes / width / self.sample_rate
-
-
-# ------------------------------------------------------------------ codec
-
-
-@dataclass(frozen=True, slots=True)
-class ServerMessage:
-    """One message from the TTS websocket, validated."""
-
-    type: str
-    context_id: str | None
-    audio: bytes = b""
-    words: tuple[tuple[str, float, float], ...] = ()
-    done: bool = False
-    status_code: int | None = None
-    error: str = ""
-
-
-def parse_server_message(raw: bytes | str) -> ServerMessage:
-    """Parse a server message; ProtocolError when it is malformed.
-
-    Unknown message types come back as they are (``type`` set, nothing else):
-    the caller ignores them, as newer API versions may add types.
-    """
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"cartesia: message is not JSON ({exc})", raw) from None
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise ProtocolError("cartesia: message is not an object with a type", raw)
-    kind = data["type"]
-    context_id = data.get("context_id")
-    if context_id is not None and not isinstance(context_id, str):
-        raise ProtocolError(f"cartesia: context_id must be a string, got {type(context_id).__name__}", raw)
-    done = data.get("done") is True
-    if kind == "chunk":
-        payload = data.get("data")
-        if not isinstance(payload, str) or context_id is None:
-            raise ProtocolError("cartesia: chunk without data or context_id", raw)
-        try:
-            audio = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise ProtocolError("cartesia: chunk data is not base64", raw) from None
-        return ServerMessage(kind, context_id, audio=audio, done=done)
-    if kind == "timestamps":
-        stamps = data.get("word_timestamps")
-        if stamps is None:
-            return ServerMessage(kind, context_id, done=done)
-        words, starts, ends = (stamps.get(k) if isinstance(stamps, dict) else None for k in ("words", "start", "end"))
-        if not (isinstance(words, list) and isinstance(starts, list) and isinstance(ends, list)):
-            raise ProtocolError("cartesia: word_timestamps needs words, start and end lists", raw)
-        if not len(words) == len(starts) == len(ends):
-            raise ProtocolError("cartesia: word_timestamps lists differ in length", raw)
-        try:
-            triples = tuple((str(w), float(s), float(e)) for w, s, e in zip(words, starts, ends, strict=True))
-        except (TypeError, ValueError):
-            raise ProtocolError("cartesia: word_timestamps times are not numbers", raw) from None
-        return ServerMessage(kind, context_id, words=triples, done=done)
-    if kind == "error":
-        status = data.get("status_code")
-        parts = [str(data[k]) for k in ("title", "message", "error_code") if data.get(k)]
-        return ServerMessage(
-            kind,
-            context_id,
-            done=True,
-            status_code=status if isinstance(status, int) else None,
-            error=": ".join(parts) or "unspecified error",
-        )
-    return ServerMessage(kind, context_id, done=done)
 
 
 # ------------------------------------------------------------------ turns
@@ -402,7 +331,7 @@ class CartesiaTTSService(FrameProcessor):
             await self._end_of_call()
         elif isinstance(frame, CancelFrame):
             self._stopping = True
-            await self._cancel_all()
+            self._cancel_all()
         await self.push_frame(frame, direction)
 
     async def cleanup(self) -> None:
@@ -498,21 +427,35 @@ class CartesiaTTSService(FrameProcessor):
     async def _interrupt(self) -> None:
         self._open = None
         self._in_response = False
-        await self._cancel_all()
+        self._cancel_all()
 
-    async def _cancel_all(self) -> None:
-        """Cancel every turn: server-side contexts, recoveries, queued output."""
-        turns = [t for t in {*self._by_context.values(), *self._order} if t.state is not _State.CANCELLED]
-        for turn in turns:
-            if turn.state is _State.LIVE and turn.context_id:
-                await self._send_cancel(turn)
+    def _cancel_all(self) -> None:
+        """Cancel every turn: server-side contexts, recoveries, held output.
+
+        Synchronous on purpose: the receive loop may be blocked pushing audio
+        into a full output transport (which sees the interruption after us),
+        holding the output lock; waiting for it here would stall the
+        interruption. The cancel messages go out from a task.
+        """
+        live = [t for t in {*self._by_context.values(), *self._order} if t.state is not _State.CANCELLED]
+        to_cancel = [t.context_id for t in live if t.state is _State.LIVE and t.generation == self._generation]
+        for turn in live:
             turn.state = _State.CANCELLED
             self._forget(turn)
             if turn.recovery is not None and turn.recovery is not asyncio.current_task():
                 turn.recovery.cancel()
-        async with self._out_lock:
-            self._order.clear()
+        self._order.clear()
         self._quiet.set()
+        if to_cancel and self._conn is not None:
+            self.create_task(self._send_cancels(self._conn, to_cancel), "cancel")
+
+    async def _send_cancels(self, conn: Any, context_ids: list[str]) -> None:
+        for context_id in context_ids:
+            try:
+                async with asyncio.timeout(0.5):
+                    await conn.send({"context_id": context_id, "cancel": True})
+            except Exception as exc:  # best effort: the context is forgotten anyway
+                logger.debug("{}: cancel of {} not sent: {}", self.name, context_id, exc)
 
     async def _end_of_call(self) -> None:
         """At EndFrame: end the open turn and let queued speech finish (bounded)."""
@@ -522,7 +465,7 @@ class CartesiaTTSService(FrameProcessor):
                 await self._quiet.wait()
         except TimeoutError:
             logger.warning("{}: speech still pending after {:.1f}s at the end", self.name, self.settings.drain_timeout)
-            await self._cancel_all()
+            self._cancel_all()
         self._stopping = True
         await self._close_socket()
 
@@ -611,16 +554,6 @@ class CartesiaTTSService(FrameProcessor):
             self._lost(turn.generation)
             raise _service_error(exc) from exc
 
-    async def _send_cancel(self, turn: _Turn) -> None:
-        conn = self._conn
-        if conn is None or turn.generation != self._generation:
-            return
-        try:
-            async with asyncio.timeout(0.5):
-                await conn.send({"context_id": turn.context_id, "cancel": True})
-        except Exception as exc:  # best effort: the context is forgotten anyway
-            logger.debug("{}: cancel of {} not sent: {}", self.name, turn.context_id, exc)
-
     def _forget(self, turn: _Turn) -> None:
         if turn.context_id and self._by_context.get(turn.context_id) is turn:
             del self._by_context[turn.context_id]
@@ -641,8 +574,9 @@ class CartesiaTTSService(FrameProcessor):
             await self._metric("service.error", 1)
             if error.status == 429:
                 await self._metric("service.rate_limited", 1)
-            if turn.context_id and error.status is None:
-                await self._send_cancel(turn)  # a stalled context must not speak later
+            if turn.context_id and error.status is None and self._conn is not None:
+                if turn.generation == self._generation:  # a stalled context must not speak later
+                    await self._send_cancels(self._conn, [turn.context_id])
             wait = self._policy.delay(turn.attempt + 1, error.retry_after)
             if turn.silent or not error.retryable or turn.attempt >= self.settings.max_retries:
                 break
@@ -696,8 +630,9 @@ class CartesiaTTSService(FrameProcessor):
             f"played the pre-recorded {category!r} phrase"
         )
         audio = fallback_audio(category, self.settings.sample_rate, self.settings.frame_encoding)
-        await self._emit(turn, TTSStoppedFrame(context_id=turn.turn_id))
-        turn.started_out = False
+        if turn.started_out:
+            await self._emit(turn, TTSStoppedFrame(context_id=turn.turn_id))
+            turn.started_out = False
         fallback_id = f"{turn.turn_id}-fallback"
         await self._emit(turn, TextFrame(fallback_text(category)))
         await self._emit(turn, TTSStartedFrame(context_id=fallback_id))
@@ -841,10 +776,12 @@ class CartesiaTTSService(FrameProcessor):
 
     async def _emit(self, turn: _Turn, frame: Frame) -> None:
         """Push a frame of ``turn`` now if it is the turn being spoken, else hold it."""
-        if turn.silent or turn.state is _State.CANCELLED:
+        if turn.silent:
             return
         frame.epoch = turn.epoch
         async with self._out_lock:
+            if turn.state is _State.CANCELLED:  # checked under the lock: an interruption may come while waiting
+                return
             if self._order and self._order[0] is not turn:
                 turn.backlog.append(frame)
                 return
@@ -878,7 +815,8 @@ class CartesiaTTSService(FrameProcessor):
                     backlog, head.backlog = head.backlog, []
                     for frame in backlog:
                         await self.push_frame(frame)
-                    if head.state is not _State.FINISHED:
+                    # An interruption may have cleared the order meanwhile.
+                    if head.state is not _State.FINISHED or not self._order or self._order[0] is not head:
                         break
                     self._order.pop(0)
             if not self._order:
