@@ -10,7 +10,8 @@ One websocket per call, opened at ``StartFrame`` and reopened when it drops
 is one Cartesia *context*: its sentences are sent into it with
 ``continue: true`` as they arrive, so prosody flows across them, and the
 ``LLMFullResponseEndFrame`` ends it (empty transcript, ``continue: false``).
-Word timestamps are requested. Downstream, a turn is::
+A TextFrame outside an LLM response is a turn by itself. Word timestamps are
+requested. Downstream, a turn is::
 
     TTSStartedFrame(cid)  (TTSAudioRawFrame(cid) | TTSWordTimestampsFrame(cid))*  TTSStoppedFrame(cid)
 
@@ -35,14 +36,17 @@ was ended. A retryable failure (connection, 429, 5xx, timeout) is retried
 ``max_retries`` times (default once) after ``retry_delay`` (or the service's
 Retry-After, unless longer than ``max_retry_wait``) in a new context on a
 healthy socket; the retry resumes at the first sentence not fully covered by
-word timestamps already received, so audio already played is not repeated.
+word timestamps already received, so sentences already spoken in full are not
+repeated (a sentence cut in the middle is said again from its start).
 When retries are exhausted (or the failure is not retryable, e.g. 401), the
 pre-recorded phrase for the situation plays instead (``greeting`` or
 ``goodbye`` for a TTSSpeakFrame of that category, else ``error``) as its own
 context ``<cid>-fallback`` with its text as a TextFrame, the call goes on,
 and the text that was not spoken is recorded: appended to
-``service.unspoken`` (``UnspokenText``) and reported upstream as a non-fatal
-ErrorFrame naming the context and the number of characters.
+``service.unspoken`` (``UnspokenText``: context id, text, reason, fallback)
+and reported upstream as a non-fatal ErrorFrame naming the context and the
+number of characters. Sentences that arrive for a turn after it fell back are
+appended to ``unspoken`` too (no second fallback phrase).
 
 Cache
 -----
@@ -55,12 +59,13 @@ Metrics (MetricsFrame, labels ``service=cartesia``): ``latency.tts_ttfb`` per
 turn (first text sent to first audio byte), ``usage.tts_characters`` per
 transcript sent (retries included: they are billed), ``service.request`` per
 context, ``service.error``, ``service.rate_limited``, ``service.retry``,
-``protocol.malformed``. ``service.cost_usd`` adds up the characters at
-``price_per_1k_chars``.
+``protocol.malformed``. The ``cost_usd`` property adds up the characters at
+``price_per_1k_chars``; ``cache.hits`` / ``cache.misses`` count the cache.
 
 The ``cartesia`` SDK is imported here only. Its context helper is not used:
-its reader task dies on a malformed message and leaves every context waiting
-forever, and it does not notice a dropped socket. This module reads the
+its reader task dies on a malformed message and, when the socket drops, just
+ends; either way every context's ``receive()`` then waits forever. Its
+automatic reconnect reuses the closed connection. This module reads the
 socket itself (``conn.recv_bytes()``), parses with ``parse_server_message``
 (sans-I/O) and sends requests with ``conn.send()``.
 """
