@@ -217,7 +217,7 @@ class _Turn:
                 "confidence": self.confidence,
                 "low_confidence": self.low_confidence,
                 "at": round(self.at, 3),
-                "latencies": dict(self.latencies),
+                "latencies": {name: round(value, 4) for name, value in self.latencies.items()},
             }
         text = " ".join(self.text) or "".join(self.llm_text) or " ".join(self.words)
         heard = " ".join(h for h in (self.heard.get(c, "") for c in self._heard_order()) if h) if self.heard else None
@@ -227,7 +227,7 @@ class _Turn:
             "heard": None if heard is None else _clip(heard.strip()),
             "interrupted": self.interrupted,
             "at": round(self.at, 3),
-            "latencies": dict(self.latencies),
+            "latencies": {name: round(value, 4) for name, value in self.latencies.items()},
         }
 
     def _heard_order(self) -> list[str]:
