@@ -139,15 +139,15 @@ class SentenceSplitter(FrameProcessor):
         if isinstance(frame, LLMTextFrame):
             self._buffer += frame.text
             if self._buffer.rstrip().endswith((".", "?", "!")):
-                await self._flush()
+                await self._emit_sentence()
             return
         if isinstance(frame, LLMFullResponseEndFrame):
-            await self._flush()
+            await self._emit_sentence()
         elif isinstance(frame, InterruptionFrame):
             self._buffer = ""
         await self.push_frame(frame, direction)
 
-    async def _flush(self) -> None:
+    async def _emit_sentence(self) -> None:
         text, self._buffer = self._buffer.strip(), ""
         if text:
             await self.push_frame(TextFrame(text))
@@ -241,6 +241,8 @@ class ScriptedOutput(_Service):
         await self._stop_speaking()
 
     async def _cut(self) -> None:
+        # The interruption cancels the playing turn task; the next context gets a new one.
+        self._player = None
         self._queue.clear()
         context, self._playing = self._playing, None
         if context is not None:

@@ -403,7 +403,9 @@ class CallRecorder:
         elif isinstance(frame, EndFrame):
             self._end_reason = self._end_reason or frame.reason
         elif isinstance(frame, CancelFrame):
-            self._end_reason = self._end_reason or frame.reason
+            # The task's own CancelFrame carries only its finish code.
+            if frame.reason not in _OUTCOME_OF_FINISH:
+                self._end_reason = self._end_reason or frame.reason
         elif isinstance(frame, InterruptionFrame):
             self._interrupted(frame.epoch)
         else:
@@ -589,7 +591,7 @@ class CallRecorder:
         finish = task.finish_reason if task is not None else ("end" if self._end_reason else None)
         reason = self._end_reason
         if task is not None and task.error is not None:
-            reason = reason or task.error.error
+            reason = task.error.error
         return _OUTCOME_OF_FINISH.get(finish or "", "unknown"), reason
 
 
