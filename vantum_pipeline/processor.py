@@ -97,7 +97,7 @@ class _Receiver(Protocol):
 class _Lane:
     """One direction's entry of a processor: a bounded deque and its drainer."""
 
-    __slots__ = ("queue", "busy", "owner", "waiters", "maxsize")
+    __slots__ = ("busy", "maxsize", "owner", "queue", "waiters")
 
     def __init__(self, maxsize: int) -> None:
         self.queue: deque[Frame] = deque()

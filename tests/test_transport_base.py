@@ -1,0 +1,275 @@
+"""Transport bases: playback timeline, heard text, paced output, input overflow."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    EndFrame,
+    HeardTextFrame,
+    InputAudioRawFrame,
+    InterruptionFrame,
+    TextFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSWordTimestampsFrame,
+)
+from vantum_pipeline.processor import FrameDirection
+from vantum_pipeline.testing import PipelineHarness, run_pipeline
+from vantum_pipeline.transports.base import AudioChunk, InputTransport, OutputTransport
+from vantum_pipeline.transports.heard import HeardTextTracker
+from vantum_pipeline.transports.playback import PlaybackTimeline, Segment
+
+RATE = 16000
+
+
+def pcm(seconds: float) -> bytes:
+    return b"\x01\x00" * int(RATE * seconds)
+
+
+# ------------------------------------------------------------------ timeline
+
+
+def test_timeline_clock_without_markers():
+    t = PlaybackTimeline(uses_markers=False)
+    assert t.write(0.5, now=10.0) == Segment(0.0, 0.5)
+    assert t.heard_position(10.2) == pytest.approx(0.2)
+    assert t.heard_position(11.0) == pytest.approx(0.5)  # never beyond what was written
+    # The line ran dry at 10.5; audio written at 12.0 starts playing at 12.0.
+    assert t.write(0.5, now=12.0) == Segment(0.5, 1.0)
+    assert t.heard_position(12.1) == pytest.approx(0.6)
+
+
+def test_timeline_markers_bound_and_pin_the_position():
+    t = PlaybackTimeline(uses_markers=True)
+    t.write(0.2, now=0.0)
+    t.add_marker("a")
+    t.write(0.2, now=0.0)
+    t.add_marker("b")
+    # Interpolation by the clock stops at the first marker still pending.
+    assert t.heard_position(0.35) == pytest.approx(0.2)
+    assert t.marker_echoed("a", now=0.4)  # played late: the far end is behind
+    assert t.heard_position(0.45) == pytest.approx(0.25)
+    assert t.heard_position(1.0) == pytest.approx(0.4)  # bounded by "b"
+    assert not t.drained(1.0)
+    assert t.marker_echoed("b", now=1.0)
+    assert t.drained(1.0)
+
+
+def test_timeline_clear_ignores_echoes_of_pending_markers():
+    t = PlaybackTimeline(uses_markers=True)
+    t.write(1.0, now=0.0)
+    t.add_marker("a")
+    assert t.clear(now=0.3) == pytest.approx(0.3)
+    assert not t.marker_echoed("a", now=0.31)
+    assert t.ignored_echoes == 1
+    assert t.written == 0.0
+
+
+def test_timeline_pacing_keeps_a_bounded_lead():
+    t = PlaybackTimeline(uses_markers=False)
+    t.write(0.02, now=5.0)
+    for _ in range(4):
+        t.write(0.02, now=5.0)
+    # 0.1 s written at 5.0: with a 0.1 s lead the next write is due at 5.0.
+    assert t.next_write_time(lead=0.1) == pytest.approx(5.0)
+    assert t.next_write_time(lead=0.04) == pytest.approx(5.06)
+
+
+# --------------------------------------------------------------- heard text
+
+
+def test_heard_words_count_once_their_end_played():
+    tracker = HeardTextTracker()
+    tracker.open("c1")
+    tracker.add_words("c1", (("Hello", 0.0, 0.3), ("there,", 0.35, 0.6), ("friend.", 0.65, 1.0)))
+    tracker.place("c1", Segment(0.0, 1.0))
+    assert tracker.progress(0.5)[0].text == "Hello"
+    assert tracker.progress(0.55) == []  # unchanged: nothing new to say
+    assert tracker.progress(0.7)[0].text == "Hello there,"
+    tracker.complete("c1")
+    [final] = tracker.progress(1.0)
+    assert (final.text, final.final) == ("Hello there, friend.", True)
+    assert tracker.active == 0
+
+
+def test_heard_text_without_timestamps_is_estimated_by_characters():
+    tracker = HeardTextTracker()
+    tracker.add_text("One two three four.")  # arrives before its context opens
+    tracker.open("c1")
+    tracker.place("c1", Segment(0.0, 2.0))
+    tracker.complete("c1")
+    [update] = tracker.progress(1.0)
+    assert update.text == "One two"  # half the characters, cut back to a whole word
+    [cut] = tracker.cut(1.2)
+    assert cut.final and "One two".startswith(cut.text[:3])
+
+
+def test_heard_cut_reports_unplayed_contexts_as_empty():
+    tracker = HeardTextTracker()
+    tracker.open("c1")
+    tracker.add_words("c1", (("Hi.", 0.0, 0.2),))
+    tracker.place("c1", Segment(0.0, 0.2))
+    tracker.open("c2")
+    assert [(u.context_id, u.text) for u in tracker.cut(0.1)] == [("c1", ""), ("c2", "")]
+
+
+# ------------------------------------------------------------- output base
+
+
+class RecordingOutput(OutputTransport):
+    """A device that records when each chunk was written."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.writes: list[tuple[float, AudioChunk]] = []
+        self.clears: list[float] = []
+
+    async def write_audio(self, chunk: AudioChunk) -> None:
+        self.writes.append((asyncio.get_running_loop().time(), chunk))
+
+    async def clear_output(self) -> None:
+        self.clears.append(asyncio.get_running_loop().time())
+
+
+class EchoingOutput(RecordingOutput):
+    """A device that confirms markers after the audio before them has 'played'."""
+
+    uses_markers = True
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.markers: list[str] = []
+        self._echoes: list[asyncio.TimerHandle] = []
+
+    async def write_marker(self, name: str) -> None:
+        self.markers.append(name)
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self.timeline.written - self.timeline.clock_position(loop.time()))
+        self._echoes.append(loop.call_later(delay, self.marker_played, name))
+
+    async def cleanup(self) -> None:
+        for handle in self._echoes:
+            handle.cancel()
+        await super().cleanup()
+
+
+WORDS = (("Good", 0.0, 0.2), ("morning", 0.25, 0.5), ("to", 0.55, 0.6), ("you.", 0.65, 0.9))
+
+
+def speech(context_id: str, seconds: float = 1.0, words=WORDS) -> list:
+    return [
+        TTSStartedFrame(context_id=context_id),
+        TTSAudioRawFrame(pcm(seconds / 2), RATE, context_id=context_id),
+        TTSWordTimestampsFrame(words, context_id=context_id),
+        TTSAudioRawFrame(pcm(seconds / 2), RATE, context_id=context_id),
+        TTSStoppedFrame(context_id=context_id),
+    ]
+
+
+async def test_output_paces_audio_and_reports_what_was_heard():
+    output = RecordingOutput(lead=0.1)
+    start = asyncio.get_running_loop().time()
+    collected = await run_pipeline([output], speech("c1"), timeout=5)
+    writes = output.writes
+    assert sum(c.duration for _, c in writes) == pytest.approx(1.0)
+    assert {round(c.duration, 3) for _, c in writes} == {0.02}
+    # Paced: the last chunk cannot be written before ~0.9 s minus the lead.
+    assert writes[-1][0] - start >= 0.75
+    heard = [f.text for f in collected.of_type(HeardTextFrame)]
+    assert heard[-1] == "Good morning to you."
+    assert heard == sorted(heard, key=len)  # cumulative, growing
+    for direction in (FrameDirection.DOWNSTREAM, FrameDirection.UPSTREAM):
+        assert len(collected.of_type(BotStartedSpeakingFrame, direction)) == 1
+        assert len(collected.of_type(BotStoppedSpeakingFrame, direction)) == 1
+    # The end waited for playback: BotStopped comes before the EndFrame.
+    kinds = collected.types()
+    assert kinds.index("BotStoppedSpeakingFrame") < kinds.index("EndFrame")
+
+
+async def test_interruption_clears_and_reports_only_the_played_words():
+    output = EchoingOutput(lead=0.1, marker_interval=0.1)
+    async with PipelineHarness([output]) as h:
+        for frame in speech("c1", seconds=2.0, words=tuple((w, s * 2, e * 2) for w, s, e in WORDS)):
+            await h.send(frame)
+        await h.wait_for(HeardTextFrame, where=lambda f: f.text == "Good morning", timeout=3)
+        await h.send(InterruptionFrame())
+        await h.wait_for(BotStoppedSpeakingFrame, timeout=2)
+        cut_at = output.clears[0]
+    assert len(output.clears) == 1
+    final = [f for f in h.downstream if isinstance(f, HeardTextFrame)][-1]
+    assert final.text in ("Good morning", "Good morning to")
+    # Nothing was written after the clear.
+    assert all(t <= cut_at for t, _ in output.writes)
+    assert output.timeline.ignored_echoes >= 0
+    assert sum(c.duration for _, c in output.writes) < 2.0
+
+
+async def test_markers_are_written_and_end_waits_for_their_echo():
+    output = EchoingOutput(lead=0.05, marker_interval=0.2)
+    collected = await run_pipeline([output], speech("c1", seconds=0.6), timeout=5)
+    assert len(output.markers) >= 3
+    assert output.timeline.pending_markers == 0
+    assert [f.text for f in collected.of_type(HeardTextFrame)][-1] == "Good morning to you."
+
+
+async def test_text_frames_pass_through_and_plain_audio_plays_untracked():
+    output = RecordingOutput()
+    frames = [TextFrame("hello"), TTSAudioRawFrame(pcm(0.1), RATE)]
+    collected = await run_pipeline([output], frames, timeout=5)
+    assert [f.text for f in collected.of_type(TextFrame)] == ["hello"]
+    assert collected.of_type(HeardTextFrame) == []
+    assert sum(c.duration for _, c in output.writes) == pytest.approx(0.1)
+
+
+async def test_a_failing_device_ends_the_pipeline():
+    class Broken(RecordingOutput):
+        async def write_audio(self, chunk: AudioChunk) -> None:
+            raise ConnectionResetError("socket closed")
+
+    collected = await run_pipeline([Broken()], [TTSAudioRawFrame(pcm(0.2), RATE)], timeout=5)
+    assert collected.finish_reason == "error"
+
+
+def test_output_rejects_nonsense_settings():
+    with pytest.raises(ConfigurationError):
+        RecordingOutput(chunk_duration=0)
+    with pytest.raises(ConfigurationError):
+        InputTransport(overflow="block")  # type: ignore[arg-type]
+
+
+# -------------------------------------------------------------- input base
+
+
+async def test_input_offer_never_blocks_and_counts_overflow():
+    source = InputTransport(max_pending=3)
+    for n in range(5):
+        source.offer(InputAudioRawFrame(bytes([n, 0]), RATE))
+    assert source.dropped == 2 and source.pending == 3
+    collected = await run_pipeline([source], [0.05], timeout=5)
+    kept = [f.audio[0] for f in collected.of_type(InputAudioRawFrame)]
+    assert kept == [2, 3, 4]  # drop_oldest keeps the freshest audio
+
+
+async def test_input_drop_newest_policy():
+    source = InputTransport(max_pending=2, overflow="drop_newest")
+    results = [source.offer(InputAudioRawFrame(bytes([n, 0]), RATE)) for n in range(3)]
+    assert results == [True, True, False]
+    collected = await run_pipeline([source], [0.05], timeout=5)
+    assert [f.audio[0] for f in collected.of_type(InputAudioRawFrame)] == [0, 1]
+
+
+async def test_end_frame_is_bounded_when_markers_never_come_back():
+    class Silent(RecordingOutput):
+        uses_markers = True
+
+    output = Silent(lead=0.05, end_timeout=0.2)
+    collected = await run_pipeline([output], speech("c1", seconds=0.2), timeout=5)
+    assert collected.finish_reason == "end"
+    assert collected.of_type(EndFrame)

@@ -1,0 +1,448 @@
+"""The aiohttp server Twilio talks to: webhooks, media streams, one pipeline per call.
+
+Routes (under the configured public base URL):
+
+``POST /twilio/answer?call=<token>``
+    the answer webhook of a call we placed: returns TwiML that connects the
+    call to our media stream, with the call's data as ``<Parameter>``s (the
+    ``<Stream>`` URL does not carry query strings): the one-time call
+    token, the campaign id and the prospect id.
+``GET /twilio/media`` (websocket)
+    the media stream. The ``start`` message's ``call_token`` must belong to
+    a call we placed and not be used yet; otherwise the socket is closed
+    (1008) saying why. Then ``pipeline_factory(TwilioCall)`` builds the
+    call's ``PipelineTask`` and the server runs it until the call ends.
+``POST /twilio/status?call=<token>``
+    status callbacks: they drive the call's state machine to its outcome.
+
+Every request, the websocket upgrade included, must carry a valid
+``X-Twilio-Signature`` for the public URL it was sent to (the public base
+URL plus the request's path and query: proxies and tunnels change the Host
+we see, so it is never read from the request). A bad or missing signature
+is answered 403 before anything is processed. ``validate_signatures=False``
+turns this off for local development, and says so loudly.
+
+Isolation: each call runs in its own request handler; an exception, a
+malformed stream or a failed service ends that call only. When a pipeline
+ends on our side (goodbye said, ``end_call``, budget, error) the call is hung
+up through the REST API (after the goodbye's last mark came back: the
+output transport waits for it before the EndFrame leaves), then the socket
+is closed. When the callee hangs up, the pipeline is cancelled and its
+processors close their service sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from loguru import logger
+
+from vantum_pipeline.errors import ConfigurationError, ProtocolError, ServiceError
+from vantum_pipeline.observability.retry import RetryExhausted
+from vantum_pipeline.task import PipelineTask
+from vantum_pipeline.telephony.calls import CallRegistry, OutboundCall, place_call
+from vantum_pipeline.telephony.client import TwilioRestClient
+from vantum_pipeline.telephony.numbers import InvalidNumberError, mask_number, validate_e164
+from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord, outcome_for_status
+from vantum_pipeline.telephony.settings import TwilioSettings
+from vantum_pipeline.transports.twilio.serializer import TwilioSerializer, TwilioStartFrame
+from vantum_pipeline.transports.twilio.transport import TwilioTransport, TwilioTransportParams
+
+__all__ = ["PipelineFactory", "ServerPaths", "TwilioCall", "TwilioServer"]
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+#: Largest webhook body or media message we accept.
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class TwilioCall:
+    """What the pipeline factory gets: one answered call and its media stream."""
+
+    transport: TwilioTransport
+    call: OutboundCall
+    parameters: dict[str, str]
+    server: TwilioServer
+
+    @property
+    def call_sid(self) -> str:
+        return self.transport.call_sid
+
+    @property
+    def answered_by(self) -> str | None:
+        return self.call.answered_by
+
+
+PipelineFactory = Callable[[TwilioCall], Awaitable[PipelineTask] | PipelineTask]
+
+
+@dataclass(slots=True, frozen=True)
+class ServerPaths:
+    answer: str = "/twilio/answer"
+    media: str = "/twilio/media"
+    status: str = "/twilio/status"
+
+
+@dataclass(slots=True)
+class _ActiveCall:
+    call: OutboundCall
+    transport: TwilioTransport
+    task: PipelineTask | None = None
+    hung_up: bool = field(default=False)
+
+
+class TwilioServer:
+    """Serves many concurrent calls; see the module docstring.
+
+    ``public_base_url`` (from the settings) is the URL Twilio uses to reach
+    this server; tests that bind port 0 set it after ``start()``.
+    ``max_calls`` bounds concurrent media streams (more are refused with
+    503); ``start_timeout`` bounds the wait for a stream's ``start``;
+    ``outcome_timeout`` is how long after a stream ends the final status
+    callback may take before the call's status is fetched instead.
+    """
+
+    def __init__(
+        self,
+        settings: TwilioSettings,
+        pipeline_factory: PipelineFactory,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        client: TwilioRestClient | None = None,
+        registry: CallRegistry | None = None,
+        transport_params: TwilioTransportParams | None = None,
+        paths: ServerPaths | None = None,
+        max_calls: int = 100,
+        start_timeout: float = 10.0,
+        factory_timeout: float = 10.0,
+        outcome_timeout: float = 15.0,
+    ) -> None:
+        self.settings = settings
+        self.public_base_url = settings.public_base_url
+        self.pipeline_factory = pipeline_factory
+        self.host = host
+        self.port = port
+        self.client = client or TwilioRestClient(settings)
+        self._own_client = client is None
+        self.registry = registry or CallRegistry()
+        self.transport_params = transport_params or TwilioTransportParams()
+        self.paths = paths or ServerPaths()
+        self.max_calls = max_calls
+        self.start_timeout = start_timeout
+        self.factory_timeout = factory_timeout
+        self.outcome_timeout = outcome_timeout
+        self.active: dict[str, _ActiveCall] = {}
+        #: Requests refused for a bad or missing signature.
+        self.rejected_signatures = 0
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._validator: Any = None
+        self.app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        self.app.router.add_post(self.paths.answer, self._answer)
+        self.app.router.add_post(self.paths.status, self._status)
+        self.app.router.add_get(self.paths.media, self._media)
+
+    # ----------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> TwilioServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        from twilio.request_validator import RequestValidator
+
+        self._validator = RequestValidator(self.settings.auth_token.reveal())
+        if not self.settings.validate_signatures:
+            logger.warning(
+                "TWILIO SIGNATURE VALIDATION IS OFF: anyone who can reach {} can start calls' pipelines. "
+                "Local development only.",
+                self.public_base_url,
+            )
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        logger.info("Twilio server listening on {} (public URL {})", self.local_url, self.public_base_url)
+
+    async def stop(self) -> None:
+        """Cancel every call's pipeline, close the sockets, stop listening. Bounded."""
+        for active in list(self.active.values()):
+            if active.task is not None:
+                await active.task.cancel("server stopping")
+            await active.transport.close(WSCloseCode.GOING_AWAY, "server stopping")
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        if self._own_client:
+            await self.client.aclose()
+
+    @property
+    def local_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # ---------------------------------------------------------------- URLs
+
+    def answer_url(self, call: OutboundCall) -> str:
+        return f"{self.public_base_url}{self.paths.answer}?call={call.token}"
+
+    def status_url(self, call: OutboundCall) -> str:
+        return f"{self.public_base_url}{self.paths.status}?call={call.token}"
+
+    @property
+    def media_url(self) -> str:
+        scheme, _, rest = self.public_base_url.partition("://")
+        return ("wss" if scheme == "https" else "ws") + "://" + rest + self.paths.media
+
+    def twiml_for(self, call: OutboundCall) -> str:
+        """``<Connect><Stream>`` to our media URL, the call's data as Parameters."""
+        from twilio.twiml.voice_response import VoiceResponse
+
+        response = VoiceResponse()
+        stream = response.connect().stream(url=self.media_url)
+        for name, value in call.parameters.items():
+            stream.parameter(name=name, value=value)
+        return str(response)
+
+    # --------------------------------------------------------------- calls
+
+    async def place_call(
+        self,
+        to: str,
+        *,
+        campaign_id: str | None = None,
+        prospect_id: str | None = None,
+        machine_detection: str | None = None,
+        inline_twiml: bool = False,
+    ) -> OutboundCall:
+        """Place a call that will be served by this server.
+
+        Never raises for a call that cannot be placed: the returned call has
+        then ended already, with its record (``call.record.outcome``:
+        ``remove`` for an invalid number, ``retry_later`` when rate limited,
+        ``error`` otherwise). ``await call.wait()`` gives the record of any call.
+        """
+        call = self.registry.new_call(
+            to,
+            self.settings.from_number,
+            price_per_minute=self.settings.price_per_minute,
+            campaign_id=campaign_id,
+            prospect_id=prospect_id,
+        )
+        try:
+            validate_e164(to, field="to")
+            source = {"twiml": self.twiml_for(call)} if inline_twiml else {"url": self.answer_url(call)}
+            placed = await place_call(
+                self.client,
+                to,
+                self.settings.from_number,
+                status_callback=self.status_url(call),
+                machine_detection=machine_detection or self.settings.machine_detection,
+                ring_timeout=self.settings.ring_timeout,
+                **source,
+            )
+        except (InvalidNumberError, ServiceError) as exc:
+            cause = exc.__cause__ if isinstance(exc, RetryExhausted) else exc
+            logger.warning("call to {} not placed: {}", mask_number(to), exc)
+            call.failed_to_place(cause if isinstance(cause, BaseException) else exc)
+            return call
+        call.placed(placed)
+        logger.info("call {} to {} placed ({})", placed.sid, mask_number(to), placed.status)
+        return call
+
+    async def hang_up(self, call: OutboundCall) -> bool:
+        """End ``call`` through the REST API; False if that failed (logged)."""
+        if call.sid is None or call.ended:
+            return False
+        try:
+            await self.client.hang_up(call.sid)
+        except (ServiceError, ConfigurationError) as exc:
+            logger.warning("call {}: hang-up request failed: {}", call.sid, exc)
+            return False
+        logger.info("call {}: hung up", call.sid)
+        return True
+
+    # ---------------------------------------------------------- signatures
+
+    async def _verified(self, request: web.Request) -> Mapping[str, str] | None:
+        """The request's parameters if its signature is valid, else None."""
+        params: Any = {}
+        if request.method == "POST":
+            if request.content_type == "application/x-www-form-urlencoded":
+                params = await request.post()
+            else:
+                params = await request.text()
+        if not self.settings.validate_signatures:
+            return params if isinstance(params, Mapping) else {}
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if not signature:
+            return self._reject(request, "no X-Twilio-Signature header")
+        from twilio.request_validator import get_signature_algorithm
+
+        algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
+        base = self.public_base_url
+        if request.path == self.paths.media:
+            base = self.media_url[: -len(self.paths.media)]
+        url = base + request.raw_path
+        if not self._validator.validate(url, params, signature, algorithm):
+            return self._reject(request, "signature does not match")
+        return params if isinstance(params, Mapping) else {}
+
+    def _reject(self, request: web.Request, why: str) -> None:
+        self.rejected_signatures += 1
+        logger.warning("refused {} {} from {}: {}", request.method, request.path, request.remote, why)
+        return None
+
+    # ------------------------------------------------------------ webhooks
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        params = await self._verified(request)
+        if params is None:
+            return web.Response(status=403, text="invalid Twilio signature")
+        call = self.registry.get(request.query.get("call"))
+        if call is None:
+            logger.warning("answer webhook for an unknown call {}: hanging up", params.get("CallSid", "?"))
+            return web.Response(
+                text='<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>', content_type="text/xml"
+            )
+        call.on_answered(params)
+        return web.Response(text=self.twiml_for(call), content_type="text/xml")
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        params = await self._verified(request)
+        if params is None:
+            return web.Response(status=403, text="invalid Twilio signature")
+        call = self.registry.get(request.query.get("call"))
+        if call is None:
+            logger.debug(
+                "status callback {} for a finished or unknown call {}", params.get("CallStatus"), params.get("CallSid")
+            )
+            return web.Response(status=204)
+        call.on_status(params)
+        return web.Response(status=204)
+
+    # --------------------------------------------------------- media stream
+
+    async def _media(self, request: web.Request) -> web.StreamResponse:
+        if await self._verified(request) is None:
+            return web.Response(status=403, text="invalid Twilio signature")
+        if len(self.active) >= self.max_calls:
+            logger.warning("refused a media stream: {} calls already active", len(self.active))
+            return web.Response(status=503, text="too many calls")
+        socket = web.WebSocketResponse(max_msg_size=MAX_REQUEST_BYTES, timeout=self.transport_params.io_timeout)
+        await socket.prepare(request)
+        try:
+            await self._serve_stream(socket)
+        except Exception as exc:
+            # One call's failure must never reach the server or other calls.
+            logger.opt(exception=exc).error("media stream failed: {}: {}", type(exc).__name__, exc)
+        finally:
+            if not socket.closed:
+                try:
+                    async with asyncio.timeout(self.transport_params.io_timeout):
+                        await socket.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+                except (TimeoutError, OSError):
+                    pass
+        return socket
+
+    async def _read_start(self, socket: web.WebSocketResponse, serializer: TwilioSerializer) -> TwilioStartFrame:
+        async with asyncio.timeout(self.start_timeout):
+            while serializer.start is None:
+                message = await socket.receive()
+                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    raise ProtocolError("the media socket closed before 'start'")
+                frames = serializer.deserialize(message.data)
+                if any(not isinstance(f, TwilioStartFrame) for f in frames):
+                    raise ProtocolError("media stream messages before 'start'")
+        return serializer.start
+
+    async def _serve_stream(self, socket: web.WebSocketResponse) -> None:
+        params = self.transport_params
+        serializer = TwilioSerializer(passthrough=params.passthrough_input)
+        try:
+            start = await self._read_start(socket, serializer)
+        except (ProtocolError, TimeoutError) as exc:
+            reason = str(exc) or f"no 'start' within {self.start_timeout:.0f}s"
+            logger.warning("media stream refused: {}", reason)
+            await socket.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
+            return
+        call = self.registry.claim_stream(start.custom_parameters.get("call_token"), start.call_sid)
+        if call is None:
+            logger.warning("media stream of call {} refused: unknown or already used call token", start.call_sid)
+            await socket.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unknown call token")
+            return
+        call.on_stream_started()
+        transport = TwilioTransport(socket, serializer, params)
+        active = _ActiveCall(call, transport)
+        self.active[call.token] = active
+        try:
+            await self._run_pipeline(active)
+        finally:
+            self.active.pop(call.token, None)
+            if not transport.ended.is_set() and not active.hung_up:
+                # Our side ended the call (goodbye, error): hang up, then close.
+                active.hung_up = await self.hang_up(call)
+            await transport.close(WSCloseCode.OK, "call ended")
+            self._follow_outcome(call)
+
+    async def _run_pipeline(self, active: _ActiveCall) -> None:
+        call, transport = active.call, active.transport
+        session = TwilioCall(transport, call, dict(transport.start.custom_parameters), self)
+        try:
+            async with asyncio.timeout(self.factory_timeout):
+                built = self.pipeline_factory(session)
+                task = await built if inspect.isawaitable(built) else built
+        except Exception as exc:
+            logger.opt(exception=exc).error("call {}: the pipeline could not be built: {}", call.sid, exc)
+            call.note_failure(f"pipeline could not be built: {type(exc).__name__}")
+            return
+        active.task = task
+        try:
+            await task.run()
+        finally:
+            logger.info("call {}: pipeline finished ({})", call.sid, task.finish_reason)
+            if task.finish_reason == "error":
+                call.note_failure(f"pipeline error: {task.error.error if task.error else 'unknown'}")
+
+    def _follow_outcome(self, call: OutboundCall) -> None:
+        """Make sure the call gets its record, even if the last callback is lost."""
+        if call.ended:
+            return
+        task = asyncio.get_running_loop().create_task(self._await_outcome(call), name=f"outcome:{call.sid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _await_outcome(self, call: OutboundCall) -> CallRecord:
+        try:
+            async with asyncio.timeout(self.outcome_timeout):
+                return await call.wait()
+        except TimeoutError:
+            pass
+        status = "unknown"
+        if call.sid is not None:
+            try:
+                fetched = await self.client.fetch(call.sid)
+                status = str(fetched.status)
+                if fetched.duration:
+                    call.duration = float(fetched.duration)
+            except (ServiceError, ConfigurationError, ValueError) as exc:
+                logger.warning("call {}: status could not be fetched: {}", call.sid, exc)
+        outcome = outcome_for_status(status) or CallOutcome.ERROR
+        return call.finish(outcome, status)
