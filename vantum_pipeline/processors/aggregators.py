@@ -122,6 +122,7 @@ class _Turn:
     """One bot turn as seen at the tail."""
 
     bracketed: bool  # opened by LLMFullResponseStartFrame (else by a bare TextFrame)
+    epoch: int = -1  # interruption epoch the turn was opened in
     text: str = ""
     open: bool = True
     message: Message | None = None
@@ -157,7 +158,7 @@ class AssistantAggregator(FrameProcessor):
     def _observe(self, frame: Frame) -> None:
         if isinstance(frame, LLMFullResponseStartFrame):
             self._commit()
-            self._turn = _Turn(bracketed=True)
+            self._turn = _Turn(bracketed=True, epoch=self.handling_epoch)
         elif isinstance(frame, TextFrame):
             turn = self._open_turn()
             # LLM tokens carry their own spacing; sentences do not.
@@ -167,7 +168,7 @@ class AssistantAggregator(FrameProcessor):
                 self._turn.text = _join(self._turn.text, frame.text)
             else:
                 self._commit()
-                self._turn = _Turn(bracketed=False, text=frame.text)
+                self._turn = _Turn(bracketed=False, epoch=self.handling_epoch, text=frame.text)
                 self._commit()
         elif isinstance(frame, LLMFullResponseEndFrame):
             self._commit()
@@ -182,7 +183,15 @@ class AssistantAggregator(FrameProcessor):
             self._heard(frame)
         elif isinstance(frame, BotStoppedSpeakingFrame):
             latest = self._turn
-            if latest is not None and not latest.open and latest.started <= latest.stopped:
+            # The output transport also stops speaking because of an interruption, and that
+            # BotStoppedSpeakingFrame (out of band, of the new epoch) may arrive before this
+            # processor's InterruptionFrame: it must not make the cut turn count as played.
+            if (
+                latest is not None
+                and not latest.open
+                and latest.started <= latest.stopped
+                and frame.epoch <= latest.epoch
+            ):
                 latest.played = True
         elif isinstance(frame, InterruptionFrame):
             self._interrupt()
@@ -194,7 +203,7 @@ class AssistantAggregator(FrameProcessor):
 
     def _open_turn(self) -> _Turn:
         if self._turn is None or not self._turn.open:
-            self._turn = _Turn(bracketed=False)
+            self._turn = _Turn(bracketed=False, epoch=self.handling_epoch)
         return self._turn
 
     def _turn_of(self, context_id: str) -> _Turn:

@@ -67,7 +67,7 @@ class PocketsphinxFakeRecognizer:
         self._resampler: StreamResampler | None = None
         self.finals: list[FinalTranscript] = []
 
-    def transcribe(self, pcm16: bytes, sample_rate: int, *, final: bool) -> Recognition:
+    def transcribe(self, pcm16: bytes, sample_rate: int, *, final: bool = True) -> Recognition:
         with self._lock:
             if not self._continues(pcm16, sample_rate):
                 self._restart(pcm16, sample_rate)

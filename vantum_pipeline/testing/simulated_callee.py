@@ -35,7 +35,7 @@ from vantum_pipeline.services.offline.agent import SalesScript
 from vantum_pipeline.services.offline.espeak import CALLEE_VOICE, EspeakSynthesizer, EspeakVoice
 from vantum_pipeline.services.offline.language_model import DomainLanguageModel
 from vantum_pipeline.services.offline.recognizer import SAMPLE_RATE, PocketsphinxRecognizer
-from vantum_pipeline.testing.callee import Callee
+from vantum_pipeline.testing.callee import Callee, load_speech
 
 __all__ = ["DEMO_LINES", "CalleeLine", "HeardTurn", "SaidLine", "SimulatedCallee"]
 
@@ -96,6 +96,8 @@ class SimulatedCallee:
     on_event: EventCallback | None = None
     heard: list[HeardTurn] = field(default_factory=list)
     said: list[SaidLine] = field(default_factory=list)
+    #: (stream time, μ-law) of everything the callee said, as sent on the line.
+    recordings: list[tuple[float, bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._synthesizer = EspeakSynthesizer(self.voice)
@@ -146,6 +148,7 @@ class SimulatedCallee:
         if self.on_event is not None and not barge_in:
             self.on_event("callee", line.text, callee.now())
         start = callee.now()
+        self.recordings.append((start, load_speech(speech.audio, speech.sample_rate)))
         await callee.say(speech.audio, speech.sample_rate)
         self.said.append(SaidLine(line.text, start, callee.now(), barge_in))
 

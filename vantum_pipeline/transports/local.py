@@ -34,7 +34,14 @@ from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import MULAW, InputAudioRawFrame, StartFrame
 from vantum_pipeline.transports.base import AudioChunk, InputTransport, OutputTransport
 
-__all__ = ["LocalAudioInput", "LocalAudioOutput", "LocalAudioParams", "LocalAudioTransport", "load_sounddevice"]
+__all__ = [
+    "LocalAudioInput",
+    "LocalAudioOutput",
+    "LocalAudioParams",
+    "LocalAudioTransport",
+    "check_local_audio",
+    "load_sounddevice",
+]
 
 INSTALL_HINT = (
     "local audio needs the sounddevice package and the PortAudio library: "
@@ -63,6 +70,14 @@ def _check_device(sounddevice: Any, kind: str, device: int | str | None) -> None
             "connect one, or pick one with LocalAudioParams(input_device=..., output_device=...) "
             "(python -m sounddevice lists them)"
         ) from exc
+
+
+def check_local_audio(params: LocalAudioParams | None = None) -> None:
+    """Fail now, with a ConfigurationError saying what is missing, rather than at StartFrame."""
+    params = params or LocalAudioParams()
+    sounddevice = load_sounddevice()
+    _check_device(sounddevice, "input", params.input_device)
+    _check_device(sounddevice, "output", params.output_device)
 
 
 @dataclass(frozen=True, slots=True)

@@ -313,7 +313,9 @@ def _last_content(messages: Sequence[Mapping[str, Any]], role: str) -> str | Non
 
 
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "tomorrow")
-_TIME_OF_DAY = re.compile(r"\b(morning|afternoon|evening|at (?:one|two|three|four|five|six|nine|ten|eleven|noon))\b")
+_TIME_OF_DAY = re.compile(r"\b(morning|afternoon|evening)\b")
+# "at ten", or just "ten" when a recognizer dropped the "at".
+_HOUR = re.compile(r"\b(?:at )?(one|two|three|four|five|six|nine|ten|eleven|twelve|noon)\b")
 
 
 def _when(text: str) -> str:
@@ -322,11 +324,14 @@ def _when(text: str) -> str:
     joined = " ".join(words)
     day = next((w for w in words if w in _DAYS), None)
     part = _TIME_OF_DAY.search(joined)
+    hour = _HOUR.search(joined)
     pieces = []
+    if "next week" in joined and day is None:
+        pieces.append("next week")
     if day is not None:
         pieces.append(day.capitalize() if day != "tomorrow" else "tomorrow")
     if part is not None:
         pieces.append(part.group(1))
-    if "next week" in joined and day is None:
-        pieces.insert(0, "next week")
+    if hour is not None:
+        pieces.append(f"at {hour.group(1)}")
     return " ".join(pieces) or "then"

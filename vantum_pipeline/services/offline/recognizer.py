@@ -292,7 +292,8 @@ class PocketsphinxRecognizer:
 
     def _result(self, decoder: Any, start: float, end: float, forced: bool) -> FinalTranscript:
         words = _words(decoder, start)
-        posteriors = [float(segment.prob) for segment in decoder.seg() if not segment.word.startswith(("<", "["))]
+        segments = decoder.seg() if words else ()
+        posteriors = [float(segment.prob) for segment in segments if not segment.word.startswith(("<", "["))]
         confidence = sum(posteriors) / len(posteriors) if posteriors else 0.0
         text = " ".join(word for word, _, _ in words)
         return FinalTranscript(
@@ -302,7 +303,9 @@ class PocketsphinxRecognizer:
 
 def _words(decoder: Any, start: float) -> list[tuple[str, float, float]]:
     """The decoder's best path as (word, start, end), fillers left out; times offset by ``start``."""
-    words = []
+    words: list[tuple[str, float, float]] = []
+    if decoder.hyp() is None:
+        return words  # no hypothesis at all (a grammar search that matched nothing)
     for segment in decoder.seg():
         word = segment.word
         if word.startswith(("<", "[")):
@@ -327,6 +330,10 @@ def _make_decoder(pocketsphinx: Any, model: DomainLanguageModel | None, search: 
         "samprate": SAMPLE_RATE,
         "bestpath": True,
         "loglevel": "FATAL",
+        # Digital silence (a phone line's, between words) has no energy to take the log of:
+        # a least-significant bit of noise, from a fixed seed, keeps the features sane.
+        "dither": True,
+        "seed": 1,
     }
     if model is None:
         options["lm"] = str(model_path("en-us/en-us.lm.bin"))

@@ -1,0 +1,63 @@
+"""The ``vantum`` command (also ``python -m vantum_pipeline``).
+
+vantum demo            a whole simulated outbound sales call, offline: no keys, no network
+vantum demo --mic      talk to the bot yourself, through your microphone and speaker
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from loguru import logger
+
+from vantum_pipeline.errors import ConfigurationError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vantum", description="vantum_pipeline: real-time voice agents on the phone")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="run a simulated outbound sales call with the offline engines",
+        description=(
+            "Runs one outbound sales call through the production path (Twilio media stream, Deepgram, OpenAI "
+            "and Cartesia on their SDKs) against local stand-ins backed by pocketsphinx, a scripted sales agent "
+            "and espeak-ng. Writes call.wav (callee left, bot right) and call.json (the call record)."
+        ),
+    )
+    demo.add_argument("--mic", action="store_true", help="talk to the bot through your microphone and speaker")
+    demo.add_argument("--out", type=Path, default=Path("."), help="where to write call.wav and call.json")
+    demo.add_argument("--quiet", action="store_true", help="print only the summary")
+    demo.add_argument("--no-interims", action="store_true", help="do not print interim transcripts")
+    demo.add_argument("--log-level", default="ERROR", help="library log level on stderr (default ERROR)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logger.remove()
+    logger.add(sys.stderr, level=args.log_level.upper())
+    if args.command == "demo":
+        try:
+            if args.mic:
+                from vantum_pipeline.demo.local_voice import run_local_voice
+
+                return asyncio.run(run_local_voice())
+            from vantum_pipeline.demo.summary import run_and_summarize
+
+            return asyncio.run(run_and_summarize(args.out, quiet=args.quiet, interims=not args.no_interims))
+        except ConfigurationError as exc:
+            print(f"vantum demo: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
