@@ -217,7 +217,7 @@ class _Turn:
                 "confidence": self.confidence,
                 "low_confidence": self.low_confidence,
                 "at": round(self.at, 3),
-                "latencies": dict(self.latencies),
+                "latencies": {name: round(value, 4) for name, value in self.latencies.items()},
             }
         text = " ".join(self.text) or "".join(self.llm_text) or " ".join(self.words)
         heard = " ".join(h for h in (self.heard.get(c, "") for c in self._heard_order()) if h) if self.heard else None
@@ -227,7 +227,7 @@ class _Turn:
             "heard": None if heard is None else _clip(heard.strip()),
             "interrupted": self.interrupted,
             "at": round(self.at, 3),
-            "latencies": dict(self.latencies),
+            "latencies": {name: round(value, 4) for name, value in self.latencies.items()},
         }
 
     def _heard_order(self) -> list[str]:
@@ -403,7 +403,9 @@ class CallRecorder:
         elif isinstance(frame, EndFrame):
             self._end_reason = self._end_reason or frame.reason
         elif isinstance(frame, CancelFrame):
-            self._end_reason = self._end_reason or frame.reason
+            # The task's own CancelFrame carries only its finish code.
+            if frame.reason not in _OUTCOME_OF_FINISH:
+                self._end_reason = self._end_reason or frame.reason
         elif isinstance(frame, InterruptionFrame):
             self._interrupted(frame.epoch)
         else:
@@ -589,7 +591,7 @@ class CallRecorder:
         finish = task.finish_reason if task is not None else ("end" if self._end_reason else None)
         reason = self._end_reason
         if task is not None and task.error is not None:
-            reason = reason or task.error.error
+            reason = task.error.error
         return _OUTCOME_OF_FINISH.get(finish or "", "unknown"), reason
 
 

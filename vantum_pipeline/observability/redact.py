@@ -44,6 +44,7 @@ __all__ = [
     "redacting_sink",
     "register_secret",
     "registered_secret_count",
+    "uninstall_log_redaction",
 ]
 
 MASK: Final = "***"
@@ -299,3 +300,22 @@ def install_log_redaction(
             options["format"] = format
         _installed_handler = logger.add(redacting_sink(sink if sink is not None else sys.stderr), **options)
         return _installed_handler
+
+
+def uninstall_log_redaction() -> None:
+    """Undo ``install_log_redaction``: remove its handler and the global
+    patcher (loguru's default handler is not restored). For tests and apps
+    that reconfigure logging."""
+    global _installed_handler
+    with _install_lock:
+        if _installed_handler is not None:
+            try:
+                logger.remove(_installed_handler)
+            except ValueError:
+                pass
+            _installed_handler = None
+        logger.configure(patcher=_no_patch)
+
+
+def _no_patch(record: Any) -> None:
+    """loguru's configure() cannot unset a patcher; this one does nothing."""

@@ -152,12 +152,12 @@ class RetryPolicy:
                 if isinstance(exc, TimeoutError) and scope.expired():
                     if deadline is not None and loop.time() >= deadline:
                         raise RetryExhausted(
-                            f"total deadline of {self.total_timeout:.1f}s reached during attempt {attempts}",
+                            f"total deadline of {self.total_timeout:g}s reached during attempt {attempts}",
                             service=service,
                             attempts=attempts,
                         ) from exc
                     error = ServiceError(
-                        f"attempt {attempts} timed out after {timeout:.1f}s", service=service, retryable=True
+                        f"attempt {attempts} timed out after {timeout:g}s", service=service, retryable=True
                     )
                     error.__cause__ = exc
                 elif not retryable(exc):
@@ -180,7 +180,7 @@ class RetryPolicy:
                 wait = self.delay(attempts, retry_after, rng)
                 if deadline is not None and loop.time() + wait >= deadline:
                     raise RetryExhausted(
-                        f"total deadline of {self.total_timeout:.1f}s would pass before retry {attempts}: {error}",
+                        f"total deadline of {self.total_timeout:g}s would pass before retry {attempts}: {error}",
                         service=service,
                         attempts=attempts,
                         status=getattr(error, "status", None),
