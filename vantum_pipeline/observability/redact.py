@@ -71,11 +71,16 @@ def _mask_header(match: re.Match[str]) -> str:
     return f"{prefix}{scheme} {MASK}" if scheme else f"{prefix}{MASK}"
 
 
+_Replacement = str | Callable[[re.Match[str]], str]
+
+# (needles, pattern, replacement): a pattern runs only when one of its needles
+# occurs in the lower-cased text, which skips most rules on most lines.
 # Order matters: the header rule runs before the bare-scheme rule, the
 # key-value rule before the key shapes (so "api_key=sk-…" keeps its name).
-_PATTERNS: Final[tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...]] = (
+_PATTERNS: Final[tuple[tuple[tuple[str, ...], re.Pattern[str], _Replacement], ...]] = (
     # Authorization: Bearer <x> / 'Authorization': 'Token <x>' / Proxy-Authorization: <x>
     (
+        ("authorization",),
         re.compile(
             r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)"
             r"(?:(bearer|token|basic|digest)\s+)?([^\s\"',;}\])]+)"
@@ -83,28 +88,35 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], st
         _mask_header,
     ),
     # A scheme and a credential outside a header ("Bearer abc…" in a message).
-    (re.compile(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{16,}"), r"\1 " + MASK),
+    (
+        ("bearer ", "token ", "basic "),
+        re.compile(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{16,}"),
+        r"\1 " + MASK,
+    ),
     # api_key=…, ?token=…, "password": "…", call_token: …
     (
+        ("key", "token", "secret", "passw", "signature"),
         re.compile(r"(?i)(?<![A-Za-z0-9])(" + _NAME + r")([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;}\])#]{4,}"),
         r"\1\2" + MASK,
     ),
     # scheme://user:password@host
-    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + MASK + "@"),
+    (("@",), re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + MASK + "@"),
     # OpenAI: sk-…, sk-proj-…, sk-svcacct-…, and the partly starred form its
     # 401 messages quote ("sk-proj-*****…abcd"): not even part of a key is logged.
     (
+        ("sk-",),
         re.compile(r"\bsk-(?:proj-|svcacct-|admin-)?(?:[A-Za-z0-9_-]{16,}|[A-Za-z0-9_-]*\*{3,}[A-Za-z0-9_*-]*)"),
         "sk-" + MASK,
     ),
     # Cartesia: sk_car_…
-    (re.compile(r"\bsk_car_[A-Za-z0-9_-]{8,}"), "sk_car_" + MASK),
+    (("sk_car_",), re.compile(r"\bsk_car_[A-Za-z0-9_-]{8,}"), "sk_car_" + MASK),
     # JWT (Deepgram temporary tokens and many others).
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), MASK),
+    (("eyj",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), MASK),
     # Twilio Account SID.
-    (re.compile(r"\bAC[0-9a-fA-F]{32}\b"), "AC" + MASK),
-    # Twilio auth tokens (32 hex) and Deepgram keys (40 hex).
-    (re.compile(r"\b(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{32})\b"), MASK),
+    (("ac",), re.compile(r"\bAC[0-9a-fA-F]{32}\b"), "AC" + MASK),
+    # Twilio auth tokens (32 hex) and Deepgram keys (40 hex): no needle, any
+    # line of 32 characters or more may hold one.
+    ((), re.compile(r"\b(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{32})\b"), MASK),
 )
 
 
@@ -163,7 +175,13 @@ def registered_secret_count() -> int:
 def redact(text: str) -> str:
     """``text`` with registered secrets and key-shaped substrings masked."""
     text = _registry.sub(text)
-    for pattern, replacement in _PATTERNS:
+    lowered = text.lower()
+    for needles, pattern, replacement in _PATTERNS:
+        if needles:
+            if not any(needle in lowered for needle in needles):
+                continue
+        elif len(text) < 32:
+            continue
         text = pattern.sub(replacement, text)
     return text
 
