@@ -19,6 +19,8 @@ from deepgram import AsyncDeepgramClient
 from deepgram.core.api_error import ApiError
 from deepgram.environment import DeepgramClientEnvironment
 from deepgram.listen.v1.types import (
+    ListenV1Configure,
+    ListenV1ConfigureSuccess,
     ListenV1Error,
     ListenV1Metadata,
     ListenV1Results,
@@ -188,6 +190,16 @@ async def test_finalize_flushes_with_from_finalize() -> None:
     assert transcript(final) == "Hold on a second." and final.from_finalize and not final.speech_final
     assert transcript(empty[-1]) == "" and empty[-1].from_finalize
     assert len(fake.connections[0].received_of_type("Finalize")) == 2
+
+
+async def test_configure_is_acknowledged() -> None:
+    async with FakeDeepgram() as fake, listen(fake) as socket:
+        await socket.send_configure(ListenV1Configure(keyterms=["Vantum"]))
+        answer = await socket.recv()
+        await socket.send_close_stream()
+        await drain(socket)
+    assert isinstance(answer, ListenV1ConfigureSuccess) and answer.keyterms == ["Vantum"]
+    assert fake.connections[0].received_of_type("Configure")[0]["keyterms"] == ["Vantum"]
 
 
 async def test_idle_stream_is_closed_like_the_service_unless_kept_alive() -> None:
@@ -413,7 +425,7 @@ class SlowRecognizer:
     def __init__(self) -> None:
         self.threads: set[str] = set()
 
-    def transcribe(self, pcm16: bytes, sample_rate: int, *, final: bool) -> Recognition:
+    def transcribe(self, pcm16: bytes, sample_rate: int, *, final: bool = True) -> Recognition:
         self.threads.add(threading.current_thread().name)
         if not final:
             return Recognition.EMPTY

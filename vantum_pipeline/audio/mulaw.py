@@ -17,6 +17,8 @@ from vantum_pipeline.errors import ConfigurationError
 
 __all__ = ["PCM16_TO_ULAW", "ULAW_TO_PCM16", "lin2ulaw", "ulaw2lin"]
 
+_LE_INT16 = np.dtype("<i2")
+_LE_UINT16 = np.dtype("<u2")
 _BIAS = 0x84
 _CLIP = 8159  # largest 14-bit magnitude mu-law can represent
 # Upper bound (inclusive) of each of the 8 segments, in biased 14-bit magnitude.
@@ -29,7 +31,7 @@ def _build_decode_table() -> npt.NDArray[np.int16]:
     exponent = (code & 0x70) >> 4
     magnitude = ((mantissa << 3) + _BIAS) << exponent
     linear = np.where(code & 0x80, _BIAS - magnitude, magnitude - _BIAS)
-    return linear.astype(np.int16)
+    return linear.astype(_LE_INT16)
 
 
 def _build_encode_table() -> npt.NDArray[np.uint8]:
@@ -54,8 +56,6 @@ ULAW_TO_PCM16: npt.NDArray[np.int16] = _build_decode_table()
 #: 16-bit sample (as unsigned, ``sample & 0xFFFF``) -> mu-law byte.
 PCM16_TO_ULAW: npt.NDArray[np.uint8] = _build_encode_table()
 
-_LE_INT16 = np.dtype("<i2")
-_LE_UINT16 = np.dtype("<u2")
 
 
 def lin2ulaw(pcm: bytes | bytearray | memoryview) -> bytes:
@@ -66,11 +66,10 @@ def lin2ulaw(pcm: bytes | bytearray | memoryview) -> bytes:
     """
     if len(pcm) % 2:
         raise ConfigurationError(f"lin2ulaw: 16-bit PCM must have an even number of bytes, got {len(pcm)}")
-    samples = np.frombuffer(pcm, dtype=_LE_UINT16)
-    return PCM16_TO_ULAW[samples].tobytes()
+    # take() beats fancy indexing on frame-sized arrays.
+    return PCM16_TO_ULAW.take(np.frombuffer(pcm, dtype=_LE_UINT16)).tobytes()
 
 
 def ulaw2lin(data: bytes | bytearray | memoryview) -> bytes:
     """Decode mu-law bytes to 16-bit little-endian PCM (two bytes per sample)."""
-    codes = np.frombuffer(data, dtype=np.uint8)
-    return ULAW_TO_PCM16[codes].astype(_LE_INT16, copy=False).tobytes()
+    return ULAW_TO_PCM16.take(np.frombuffer(data, dtype=np.uint8)).tobytes()

@@ -13,7 +13,7 @@ Deepgram's protocol and timing rules (see ``deepgram_stream``), with what it
 The upgrade checks ``Authorization: Token <key>`` (or ``Bearer``): 401 when
 missing, or wrong when ``api_key`` is set; 400 naming the parameter when the
 query is invalid. The server honours ``KeepAlive``, ``Finalize`` and
-``CloseStream``, and closes a stream that received neither audio nor a
+``CloseStream`` (and acknowledges ``Configure``), and closes a stream that received neither audio nor a
 message for ``idle_timeout`` seconds with close code 1011 (NET-0001), as the
 service does.
 
@@ -255,7 +255,7 @@ class FakeDeepgram:
             ping_interval=None,
             max_size=2**22,
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = next(iter(self._server.sockets)).getsockname()[1]
         logger.debug("FakeDeepgram listening on {}", self.ws_url)
         return self
 
@@ -472,6 +472,12 @@ class FakeDeepgram:
             connection.closed_by = "close_stream"
             await self._queue(connection, await stream.close())
             await connection._outbox.put(None)  # the sender closes after the last message
+        elif kind == "Configure":
+            keyterms = parsed.get("keyterms")
+            answer: dict[str, Any] = {"type": "ConfigureSuccess", "request_id": stream.request_id}
+            if isinstance(keyterms, list):
+                answer["keyterms"] = keyterms
+            await connection._outbox.put(answer)
         elif kind != "KeepAlive":
             logger.warning("FakeDeepgram: ignored a message of unknown type {!r}", kind)
 

@@ -20,8 +20,9 @@ returns the server's JSON messages with Deepgram's timing semantics:
 - final results tile the timeline: each starts where the previous ended
   (silence gets empty finals every ``max_segment`` seconds);
 - ``Finalize`` flushes: a final with ``from_finalize: true`` for what is
-  pending (an empty one when nothing is); ``CloseStream`` flushes and ends
-  with ``Metadata``.
+  pending (an empty one when nothing is) and ends the utterance (speech that
+  goes on counts as a new one); ``CloseStream`` flushes and ends with
+  ``Metadata``.
 """
 
 from __future__ import annotations
@@ -380,7 +381,7 @@ class ListenStream:
         out.append(
             self._results(
                 words, recognition.confidence, is_final=True,
-                speech_final=speech_final and bool(words), from_finalize=from_finalize,
+                speech_final=speech_final, from_finalize=from_finalize,
             )
         )  # fmt: skip
         self._note_words(words)

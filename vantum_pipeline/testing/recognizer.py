@@ -8,7 +8,7 @@ starts and ends (energy-based speech detection, Deepgram's endpointing
 rules); the recognizer only decides *what* was said.
 
     class MyRecognizer:
-        def transcribe(self, pcm16: bytes, sample_rate: int, *, final: bool) -> Recognition: ...
+        def transcribe(self, pcm16: bytes, sample_rate: int, *, final: bool = True) -> Recognition: ...
 
 - ``pcm16`` is the utterance's audio so far (mono 16-bit little-endian PCM at
   ``sample_rate``), from a little before the speech onset;
@@ -85,7 +85,7 @@ Recognition.EMPTY = Recognition("", 0.0, ())
 class Recognizer(Protocol):
     """Turns one utterance's audio into text; see the module docstring."""
 
-    def transcribe(self, pcm16: bytes, sample_rate: int, *, final: bool) -> Recognition: ...
+    def transcribe(self, pcm16: bytes, sample_rate: int, *, final: bool = True) -> Recognition: ...
 
 
 def dbfs(pcm16: bytes | bytearray | memoryview) -> float:
@@ -181,7 +181,7 @@ class ScriptedRecognizer:
         with self._lock:
             return [line.text for line in self._lines]
 
-    def transcribe(self, pcm16: bytes, sample_rate: int, *, final: bool) -> Recognition:
+    def transcribe(self, pcm16: bytes, sample_rate: int, *, final: bool = True) -> Recognition:
         with self._lock:
             line = self._lines[0] if self._lines else self._default
             if final:

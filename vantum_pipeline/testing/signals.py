@@ -27,7 +27,8 @@ def tone(seconds: float, sample_rate: int = 16000, *, frequency: float = 220.0, 
     """A sine tone at ``level_dbfs`` (RMS)."""
     t = np.arange(round(seconds * sample_rate)) / sample_rate
     amplitude = 32768 * 10 ** (level_dbfs / 20) * np.sqrt(2)
-    return (np.sin(2 * np.pi * frequency * t) * amplitude).astype("<i2").tobytes()
+    samples: np.ndarray = (np.sin(2 * np.pi * frequency * t) * amplitude).astype("<i2")
+    return samples.tobytes()
 
 
 def speech(seconds: float, sample_rate: int = 16000, *, level_dbfs: float = -18.0, seed: int = 0) -> bytes:
