@@ -14,8 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.frames import MULAW, PCM16
 
-__all__ = ["PCM16_TO_ULAW", "ULAW_TO_PCM16", "lin2ulaw", "ulaw2lin"]
+__all__ = ["PCM16_TO_ULAW", "ULAW_TO_PCM16", "as_pcm16", "lin2ulaw", "ulaw2lin"]
 
 _LE_INT16 = np.dtype("<i2")
 _LE_UINT16 = np.dtype("<u2")
@@ -73,3 +74,16 @@ def lin2ulaw(pcm: bytes | bytearray | memoryview) -> bytes:
 def ulaw2lin(data: bytes | bytearray | memoryview) -> bytes:
     """Decode mu-law bytes to 16-bit little-endian PCM (two bytes per sample)."""
     return ULAW_TO_PCM16.take(np.frombuffer(data, dtype=np.uint8)).tobytes()
+
+
+def as_pcm16(audio: bytes, encoding: str) -> bytes:
+    """``audio`` as 16-bit PCM, whichever encoding an audio frame declares.
+
+    A trailing odd byte of PCM is dropped; an unknown encoding raises
+    ConfigurationError naming it.
+    """
+    if encoding == PCM16:
+        return audio[: len(audio) - len(audio) % 2]
+    if encoding == MULAW:
+        return ulaw2lin(audio)
+    raise ConfigurationError(f"unknown audio encoding {encoding!r} (expected {PCM16!r} or {MULAW!r})")

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from vantum_pipeline.audio.mulaw import ulaw2lin
+from vantum_pipeline.audio.mulaw import as_pcm16
 from vantum_pipeline.audio.resample import StreamResampler, design_filter
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
-    MULAW,
     PCM16,
     AudioRawFrame,
     CancelFrame,
@@ -82,12 +81,7 @@ class ResamplerProcessor(FrameProcessor):
     def _convert(self, frame: AudioRawFrame, direction: FrameDirection) -> AudioRawFrame | None:
         if frame.num_channels != 1:
             raise ConfigurationError(f"{self.name}: only mono audio is resampled, got {frame.num_channels} channels")
-        if frame.encoding == MULAW:
-            pcm = ulaw2lin(frame.audio)
-        elif frame.encoding == PCM16:
-            pcm = frame.audio
-        else:
-            raise ConfigurationError(f"{self.name}: unknown audio encoding {frame.encoding!r}")
+        pcm = as_pcm16(frame.audio, frame.encoding)
         if frame.sample_rate == self.sample_rate:
             if frame.encoding == PCM16:
                 return frame

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vantum_pipeline.audio.mulaw import ulaw2lin
+from vantum_pipeline.audio.mulaw import as_pcm16
 from vantum_pipeline.audio.vad import SpeechDetector, VADEvent, VADParams, VoiceActivityDetector
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
-    MULAW,
-    PCM16,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     CancelFrame,
@@ -104,12 +102,7 @@ class VADProcessor(FrameProcessor):
     def _analyse(self, frame: InputAudioRawFrame) -> list[VADEvent]:
         if frame.num_channels != 1:
             raise ConfigurationError(f"{self.name}: VAD needs mono audio, got {frame.num_channels} channels")
-        if frame.encoding == MULAW:
-            pcm = ulaw2lin(frame.audio)
-        elif frame.encoding == PCM16:
-            pcm = frame.audio
-        else:
-            raise ConfigurationError(f"{self.name}: unknown audio encoding {frame.encoding!r}")
+        pcm = as_pcm16(frame.audio, frame.encoding)
         if self._vad is None or self._vad.sample_rate != frame.sample_rate:
             detector = self._detector_factory() if self._detector_factory is not None else None
             self._vad = VoiceActivityDetector(frame.sample_rate, self.params, detector=detector)

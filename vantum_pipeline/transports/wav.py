@@ -36,12 +36,11 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 from loguru import logger
 
-from vantum_pipeline.audio.mulaw import ulaw2lin
+from vantum_pipeline.audio.mulaw import as_pcm16
 from vantum_pipeline.audio.resample import StreamResampler
 from vantum_pipeline.audio.wav import WavAudio, WavWriter, read_wav
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
-    MULAW,
     PCM16,
     AudioRawFrame,
     CancelFrame,
@@ -283,12 +282,7 @@ class CallRecording:
         self._writer.close()
 
     def _convert(self, audio: bytes, sample_rate: int, encoding: str, track: _Track) -> bytes:
-        if encoding == MULAW:
-            pcm = ulaw2lin(audio)
-        elif encoding == PCM16:
-            pcm = audio[: len(audio) - len(audio) % 2]
-        else:
-            raise ConfigurationError(f"{self.name}: unknown audio encoding {encoding!r}")
+        pcm = as_pcm16(audio, encoding)
         if sample_rate == self.sample_rate:
             return pcm
         if track.resampler is None or track.resampler.in_rate != sample_rate:
