@@ -78,7 +78,7 @@ def test_a_busy_callee_gets_a_call_back() -> None:
     turns = converse(ScriptedSalesAgent(), ["Sorry, I'm busy right now.", "Tomorrow morning."])
     assert turns[1][1].step == "ask_when"
     assert turns[2][1].text == "Thanks, I will call you back tomorrow morning. Have a great day!"
-    assert turns[2][1].end_call == "call_back"
+    assert turns[2][1].end_call == "callback_requested"
 
 
 def test_not_interested_and_goodbye_end_the_call() -> None:
@@ -86,7 +86,7 @@ def test_not_interested_and_goodbye_end_the_call() -> None:
     assert turns[-1][1].end_call == "not_interested" and "Goodbye" in turns[-1][1].text
     turns = converse(ScriptedSalesAgent(), ["Yes.", "Okay, goodbye."])
     assert turns[1][1].step == "pitch"
-    assert turns[-1][1].end_call == "completed"
+    assert turns[-1][1].end_call == "other"
 
 
 def test_unclear_answers_are_asked_again_then_resumed() -> None:

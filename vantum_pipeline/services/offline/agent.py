@@ -19,7 +19,8 @@ and the callee's last message is classified into an intent by key phrases:
     call back        ask when   close        price   who     close           bye      later   ask when
 
 ``close``, ``bye``, ``booked`` and ``later`` end the call, with an outcome:
-``not_interested``, ``completed``, ``meeting_booked``, ``call_back``.
+``not_interested``, ``other``, ``meeting_booked``, ``callback_requested`` (the
+outcome names of ``processors.tools.OUTCOMES``).
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ class ScriptedSalesAgent:
     def _answer(self, state: str, intent: str, user: str) -> AgentReply:
         script = self.script
         if intent == Intent.GOODBYE:
-            return AgentReply(script.bye, "bye", intent, end_call="completed")
+            return AgentReply(script.bye, "bye", intent, end_call="other")
         if intent == Intent.NOT_INTERESTED:
             return AgentReply(script.close, "close", intent, end_call="not_interested")
         if intent == Intent.PRICE:
@@ -238,7 +239,7 @@ class ScriptedSalesAgent:
             return AgentReply(script.booked.format(when=when), "booked", intent, end_call="meeting_booked")
         if state == "ask_when" and intent == Intent.TIME:
             when = _when(user)
-            return AgentReply(script.later.format(when=when), "later", intent, end_call="call_back")
+            return AgentReply(script.later.format(when=when), "later", intent, end_call="callback_requested")
         if intent == Intent.BUSY:
             return self._say("ask_when", intent)
         if intent == Intent.NO:

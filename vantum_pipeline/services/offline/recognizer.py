@@ -18,7 +18,13 @@ the final (cepstral mean normalization over the whole utterance instead of a
 running estimate); on espeak-ng speech after the phone line it made no
 difference to word accuracy and doubles the CPU time, so it is off by default.
 
-A recognizer holds a decoder; it is not thread-safe: one thread at a time.
+When something else delimits utterances (a server's endpointer), drive one
+utterance at a time with ``begin_utterance`` / ``continue_utterance`` (returns
+the partial hypothesis) / ``end_utterance`` instead of ``feed``; and
+``recognize`` decodes a whole utterance at once.
+
+A recognizer holds a decoder; it is not thread-safe: one thread at a time,
+and one of the three styles at a time.
 """
 
 from __future__ import annotations
@@ -92,8 +98,9 @@ class PocketsphinxRecognizer:
     ) -> None:
         import pocketsphinx
 
-        if not 0.06 <= endpoint_silence <= 5.0:
-            raise ConfigurationError(f"endpoint_silence must be 0.06..5 s, got {endpoint_silence}")
+        # The endpointer's window decides speech start as well as end: a long one misses short words.
+        if not 0.06 <= endpoint_silence <= 1.5:
+            raise ConfigurationError(f"endpoint_silence must be 0.06..1.5 s, got {endpoint_silence}")
         if search not in ("ngram", "grammar"):
             raise ConfigurationError(f"search must be 'ngram' or 'grammar', got {search!r}")
         self.model = model
@@ -174,6 +181,28 @@ class PocketsphinxRecognizer:
             raise RuntimeError("recognize() called while a streamed utterance is in progress")
         return self._decode_batch(pcm, start=0.0, end=len(pcm) / (2 * SAMPLE_RATE), forced=False)
 
+    def begin_utterance(self) -> None:
+        """Start an utterance delimited by the caller (no endpointing); times count from its start."""
+        if self._in_utterance:
+            raise RuntimeError("begin_utterance() called while an utterance is in progress")
+        self._open_utterance(0.0)
+
+    def continue_utterance(self, pcm: bytes) -> str:
+        """Add audio to the utterance begun with ``begin_utterance``; return the hypothesis so far."""
+        if not self._in_utterance:
+            raise RuntimeError("continue_utterance() called without begin_utterance()")
+        if len(pcm) % 2:
+            raise ValueError(f"pcm16 audio must have an even number of bytes, got {len(pcm)}")
+        if pcm:
+            self._add_speech(pcm)
+        return self._hypothesis()
+
+    def end_utterance(self) -> FinalTranscript:
+        """Finish the utterance begun with ``begin_utterance``; return its final."""
+        if not self._in_utterance:
+            raise RuntimeError("end_utterance() called without begin_utterance()")
+        return self._finalize(self._utterance_bytes / (2 * SAMPLE_RATE), forced=False)
+
     # ----------------------------------------------------------- internals
 
     def _reset_endpointer(self) -> None:
@@ -193,13 +222,7 @@ class PocketsphinxRecognizer:
         if speech is None:
             return
         if not was_in_speech and not self._in_utterance:
-            self._in_utterance = True
-            self._utterance_start = self._endpointer_offset + endpointer.speech_start
-            self._utterance_audio = []
-            self._utterance_bytes = 0
-            self._since_partial = 0
-            self._last_partial = ""
-            self._decoder.start_utt()
+            self._open_utterance(self._endpointer_offset + endpointer.speech_start)
             events.append(SpeechStarted(round(self._utterance_start, 3)))
         self._add_speech(speech)
         if not endpointer.in_speech:
@@ -212,11 +235,23 @@ class PocketsphinxRecognizer:
         self._since_partial += len(speech)
         if self._since_partial >= self.partial_interval * 2 * SAMPLE_RATE:
             self._since_partial = 0
-            hypothesis = self._decoder.hyp()
-            text = _clean_text(hypothesis.hypstr) if hypothesis is not None else ""
+            text = self._hypothesis()
             if text and text != self._last_partial:
                 self._last_partial = text
                 events.append(PartialTranscript(text, round(self._utterance_start, 3), round(self.time, 3)))
+
+    def _open_utterance(self, start: float) -> None:
+        self._in_utterance = True
+        self._utterance_start = start
+        self._utterance_audio = []
+        self._utterance_bytes = 0
+        self._since_partial = 0
+        self._last_partial = ""
+        self._decoder.start_utt()
+
+    def _hypothesis(self) -> str:
+        hypothesis = self._decoder.hyp()
+        return _clean_text(hypothesis.hypstr) if hypothesis is not None else ""
 
     def _add_speech(self, speech: bytes) -> None:
         self._decoder.process_raw(speech, no_search=False, full_utt=False)
