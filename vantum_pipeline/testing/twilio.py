@@ -59,7 +59,8 @@ DEFAULT_ACCOUNT_SID = "AC" + "f" * 32
 DEFAULT_AUTH_TOKEN = "fake-twilio-auth-token"
 WRONG_KEY = "not-the-auth-token"
 API_VERSION = "2010-04-01"
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+#: A number Twilio could dial: E.164 with a plausible length (7 to 15 digits).
+_DIALABLE = re.compile(r"\+[1-9][0-9]{6,14}")
 
 #: Twilio's test credentials' magic numbers: To → (code, message).
 MAGIC_TO = {
@@ -302,9 +303,9 @@ class FakeTwilio:
             return _error(400, 21201, "No 'To' number is specified")
         if not from_:
             return _error(400, 21213, "No 'From' number is specified")
-        if not _E164.fullmatch(to):
+        if not _DIALABLE.fullmatch(to):
             return _error(400, 21211, f"Invalid 'To' Phone Number: {to}")
-        if not _E164.fullmatch(from_):
+        if not _DIALABLE.fullmatch(from_):
             return _error(400, 21212, f"Invalid 'From' Phone Number: {from_}")
         if to in MAGIC_TO:
             code, message = MAGIC_TO[to]
@@ -383,8 +384,6 @@ class FakeTwilio:
             await self._final(call, "canceled")
             return
         if behaviour.outcome is not None:
-            if behaviour.outcome == "failed":
-                call.error_code = 32009  # carrier: number not in service
             await self._final(call, behaviour.outcome)
             return
         call.status = "in-progress"

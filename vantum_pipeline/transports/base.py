@@ -48,7 +48,8 @@ Plays the bot's audio and reports what the listener heard.
 - ``EndFrame``: wait until everything queued has played (markers echoed),
   bounded by the queued duration plus ``end_timeout``; then the final heard
   texts, ``BotStoppedSpeakingFrame``, and the EndFrame goes on.
-- ``CancelFrame``: drop everything and pass it on.
+- ``CancelFrame``: push the final heard text of each unfinished context,
+  drop everything and pass it on.
 
 Subclass hooks (all awaited with ``io_timeout``; writes never overlap):
 ``write_audio(chunk)`` (required), ``write_marker(name)`` (with
@@ -339,7 +340,10 @@ class OutputTransport(FrameProcessor):
             await self._finish()
             await self.push_frame(frame, direction)
         elif isinstance(frame, CancelFrame):
+            # The call is over (hung up, failed): say what was heard, drop the rest.
+            heard = self.timeline.heard_position(self._now())
             self._drop_queue()
+            await self._push_heard(self.tracker.cut(heard))
             await self.push_frame(frame, direction)
         else:
             await self.push_frame(frame, direction)

@@ -143,6 +143,8 @@ class TwilioServer:
         self.rejected_signatures = 0
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._validator: Any = None
         self.app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         self.app.router.add_post(self.paths.answer, self._answer)
@@ -193,6 +195,12 @@ class TwilioServer:
             await runner.cleanup()
         if self._own_client:
             await self.client.aclose()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is being served (wrap in ``asyncio.timeout``)."""
+        while self.active:
+            self._idle.clear()
+            await self._idle.wait()
 
     @property
     def local_url(self) -> str:
@@ -392,6 +400,7 @@ class TwilioServer:
         transport = TwilioTransport(socket, serializer, params)
         active = _ActiveCall(call, transport)
         self.active[call.token] = active
+        self._idle.clear()
         try:
             await self._run_pipeline(active)
         finally:
@@ -401,6 +410,8 @@ class TwilioServer:
                 active.hung_up = await self.hang_up(call)
             await transport.close(WSCloseCode.OK, "call ended")
             self._follow_outcome(call)
+            if not self.active:
+                self._idle.set()
 
     async def _run_pipeline(self, active: _ActiveCall) -> None:
         call, transport = active.call, active.transport
