@@ -66,7 +66,8 @@ def test_frames_are_unstamped_until_pushed():
 def test_importing_the_core_imports_no_vendor_sdk():
     code = (
         "import sys, vantum_pipeline, vantum_pipeline.frames, vantum_pipeline.task;"
-        "bad=[m for m in ('deepgram','openai','cartesia','twilio','aiohttp','websockets','pipecat') if m in sys.modules];"
+        "sdks=('deepgram','openai','cartesia','twilio','aiohttp','websockets','pipecat');"
+        "bad=[m for m in sdks if m in sys.modules];"
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)

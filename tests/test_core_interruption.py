@@ -280,3 +280,26 @@ async def test_a_stuck_interruption_handler_is_bounded():
 
 
 _ = StartFrame
+
+
+async def test_frames_waiting_in_the_task_queue_are_flushed_too():
+    """Frames queued at the task before an interruption belong to the old turn,
+    even when a blocked processor keeps them waiting in the task's queue."""
+    trigger, gate, sink = Trigger(), Gate(), FrameRecorder()
+    async with PipelineHarness([trigger, gate, sink]) as h:
+        await h.send(TextFrame("blocks the feeder"))
+        for i in range(20):
+            await h.send(TextFrame(f"old{i}"))
+        await asyncio.sleep(0.01)
+        await trigger.fire()
+        await h.send(TextFrame("new"))
+        gate.open.set()
+        await h.wait_for(TextFrame, where=lambda f: f.text == "new")
+    assert [f.text for f in sink.of_type(TextFrame)] == ["new"]
+
+
+async def test_queued_interruption_with_interruptions_disabled_does_not_hold_frames():
+    result = await run_pipeline(
+        [Counter()], [TextFrame("a"), InterruptionFrame(), TextFrame("b")], allow_interruptions=False
+    )
+    assert [f.text for f in result.of_type(TextFrame)] == ["a", "b"]

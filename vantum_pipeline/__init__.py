@@ -14,8 +14,8 @@ __all__ = [
     "FrameDirection",
     "FrameProcessor",
     "Pipeline",
-    "PipelineTask",
     "PipelineRunner",
+    "PipelineTask",
 ]
 
 __version__ = "0.1.0"

@@ -17,11 +17,11 @@ Messages never contain secrets: callers pass values through
 from __future__ import annotations
 
 __all__ = [
-    "VantumError",
     "ConfigurationError",
+    "PipelineError",
     "ProtocolError",
     "ServiceError",
-    "PipelineError",
+    "VantumError",
 ]
 
 

@@ -97,7 +97,7 @@ class _Receiver(Protocol):
 class _Lane:
     """One direction's entry of a processor: a bounded deque and its drainer."""
 
-    __slots__ = ("queue", "busy", "owner", "waiters", "maxsize")
+    __slots__ = ("busy", "maxsize", "owner", "queue", "waiters")
 
     def __init__(self, maxsize: int) -> None:
         self.queue: deque[Frame] = deque()
@@ -379,12 +379,7 @@ class FrameProcessor:
             if lane.queue:
                 await self._drain(lane, direction)
         finally:
-            lane.busy = False
-            lane.owner = None
-            if lane.queue and lane.queue[0].epoch <= self._seen_epoch:
-                # The drainer was cancelled with frames still queued: someone
-                # must drain them, and it can't be the cancelled task.
-                self._spawn_drain(direction)
+            self._release(lane, direction)
 
     async def _drain(self, lane: _Lane, direction: FrameDirection) -> None:
         queue = lane.queue
@@ -410,10 +405,15 @@ class FrameProcessor:
         try:
             await self._drain(lane, direction)
         finally:
-            lane.busy = False
-            lane.owner = None
-            if lane.queue and lane.queue[0].epoch <= self._seen_epoch:
-                self._spawn_drain(direction)
+            self._release(lane, direction)
+
+    def _release(self, lane: _Lane, direction: FrameDirection) -> None:
+        lane.busy = False
+        lane.owner = None
+        if lane.queue and lane.queue[0].epoch <= self._seen_epoch:
+            # The drainer was cancelled with frames still queued: someone must
+            # drain them, and it can't be the cancelled task.
+            self._spawn_drain(direction)
 
     def _spawn_drain(self, direction: FrameDirection) -> None:
         if not self._stopped:

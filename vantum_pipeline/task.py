@@ -38,7 +38,7 @@ from vantum_pipeline.frames import (
 )
 from vantum_pipeline.processor import FrameDirection, FrameProcessor, PipelineState, _handling_epoch
 
-__all__ = ["PipelineTask", "PipelineRunner"]
+__all__ = ["PipelineRunner", "PipelineTask"]
 
 FrameObserver = Callable[[Frame, FrameDirection], Awaitable[None] | None]
 
@@ -104,6 +104,7 @@ class PipelineTask:
         self._reason: str | None = None
         self._graceful = False
         self._activity = 0
+        self._queued_interruptions = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._observers: list[FrameObserver] = []
         self.error: ErrorFrame | None = None
@@ -139,6 +140,13 @@ class PipelineTask:
             await self.cancel(frame.reason or "cancel frame queued")
             return
         self._activity += 1
+        if type(frame) is InterruptionFrame:
+            self._queued_interruptions += 1
+        elif frame.epoch == UNSTAMPED:
+            # A frame belongs to the turn it was queued in, however long it
+            # waits here: one queued before an interruption is stale after it,
+            # one queued behind a queued InterruptionFrame belongs to the next.
+            frame.epoch = self._state.epoch + self._queued_interruptions
         await self._queue.put(frame)
 
     async def queue_frames(self, frames: Iterable[Frame]) -> None:
@@ -215,13 +223,14 @@ class PipelineTask:
         while True:
             frame = await self._queue.get()
             if type(frame) is InterruptionFrame:
+                self._queued_interruptions -= 1
                 await state.interrupt(None)
                 continue
-            if frame.epoch == UNSTAMPED:
-                frame.epoch = state.epoch
-            elif state.is_stale(frame):
+            if state.is_stale(frame):
                 state.stale_dropped += 1
                 continue
+            if frame.epoch > state.epoch:
+                frame.epoch = state.epoch  # its queued interruption was disabled or merged
             await self._head._receive(frame, FrameDirection.DOWNSTREAM)
             if isinstance(frame, EndFrame):
                 break

@@ -29,7 +29,7 @@ from vantum_pipeline.pipeline import Pipeline
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.task import PipelineTask
 
-__all__ = ["Collected", "PipelineHarness", "run_pipeline", "FrameRecorder"]
+__all__ = ["Collected", "FrameRecorder", "PipelineHarness", "run_pipeline"]
 
 F = TypeVar("F", bound=Frame)
 

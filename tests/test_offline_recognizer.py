@@ -1,0 +1,211 @@
+"""pocketsphinx recognition of espeak-ng speech: domain model, streaming events, word times, confidence."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.services.offline.agent import SalesScript
+from vantum_pipeline.services.offline.espeak import BOT_VOICE, CALLEE_VOICE, EspeakSynthesizer, espeak_available
+from vantum_pipeline.services.offline.language_model import DomainLanguageModel
+from vantum_pipeline.services.offline.recognizer import (
+    FinalTranscript,
+    PartialTranscript,
+    PocketsphinxRecognizer,
+    RecognitionEvent,
+    SpeechStarted,
+)
+from vantum_pipeline.services.offline.word_accuracy import WordErrors, word_errors
+
+soxr = pytest.importorskip("soxr")
+pytest.importorskip("pocketsphinx")
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed (offline extra)"),
+]
+
+SCRIPT = SalesScript()
+CALLEE_LINES = (
+    "Who is this?",
+    "What is the price?",
+    "Yes, let's book a meeting.",
+    "Thursday at ten works for me.",
+    "Sorry, I'm busy right now.",
+    "I'm not interested.",
+)
+
+
+@pytest.fixture(scope="module")
+def synthesizer() -> EspeakSynthesizer:
+    return EspeakSynthesizer.load()
+
+
+@pytest.fixture(scope="module")
+def callee_model() -> DomainLanguageModel:
+    """What the bot's recognizer expects to hear."""
+    return DomainLanguageModel.from_phrases(SCRIPT.callee_phrases, pronunciations=SCRIPT.pronunciations)
+
+
+@pytest.fixture(scope="module")
+def bot_model() -> DomainLanguageModel:
+    """What the callee's recognizer expects to hear."""
+    return DomainLanguageModel.from_phrases(SCRIPT.bot_lines(), pronunciations=SCRIPT.pronunciations)
+
+
+def phone_line(audio: bytes, rate: int) -> np.ndarray:
+    """espeak audio as it reaches a recognizer after an 8 kHz phone line, at 16 kHz."""
+    samples = np.frombuffer(audio, np.int16)
+    narrow = soxr.resample(samples, rate, 8000)
+    return np.clip(soxr.resample(narrow, 8000, 16000), -32768, 32767).astype(np.int16)
+
+
+def speech_stream(synthesizer: EspeakSynthesizer, lines: tuple[str, ...], voice: object, gap: float = 1.0) -> bytes:
+    rng = np.random.default_rng(7)
+    parts = [np.zeros(int(0.5 * 16000), np.int16)]
+    for line in lines:
+        parts.append(phone_line(synthesizer.synthesize(line, voice).audio, synthesizer.sample_rate))  # type: ignore[arg-type]
+        parts.append(np.zeros(int(gap * 16000), np.int16))
+    audio = np.concatenate(parts).astype(np.float64)
+    audio += rng.normal(0, 20, len(audio))  # a quiet line hiss, as on a real call
+    return np.clip(audio, -32768, 32767).astype(np.int16).tobytes()
+
+
+def feed_in_chunks(recognizer: PocketsphinxRecognizer, audio: bytes, chunk: int = 640) -> list[RecognitionEvent]:
+    events: list[RecognitionEvent] = []
+    for offset in range(0, len(audio), chunk):
+        events.extend(recognizer.feed(audio[offset : offset + chunk]))
+    events.extend(recognizer.finish())
+    return events
+
+
+def test_streaming_recognizes_the_callee_lines(
+    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel
+) -> None:
+    recognizer = PocketsphinxRecognizer(callee_model)
+    audio = speech_stream(synthesizer, CALLEE_LINES, CALLEE_VOICE)
+    events = feed_in_chunks(recognizer, audio)
+    finals = [e for e in events if isinstance(e, FinalTranscript)]
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    assert len(finals) == len(CALLEE_LINES) == len(starts)
+    total = WordErrors(0, 0, 0, 0)
+    for line, final in zip(CALLEE_LINES, finals, strict=True):
+        total += word_errors(line, final.text)
+    assert total.accuracy >= 0.85, [f.text for f in finals]
+    heard = " ".join(f.text for f in finals)
+    for key_word in ("who", "price", "book", "meeting", "thursday", "busy", "interested"):
+        assert key_word in heard.split()
+
+
+def test_events_are_ordered_and_timed(synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel) -> None:
+    line = "What is the price?"
+    spoken = synthesizer.synthesize(line, CALLEE_VOICE)
+    audio = speech_stream(synthesizer, (line,), CALLEE_VOICE)
+    recognizer = PocketsphinxRecognizer(callee_model, partial_interval=0.2)
+    events = feed_in_chunks(recognizer, audio, chunk=320)
+    kinds = [type(e) for e in events]
+    assert kinds[0] is SpeechStarted and kinds[-1] is FinalTranscript
+    assert PartialTranscript in kinds
+    partials = [e for e in events if isinstance(e, PartialTranscript)]
+    assert all(p.time <= q.time for p, q in itertools.pairwise(partials))
+    final = events[-1]
+    assert isinstance(final, FinalTranscript)
+    assert final.text == "what is the price"
+    assert not final.forced
+    # Speech starts at 0.5 s; the endpointer keeps a little audio before it.
+    assert 0.1 <= final.start <= 0.6
+    assert final.start <= final.words[0][1] < final.words[-1][2] <= final.end
+    assert abs((final.words[-1][2] - final.words[0][1]) - spoken.duration) < 0.4
+    # The final comes once the pause after the speech is long enough, not at the end of the audio.
+    assert final.end < recognizer.time - 0.5
+    assert 0.0 <= final.confidence <= 1.0
+    assert final.confidence >= 0.5
+
+
+def test_the_callee_side_recognizes_the_bot_lines(
+    synthesizer: EspeakSynthesizer, bot_model: DomainLanguageModel
+) -> None:
+    recognizer = PocketsphinxRecognizer(bot_model)
+    lines = (SCRIPT.greeting, SCRIPT.price, SCRIPT.close)
+    total = WordErrors(0, 0, 0, 0)
+    for line in lines:
+        audio = phone_line(synthesizer.synthesize(line, BOT_VOICE).audio, synthesizer.sample_rate)
+        result = recognizer.recognize(np.concatenate([np.zeros(4800, np.int16), audio]).tobytes())
+        total += word_errors(line, result.text)
+    assert total.accuracy >= 0.85
+
+
+def test_the_domain_model_beats_the_general_model(
+    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel
+) -> None:
+    domain = PocketsphinxRecognizer(callee_model)
+    general = PocketsphinxRecognizer(None)
+    scores = {"domain": WordErrors(0, 0, 0, 0), "general": WordErrors(0, 0, 0, 0)}
+    for line in CALLEE_LINES[:3]:
+        audio = phone_line(synthesizer.synthesize(line, CALLEE_VOICE).audio, synthesizer.sample_rate).tobytes()
+        scores["domain"] += word_errors(line, domain.recognize(audio).text)
+        scores["general"] += word_errors(line, general.recognize(audio).text)
+    assert scores["domain"].accuracy > scores["general"].accuracy
+
+
+def test_grammar_search_only_yields_phrases_of_the_model(
+    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel
+) -> None:
+    recognizer = PocketsphinxRecognizer(callee_model, search="grammar")
+    audio = phone_line(synthesizer.synthesize("What is the price?", CALLEE_VOICE).audio, synthesizer.sample_rate)
+    result = recognizer.recognize(audio.tobytes())
+    assert result.text in callee_model.phrases
+    assert result.text == "what is the price"
+
+
+def test_finish_forces_the_final_of_an_utterance_in_progress(
+    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel
+) -> None:
+    recognizer = PocketsphinxRecognizer(callee_model)
+    speech = phone_line(synthesizer.synthesize("Thursday at ten works for me.", CALLEE_VOICE).audio, 22050)
+    audio = np.concatenate([np.zeros(8000, np.int16), speech]).tobytes()  # no pause at the end
+    events = recognizer.feed(audio)
+    assert not any(isinstance(e, FinalTranscript) for e in events)
+    assert recognizer.in_speech
+    finals = recognizer.finish()
+    assert len(finals) == 1 and isinstance(finals[0], FinalTranscript)
+    assert finals[0].forced
+    assert "thursday" in finals[0].text
+    assert not recognizer.in_speech
+    assert recognizer.finish() == []
+    # The stream goes on after a forced end, with the clock still running.
+    more = feed_in_chunks(recognizer, speech_stream(synthesizer, ("Yes.",), CALLEE_VOICE))
+    final = [e for e in more if isinstance(e, FinalTranscript)]
+    assert final and final[0].start > len(audio) / 32000
+
+
+def test_silence_and_noise_give_no_transcript(callee_model: DomainLanguageModel) -> None:
+    recognizer = PocketsphinxRecognizer(callee_model)
+    noise = (np.random.default_rng(3).normal(0, 30, 16000 * 2)).astype(np.int16).tobytes()
+    events = feed_in_chunks(recognizer, noise)
+    assert not any(isinstance(e, FinalTranscript) and e.text for e in events)
+
+
+def test_odd_byte_counts_are_rejected(callee_model: DomainLanguageModel) -> None:
+    with pytest.raises(ValueError, match="even"):
+        PocketsphinxRecognizer(callee_model).feed(b"\x00\x01\x02")
+
+
+def test_language_model_words_pronunciations_and_errors() -> None:
+    model = DomainLanguageModel.from_phrases(
+        ["Call Zorblax today. It is free!"], pronunciations={"zorblax": "Z AO R B L AE K S"}
+    )
+    assert "zorblax" in model.vocabulary and "zorblax Z AO R B L AE K S" in model.dictionary
+    assert "call zorblax today" in model.phrases and "it is free" in model.phrases
+    assert "\\data\\" in model.arpa and "public <utterance>" in model.grammar
+    without = DomainLanguageModel.from_phrases(["Call Zorblax today."])
+    assert without.missing == ("zorblax",) and "zorblax" not in without.vocabulary
+    with pytest.raises(ConfigurationError, match="ARPAbet"):
+        DomainLanguageModel.from_phrases(["hi"], pronunciations={"hi": "H I"})
+    with pytest.raises(ConfigurationError, match="at least one"):
+        DomainLanguageModel.from_phrases(["", "  ...  "])
+    with pytest.raises(ConfigurationError, match="endpoint_silence"):
+        PocketsphinxRecognizer(model, endpoint_silence=0.0)

@@ -1,0 +1,327 @@
+"""Speech recognition with pocketsphinx: streaming (partials, then a final per utterance) or one utterance at once.
+
+Plain, synchronous code (no asyncio): feed 16 kHz pcm16 of any chunk size to
+``PocketsphinxRecognizer.feed`` and get back what happened in it:
+
+- ``SpeechStarted(time)`` when the endpointer hears speech begin;
+- ``PartialTranscript(text, ...)`` as the hypothesis of the utterance grows
+  (at most every ``partial_interval`` seconds of speech, only when it changed);
+- ``FinalTranscript(text, words, confidence, start, end)`` when the speaker
+  paused for ``endpoint_silence`` seconds (or ``finish()`` was called):
+  the utterance's words with times (seconds since the first audio fed) and
+  the mean posterior probability of its words as the confidence.
+
+Utterances are delimited by pocketsphinx's endpointer (a WebRTC-style VAD
+with a decision window). Partials and the final come from one streaming
+decode. ``rescore_final`` re-decodes the utterance's audio in batch mode for
+the final (cepstral mean normalization over the whole utterance instead of a
+running estimate); on espeak-ng speech after the phone line it made no
+difference to word accuracy and doubles the CPU time, so it is off by default.
+
+When something else delimits utterances (a server's endpointer), drive one
+utterance at a time with ``begin_utterance`` / ``continue_utterance`` (returns
+the partial hypothesis) / ``end_utterance`` instead of ``feed``; and
+``recognize`` decodes a whole utterance at once.
+
+A recognizer holds a decoder; it is not thread-safe: one thread at a time,
+and one of the three styles at a time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.services.offline.language_model import DomainLanguageModel, model_path
+
+__all__ = [
+    "FinalTranscript",
+    "PartialTranscript",
+    "PocketsphinxRecognizer",
+    "RecognitionEvent",
+    "SpeechStarted",
+]
+
+SAMPLE_RATE = 16000
+#: Frames per second of pocketsphinx's features (word boundaries are in frames).
+_FRAME_RATE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class PartialTranscript:
+    text: str
+    start: float
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class FinalTranscript:
+    text: str
+    words: tuple[tuple[str, float, float], ...]
+    confidence: float
+    start: float
+    end: float
+    #: True when the utterance was cut by ``finish()`` rather than ended by a pause.
+    forced: bool = False
+
+
+RecognitionEvent = SpeechStarted | PartialTranscript | FinalTranscript
+
+
+class PocketsphinxRecognizer:
+    """Streaming speech recognizer over pocketsphinx's en-us acoustic model.
+
+    ``model`` is the domain model to decode with (None: pocketsphinx's
+    general English model, much less accurate on a narrow dialogue);
+    ``search`` picks its n-gram model (``"ngram"``, tolerant of unexpected
+    word orders) or its grammar (``"grammar"``: only the phrases themselves).
+    """
+
+    def __init__(
+        self,
+        model: DomainLanguageModel | None = None,
+        *,
+        search: Literal["ngram", "grammar"] = "ngram",
+        endpoint_silence: float = 0.3,
+        vad_mode: int = 0,
+        partial_interval: float = 0.2,
+        rescore_final: bool = True,
+        max_utterance: float = 30.0,
+    ) -> None:
+        import pocketsphinx
+
+        # The endpointer's window decides speech start as well as end: a long one misses short words.
+        if not 0.06 <= endpoint_silence <= 1.5:
+            raise ConfigurationError(f"endpoint_silence must be 0.06..1.5 s, got {endpoint_silence}")
+        if search not in ("ngram", "grammar"):
+            raise ConfigurationError(f"search must be 'ngram' or 'grammar', got {search!r}")
+        self.model = model
+        self.partial_interval = partial_interval
+        self.rescore_final = rescore_final
+        self.max_utterance = max_utterance
+        self._decoder = _make_decoder(pocketsphinx, model, search)
+        self._endpointer_args = (endpoint_silence, vad_mode)
+        self._endpointer = pocketsphinx.Endpointer(
+            window=endpoint_silence, ratio=0.9, vad_mode=vad_mode, sample_rate=SAMPLE_RATE
+        )
+        self._frame_bytes: int = self._endpointer.frame_bytes
+        # The endpointer's times count from its creation; it is recreated after a forced end.
+        self._endpointer_offset = 0.0
+        self._pending = b""
+        self._fed_bytes = 0
+        self._in_utterance = False
+        self._utterance_start = 0.0
+        self._utterance_audio: list[bytes] = []
+        self._utterance_bytes = 0
+        self._since_partial = 0
+        self._last_partial = ""
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def time(self) -> float:
+        """Seconds of audio fed so far."""
+        return self._fed_bytes / (2 * SAMPLE_RATE)
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_utterance
+
+    def feed(self, pcm: bytes) -> list[RecognitionEvent]:
+        """Take 16 kHz mono pcm16 audio (any length); return the events it caused."""
+        if len(pcm) % 2:
+            raise ValueError(f"pcm16 audio must have an even number of bytes, got {len(pcm)}")
+        events: list[RecognitionEvent] = []
+        data = self._pending + pcm
+        size = self._frame_bytes
+        usable = len(data) - len(data) % size
+        for offset in range(0, usable, size):
+            self._process_frame(data[offset : offset + size], events)
+        self._pending = data[usable:]
+        return events
+
+    def finish(self) -> list[RecognitionEvent]:
+        """End the utterance in progress now (the stream paused or closed); return its final."""
+        events: list[RecognitionEvent] = []
+        if self._in_utterance:
+            tail = self._endpointer.end_stream(self._pending) if self._pending else None
+            if tail:
+                self._add_speech(tail)
+            self._fed_bytes += len(self._pending)
+            self._pending = b""
+            events.append(self._finalize(self.time, forced=True))
+            self._reset_endpointer()
+        return events
+
+    def reset(self) -> None:
+        """Forget any utterance in progress and restart the clock at zero."""
+        if self._in_utterance:
+            self._decoder.end_utt()
+        self._in_utterance = False
+        self._pending = b""
+        self._fed_bytes = 0
+        self._reset_endpointer()
+
+    def recognize(self, pcm: bytes) -> FinalTranscript:
+        """Recognize ``pcm`` (16 kHz mono pcm16) as one utterance, without endpointing.
+
+        Must not be called while a streamed utterance is in progress.
+        """
+        if self._in_utterance:
+            raise RuntimeError("recognize() called while a streamed utterance is in progress")
+        return self._decode_batch(pcm, start=0.0, end=len(pcm) / (2 * SAMPLE_RATE), forced=False)
+
+    def begin_utterance(self) -> None:
+        """Start an utterance delimited by the caller (no endpointing); times count from its start."""
+        if self._in_utterance:
+            raise RuntimeError("begin_utterance() called while an utterance is in progress")
+        self._open_utterance(0.0)
+
+    def continue_utterance(self, pcm: bytes) -> str:
+        """Add audio to the utterance begun with ``begin_utterance``; return the hypothesis so far."""
+        if not self._in_utterance:
+            raise RuntimeError("continue_utterance() called without begin_utterance()")
+        if len(pcm) % 2:
+            raise ValueError(f"pcm16 audio must have an even number of bytes, got {len(pcm)}")
+        if pcm:
+            self._add_speech(pcm)
+        return self._hypothesis()
+
+    def end_utterance(self) -> FinalTranscript:
+        """Finish the utterance begun with ``begin_utterance``; return its final."""
+        if not self._in_utterance:
+            raise RuntimeError("end_utterance() called without begin_utterance()")
+        return self._finalize(self._utterance_bytes / (2 * SAMPLE_RATE), forced=False)
+
+    # ----------------------------------------------------------- internals
+
+    def _reset_endpointer(self) -> None:
+        import pocketsphinx
+
+        silence, vad_mode = self._endpointer_args
+        self._endpointer = pocketsphinx.Endpointer(
+            window=silence, ratio=0.9, vad_mode=vad_mode, sample_rate=SAMPLE_RATE
+        )
+        self._endpointer_offset = self.time
+
+    def _process_frame(self, frame: bytes, events: list[RecognitionEvent]) -> None:
+        endpointer = self._endpointer
+        was_in_speech = endpointer.in_speech
+        speech = endpointer.process(frame)
+        self._fed_bytes += len(frame)
+        if speech is None:
+            return
+        if not was_in_speech and not self._in_utterance:
+            self._open_utterance(self._endpointer_offset + endpointer.speech_start)
+            events.append(SpeechStarted(round(self._utterance_start, 3)))
+        self._add_speech(speech)
+        if not endpointer.in_speech:
+            events.append(self._finalize(self._endpointer_offset + endpointer.speech_end, forced=False))
+            return
+        if self._utterance_bytes >= self.max_utterance * 2 * SAMPLE_RATE:
+            events.append(self._finalize(self.time, forced=True))
+            self._reset_endpointer()
+            return
+        self._since_partial += len(speech)
+        if self._since_partial >= self.partial_interval * 2 * SAMPLE_RATE:
+            self._since_partial = 0
+            text = self._hypothesis()
+            if text and text != self._last_partial:
+                self._last_partial = text
+                events.append(PartialTranscript(text, round(self._utterance_start, 3), round(self.time, 3)))
+
+    def _open_utterance(self, start: float) -> None:
+        self._in_utterance = True
+        self._utterance_start = start
+        self._utterance_audio = []
+        self._utterance_bytes = 0
+        self._since_partial = 0
+        self._last_partial = ""
+        self._decoder.start_utt()
+
+    def _hypothesis(self) -> str:
+        hypothesis = self._decoder.hyp()
+        return _clean_text(hypothesis.hypstr) if hypothesis is not None else ""
+
+    def _add_speech(self, speech: bytes) -> None:
+        self._decoder.process_raw(speech, no_search=False, full_utt=False)
+        self._utterance_audio.append(speech)
+        self._utterance_bytes += len(speech)
+
+    def _finalize(self, end: float, *, forced: bool) -> FinalTranscript:
+        self._decoder.end_utt()
+        self._in_utterance = False
+        audio = b"".join(self._utterance_audio)
+        self._utterance_audio = []
+        if self.rescore_final:
+            return self._decode_batch(audio, start=self._utterance_start, end=end, forced=forced)
+        return self._result(self._utterance_start, end, forced)
+
+    def _decode_batch(self, pcm: bytes, *, start: float, end: float, forced: bool) -> FinalTranscript:
+        decoder = self._decoder
+        decoder.start_utt()
+        decoder.process_raw(pcm, no_search=False, full_utt=True)
+        decoder.end_utt()
+        return self._result(start, end, forced)
+
+    def _result(self, start: float, end: float, forced: bool) -> FinalTranscript:
+        decoder = self._decoder
+        words: list[tuple[str, float, float]] = []
+        posteriors: list[float] = []
+        for segment in decoder.seg():
+            word = segment.word
+            if word.startswith(("<", "[")):
+                continue  # <s>, </s>, <sil>, [NOISE]...
+            word = word.split("(", 1)[0]
+            words.append(
+                (
+                    word,
+                    round(start + segment.start_frame / _FRAME_RATE, 3),
+                    round(start + (segment.end_frame + 1) / _FRAME_RATE, 3),
+                )
+            )
+            posteriors.append(float(segment.prob))
+        confidence = sum(posteriors) / len(posteriors) if posteriors else 0.0
+        text = " ".join(word for word, _, _ in words)
+        return FinalTranscript(
+            text, tuple(words), round(min(max(confidence, 0.0), 1.0), 3), round(start, 3), round(end, 3), forced
+        )
+
+
+def _clean_text(hypothesis: str) -> str:
+    return " ".join(w.split("(", 1)[0] for w in hypothesis.split() if not w.startswith(("<", "[")))
+
+
+def _make_decoder(pocketsphinx: Any, model: DomainLanguageModel | None, search: str) -> Any:
+    options: dict[str, Any] = {
+        "hmm": str(model_path("en-us/en-us")),
+        "samprate": SAMPLE_RATE,
+        "bestpath": True,
+        "loglevel": "FATAL",
+    }
+    if model is None:
+        options["lm"] = str(model_path("en-us/en-us.lm.bin"))
+        options["dict"] = str(model_path("en-us/cmudict-en-us.dict"))
+        return pocketsphinx.Decoder(**options)
+    # The decoder reads its model and dictionary from files; they are not needed once loaded.
+    with tempfile.TemporaryDirectory(prefix="vantum-lm-") as directory:
+        folder = Path(directory)
+        (folder / "domain.dict").write_text(model.dictionary, encoding="utf-8")
+        options["dict"] = str(folder / "domain.dict")
+        if search == "grammar":
+            (folder / "domain.gram").write_text(model.grammar, encoding="utf-8")
+            options["jsgf"] = str(folder / "domain.gram")
+        else:
+            (folder / "domain.arpa").write_text(model.arpa, encoding="utf-8")
+            options["lm"] = str(folder / "domain.arpa")
+        return pocketsphinx.Decoder(**options)
