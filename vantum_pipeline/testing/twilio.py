@@ -389,8 +389,8 @@ class FakeTwilio:
         found = await self._lookup(request)
         if isinstance(found, web.Response):
             return found
-        status = (params.get("Status") or [None])[-1]
-        twiml = (params.get("Twiml") or [None])[-1]
+        status = params["Status"][-1] if params.get("Status") else None
+        twiml = params["Twiml"][-1] if params.get("Twiml") else None
         hang_up = status in ("completed", "canceled") or (twiml is not None and "<Hangup" in twiml)
         if status is not None and status not in ("completed", "canceled"):
             return _error(400, 21220, f"Invalid call state: Status must be completed or canceled, got {status}")

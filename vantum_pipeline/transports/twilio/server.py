@@ -256,15 +256,15 @@ class TwilioServer:
         )
         try:
             validate_e164(to, field="to")
-            source = {"twiml": self.twiml_for(call)} if inline_twiml else {"url": self.answer_url(call)}
             placed = await place_call(
                 self.client,
                 to,
                 self.settings.from_number,
+                url=None if inline_twiml else self.answer_url(call),
+                twiml=self.twiml_for(call) if inline_twiml else None,
                 status_callback=self.status_url(call),
                 machine_detection=machine_detection or self.settings.machine_detection,
                 ring_timeout=self.settings.ring_timeout,
-                **source,
             )
         except (InvalidNumberError, ServiceError) as exc:
             cause = exc.__cause__ if isinstance(exc, RetryExhausted) else exc
@@ -301,7 +301,8 @@ class TwilioServer:
             return params if isinstance(params, Mapping) else {}
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
-            return self._reject(request, "no X-Twilio-Signature header")
+            self._reject(request, "no X-Twilio-Signature header")
+            return None
         from twilio.request_validator import get_signature_algorithm
 
         algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
@@ -310,13 +311,16 @@ class TwilioServer:
             base = self.media_url[: -len(self.paths.media)]
         url = base + request.raw_path
         if not self._validator.validate(url, params, signature, algorithm):
-            return self._reject(request, "signature does not match")
+            why = "signature does not match"
+            if algorithm != "HMAC_SHA1":
+                why += f" ({algorithm} signatures need the webhook signing key, not the auth token)"
+            self._reject(request, why)
+            return None
         return params if isinstance(params, Mapping) else {}
 
     def _reject(self, request: web.Request, why: str) -> None:
         self.rejected_signatures += 1
         logger.warning("refused {} {} from {}: {}", request.method, request.path, request.remote, why)
-        return None
 
     # ------------------------------------------------------------ webhooks
 
