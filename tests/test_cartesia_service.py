@@ -254,7 +254,7 @@ async def test_two_errors_play_the_prerecorded_fallback_and_the_call_goes_on(fak
     assert [w for f in of(frames, TTSWordTimestampsFrame, fallback) for w, _, _ in f.words] == fallback_text(
         "error"
     ).split()
-    assert fallback_text("error") in [f.text for f in of(frames, TextFrame)]
+    assert [(f.text, f.category) for f in of(frames, TTSSpeakFrame)] == [(fallback_text("error"), "error")]
     [unspoken] = tts.unspoken
     assert unspoken.context_id == cid and unspoken.text == "Our plan costs $49 a month. Want a demo?"
     assert unspoken.fallback == "error"
@@ -362,7 +362,9 @@ async def test_cache_serves_a_repeated_phrase_with_no_request(fake: FakeCartesia
     words = [[w for f in of(harness.downstream, TTSWordTimestampsFrame, c) for w in f.words] for c in (first, second)]
     assert words[0] == words[1]
     assert (tts.cache.hits, tts.cache.misses) == (1, 1)
-    assert [f.text for f in of(harness.downstream, TextFrame)] == ["One moment please."] * 2
+    assert [f.text for f in of(harness.downstream, TTSSpeakFrame)] == ["One moment please."] * 2
+    kinds = [type(f).__name__ for f in harness.downstream]
+    assert kinds.index("TTSSpeakFrame") < kinds.index("TTSStartedFrame")  # the aggregator sees the text first
     assert check_stream(harness.downstream) == []
 
 
@@ -501,3 +503,21 @@ def test_fallback_phrases_are_real_recordings_in_every_output_format(category: s
     assert [w for w, _, _ in phone.words] == fallback_text(category).split()
     assert phone.words[-1][2] <= len(phone.audio) / 8000
     assert fallback_text("no-such-situation") == fallback_text("error")
+
+
+async def test_assistant_aggregator_records_what_the_tts_was_given(fake: FakeCartesia) -> None:
+    from vantum_pipeline.processors.aggregators import AssistantAggregator
+    from vantum_pipeline.processors.context import LLMContext
+
+    context = LLMContext()
+    tts = CartesiaTTSService(settings_for(fake))
+    async with PipelineHarness([SentenceAggregator(), tts, AssistantAggregator(context)]) as harness:
+        await speak(harness, [TTSSpeakFrame("Hi, this is Sarah from Vantum.", category="greeting")])
+        frames: list[Frame] = [LLMFullResponseStartFrame()]
+        pieces = ["Great", " to", " hear", ".", " Do", " you", " have", " a", " minute", "?"]
+        frames += [LLMTextFrame(t) for t in pieces]
+        await speak(harness, [*frames, LLMFullResponseEndFrame()], stops=2)
+    assert [(m.role, m.content) for m in context.messages] == [
+        ("assistant", "Hi, this is Sarah from Vantum."),
+        ("assistant", "Great to hear. Do you have a minute?"),
+    ]

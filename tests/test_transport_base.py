@@ -21,7 +21,7 @@ from vantum_pipeline.frames import (
     TTSWordTimestampsFrame,
 )
 from vantum_pipeline.processor import FrameDirection
-from vantum_pipeline.testing import PipelineHarness, run_pipeline
+from vantum_pipeline.testing import FrameRecorder, PipelineHarness, run_pipeline
 from vantum_pipeline.transports.base import AudioChunk, InputTransport, OutputTransport
 from vantum_pipeline.transports.heard import HeardTextTracker
 from vantum_pipeline.transports.playback import PlaybackTimeline, Segment
@@ -273,3 +273,19 @@ async def test_end_frame_is_bounded_when_markers_never_come_back():
     collected = await run_pipeline([output], speech("c1", seconds=0.2), timeout=5)
     assert collected.finish_reason == "end"
     assert collected.of_type(EndFrame)
+
+
+async def test_downstream_sees_the_interruption_before_the_stop_it_caused():
+    output = RecordingOutput(lead=0.1)
+    tail = FrameRecorder()
+    async with PipelineHarness([output, tail]) as h:
+        for frame in speech("c1", seconds=2.0):
+            await h.send(frame)
+        await h.wait_for(BotStartedSpeakingFrame, timeout=3)
+        await asyncio.sleep(0.3)
+        await h.send(InterruptionFrame())
+        await h.wait_for(BotStoppedSpeakingFrame, timeout=3)
+    kinds = [type(f).__name__ for f, d in tail.frames if d is FrameDirection.DOWNSTREAM]
+    assert kinds.index("InterruptionFrame") < kinds.index("BotStoppedSpeakingFrame")
+    # ...and the cut context's final heard text comes after the interruption too.
+    assert kinds.index("InterruptionFrame") < len(kinds) - 1 - kinds[::-1].index("HeardTextFrame")

@@ -201,7 +201,7 @@ class RateLimiter:
 
     # ``timeout`` is a parameter, not the caller's asyncio.timeout: a wait that
     # cannot end in time is refused up front, without sleeping, on our clock.
-    async def acquire(self, tokens: float = 1, *, timeout: float | None = None) -> float:  # noqa: ASYNC109
+    async def acquire(self, tokens: float = 1, *, timeout: float | None = None) -> float:
         """Wait for one request and ``tokens`` tokens; return the seconds waited.
 
         Raises ``RateLimitTimeout`` at once when the wait would exceed

@@ -19,13 +19,17 @@ Twilio call SIDs (``CA…``) and dashed UUIDs stay readable.
 
 Apps call ``install_log_redaction()`` once at start-up. It sets loguru's
 global patcher (every handler then receives redacted messages, extras and
-exception messages) and replaces loguru's default stderr handler with one whose
-complete output, tracebacks included, is redacted. Add other sinks through
-``redacting_sink(sink)`` to get the same guarantee for their tracebacks.
+exception messages), replaces loguru's default stderr handler with one whose
+complete output, tracebacks included, is redacted, and forwards the standard
+``logging`` records of the vendor SDKs (openai, httpx, websockets, twilio,
+aiohttp: they log request lines and headers at DEBUG) into loguru, through the
+same redaction. Add other sinks through ``redacting_sink(sink)`` (or with
+``diagnose=False``) to get the same guarantee for their tracebacks.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import threading
@@ -67,11 +71,16 @@ def _mask_header(match: re.Match[str]) -> str:
     return f"{prefix}{scheme} {MASK}" if scheme else f"{prefix}{MASK}"
 
 
+_Replacement = str | Callable[[re.Match[str]], str]
+
+# (needles, pattern, replacement): a pattern runs only when one of its needles
+# occurs in the lower-cased text, which skips most rules on most lines.
 # Order matters: the header rule runs before the bare-scheme rule, the
 # key-value rule before the key shapes (so "api_key=sk-…" keeps its name).
-_PATTERNS: Final[tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...]] = (
+_PATTERNS: Final[tuple[tuple[tuple[str, ...], re.Pattern[str], _Replacement], ...]] = (
     # Authorization: Bearer <x> / 'Authorization': 'Token <x>' / Proxy-Authorization: <x>
     (
+        ("authorization",),
         re.compile(
             r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)"
             r"(?:(bearer|token|basic|digest)\s+)?([^\s\"',;}\])]+)"
@@ -79,24 +88,35 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], st
         _mask_header,
     ),
     # A scheme and a credential outside a header ("Bearer abc…" in a message).
-    (re.compile(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{16,}"), r"\1 " + MASK),
+    (
+        ("bearer ", "token ", "basic "),
+        re.compile(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{16,}"),
+        r"\1 " + MASK,
+    ),
     # api_key=…, ?token=…, "password": "…", call_token: …
     (
+        ("key", "token", "secret", "passw", "signature"),
         re.compile(r"(?i)(?<![A-Za-z0-9])(" + _NAME + r")([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;}\])#]{4,}"),
         r"\1\2" + MASK,
     ),
     # scheme://user:password@host
-    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + MASK + "@"),
-    # OpenAI: sk-…, sk-proj-…, sk-svcacct-…
-    (re.compile(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{16,}"), "sk-" + MASK),
+    (("@",), re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + MASK + "@"),
+    # OpenAI: sk-…, sk-proj-…, sk-svcacct-…, and the partly starred form its
+    # 401 messages quote ("sk-proj-*****…abcd"): not even part of a key is logged.
+    (
+        ("sk-",),
+        re.compile(r"\bsk-(?:proj-|svcacct-|admin-)?(?:[A-Za-z0-9_-]{16,}|[A-Za-z0-9_-]*\*{3,}[A-Za-z0-9_*-]*)"),
+        "sk-" + MASK,
+    ),
     # Cartesia: sk_car_…
-    (re.compile(r"\bsk_car_[A-Za-z0-9_-]{8,}"), "sk_car_" + MASK),
+    (("sk_car_",), re.compile(r"\bsk_car_[A-Za-z0-9_-]{8,}"), "sk_car_" + MASK),
     # JWT (Deepgram temporary tokens and many others).
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), MASK),
+    (("eyj",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), MASK),
     # Twilio Account SID.
-    (re.compile(r"\bAC[0-9a-fA-F]{32}\b"), "AC" + MASK),
-    # Twilio auth tokens (32 hex) and Deepgram keys (40 hex).
-    (re.compile(r"\b(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{32})\b"), MASK),
+    (("ac",), re.compile(r"\bAC[0-9a-fA-F]{32}\b"), "AC" + MASK),
+    # Twilio auth tokens (32 hex) and Deepgram keys (40 hex): no needle, any
+    # line of 32 characters or more may hold one.
+    ((), re.compile(r"\b(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{32})\b"), MASK),
 )
 
 
@@ -155,7 +175,13 @@ def registered_secret_count() -> int:
 def redact(text: str) -> str:
     """``text`` with registered secrets and key-shaped substrings masked."""
     text = _registry.sub(text)
-    for pattern, replacement in _PATTERNS:
+    lowered = text.lower()
+    for needles, pattern, replacement in _PATTERNS:
+        if needles:
+            if not any(needle in lowered for needle in needles):
+                continue
+        elif len(text) < 32:
+            continue
         text = pattern.sub(replacement, text)
     return text
 
@@ -260,8 +286,30 @@ def redacting_sink(sink: _Writable | Callable[[str], Any]) -> Callable[[Any], No
     return emit
 
 
+class _ToLoguru(logging.Handler):
+    """Forwards standard-library log records into loguru (and its redaction)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken %-format in a library's log call
+            message = f"{record.msg!r} (unformattable arguments)"
+        exc_info = record.exc_info if record.exc_info and record.exc_info[1] is not None else None
+
+        def where(entry: Any) -> None:
+            # Show where the library logged, not this handler.
+            entry.update(name=record.name, function=record.funcName, line=record.lineno, module=record.module)
+
+        logger.patch(where).opt(exception=exc_info).log(level, "{}", message)
+
+
 _install_lock = threading.Lock()
 _installed_handler: int | None = None
+_stdlib_handler: _ToLoguru | None = None
 
 
 def install_log_redaction(
@@ -270,6 +318,7 @@ def install_log_redaction(
     level: str | int = "INFO",
     format: str | None = None,
     replace_default_handler: bool = True,
+    capture_stdlib: bool = True,
 ) -> int:
     """Make every log line of the process redacted. Call once at start-up
     (calling again replaces the handler it added; it never adds two).
@@ -279,10 +328,16 @@ def install_log_redaction(
     redact_patcher(r)))``), removes loguru's default stderr handler when
     ``replace_default_handler`` and adds ``sink`` (default ``sys.stderr``)
     wrapped by ``redacting_sink``, with ``diagnose=False`` so tracebacks do
-    not print variable values. Returns the handler id.
+    not print variable values. With ``capture_stdlib``, a handler on the
+    root ``logging`` logger forwards standard-library records to loguru (the
+    levels of the stdlib loggers are left as the app set them). Returns the
+    handler id.
     """
-    global _installed_handler
+    global _installed_handler, _stdlib_handler
     with _install_lock:
+        if capture_stdlib and _stdlib_handler is None:
+            _stdlib_handler = _ToLoguru()
+            logging.getLogger().addHandler(_stdlib_handler)
         logger.configure(patcher=redact_patcher)
         if _installed_handler is not None:
             try:
@@ -306,7 +361,7 @@ def uninstall_log_redaction() -> None:
     """Undo ``install_log_redaction``: remove its handler and the global
     patcher (loguru's default handler is not restored). For tests and apps
     that reconfigure logging."""
-    global _installed_handler
+    global _installed_handler, _stdlib_handler
     with _install_lock:
         if _installed_handler is not None:
             try:
@@ -314,6 +369,9 @@ def uninstall_log_redaction() -> None:
             except ValueError:
                 pass
             _installed_handler = None
+        if _stdlib_handler is not None:
+            logging.getLogger().removeHandler(_stdlib_handler)
+            _stdlib_handler = None
         logger.configure(patcher=_no_patch)
 
 

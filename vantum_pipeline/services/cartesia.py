@@ -18,8 +18,8 @@ requested. Downstream, a turn is::
 with ``cid`` our turn id (stable across retries). Turns are output strictly
 one after the other: audio of a later turn that arrives early is held until
 the earlier turn is done. Each TextFrame is passed on downstream once it has
-been queued for synthesis (a ``TTSSpeakFrame`` passes on as a TextFrame), so
-the assistant aggregator knows the full text.
+been queued for synthesis, and each ``TTSSpeakFrame`` just before its
+``TTSStartedFrame``, so the assistant aggregator knows the full text.
 
 Frames produced by the receive loop carry the epoch of the turn that opened
 their context. On an interruption every context of the turn is cancelled on
@@ -41,7 +41,8 @@ repeated (a sentence cut in the middle is said again from its start).
 When retries are exhausted (or the failure is not retryable, e.g. 401), the
 pre-recorded phrase for the situation plays instead (``greeting`` or
 ``goodbye`` for a TTSSpeakFrame of that category, else ``error``) as its own
-context ``<cid>-fallback`` with its text as a TextFrame, the call goes on,
+context ``<cid>-fallback`` announced by a ``TTSSpeakFrame`` of its text (so
+the assistant aggregator records what was said instead), the call goes on,
 and the text that was not spoken is recorded: appended to
 ``service.unspoken`` (``UnspokenText``: context id, text, reason, fallback)
 and reported upstream as a non-fatal ErrorFrame naming the context and the
@@ -102,6 +103,15 @@ from vantum_pipeline.frames import (
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSWordTimestampsFrame,
+)
+from vantum_pipeline.observability.metrics import (
+    LATENCY_TTS_TTFB,
+    PROTOCOL_MALFORMED,
+    SERVICE_ERROR,
+    SERVICE_RATE_LIMITED,
+    SERVICE_REQUEST,
+    SERVICE_RETRY,
+    USAGE_TTS_CHARACTERS,
 )
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
@@ -368,9 +378,9 @@ class CartesiaTTSService(FrameProcessor):
         except ServiceError as exc:
             logger.warning("{}: could not connect at start ({}); the first turn will retry", self.name, exc)
             self.errors += 1
-            await self._metric("service.error", 1)
+            await self._metric(SERVICE_ERROR, 1)
             if exc.status == 429:
-                await self._metric("service.rate_limited", 1)
+                await self._metric(SERVICE_RATE_LIMITED, 1)
             return
         for phrase in self.settings.warm_phrases:
             key = self._cache_key(phrase)
@@ -408,19 +418,19 @@ class CartesiaTTSService(FrameProcessor):
         cached = self.cache.get(key)
         turn = _Turn(self._new_id(), self.handling_epoch, category=frame.category, cache_key=key, closing=True)
         turn.sentences.append(frame.text)
+        # The assistant aggregator takes the phrase from the TTSSpeakFrame
+        # itself; it must see it before the phrase's TTSStartedFrame.
+        await self.push_frame(frame)
         if cached is None:
             await self._begin(turn)
-        else:
-            async with self._out_lock:
-                self._order.append(turn)
-            self._quiet.clear()
-            await self._emit(turn, TTSStartedFrame(context_id=turn.turn_id))
-            turn.started_out = True
-        if not self.is_stale(frame):
-            await self.push_frame(TextFrame(frame.text))
-        if cached is not None:
-            await self._play(turn, turn.turn_id, cached)
-            await self._finish(turn)
+            return
+        async with self._out_lock:
+            self._order.append(turn)
+        self._quiet.clear()
+        await self._emit(turn, TTSStartedFrame(context_id=turn.turn_id))
+        turn.started_out = True
+        await self._play(turn, turn.turn_id, cached)
+        await self._finish(turn)
 
     async def _close_open_turn(self) -> None:
         turn, self._open = self._open, None
@@ -514,7 +524,7 @@ class CartesiaTTSService(FrameProcessor):
         turn.state = _State.LIVE
         self._by_context[turn.context_id] = turn
         self.requests += 1
-        await self._metric("service.request", 1)
+        await self._metric(SERVICE_REQUEST, 1)
         await self._pump(turn)
 
     async def _pump(self, turn: _Turn) -> None:
@@ -527,7 +537,7 @@ class CartesiaTTSService(FrameProcessor):
                     await self._send(turn, transcript, keep_going=True)
                     turn.sent += 1
                     self.characters_sent += len(transcript)
-                    await self._metric("usage.tts_characters", len(transcript), unit="characters")
+                    await self._metric(USAGE_TTS_CHARACTERS, len(transcript), unit="characters")
                 if turn.closing and not turn.close_sent and turn.state is _State.LIVE:
                     await self._send(turn, "", keep_going=False)
                     turn.close_sent = True
@@ -576,9 +586,9 @@ class CartesiaTTSService(FrameProcessor):
         while True:
             self.errors += 1
             logger.warning("{}: turn {} attempt {} failed: {}", self.name, turn.turn_id, turn.attempt + 1, error)
-            await self._metric("service.error", 1)
+            await self._metric(SERVICE_ERROR, 1)
             if error.status == 429:
-                await self._metric("service.rate_limited", 1)
+                await self._metric(SERVICE_RATE_LIMITED, 1)
             if turn.context_id and error.status is None and self._conn is not None:
                 if turn.generation == self._generation:  # a stalled context must not speak later
                     await self._send_cancels(self._conn, [turn.context_id])
@@ -589,7 +599,7 @@ class CartesiaTTSService(FrameProcessor):
                 break
             turn.attempt += 1
             self.retries += 1
-            await self._metric("service.retry", 1)
+            await self._metric(SERVICE_RETRY, 1)
             await asyncio.sleep(min(wait, self.settings.max_retry_wait))
             if turn.state is not _State.RECOVERING:
                 return
@@ -639,7 +649,7 @@ class CartesiaTTSService(FrameProcessor):
             await self._emit(turn, TTSStoppedFrame(context_id=turn.turn_id))
             turn.started_out = False
         fallback_id = f"{turn.turn_id}-fallback"
-        await self._emit(turn, TextFrame(fallback_text(category)))
+        await self._emit(turn, TTSSpeakFrame(fallback_text(category), category=category))
         await self._emit(turn, TTSStartedFrame(context_id=fallback_id))
         await self._play(turn, fallback_id, audio)
         await self._emit(turn, TTSStoppedFrame(context_id=fallback_id))
@@ -710,7 +720,7 @@ class CartesiaTTSService(FrameProcessor):
             except ProtocolError as exc:
                 self.malformed += 1
                 logger.warning("{}: {} (raw: {!r})", self.name, exc, exc.raw)
-                await self._metric("protocol.malformed", 1)
+                await self._metric(PROTOCOL_MALFORMED, 1)
                 continue
             await self._on_message(message)
 
@@ -747,7 +757,7 @@ class CartesiaTTSService(FrameProcessor):
             turn.got_audio = True
             if not turn.ttfb_reported and not turn.silent:
                 turn.ttfb_reported = True
-                await self._metric("latency.tts_ttfb", time.monotonic() - turn.first_sent_at, unit="s")
+                await self._metric(LATENCY_TTS_TTFB, time.monotonic() - turn.first_sent_at, unit="s")
         if self.settings.encoding == "pcm_s16le":
             audio = turn.carry + audio
             cut = len(audio) - len(audio) % 2

@@ -176,7 +176,7 @@ class OutboundCall:
             duration = _int(params.get("CallDuration"))
             if duration is not None:
                 self.duration = float(duration)
-            outcome = outcome_for_status(status, self.error_code) or CallOutcome.ERROR
+            outcome = outcome_for_status(status) or CallOutcome.ERROR
             if outcome is CallOutcome.COMPLETED:
                 if self.failure is None and self.expects_stream and self.machine.entered(CallState.STREAMING) is None:
                     self.failure = "answered, but the media stream never started"

@@ -25,7 +25,7 @@ from vantum_pipeline.telephony.settings import TwilioSettings
 
 __all__ = ["TwilioCallError", "TwilioRestClient", "mask_numbers"]
 
-_NUMBER = re.compile(r"\+[0-9]{6,15}")
+_NUMBER = re.compile(r"\+[0-9]{3,15}")
 
 
 def mask_numbers(text: str) -> str:

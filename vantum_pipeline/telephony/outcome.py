@@ -68,16 +68,14 @@ _STATUS_OUTCOMES = {
 }
 
 
-def outcome_for_status(call_status: str, error_code: int | None = None) -> CallOutcome | None:
+def outcome_for_status(call_status: str) -> CallOutcome | None:
     """Outcome of a final ``CallStatus``; None while the call is not over.
 
-    ``failed`` with an error code outside the invalid-number set (a carrier
-    or network error) is an ``error``, not a reason to drop the number.
+    ``failed`` means Twilio could not connect the call at all (a number that
+    passed validation but is not in service, rejected by the carrier): the
+    product drops such numbers, whatever the error code.
     """
-    outcome = _STATUS_OUTCOMES.get(call_status)
-    if outcome is CallOutcome.REMOVE and error_code is not None and error_code not in INVALID_NUMBER_CODES:
-        return outcome_for_error(error_code)
-    return outcome
+    return _STATUS_OUTCOMES.get(call_status)
 
 
 def outcome_for_error(code: int | None, http_status: int | None = None) -> CallOutcome:

@@ -63,6 +63,7 @@ FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
 MULAW_SILENCE = 0xFF
 #: Most bot audio Twilio's side buffers (bytes of μ-law: 120 s).
 MAX_PLAYBACK_BYTES = 8000 * 120
+_SILENCE_FRAME = bytes([MULAW_SILENCE]) * FRAME_BYTES
 
 
 def load_speech(source: bytes | str | Path, sample_rate: int = 8000) -> bytes:
@@ -228,16 +229,24 @@ class Callee:
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time()
         self._sequence = 0
-        self._chunk = 0
         self._outgoing: deque[bytes] = deque()
         self._speech_done: asyncio.Event | None = None
         self._playback: deque[bytes | _Mark] = deque()
         self._buffered = 0
         self._tick = asyncio.Event()
         self._bot_heard_at: float | None = None
+        #: 20 ms chunks of bot audio played so far, and how many had been
+        #: when the callee last finished speaking or listening.
+        self._bot_chunks = 0
+        self._heard_mark = 0
         self._send_lock = asyncio.Lock()
 
     # ------------------------------------------------------------- queries
+
+    @property
+    def started_at(self) -> float:
+        """When the stream started, on the event loop's (monotonic) clock."""
+        return self._t0
 
     def now(self) -> float:
         """Seconds since the stream started."""
@@ -259,7 +268,8 @@ class Callee:
 
     @property
     def bot_speaking(self) -> bool:
-        return self._bot_heard_at is not None and self.now() - self._bot_heard_at <= 2 * FRAME_SECONDS
+        """Bot audio played in the last few ticks (a few, to tolerate a busy loop)."""
+        return self._bot_heard_at is not None and self.now() - self._bot_heard_at <= 3 * FRAME_SECONDS
 
     # ------------------------------------------------------- script methods
 
@@ -273,17 +283,26 @@ class Callee:
         self._speech_done = done
         await self._until(done.wait(), len(mulaw) / 8000 + 5.0)
         self.spoke.append((start, self.now()))
+        self._heard_mark = self._bot_chunks
 
     async def listen(self, *, quiet: float = 0.8, max_wait: float = 30.0) -> None:
-        """Wait until the bot speaks, then until it has been silent for ``quiet`` seconds."""
-        await self.wait_for_bot_speech(max_wait=max_wait)
-        await self._until(self._wait_quiet(quiet), max_wait)
+        """Let the bot take its turn: wait for bot audio played since the callee
+        last spoke or listened (maybe already), then for ``quiet`` seconds without any."""
+
+        async def turn() -> None:
+            while self._bot_chunks <= self._heard_mark:
+                await self._next_tick()
+            await self._wait_quiet(quiet)
+
+        await self._until(turn(), max_wait)
+        self._heard_mark = self._bot_chunks
 
     async def wait_for_bot_speech(self, *, max_wait: float = 30.0) -> None:
         """Return once bot audio is being played (at once if it is now)."""
+        seen = self._bot_chunks
 
         async def speaking() -> None:
-            while not self.bot_speaking:
+            while not self.bot_speaking and self._bot_chunks == seen:
                 await self._next_tick()
 
         await self._until(speaking(), max_wait)
@@ -358,9 +377,8 @@ class Callee:
             }
         )
         tasks = [
-            asyncio.ensure_future(self._sender()),
+            asyncio.ensure_future(self._clock()),
             asyncio.ensure_future(self._receiver()),
-            asyncio.ensure_future(self._player()),
             asyncio.ensure_future(self._script(script)),
         ]
         try:
@@ -420,31 +438,37 @@ class Callee:
         async with self._send_lock:
             await self.websocket.send_str(json.dumps(message))
 
-    async def _sender(self) -> None:
-        """One media message every 20 ms, on an absolute clock."""
+    async def _clock(self) -> None:
+        """Every 20 ms on an absolute clock: send one media message (the callee's
+        speech or silence) and play 20 ms of the bot's buffered audio."""
         start = self._loop.time()
-        silence = bytes([MULAW_SILENCE]) * FRAME_BYTES
+        tick = 0
         while not self.ended.is_set():
-            payload = self._outgoing.popleft() if self._outgoing else silence
-            if not self._outgoing and self._speech_done is not None:
-                self._speech_done.set()
-                self._speech_done = None
-            self._chunk += 1
-            await self._send(
-                {
-                    "event": "media",
-                    "streamSid": self.stream_sid,
-                    "media": {
-                        "track": "inbound",
-                        "chunk": str(self._chunk),
-                        "timestamp": str(round((self._chunk - 1) * FRAME_SECONDS * 1000)),
-                        "payload": base64.b64encode(payload).decode("ascii"),
-                    },
-                }
-            )
-            delay = start + self._chunk * FRAME_SECONDS - self._loop.time()
+            await self._send_media(tick)
+            await self._play(tick * FRAME_SECONDS + (start - self._t0))
+            self._tick.set()
+            tick += 1
+            delay = start + tick * FRAME_SECONDS - self._loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+
+    async def _send_media(self, tick: int) -> None:
+        payload = self._outgoing.popleft() if self._outgoing else _SILENCE_FRAME
+        if not self._outgoing and self._speech_done is not None:
+            self._speech_done.set()
+            self._speech_done = None
+        await self._send(
+            {
+                "event": "media",
+                "streamSid": self.stream_sid,
+                "media": {
+                    "track": "inbound",
+                    "chunk": str(tick + 1),
+                    "timestamp": str(round(tick * FRAME_SECONDS * 1000)),
+                    "payload": base64.b64encode(payload).decode("ascii"),
+                },
+            }
+        )
 
     async def _receiver(self) -> None:
         from aiohttp import WSMsgType
@@ -509,36 +533,28 @@ class Callee:
         with contextlib.suppress(Exception):  # the socket may be closing: nothing to echo to
             await self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
 
-    async def _player(self) -> None:
-        """Play 20 ms of buffered bot audio per tick; echo marks once played."""
-        start = self._loop.time()
-        tick = 0
-        while not self.ended.is_set():
-            tick += 1
-            delay = start + tick * FRAME_SECONDS - self._loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            at = (tick - 1) * FRAME_SECONDS + (start - self._t0)
-            played = bytearray()
-            echoes: list[str] = []
-            while self._playback and len(played) < FRAME_BYTES:
-                item = self._playback[0]
-                if isinstance(item, _Mark):
-                    echoes.append(item.name)
-                    self._playback.popleft()
-                    continue
-                take = FRAME_BYTES - len(played)
-                played += item[:take]
-                if take >= len(item):
-                    self._playback.popleft()
-                else:
-                    self._playback[0] = item[take:]
-            while self._playback and isinstance(self._playback[0], _Mark):
-                echoes.append(self._playback.popleft().name)  # type: ignore[union-attr]
-            if played:
-                self._buffered -= len(played)
-                self.heard.append(HeardChunk(at, bytes(played)))
-                self._bot_heard_at = self.now()
-            for name in echoes:
-                await self._echo(name, cleared=False)
-            self._tick.set()
+    async def _play(self, at: float) -> None:
+        """Play 20 ms of buffered bot audio; echo the marks whose audio has played."""
+        played = bytearray()
+        echoes: list[str] = []
+        while self._playback and len(played) < FRAME_BYTES:
+            item = self._playback[0]
+            if isinstance(item, _Mark):
+                echoes.append(item.name)
+                self._playback.popleft()
+                continue
+            take = FRAME_BYTES - len(played)
+            played += item[:take]
+            if take >= len(item):
+                self._playback.popleft()
+            else:
+                self._playback[0] = item[take:]
+        while self._playback and isinstance(self._playback[0], _Mark):
+            echoes.append(self._playback.popleft().name)  # type: ignore[union-attr]
+        if played:
+            self._buffered -= len(played)
+            self.heard.append(HeardChunk(at, bytes(played)))
+            self._bot_heard_at = self.now()
+            self._bot_chunks += 1
+        for name in echoes:
+            await self._echo(name, cleared=False)

@@ -27,7 +27,9 @@ placing an outbound call:
 (``requests``), every call keeps its callbacks, webhook response, and its
 callee's recordings (``calls[sid].callee.heard``: what the callee heard).
 
-Faults: per number (``fake.behave(number, ...)``) or for every number
+Faults: ``fake.fail_next(RestFault(...), times=n)`` for the REST API (an
+error status such as 429 with ``Retry-After``, 500 or 503; a delay; no
+answer at all). Per number (``fake.behave(number, ...)``) or for every number
 (``fake.default``): ``outcome`` ("busy", "no-answer", "failed"), a wrong
 signature on the webhook / stream upgrade / status callbacks
 (``bad_signature={"webhook", "stream", "status"}``), AMD's ``answered_by``,
@@ -53,13 +55,14 @@ from loguru import logger
 
 from vantum_pipeline.testing.callee import Callee, CalleeScript
 
-__all__ = ["CalleeBehaviour", "FakeCall", "FakeTwilio", "RestRequest"]
+__all__ = ["CalleeBehaviour", "FakeCall", "FakeTwilio", "RestFault", "RestRequest"]
 
 DEFAULT_ACCOUNT_SID = "AC" + "f" * 32
 DEFAULT_AUTH_TOKEN = "fake-twilio-auth-token"
 WRONG_KEY = "not-the-auth-token"
 API_VERSION = "2010-04-01"
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+#: A number Twilio could dial: E.164 with a plausible length (7 to 15 digits).
+_DIALABLE = re.compile(r"\+[1-9][0-9]{6,14}")
 
 #: Twilio's test credentials' magic numbers: To → (code, message).
 MAGIC_TO = {
@@ -86,6 +89,27 @@ class CalleeBehaviour:
     bad_signature: frozenset[str] = frozenset()
     #: The callee hangs up after this long on the line at most.
     max_seconds: float = 600.0
+
+
+@dataclass(slots=True, frozen=True)
+class RestFault:
+    """How the next REST request(s) fail: an error status (Twilio's error JSON,
+    ``Retry-After`` when given), after ``delay`` seconds, or no answer at all."""
+
+    status: int = 500
+    code: int | None = None
+    message: str = "An internal server error occurred"
+    retry_after: float | None = None
+    delay: float = 0.0
+    stall: bool = False
+
+    @classmethod
+    def rate_limited(cls, retry_after: float | None = 1.0) -> RestFault:
+        return cls(429, 20429, "Too Many Requests", retry_after=retry_after)
+
+    @classmethod
+    def unavailable(cls) -> RestFault:
+        return cls(503, 20503, "Service Unavailable")
 
 
 @dataclass(slots=True)
@@ -120,6 +144,7 @@ class FakeCall:
     stream_status: int | None = None
     callee: Callee | None = None
     hangup_requested_at: float | None = None
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     _hangup: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -209,6 +234,7 @@ class FakeTwilio:
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
         self._drivers: set[asyncio.Task[None]] = set()
+        self._faults: list[RestFault] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -256,6 +282,10 @@ class FakeTwilio:
         self.behaviours[number] = chosen
         return chosen
 
+    def fail_next(self, fault: RestFault, times: int = 1) -> None:
+        """Make the next ``times`` REST requests fail with ``fault``."""
+        self._faults.extend([fault] * times)
+
     async def wait_ended(self, sid: str | None = None, *, within: float = 30.0) -> list[FakeCall]:
         """Wait until the call ``sid`` (or every call so far) has ended."""
         calls = [self.calls[sid]] if sid is not None else list(self.calls.values())
@@ -287,9 +317,25 @@ class FakeTwilio:
         self.requests.append(RestRequest(request.method, request.path, params, time.monotonic()))
         return params
 
+    async def _injected(self) -> web.Response | None:
+        """The next injected fault's answer, if one is pending (after its delay)."""
+        if not self._faults:
+            return None
+        fault = self._faults.pop(0)
+        if fault.stall:
+            await asyncio.Event().wait()  # until the client gives up or the fake stops
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.status < 400:
+            return None
+        response = _error(fault.status, fault.code or fault.status, fault.message)
+        if fault.retry_after is not None:
+            response.headers["Retry-After"] = f"{fault.retry_after:g}"
+        return response
+
     async def _create(self, request: web.Request) -> web.Response:
         params = await self._record(request)
-        refused = self._authorized(request)
+        refused = self._authorized(request) or await self._injected()
         if refused is not None:
             return refused
 
@@ -302,9 +348,9 @@ class FakeTwilio:
             return _error(400, 21201, "No 'To' number is specified")
         if not from_:
             return _error(400, 21213, "No 'From' number is specified")
-        if not _E164.fullmatch(to):
+        if not _DIALABLE.fullmatch(to):
             return _error(400, 21211, f"Invalid 'To' Phone Number: {to}")
-        if not _E164.fullmatch(from_):
+        if not _DIALABLE.fullmatch(from_):
             return _error(400, 21212, f"Invalid 'From' Phone Number: {from_}")
         if to in MAGIC_TO:
             code, message = MAGIC_TO[to]
@@ -322,8 +368,8 @@ class FakeTwilio:
         driver.add_done_callback(self._drivers.discard)
         return web.json_response(call.resource(self.base_url), status=201)
 
-    def _lookup(self, request: web.Request) -> FakeCall | web.Response:
-        refused = self._authorized(request)
+    async def _lookup(self, request: web.Request) -> FakeCall | web.Response:
+        refused = self._authorized(request) or await self._injected()
         if refused is not None:
             return refused
         call = self.calls.get(request.match_info["sid"])
@@ -333,18 +379,18 @@ class FakeTwilio:
 
     async def _fetch(self, request: web.Request) -> web.Response:
         await self._record(request)
-        found = self._lookup(request)
+        found = await self._lookup(request)
         if isinstance(found, web.Response):
             return found
         return web.json_response(found.resource(self.base_url))
 
     async def _update(self, request: web.Request) -> web.Response:
         params = await self._record(request)
-        found = self._lookup(request)
+        found = await self._lookup(request)
         if isinstance(found, web.Response):
             return found
-        status = (params.get("Status") or [None])[-1]
-        twiml = (params.get("Twiml") or [None])[-1]
+        status = params["Status"][-1] if params.get("Status") else None
+        twiml = params["Twiml"][-1] if params.get("Twiml") else None
         hang_up = status in ("completed", "canceled") or (twiml is not None and "<Hangup" in twiml)
         if status is not None and status not in ("completed", "canceled"):
             return _error(400, 21220, f"Invalid call state: Status must be completed or canceled, got {status}")
@@ -352,6 +398,9 @@ class FakeTwilio:
             return _error(400, 21220, "This fake only supports hanging up (Status=completed|canceled)")
         if found.ended.is_set():
             return _error(400, 21220, "Call is not in-progress. Cannot redirect.")
+        if status == "canceled" and found.status == "in-progress":
+            # Twilio: canceled only ends calls that are queued or ringing.
+            return web.json_response(found.resource(self.base_url))
         found.hangup_requested_at = time.monotonic()
         found._hangup.set()
         if found.callee is not None:
@@ -383,12 +432,11 @@ class FakeTwilio:
             await self._final(call, "canceled")
             return
         if behaviour.outcome is not None:
-            if behaviour.outcome == "failed":
-                call.error_code = 32009  # carrier: number not in service
             await self._final(call, behaviour.outcome)
             return
         call.status = "in-progress"
         call.answered_at = time.monotonic()
+        call.answered.set()
         if call.param("MachineDetection"):
             call.answered_by = behaviour.answered_by
         twiml = await self._twiml(call)

@@ -44,11 +44,14 @@ Plays the bot's audio and reports what the listener heard.
   Without markers, the clock (plus ``latency``) says what played.
 - ``InterruptionFrame``: stop writing, drop the queued audio, ``clear_output()``
   (the device drops what it holds), push the final ``HeardTextFrame`` of each
-  cut context (possibly empty), then ``BotStoppedSpeakingFrame``.
+  cut context (possibly empty), then ``BotStoppedSpeakingFrame``: upstream at
+  once, downstream once the interruption has reached every processor (a
+  processor downstream sees the interruption before the stop it caused).
 - ``EndFrame``: wait until everything queued has played (markers echoed),
   bounded by the queued duration plus ``end_timeout``; then the final heard
   texts, ``BotStoppedSpeakingFrame``, and the EndFrame goes on.
-- ``CancelFrame``: drop everything and pass it on.
+- ``CancelFrame``: push the final heard text of each unfinished context,
+  drop everything and pass it on.
 
 Subclass hooks (all awaited with ``io_timeout``; writes never overlap):
 ``write_audio(chunk)`` (required), ``write_marker(name)`` (with
@@ -60,6 +63,7 @@ pipeline with a fatal error: the device is gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -257,6 +261,7 @@ class OutputTransport(FrameProcessor):
         self._io_lock = asyncio.Lock()
         self._generation = 0
         self._speaking = False
+        self._stop_after_interruption = False
         self._idle_since: float | None = None
         self._last_marker_at = 0.0
         self._markers = 0
@@ -339,7 +344,10 @@ class OutputTransport(FrameProcessor):
             await self._finish()
             await self.push_frame(frame, direction)
         elif isinstance(frame, CancelFrame):
+            # The call is over (hung up, failed): say what was heard, drop the rest.
+            heard = self.timeline.heard_position(self._now())
             self._drop_queue()
+            await self._push_heard(self.tracker.cut(heard))
             await self.push_frame(frame, direction)
         else:
             await self.push_frame(frame, direction)
@@ -401,6 +409,8 @@ class OutputTransport(FrameProcessor):
 
     async def _play(self) -> None:
         while True:
+            if self._stop_after_interruption:
+                await self._announce_stop_after_interruption()
             now = self._now()
             await self._check_progress(now)
             if self._broken:
@@ -537,7 +547,21 @@ class OutputTransport(FrameProcessor):
         self._idle.set()
         if self._speaking:
             self._speaking = False
-            await self._both_ways(BotStoppedSpeakingFrame)
+            # Upstream at once (the STT and VAD judge barge-ins by it);
+            # downstream only once every processor has seen the interruption,
+            # so the tail never takes this stop for the end of a played turn.
+            await self.push_frame(BotStoppedSpeakingFrame(), FrameDirection.UPSTREAM)
+            self._stop_after_interruption = True
+            self._wake.set()
+
+    async def _announce_stop_after_interruption(self) -> None:
+        self._stop_after_interruption = False
+        delivering = getattr(self._state, "_interrupting", None)
+        if isinstance(delivering, asyncio.Future) and not delivering.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.io_timeout):
+                    await asyncio.shield(delivering)
+        await self.push_frame(BotStoppedSpeakingFrame(), FrameDirection.DOWNSTREAM)
 
     async def _finish(self) -> None:
         """Let queued audio play out (bounded), then settle the heard texts."""

@@ -143,6 +143,8 @@ class TwilioServer:
         self.rejected_signatures = 0
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._validator: Any = None
         self.app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         self.app.router.add_post(self.paths.answer, self._answer)
@@ -193,6 +195,12 @@ class TwilioServer:
             await runner.cleanup()
         if self._own_client:
             await self.client.aclose()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is being served (wrap in ``asyncio.timeout``)."""
+        while self.active:
+            self._idle.clear()
+            await self._idle.wait()
 
     @property
     def local_url(self) -> str:
@@ -248,15 +256,15 @@ class TwilioServer:
         )
         try:
             validate_e164(to, field="to")
-            source = {"twiml": self.twiml_for(call)} if inline_twiml else {"url": self.answer_url(call)}
             placed = await place_call(
                 self.client,
                 to,
                 self.settings.from_number,
+                url=None if inline_twiml else self.answer_url(call),
+                twiml=self.twiml_for(call) if inline_twiml else None,
                 status_callback=self.status_url(call),
                 machine_detection=machine_detection or self.settings.machine_detection,
                 ring_timeout=self.settings.ring_timeout,
-                **source,
             )
         except (InvalidNumberError, ServiceError) as exc:
             cause = exc.__cause__ if isinstance(exc, RetryExhausted) else exc
@@ -293,7 +301,8 @@ class TwilioServer:
             return params if isinstance(params, Mapping) else {}
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
-            return self._reject(request, "no X-Twilio-Signature header")
+            self._reject(request, "no X-Twilio-Signature header")
+            return None
         from twilio.request_validator import get_signature_algorithm
 
         algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
@@ -302,13 +311,16 @@ class TwilioServer:
             base = self.media_url[: -len(self.paths.media)]
         url = base + request.raw_path
         if not self._validator.validate(url, params, signature, algorithm):
-            return self._reject(request, "signature does not match")
+            why = "signature does not match"
+            if algorithm != "HMAC_SHA1":
+                why += f" ({algorithm} signatures need the webhook signing key, not the auth token)"
+            self._reject(request, why)
+            return None
         return params if isinstance(params, Mapping) else {}
 
     def _reject(self, request: web.Request, why: str) -> None:
         self.rejected_signatures += 1
         logger.warning("refused {} {} from {}: {}", request.method, request.path, request.remote, why)
-        return None
 
     # ------------------------------------------------------------ webhooks
 
@@ -392,6 +404,7 @@ class TwilioServer:
         transport = TwilioTransport(socket, serializer, params)
         active = _ActiveCall(call, transport)
         self.active[call.token] = active
+        self._idle.clear()
         try:
             await self._run_pipeline(active)
         finally:
@@ -401,6 +414,8 @@ class TwilioServer:
                 active.hung_up = await self.hang_up(call)
             await transport.close(WSCloseCode.OK, "call ended")
             self._follow_outcome(call)
+            if not self.active:
+                self._idle.set()
 
     async def _run_pipeline(self, active: _ActiveCall) -> None:
         call, transport = active.call, active.transport

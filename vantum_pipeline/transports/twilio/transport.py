@@ -53,13 +53,16 @@ from vantum_pipeline.transports.twilio.serializer import (
 
 __all__ = ["TwilioTransport", "TwilioTransportParams"]
 
+_STOP = "stop"
+_GIVE_UP = "give up"
+
 
 class MediaSocket(Protocol):
     """What the transport needs of a websocket (aiohttp's server side fits)."""
 
     async def send_str(self, data: str) -> None: ...
 
-    async def receive(self, timeout: float | None = None) -> Any: ...  # noqa: ASYNC109 (aiohttp's signature)
+    async def receive(self, timeout: float | None = None) -> Any: ...
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
 
@@ -173,7 +176,7 @@ class TwilioInputTransport(InputTransport):
         self.create_task(self._read_socket(), "receive")
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        if isinstance(frame, EndFrame) and direction is FrameDirection.DOWNSTREAM:
+        if isinstance(frame, EndFrame | CancelFrame) and direction is FrameDirection.DOWNSTREAM:
             await self._report_usage()
         await super().process_frame(frame, direction)
 
@@ -190,10 +193,12 @@ class TwilioInputTransport(InputTransport):
                 reason = f"no message from Twilio for {timeout:.0f}s"
                 break
             if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                stop = await self._on_message(message.data)
-                if stop is not None:
-                    reason = stop
+                outcome = await self._on_message(message.data)
+                if outcome == _STOP:
+                    reason = "stop"
                     break
+                if outcome == _GIVE_UP:
+                    return  # our decision: the pipeline ends with an error, the server hangs up
             elif message.type is WSMsgType.ERROR:
                 reason = f"socket error: {message.data}"
                 break
@@ -202,7 +207,7 @@ class TwilioInputTransport(InputTransport):
         await self._stream_ended(reason)
 
     async def _on_message(self, data: str | bytes) -> str | None:
-        """Handle one message; returns why the stream ended, if it did."""
+        """Handle one message; returns ``_STOP`` or ``_GIVE_UP`` when reading must end."""
         try:
             frames = self.transport.serializer.deserialize(data)
         except ProtocolError as exc:
@@ -221,7 +226,7 @@ class TwilioInputTransport(InputTransport):
             )
             if self.malformed > limit:
                 await self.push_error(f"{self.malformed} malformed messages from Twilio; ending the call", fatal=True)
-                return "malformed messages"
+                return _GIVE_UP
             return None
         for frame in frames:
             if isinstance(frame, InputAudioRawFrame | InputDTMFFrame):
@@ -229,7 +234,7 @@ class TwilioInputTransport(InputTransport):
             elif isinstance(frame, TwilioMarkFrame):
                 self.transport.output().marker_played(frame.name)
             elif isinstance(frame, TwilioStopFrame):
-                return "stop"
+                return _STOP
         return None
 
     async def _stream_ended(self, reason: str) -> None:

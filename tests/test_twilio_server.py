@@ -1,0 +1,262 @@
+"""The Twilio server against FakeTwilio: signatures, tokens, outcomes, hang-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from loguru import logger
+from twilio.request_validator import RequestValidator
+
+from tests.twilio_scripted import ScriptedAgent, phone_stack, tone
+from vantum_pipeline.frames import HeardTextFrame, MetricsFrame
+from vantum_pipeline.telephony.outcome import CallOutcome
+from vantum_pipeline.telephony.state import CallState
+from vantum_pipeline.testing.callee import BargeIn, Drop, HangUp, Listen, Say, SendRaw
+
+pytestmark = pytest.mark.timeout(60)
+
+CALLEE = "+14155550100"
+
+
+def agent(**replies: tuple[str, bool]) -> ScriptedAgent:
+    return ScriptedAgent("Hello there", dict(replies), ["first", "second", "third"])
+
+
+async def record_of(call, server=None, within: float = 20.0):
+    """The call's record, once its pipeline (if any) has finished too."""
+    async with asyncio.timeout(within):
+        record = await call.wait()
+        if server is not None:
+            await server.wait_idle()
+        return record
+
+
+# ---------------------------------------------------------------- signatures
+
+
+async def test_bad_signature_on_the_answer_webhook_is_refused():
+    bot = agent()
+    async with phone_stack(bot) as (fake, server):
+        fake.behave(CALLEE, bad_signature=frozenset({"webhook"}))
+        call = await server.place_call(CALLEE)
+        record = await record_of(call)
+        fake_call = fake.calls[call.sid]
+    assert fake_call.webhook_status == 403
+    assert fake_call.stream_url is None and bot.calls == {}
+    assert server.rejected_signatures == 1
+    assert record.outcome is CallOutcome.ERROR  # answered, but nothing was streamed
+
+
+async def test_bad_signature_on_the_media_upgrade_is_refused():
+    bot = agent()
+    async with phone_stack(bot) as (fake, server):
+        fake.behave(CALLEE, bad_signature=frozenset({"stream"}))
+        call = await server.place_call(CALLEE)
+        record = await record_of(call)
+        fake_call = fake.calls[call.sid]
+    assert fake_call.webhook_status == 200
+    assert fake_call.stream_status == 403  # refused at the upgrade: no websocket at all
+    assert bot.calls == {} and record.outcome is CallOutcome.ERROR
+
+
+async def test_unsigned_and_forged_requests_get_403_and_change_nothing():
+    async with phone_stack(agent()) as (fake, server):
+        fake.behave(CALLEE, script=[Listen(quiet=0.3), HangUp()])
+        call = await server.place_call(CALLEE)
+        status_url = server.status_url(call)
+        async with aiohttp.ClientSession() as http:
+            forged = {"CallSid": call.sid, "CallStatus": "busy"}
+            async with http.post(status_url, data=forged) as response:
+                assert response.status == 403
+            headers = {"X-Twilio-Signature": RequestValidator("wrong").compute_signature(status_url, forged)}
+            async with http.post(status_url, data=forged, headers=headers) as response:
+                assert response.status == 403
+            async with http.post(server.answer_url(call), data={"CallSid": call.sid}) as response:
+                assert response.status == 403
+            async with http.get(server.local_url + "/twilio/media") as response:
+                assert response.status == 403
+        record = await record_of(call)
+    assert record.outcome is CallOutcome.COMPLETED  # the forged "busy" was ignored
+    assert server.rejected_signatures == 4
+
+
+async def _signed_stream(server, auth_token: str, token: str, call_sid: str) -> tuple[int | None, str]:
+    """Open the media socket like Twilio (signed), send connected + start, return the close."""
+    url = server.media_url
+    signature = RequestValidator(auth_token).compute_signature(url, {})
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url, headers={"X-Twilio-Signature": signature}) as socket:
+            await socket.send_str(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            start = {
+                "accountSid": "ACx",
+                "streamSid": "MZ1",
+                "callSid": call_sid,
+                "customParameters": {"call_token": token},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            }
+            await socket.send_str(json.dumps({"event": "start", "streamSid": "MZ1", "start": start}))
+            message = await socket.receive(timeout=5)
+            assert message.type is aiohttp.WSMsgType.CLOSE
+            return socket.close_code, str(message.extra)
+
+
+async def test_unknown_or_reused_call_token_closes_the_socket_with_a_reason():
+    async with phone_stack(agent()) as (fake, server):
+        code, reason = await _signed_stream(server, fake.auth_token, "no-such-token", "CA1")
+        assert (code, reason) == (1008, "unknown call token")
+        fake.behave(CALLEE, script=[Listen(quiet=0.3), HangUp()])
+        call = await server.place_call(CALLEE)
+        await record_of(call)
+        # The token opened its one stream already: a replay is refused.
+        code, reason = await _signed_stream(server, fake.auth_token, call.token, call.sid)
+        assert (code, reason) == (1008, "unknown call token")
+
+
+async def test_validation_can_be_switched_off_explicitly_and_says_so():
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        async with phone_stack(agent(), validate_signatures=False) as (fake, server):
+            fake.behave(
+                CALLEE, bad_signature=frozenset({"webhook", "stream", "status"}), script=[Listen(0.3), HangUp()]
+            )
+            call = await server.place_call(CALLEE)
+            record = await record_of(call)
+    finally:
+        logger.remove(sink)
+    assert record.outcome is CallOutcome.COMPLETED
+    assert any("SIGNATURE VALIDATION IS OFF" in m for m in messages)
+
+
+# ------------------------------------------------------------------ outcomes
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "outcome"),
+    [("busy", CallOutcome.RETRY_LATER), ("no-answer", CallOutcome.UNREACHABLE), ("failed", CallOutcome.REMOVE)],
+)
+async def test_unanswered_outcomes(behaviour, outcome):
+    bot = agent()
+    async with phone_stack(bot) as (fake, server):
+        fake.behave(CALLEE, outcome=behaviour)
+        call = await server.place_call(CALLEE, campaign_id="spring")
+        record = await record_of(call)
+    assert record.outcome is outcome and record.status == behaviour
+    assert (record.duration, record.cost, record.campaign_id) == (0.0, 0.0, "spring")
+    assert record.to == "+141******00" and bot.calls == {}
+    assert call.state is CallState.ENDED
+
+
+@pytest.mark.parametrize(
+    ("number", "outcome", "code"),
+    [
+        ("+1555", CallOutcome.REMOVE, 21211),  # E.164-shaped, but Twilio cannot dial it
+        ("+15005550001", CallOutcome.REMOVE, 21217),
+        ("+15005550002", CallOutcome.UNREACHABLE, 21214),
+        ("+15005550004", CallOutcome.REMOVE, 21216),
+    ],
+)
+async def test_numbers_twilio_refuses(number, outcome, code):
+    async with phone_stack(agent()) as (fake, server):
+        call = await server.place_call(number)
+        assert call.ended  # refused at creation: the record exists at once
+        record = await record_of(call)
+        assert len(fake.requests) == 1
+    assert (record.outcome, record.error_code, record.call_sid) == (outcome, code, None)
+
+
+async def test_a_malformed_number_is_never_sent():
+    async with phone_stack(agent()) as (fake, server):
+        call = await server.place_call("415-555-0100")
+        record = await record_of(call)
+        assert fake.requests == []
+    assert record.outcome is CallOutcome.REMOVE
+
+
+async def test_completed_call_with_machine_detection_records_who_answered():
+    async with phone_stack(agent()) as (fake, server):
+        fake.behave(CALLEE, answered_by="machine_end_beep", script=[Listen(quiet=0.3), HangUp()])
+        call = await server.place_call(CALLEE, machine_detection="DetectMessageEnd")
+        record = await record_of(call)
+        created = fake.requests[0].params
+    assert created["MachineDetection"] == ["DetectMessageEnd"]
+    assert created["StatusCallbackEvent"] == ["initiated", "ringing", "answered", "completed"]
+    assert record.outcome is CallOutcome.COMPLETED and record.answered_by == "machine_end_beep"
+    assert record.duration >= 1 and record.cost == pytest.approx(0.014)
+
+
+# ------------------------------------------------------------------ hang-ups
+
+
+async def test_callee_hangs_up_mid_sentence_and_everything_of_the_call_closes():
+    bot = agent()
+    async with phone_stack(bot) as (fake, server):
+        fake.behave(CALLEE, script=[BargeIn(b"", after=0.4), HangUp()])
+        call = await server.place_call(CALLEE)
+        record = await record_of(call)
+        async with asyncio.timeout(5):
+            await server.wait_idle()
+        pipeline = bot.calls[call.sid]
+    assert pipeline.task.finish_reason == "cancel"
+    assert pipeline.stt.closed and pipeline.tts.closed  # every processor of the call was cleaned up
+    assert [r.method for r in fake.requests] == ["POST"]  # no REST hang-up: the callee was gone
+    usage = [f for f in pipeline.sink.of_type(MetricsFrame) if f.metric == "usage.call_seconds"]
+    assert len(usage) == 1 and 0.3 < usage[0].value < 5
+    assert record.outcome is CallOutcome.COMPLETED
+    cut = pipeline.sink.of_type(HeardTextFrame)[-1]
+    assert cut.context_id == "ctx-1" and cut.text in ("", "Hello")
+
+
+async def test_socket_dropped_without_stop_cancels_the_call():
+    bot = agent()
+    async with phone_stack(bot) as (fake, server):
+        fake.behave(CALLEE, script=[Listen(quiet=0.3), Drop()])
+        call = await server.place_call(CALLEE)
+        await record_of(call)
+        async with asyncio.timeout(5):
+            await server.wait_idle()
+        pipeline = bot.calls[call.sid]
+    assert pipeline.task.finish_reason == "cancel" and pipeline.tts.closed
+    assert fake.calls[call.sid].callee.end_reason == "dropped"
+
+
+async def test_hang_up_after_the_goodbye_has_played():
+    bot = agent(first=("Thanks for your time goodbye", True))
+    async with phone_stack(bot) as (fake, server):
+        fake.behave(CALLEE, script=[Listen(quiet=0.4), Say(tone(0.4)), Listen(quiet=5)])
+        call = await server.place_call(CALLEE)
+        record = await record_of(call, server)
+        fake_call = fake.calls[call.sid]
+        callee = fake_call.callee
+        pipeline = bot.calls[call.sid]
+    assert pipeline.task.finish_reason == "end"
+    hangups = [r for r in fake.requests if r.method == "POST" and r.params.get("Status") == ["completed"]]
+    assert len(hangups) == 1
+    # Every mark came back before the hang-up request: the goodbye was heard to its end.
+    last_echo = max(m.at for m in callee.marks)
+    assert all(not m.cleared for m in callee.marks)
+    assert fake_call.hangup_requested_at is not None
+    assert hangups[0].at >= callee.started_at + last_echo - 0.01
+    goodbye_seconds = 5 * 0.5
+    heard_after_reply = callee.heard_seconds(start=callee.spoke[0][1])
+    assert heard_after_reply == pytest.approx(goodbye_seconds, abs=0.05)
+    heard = [f.text for f in pipeline.sink.of_type(HeardTextFrame) if f.context_id == "ctx-2"]
+    assert heard[-1] == "Thanks for your time goodbye"
+    assert record.outcome is CallOutcome.COMPLETED and callee.end_reason == "api hang-up"
+
+
+async def test_a_stream_of_garbage_ends_that_call_with_an_error():
+    bot = agent()
+    async with phone_stack(bot) as (fake, server):
+        fake.behave(CALLEE, script=[SendRaw("{not json", times=10), Listen(quiet=5)])
+        call = await server.place_call(CALLEE)
+        record = await record_of(call, server)
+        pipeline = bot.calls[call.sid]
+    assert pipeline.task.finish_reason == "error"
+    malformed = [f for f in pipeline.sink.of_type(MetricsFrame) if f.metric == "protocol.malformed"]
+    assert len(malformed) == 6  # the limit (5) plus the one that ended the call
+    assert record.outcome is CallOutcome.ERROR
+    assert fake.calls[call.sid].callee.end_reason == "api hang-up"
