@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import math
+import sys
+import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -280,3 +284,16 @@ async def phone_stack(
             async with server:
                 server.public_base_url = server.local_url
                 yield fake, server
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "twilio_outbound.py"
+
+
+def load_example() -> types.ModuleType:
+    """examples/twilio_outbound.py as a module (examples are not a package)."""
+    spec = importlib.util.spec_from_file_location("twilio_outbound_example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
