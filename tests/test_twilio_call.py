@@ -73,6 +73,7 @@ async def test_a_whole_call_with_barge_in():
     assert record.outcome is CallOutcome.COMPLETED
     assert (record.campaign_id, record.prospect_id) == ("c1", "p1")
     assert callee.protocol_errors == []
+    assert pipeline.violations == []  # the stream grammar holds around both transports
 
 
 async def test_fifty_concurrent_calls_one_fed_garbage():
@@ -105,6 +106,7 @@ async def test_fifty_concurrent_calls_one_fed_garbage():
         assert heard_texts(pipeline, "ctx-1")[-1] == "Hi there"
         assert heard_texts(pipeline, "ctx-2")[-1] == "Okay"
         assert heard[call.sid].protocol_errors == []
+        assert pipeline.violations == []
 
 
 async def test_a_hang_up_mid_sentence_closes_every_service_socket_of_the_call():

@@ -48,6 +48,7 @@ from vantum_pipeline.task import PipelineTask
 from vantum_pipeline.telephony.client import TwilioRestClient
 from vantum_pipeline.telephony.settings import TwilioSettings
 from vantum_pipeline.testing import FrameRecorder
+from vantum_pipeline.testing.grammar import GrammarChecker
 from vantum_pipeline.testing.twilio import FakeTwilio
 from vantum_pipeline.transports.twilio.server import PipelineFactory, TwilioCall, TwilioServer
 from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
@@ -223,6 +224,12 @@ class CallPipeline:
     tts: ToneTTS
     sink: FrameRecorder
     task: PipelineTask
+    checkers: list[GrammarChecker]
+
+    @property
+    def violations(self) -> list[str]:
+        """Stream-grammar violations seen after the input and after the output."""
+        return [v for checker in self.checkers for v in checker.violations]
 
 
 class ScriptedAgent:
@@ -242,12 +249,14 @@ class ScriptedAgent:
         brain = ScriptedBrain(self.greeting, self.replies)
         tts = ToneTTS(mulaw=self.mulaw)
         sink = FrameRecorder()
+        checkers = [GrammarChecker(), GrammarChecker()]
+        processors = [call.transport.input(), checkers[0], stt, brain, tts, call.transport.output(), checkers[1], sink]
         task = PipelineTask(
-            Pipeline([call.transport.input(), stt, brain, tts, call.transport.output(), sink]),
+            Pipeline(processors),
             audio_in_sample_rate=RATE,
             audio_out_sample_rate=RATE,
         )
-        self.calls[call.call_sid] = CallPipeline(stt, brain, tts, sink, task)
+        self.calls[call.call_sid] = CallPipeline(stt, brain, tts, sink, task, checkers)
         return task
 
 

@@ -477,7 +477,7 @@ class FakeTwilio:
             async with self._session.post(url, data=params, headers=headers) as response:
                 return response.status, await response.text()
         except (OSError, TimeoutError) as exc:
-            logger.warning("fake twilio: {} POST to {} failed: {}", where, url, exc)
+            logger.warning("fake twilio: {} POST to {} failed: {}", where, url.split("?")[0], exc)
             return None, ""
 
     async def _callback(self, call: FakeCall, event: str, status: str | None = None) -> None:
