@@ -99,7 +99,7 @@ async def test_queued_old_epoch_frames_are_dropped_and_system_frames_are_not():
         first = source.create_task(source.push_frame(TextFrame("in-flight")))
         await asyncio.sleep(0.01)
         for i in range(200):
-            gate._down.queue.append(_stamped(TextFrame(f"queued{i}"), 0))
+            gate._vp_down.queue.append(_stamped(TextFrame(f"queued{i}"), 0))
         await source.push_frame(MetricsFrame("m", 1.0))
         await source.fire()
         gate.open.set()
@@ -173,7 +173,7 @@ async def test_late_frames_from_old_turn_work_are_dropped():
         await h.wait_for(TextFrame, where=lambda f: f.text == "next")
     texts = [f.text for f in sink.of_type(TextFrame)]
     assert texts == ["early", "next"], texts
-    assert not llm._turn_tasks  # the turn task was cancelled and forgotten
+    assert not llm._vp_turn_tasks  # the turn task was cancelled and forgotten
 
 
 async def test_new_epoch_frames_wait_until_the_processor_saw_the_interruption():

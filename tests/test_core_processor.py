@@ -81,10 +81,10 @@ async def test_backpressure_bounds_the_queue_and_slows_the_producer():
     class Probe(FrameProcessor):
         async def process_frame(self, frame, direction):
             nonlocal high_water
-            high_water = max(high_water, len(slow._down.queue))
+            high_water = max(high_water, len(slow._vp_down.queue))
             await self.push_frame(frame, direction)
 
-    slow._down.maxsize = 8
+    slow._vp_down.maxsize = 8
     async with PipelineHarness([producer, Probe(), slow]):
         await asyncio.sleep(0.01)
         pushers = [producer.create_task(producer.emit(f"p{n}", 100, DOWN)) for n in range(3)]
@@ -270,3 +270,11 @@ async def test_exception_in_owned_task_is_reported():
 def test_max_queue_must_be_positive():
     with pytest.raises(ConfigurationError):
         FrameProcessor(max_queue=0)
+
+
+def test_a_subclass_cannot_shadow_the_framework_internals():
+    with pytest.raises(TypeError, match="_flush"):
+
+        class Clash(FrameProcessor):
+            def _flush(self, epoch):  # a natural name for "flush my buffer"
+                pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import ClassVar
 
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import Frame
@@ -20,6 +21,8 @@ __all__ = ["Pipeline"]
 class Pipeline(FrameProcessor):
     """``Pipeline([p1, p2, ...])``: frames pushed downstream into it reach
     ``p1`` first; what the last element pushes downstream leaves it."""
+
+    _overrides_internals: ClassVar[bool] = True
 
     def __init__(self, processors: Sequence[FrameProcessor], *, name: str | None = None) -> None:
         super().__init__(name=name)

@@ -53,7 +53,7 @@ import enum
 import itertools
 from collections import deque
 from collections.abc import Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from loguru import logger
 
@@ -180,7 +180,7 @@ class PipelineState:
         current = asyncio.current_task()
         if current is not None:
             for processor in self.processors:
-                task_epoch = processor._turn_tasks.get(current)
+                task_epoch = processor._vp_turn_tasks.get(current)
                 if task_epoch is not None and task_epoch < epoch:
                     current.cancel()  # the interrupter was itself a stale turn task
                     break
@@ -197,20 +197,42 @@ class FrameProcessor:
     Subclasses must call ``super().__init__()``.
     """
 
+    #: Methods the framework calls on every processor; a subclass that defined
+    #: one by accident would silently break frame delivery or interruptions.
+    _INTERNAL_METHODS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "_receive", "_handle", "_drain", "_drain_detached", "_release", "_spawn_drain",
+            "_open_gate", "_flush", "_deliver_interruption", "_stop", "_report", "_guard",
+            "_forget_turn_task", "_leaves", "_first_leaf", "_last_leaf",
+        }
+    )  # fmt: skip
+    #: Set by the core's own subclasses that override internals on purpose (Pipeline).
+    _overrides_internals: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("_overrides_internals", False):
+            return
+        clashes = sorted(FrameProcessor._INTERNAL_METHODS.intersection(cls.__dict__))
+        if clashes:
+            raise TypeError(
+                f"{cls.__name__} defines {', '.join(clashes)}, which FrameProcessor uses internally; rename it"
+            )
+
     def __init__(self, *, name: str | None = None, max_queue: int = 256) -> None:
         if max_queue < 1:
             raise ConfigurationError(f"max_queue must be >= 1, got {max_queue}")
         self.name = name or f"{type(self).__name__}#{next(_names)}"
-        self._next: _Receiver = _DROP_EDGE
-        self._prev: _Receiver = _DROP_EDGE
-        self._down = _Lane(max_queue)
-        self._up = _Lane(max_queue)
-        self._state = PipelineState([self])
+        self._vp_next: _Receiver = _DROP_EDGE
+        self._vp_prev: _Receiver = _DROP_EDGE
+        self._vp_down = _Lane(max_queue)
+        self._vp_up = _Lane(max_queue)
+        self._vp_state = PipelineState([self])
         # -1 until StartFrame is handled: in-band frames wait for the start.
-        self._seen_epoch = -1
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._turn_tasks: dict[asyncio.Task[Any], int] = {}
-        self._stopped = False
+        self._vp_seen_epoch = -1
+        self._vp_tasks: set[asyncio.Task[Any]] = set()
+        self._vp_turn_tasks: dict[asyncio.Task[Any], int] = {}
+        self._vp_stopped = False
         #: In-band frames queued beyond ``max_queue`` by re-entrant pushes.
         self.overflows = 0
 
@@ -234,17 +256,17 @@ class FrameProcessor:
     @property
     def epoch(self) -> int:
         """The pipeline's current interruption epoch."""
-        return self._state.epoch
+        return self._vp_state.epoch
 
     @property
     def handling_epoch(self) -> int:
         """Epoch of the frame being handled (the current one outside handlers)."""
         epoch = _handling_epoch.get()
-        return self._state.epoch if epoch is None else epoch
+        return self._vp_state.epoch if epoch is None else epoch
 
     def is_stale(self, frame: Frame) -> bool:
         """True when ``frame`` belongs to an interrupted turn."""
-        return self._state.is_stale(frame)
+        return self._vp_state.is_stale(frame)
 
     async def push_frame(self, frame: Frame, direction: FrameDirection = _DOWN) -> None:
         """Send ``frame`` to the neighbour in ``direction``.
@@ -254,7 +276,7 @@ class FrameProcessor:
         ``push_interruption()``. May wait while the neighbour's lane is full.
         Cancel-safe: a cancelled push has either delivered the frame or not.
         """
-        state = self._state
+        state = self._vp_state
         epoch = frame.epoch
         if epoch == UNSTAMPED:
             if type(frame) is InterruptionFrame:
@@ -270,14 +292,14 @@ class FrameProcessor:
             return
         elif type(frame) is InterruptionFrame:
             return  # the framework delivers it to every processor itself
-        await (self._next if direction is _DOWN else self._prev)._receive(frame, direction)
+        await (self._vp_next if direction is _DOWN else self._vp_prev)._receive(frame, direction)
 
     async def push_interruption(self) -> None:
         """Interrupt the bot's current turn across the whole pipeline.
 
         Returns when every processor has seen the InterruptionFrame.
         """
-        await self._state.interrupt(self)
+        await self._vp_state.interrupt(self)
 
     async def push_error(self, error: str, *, fatal: bool = False, exception: BaseException | None = None) -> None:
         """Send an ErrorFrame upstream, towards the task."""
@@ -294,8 +316,8 @@ class FrameProcessor:
         task = asyncio.get_running_loop().create_task(
             self._guard(coro), name=f"{self.name}:{name or 'task'}", context=context
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._vp_tasks.add(task)
+        task.add_done_callback(self._vp_tasks.discard)
         return task
 
     def create_turn_task(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
@@ -305,14 +327,14 @@ class FrameProcessor:
         interruption cancels it.
         """
         task = asyncio.get_running_loop().create_task(self._guard(coro), name=f"{self.name}:{name or 'turn'}")
-        self._turn_tasks[task] = self.handling_epoch
+        self._vp_turn_tasks[task] = self.handling_epoch
         task.add_done_callback(self._forget_turn_task)
         return task
 
     async def cancel_tasks(self, timeout: float = 1.0) -> None:
         """Cancel and await every task this processor owns, within ``timeout``."""
         current = _current_task()
-        tasks = [t for t in (*self._tasks, *self._turn_tasks) if not t.done() and t is not current]
+        tasks = [t for t in (*self._vp_tasks, *self._vp_turn_tasks) if not t.done() and t is not current]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -323,7 +345,7 @@ class FrameProcessor:
     # ----------------------------------------------------------- internals
 
     def _forget_turn_task(self, task: asyncio.Task[Any]) -> None:
-        self._turn_tasks.pop(task, None)
+        self._vp_turn_tasks.pop(task, None)
 
     async def _guard(self, coro: Coroutine[Any, Any, Any]) -> Any:
         try:
@@ -359,8 +381,8 @@ class FrameProcessor:
             if type(frame) is StartFrame:
                 self._open_gate(frame.epoch)
             return
-        lane = self._down if direction is _DOWN else self._up
-        while lane.busy or lane.queue or frame.epoch > self._seen_epoch:
+        lane = self._vp_down if direction is _DOWN else self._vp_up
+        while lane.busy or lane.queue or frame.epoch > self._vp_seen_epoch:
             if len(lane.queue) < lane.maxsize:
                 lane.queue.append(frame)
                 return
@@ -369,8 +391,8 @@ class FrameProcessor:
                 lane.queue.append(frame)
                 return
             await _wait_for_room(lane)
-            if self._state.is_stale(frame):
-                self._state.stale_dropped += 1
+            if self._vp_state.is_stale(frame):
+                self._vp_state.stale_dropped += 1
                 return
         lane.busy = True
         lane.owner = _current_task()
@@ -383,10 +405,10 @@ class FrameProcessor:
 
     async def _drain(self, lane: _Lane, direction: FrameDirection) -> None:
         queue = lane.queue
-        state = self._state
+        state = self._vp_state
         while queue:
             frame = queue[0]
-            if frame.epoch > self._seen_epoch:
+            if frame.epoch > self._vp_seen_epoch:
                 return  # new epoch: wait until this processor saw the interruption
             queue.popleft()
             if lane.waiters:
@@ -397,7 +419,7 @@ class FrameProcessor:
             await self._handle(frame, direction)
 
     async def _drain_detached(self, direction: FrameDirection) -> None:
-        lane = self._down if direction is _DOWN else self._up
+        lane = self._vp_down if direction is _DOWN else self._vp_up
         if lane.busy or not lane.queue:
             return
         lane.busy = True
@@ -410,29 +432,29 @@ class FrameProcessor:
     def _release(self, lane: _Lane, direction: FrameDirection) -> None:
         lane.busy = False
         lane.owner = None
-        if lane.queue and lane.queue[0].epoch <= self._seen_epoch:
+        if lane.queue and lane.queue[0].epoch <= self._vp_seen_epoch:
             # The drainer was cancelled with frames still queued: someone must
             # drain them, and it can't be the cancelled task.
             self._spawn_drain(direction)
 
     def _spawn_drain(self, direction: FrameDirection) -> None:
-        if not self._stopped:
+        if not self._vp_stopped:
             self.create_task(self._drain_detached(direction), "drain")
 
     def _open_gate(self, epoch: int) -> None:
         """Let frames of ``epoch`` in: the processor has seen its start/interruption."""
-        if self._seen_epoch < epoch:
-            self._seen_epoch = epoch
-        for direction, lane in ((_DOWN, self._down), (_UP, self._up)):
+        if self._vp_seen_epoch < epoch:
+            self._vp_seen_epoch = epoch
+        for direction, lane in ((_DOWN, self._vp_down), (_UP, self._vp_up)):
             if lane.waiters:
                 lane.wake_waiters()
-            if lane.queue and not lane.busy and lane.queue[0].epoch <= self._seen_epoch:
+            if lane.queue and not lane.busy and lane.queue[0].epoch <= self._vp_seen_epoch:
                 self._spawn_drain(direction)
 
     def _flush(self, epoch: int) -> None:
         """Phase 1 of an interruption: synchronous, no await."""
-        state = self._state
-        for lane in (self._down, self._up):
+        state = self._vp_state
+        for lane in (self._vp_down, self._vp_up):
             if lane.queue:
                 kept = [f for f in lane.queue if f.survives_interruption or f.epoch >= epoch]
                 state.stale_dropped += len(lane.queue) - len(kept)
@@ -441,7 +463,7 @@ class FrameProcessor:
             if lane.waiters:
                 lane.wake_waiters()
         current = _current_task()
-        for task, task_epoch in list(self._turn_tasks.items()):
+        for task, task_epoch in list(self._vp_turn_tasks.items()):
             if task_epoch < epoch and task is not current:
                 task.cancel()
 
@@ -458,7 +480,7 @@ class FrameProcessor:
         """Cancel owned tasks and run ``cleanup``, all within ``timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        self._stopped = True
+        self._vp_stopped = True
         await self.cancel_tasks(timeout=timeout / 2)
         try:
             async with asyncio.timeout(max(0.01, deadline - loop.time())):
@@ -500,5 +522,5 @@ def link(upstream: FrameProcessor, downstream: FrameProcessor) -> None:
     """Connect two processors (or pipelines) so frames flow between them."""
     tail = upstream._last_leaf()
     head = downstream._first_leaf()
-    tail._next = head
-    head._prev = tail
+    tail._vp_next = head
+    head._vp_prev = tail

@@ -83,11 +83,11 @@ class PipelineTask:
         self._state = PipelineState(self._processors, interruption_timeout=interruption_timeout)
         self._state.allow_interruptions = allow_interruptions
         for processor in self._processors:
-            processor._state = self._state
+            processor._vp_state = self._state
         self._head = pipeline._first_leaf()
         self._tail = pipeline._last_leaf()
-        self._head._prev = _Edge(self._at_head)
-        self._tail._next = _Edge(self._at_tail)
+        self._head._vp_prev = _Edge(self._at_head)
+        self._tail._vp_next = _Edge(self._at_tail)
         self._start = StartFrame(
             audio_in_sample_rate=audio_in_sample_rate,
             audio_out_sample_rate=audio_out_sample_rate,
