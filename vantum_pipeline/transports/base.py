@@ -567,15 +567,9 @@ class OutputTransport(FrameProcessor):
 
     async def _announce_stop_after_interruption(self) -> None:
         self._stop_after_interruption = False
-        # The core has no public "interruption delivered" signal yet: read the
-        # shared state's in-flight interruption, tolerating its absence (the
-        # downstream stop then goes out at once, as before).
-        state = getattr(self, "_vp_state", None)
-        delivering = getattr(state, "_interrupting", None)
-        if isinstance(delivering, asyncio.Future) and not delivering.done():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.io_timeout):
-                    await asyncio.shield(delivering)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.io_timeout):
+                await self.interruption_settled()
         await self.push_frame(BotStoppedSpeakingFrame(), FrameDirection.DOWNSTREAM)
 
     async def _finish(self) -> None:
