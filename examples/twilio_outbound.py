@@ -26,6 +26,7 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from loguru import logger
 
@@ -178,8 +179,11 @@ async def real_call(args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def fakes() -> AsyncIterator[tuple[TwilioSettings, Services, object]]:
-    """The four stand-ins, scripted for one call, and settings pointing at them."""
+async def fakes() -> AsyncIterator[tuple[TwilioSettings, Services, dict[str, Any]]]:
+    """The four stand-ins, scripted for one call, and settings pointing at them.
+
+    Yields the Twilio settings, the services' settings, and the stand-ins by
+    name ("twilio", "deepgram", "openai", "cartesia")."""
     from vantum_pipeline.testing.callee import BargeIn, Listen, Say
     from vantum_pipeline.testing.cartesia import FakeCartesia, ToneSynthesizer
     from vantum_pipeline.testing.deepgram import FakeDeepgram, ScriptedRecognizer
@@ -229,13 +233,14 @@ async def fakes() -> AsyncIterator[tuple[TwilioSettings, Services, object]]:
                 websocket_base_url=cartesia_fake.ws_url,
             ),
         )
-        yield twilio, services, twilio_fake
+        stand_ins = {"twilio": twilio_fake, "deepgram": deepgram_fake, "openai": openai_fake, "cartesia": cartesia_fake}
+        yield twilio, services, stand_ins
 
 
 async def fake_call(args: argparse.Namespace) -> int:
-    async with fakes() as (twilio, services, twilio_fake):
+    async with fakes() as (twilio, services, stand_ins):
         record, contexts = await run_call(twilio, services, "+14155550123", host="127.0.0.1", port=0)
-        callee = next(iter(twilio_fake.calls.values())).callee  # type: ignore[attr-defined]
+        callee = next(iter(stand_ins["twilio"].calls.values())).callee
         if callee is not None:
             print(f"-- the callee heard {callee.heard_seconds():.1f}s of bot audio; {len(callee.clears)} clear(s)")
     print_summary(record, contexts)

@@ -303,3 +303,32 @@ async def test_queued_interruption_with_interruptions_disabled_does_not_hold_fra
         [Counter()], [TextFrame("a"), InterruptionFrame(), TextFrame("b")], allow_interruptions=False
     )
     assert [f.text for f in result.of_type(TextFrame)] == ["a", "b"]
+
+
+async def test_interruption_settled_waits_for_delivery_to_every_processor():
+    order: list[str] = []
+
+    class Slow(Counter):
+        async def process_frame(self, frame, direction):
+            if isinstance(frame, InterruptionFrame):
+                await asyncio.sleep(0.05)
+                order.append("slow handled")
+            await super().process_frame(frame, direction)
+
+    class Waiter(Counter):
+        async def process_frame(self, frame, direction):
+            await super().process_frame(frame, direction)
+            if isinstance(frame, InterruptionFrame):
+                self.create_task(self.after())
+
+        async def after(self):
+            await self.interruption_settled()
+            order.append("settled")
+
+    trigger, waiter, slow = Trigger(), Waiter(), Slow()
+    async with PipelineHarness([trigger, waiter, slow]):
+        await asyncio.sleep(0.01)
+        await trigger.fire()
+        await asyncio.sleep(0.01)
+        await waiter.interruption_settled()  # none in progress: returns at once
+    assert order == ["slow handled", "settled"]

@@ -266,3 +266,12 @@ async def test_a_stalled_api_is_bounded_by_the_attempt_deadline():
         with pytest.raises((RetryExhausted, ServiceError)):
             async with asyncio.timeout(5):
                 await client.fetch(placed.sid)
+
+
+async def test_problem_shaped_errors_are_understood_too():
+    async with FakeTwilio() as fake, TwilioRestClient(settings_for(fake), retry=FAST) as client:
+        fake.fail_next(RestFault(400, 21211, "Invalid 'To' +14155550100", problem=True))
+        with pytest.raises(TwilioCallError) as info:
+            await place_call(client, "+14155550100", "+15005550006", twiml="<Response/>")
+    assert (info.value.status, info.value.code, info.value.retryable) == (400, 21211, False)
+    assert "+14155550100" not in str(info.value) and "injected fault" in str(info.value)

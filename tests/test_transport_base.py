@@ -289,3 +289,14 @@ async def test_downstream_sees_the_interruption_before_the_stop_it_caused():
     assert kinds.index("InterruptionFrame") < kinds.index("BotStoppedSpeakingFrame")
     # ...and the cut context's final heard text comes after the interruption too.
     assert kinds.index("InterruptionFrame") < len(kinds) - 1 - kinds[::-1].index("HeardTextFrame")
+
+
+async def test_input_frames_offered_after_the_end_never_follow_it():
+    source = InputTransport(max_pending=10)
+    async with PipelineHarness([source]) as h:
+        source.offer(InputAudioRawFrame(b"\x01\x00", RATE))
+        await h.send(EndFrame())
+        await h.wait_finished(5)
+        assert not source.offer(InputAudioRawFrame(b"\x02\x00", RATE))
+    kinds = h.collected.types()
+    assert kinds[-1] == "EndFrame" and kinds.count("InputAudioRawFrame") == 1

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.twilio_scripted import ScriptedAgent, phone_stack, tone, words_heard
+from tests.twilio_scripted import ScriptedAgent, load_example, phone_stack, tone, words_heard
 from vantum_pipeline.frames import HeardTextFrame
 from vantum_pipeline.telephony.outcome import CallOutcome
 from vantum_pipeline.testing.callee import BargeIn, HangUp, Listen, Say, SendRaw
@@ -73,6 +73,7 @@ async def test_a_whole_call_with_barge_in():
     assert record.outcome is CallOutcome.COMPLETED
     assert (record.campaign_id, record.prospect_id) == ("c1", "p1")
     assert callee.protocol_errors == []
+    assert pipeline.violations == []  # the stream grammar holds around both transports
 
 
 async def test_fifty_concurrent_calls_one_fed_garbage():
@@ -105,3 +106,24 @@ async def test_fifty_concurrent_calls_one_fed_garbage():
         assert heard_texts(pipeline, "ctx-1")[-1] == "Hi there"
         assert heard_texts(pipeline, "ctx-2")[-1] == "Okay"
         assert heard[call.sid].protocol_errors == []
+        assert pipeline.violations == []
+
+
+async def test_a_hang_up_mid_sentence_closes_every_service_socket_of_the_call():
+    from vantum_pipeline.testing.callee import BargeIn, HangUp, Listen, Say
+    from vantum_pipeline.testing.signals import speech
+    from vantum_pipeline.testing.twilio import CalleeBehaviour
+
+    example = load_example()
+    async with example.fakes() as (twilio, services, stand_ins):
+        stand_ins["twilio"].default = CalleeBehaviour(
+            script=[Listen(quiet=0.4), Say(speech(0.6), sample_rate=16000), BargeIn(b"", after=0.5), HangUp()]
+        )
+        record, _contexts = await example.run_call(twilio, services, "+14155550123", host="127.0.0.1", port=0)
+        deepgram, cartesia = stand_ins["deepgram"], stand_ins["cartesia"]
+        for connection in deepgram.connections:
+            await connection.wait_closed(2.0)
+        assert deepgram.connections and cartesia.open_connections == 0
+        callee = next(iter(stand_ins["twilio"].calls.values())).callee
+    assert callee.end_reason == "callee hung up" and callee.clears == []
+    assert record.outcome is CallOutcome.COMPLETED

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.twilio_scripted import load_example
 from vantum_pipeline.frames import HeardTextFrame, TTSWordTimestampsFrame
 from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.telephony.outcome import CallOutcome
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "twilio_outbound.py"
 CHUNK = 0.02
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("twilio_outbound_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_example_runs_against_the_fakes(capsys):
@@ -47,11 +33,11 @@ async def test_the_conversation_holds_exactly_what_the_callee_heard():
         if direction is FrameDirection.DOWNSTREAM and isinstance(frame, TTSWordTimestampsFrame | HeardTextFrame):
             seen.append(frame)
 
-    async with example.fakes() as (twilio, services, twilio_fake):
+    async with example.fakes() as (twilio, services, stand_ins):
         record, contexts = await example.run_call(
             twilio, services, "+14155550123", host="127.0.0.1", port=0, observer=observe
         )
-        callee = next(iter(twilio_fake.calls.values())).callee
+        callee = next(iter(stand_ins["twilio"].calls.values())).callee
     assert record.outcome is CallOutcome.COMPLETED
     [context] = contexts
     [cut] = [m for m in context.messages if m.interrupted]

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import math
+import sys
+import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -44,6 +48,7 @@ from vantum_pipeline.task import PipelineTask
 from vantum_pipeline.telephony.client import TwilioRestClient
 from vantum_pipeline.telephony.settings import TwilioSettings
 from vantum_pipeline.testing import FrameRecorder
+from vantum_pipeline.testing.grammar import GrammarChecker
 from vantum_pipeline.testing.twilio import FakeTwilio
 from vantum_pipeline.transports.twilio.server import PipelineFactory, TwilioCall, TwilioServer
 from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
@@ -219,6 +224,12 @@ class CallPipeline:
     tts: ToneTTS
     sink: FrameRecorder
     task: PipelineTask
+    checkers: list[GrammarChecker]
+
+    @property
+    def violations(self) -> list[str]:
+        """Stream-grammar violations seen after the input and after the output."""
+        return [v for checker in self.checkers for v in checker.violations]
 
 
 class ScriptedAgent:
@@ -238,12 +249,14 @@ class ScriptedAgent:
         brain = ScriptedBrain(self.greeting, self.replies)
         tts = ToneTTS(mulaw=self.mulaw)
         sink = FrameRecorder()
+        checkers = [GrammarChecker(), GrammarChecker()]
+        processors = [call.transport.input(), checkers[0], stt, brain, tts, call.transport.output(), checkers[1], sink]
         task = PipelineTask(
-            Pipeline([call.transport.input(), stt, brain, tts, call.transport.output(), sink]),
+            Pipeline(processors),
             audio_in_sample_rate=RATE,
             audio_out_sample_rate=RATE,
         )
-        self.calls[call.call_sid] = CallPipeline(stt, brain, tts, sink, task)
+        self.calls[call.call_sid] = CallPipeline(stt, brain, tts, sink, task, checkers)
         return task
 
 
@@ -280,3 +293,16 @@ async def phone_stack(
             async with server:
                 server.public_base_url = server.local_url
                 yield fake, server
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "twilio_outbound.py"
+
+
+def load_example() -> types.ModuleType:
+    """examples/twilio_outbound.py as a module (examples are not a package)."""
+    spec = importlib.util.spec_from_file_location("twilio_outbound_example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module

@@ -301,6 +301,13 @@ class FrameProcessor:
         """
         await self._vp_state.interrupt(self)
 
+    async def interruption_settled(self) -> None:
+        """Return once the interruption being delivered, if any, has reached
+        every processor (at once when none is in progress). Cancel-safe."""
+        delivering = self._vp_state._interrupting
+        if delivering is not None and not delivering.done():
+            await asyncio.shield(delivering)
+
     async def push_error(self, error: str, *, fatal: bool = False, exception: BaseException | None = None) -> None:
         """Send an ErrorFrame upstream, towards the task."""
         await self.push_frame(ErrorFrame(error, fatal=fatal, processor=self.name, exception=exception), _UP)

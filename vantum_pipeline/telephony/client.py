@@ -98,7 +98,7 @@ class TwilioRestClient:
         return self._client
 
     async def _call(self, what: str, operation: Any, *, retryable: Any) -> Any:
-        from twilio.base.exceptions import TwilioException, TwilioRestException
+        from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 
         async def attempt() -> Any:
             self.requests += 1
@@ -112,6 +112,15 @@ class TwilioRestClient:
                     status=status,
                     code=code,
                     retryable=status == 429 or code == 20429 or (status is not None and status >= 500),
+                ) from None
+            except TwilioServiceException as exc:  # the SDK's RFC 9457 error shape
+                status = int(exc.status) if exc.status else None
+                raise TwilioCallError(
+                    f"{what} failed: {mask_numbers(str(exc.title))}"
+                    + (f": {mask_numbers(str(exc.detail))}" if exc.detail else ""),
+                    status=status,
+                    code=int(exc.code) if isinstance(exc.code, int) else None,
+                    retryable=status == 429 or (status is not None and status >= 500),
                 ) from None
             except TwilioException as exc:
                 raise TwilioCallError(

@@ -102,6 +102,8 @@ class RestFault:
     retry_after: float | None = None
     delay: float = 0.0
     stall: bool = False
+    #: Answer with the RFC 9457 problem shape newer Twilio APIs use, not the legacy one.
+    problem: bool = False
 
     @classmethod
     def rate_limited(cls, retry_after: float | None = 1.0) -> RestFault:
@@ -328,7 +330,18 @@ class FakeTwilio:
             await asyncio.sleep(fault.delay)
         if fault.status < 400:
             return None
-        response = _error(fault.status, fault.code or fault.status, fault.message)
+        code = fault.code or fault.status
+        if fault.problem:
+            body = {
+                "type": f"https://www.twilio.com/docs/errors/{code}",
+                "title": fault.message,
+                "status": fault.status,
+                "code": code,
+                "detail": f"injected fault {code}",
+            }
+            response = web.json_response(body, status=fault.status, content_type="application/problem+json")
+        else:
+            response = _error(fault.status, code, fault.message)
         if fault.retry_after is not None:
             response.headers["Retry-After"] = f"{fault.retry_after:g}"
         return response
@@ -477,7 +490,7 @@ class FakeTwilio:
             async with self._session.post(url, data=params, headers=headers) as response:
                 return response.status, await response.text()
         except (OSError, TimeoutError) as exc:
-            logger.warning("fake twilio: {} POST to {} failed: {}", where, url, exc)
+            logger.warning("fake twilio: {} POST to {} failed: {}", where, url.split("?")[0], exc)
             return None, ""
 
     async def _callback(self, call: FakeCall, event: str, status: str | None = None) -> None:

@@ -16,7 +16,9 @@ in order. When the buffer is full the overflow policy decides
 (from another thread: ``loop.call_soon_threadsafe(transport.offer, frame)``).
 
 Subclass hooks: ``open_input(start)`` at StartFrame, ``close_input()`` at
-cleanup. Everything else passes through.
+cleanup. At ``EndFrame`` the buffered frames go first and ``offer`` refuses
+anything later (nothing in band follows an EndFrame). Everything else
+passes through.
 
 OutputTransport
 ---------------
@@ -124,6 +126,7 @@ class InputTransport(FrameProcessor):
         self._available = asyncio.Event()
         self._last_drop_log = 0.0
         self._started = False
+        self._closed = False
 
     # ---------------------------------------------------------- subclass hooks
 
@@ -141,6 +144,8 @@ class InputTransport(FrameProcessor):
         Returns False when the frame (or, with ``drop_oldest``, an older one
         instead) was dropped because the buffer was full.
         """
+        if self._closed:
+            return False  # the pipeline is ending: nothing in band may follow its EndFrame
         accepted = True
         if len(self._pending) >= self.max_pending:
             accepted = False
@@ -170,10 +175,10 @@ class InputTransport(FrameProcessor):
             )
 
     async def _pump(self) -> None:
-        while True:
+        while not self._closed:
             await self._available.wait()
             self._available.clear()
-            while self._pending:
+            while self._pending and not self._closed:
                 await self.push_frame(self._pending.popleft())
 
     # ------------------------------------------------------------ frames
@@ -186,7 +191,13 @@ class InputTransport(FrameProcessor):
                 self._started = True
                 self.create_task(self._pump(), "input-pump")
             return
-        if isinstance(frame, CancelFrame):
+        if isinstance(frame, EndFrame) and direction is FrameDirection.DOWNSTREAM:
+            # What the source gave so far goes first; nothing follows the end.
+            self._closed = True
+            while self._pending:
+                await self.push_frame(self._pending.popleft())
+        elif isinstance(frame, CancelFrame):
+            self._closed = True
             self._pending.clear()
         await self.push_frame(frame, direction)
 
@@ -556,11 +567,9 @@ class OutputTransport(FrameProcessor):
 
     async def _announce_stop_after_interruption(self) -> None:
         self._stop_after_interruption = False
-        delivering = getattr(self._state, "_interrupting", None)
-        if isinstance(delivering, asyncio.Future) and not delivering.done():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.io_timeout):
-                    await asyncio.shield(delivering)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.io_timeout):
+                await self.interruption_settled()
         await self.push_frame(BotStoppedSpeakingFrame(), FrameDirection.DOWNSTREAM)
 
     async def _finish(self) -> None:
