@@ -162,3 +162,42 @@ async def test_runner_cancels_on_sigint():
     await asyncio.wait_for(runner, 3)
     assert task.finish_reason == "cancel"
     assert _other_tasks() == set()
+
+
+async def test_end_task_frame_ends_gracefully_without_an_early_end_upstream():
+    """The processors upstream of the requester see the EndFrame once, in band,
+    after everything queued before it; never an early one travelling upstream."""
+    from vantum_pipeline.frames import EndTaskFrame
+
+    class Hangup(FrameProcessor):
+        async def process_frame(self, frame, direction):
+            await self.push_frame(frame, direction)
+            if isinstance(frame, TextFrame) and frame.text == "goodbye":
+                await self.push_frame(EndTaskFrame(reason="call over"), FrameDirection.UPSTREAM)
+                await self.push_frame(EndTaskFrame(reason="twice"), FrameDirection.UPSTREAM)
+
+    upstream_side = FrameRecorder()
+    task = PipelineTask(Pipeline([upstream_side, Hangup(), FrameRecorder()]))
+    await task.queue_frames([TextFrame("hello"), TextFrame("goodbye"), TextFrame("still queued")])
+    await asyncio.wait_for(task.run(), 5)
+    assert task.finish_reason == "end"
+    seen = [(type(f).__name__, d) for f, d in upstream_side.frames if not isinstance(f, StartFrame)]
+    ends = [s for s in seen if s[0] == "EndFrame"]
+    assert ends == [("EndFrame", FrameDirection.DOWNSTREAM)]
+    texts = [f.text for f in upstream_side.of_type(TextFrame)]
+    assert texts == ["hello", "goodbye", "still queued"]
+
+
+async def test_cancel_task_frame_cancels():
+    from vantum_pipeline.frames import CancelTaskFrame
+
+    class Quit(FrameProcessor):
+        async def process_frame(self, frame, direction):
+            await self.push_frame(frame, direction)
+            if isinstance(frame, TextFrame):
+                await self.push_frame(CancelTaskFrame(reason="line dead"), FrameDirection.UPSTREAM)
+
+    task = PipelineTask(Pipeline([FrameRecorder(), Quit()]))
+    await task.queue_frame(TextFrame("x"))
+    await asyncio.wait_for(task.run(), 5)
+    assert task.finish_reason == "cancel"

@@ -72,6 +72,8 @@ __all__ = [
     "UserStoppedSpeakingFrame",
     "BotStartedSpeakingFrame",
     "BotStoppedSpeakingFrame",
+    "EndTaskFrame",
+    "CancelTaskFrame",
     "MetricsFrame",
     # data
     "AudioRawFrame",
@@ -197,6 +199,26 @@ class BotStartedSpeakingFrame(SystemFrame):
 @dataclass(slots=True, eq=False)
 class BotStoppedSpeakingFrame(SystemFrame):
     """The output transport finished (or stopped) playing bot audio."""
+
+
+@dataclass(slots=True, eq=False)
+class EndTaskFrame(SystemFrame):
+    """Ask the task, from any processor, to end the pipeline gracefully.
+
+    Push it upstream: it travels out of band to the head, where the task
+    queues an ``EndFrame`` behind everything already queued, so every
+    processor flushes and the transport finishes playing first. (An
+    ``EndFrame`` itself must not travel upstream: processors on its way would
+    take it for the end of the stream.)"""
+
+    reason: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class CancelTaskFrame(SystemFrame):
+    """Ask the task, from any processor, to cancel the pipeline now (push it upstream)."""
+
+    reason: str = ""
 
 
 @dataclass(slots=True, eq=False)

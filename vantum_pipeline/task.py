@@ -5,8 +5,10 @@ StartFrame, then feeds the frames queued with ``queue_frame(s)`` to the head,
 until one of:
 
 - an ``EndFrame`` reaches the tail (graceful: everything ahead of it was
-  processed), or a processor pushes an ``EndFrame`` upstream to the head;
-- ``cancel()`` is called, a ``CancelFrame`` is queued or reaches the head, or a
+  processed); a processor asks for one by pushing an ``EndTaskFrame``
+  upstream, and the task queues the ``EndFrame`` at the head;
+- ``cancel()`` is called, a ``CancelFrame`` is queued, a ``CancelTaskFrame``
+  reaches the head, or a
   fatal ``ErrorFrame`` reaches the head (a ``CancelFrame`` then travels the
   pipeline so processors drop what they hold);
 - the idle timeout passes with no frame moving.
@@ -30,7 +32,9 @@ from vantum_pipeline.errors import PipelineError
 from vantum_pipeline.frames import (
     UNSTAMPED,
     CancelFrame,
+    CancelTaskFrame,
     EndFrame,
+    EndTaskFrame,
     ErrorFrame,
     Frame,
     InterruptionFrame,
@@ -105,6 +109,7 @@ class PipelineTask:
         self._graceful = False
         self._activity = 0
         self._queued_interruptions = 0
+        self._end_requested = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._observers: list[FrameObserver] = []
         self.error: ErrorFrame | None = None
@@ -261,11 +266,12 @@ class PipelineTask:
                 self._finish("error", frame.error)
             else:
                 logger.debug("{}: non-fatal error reached the head: {}", self.pipeline.name, frame.error)
-        elif isinstance(frame, EndFrame):
+        elif isinstance(frame, EndTaskFrame | EndFrame):
             # A processor asks for a graceful end (the call is over).
-            if self._status == "running" and self._reason is None:
+            if self._status == "running" and self._reason is None and not self._end_requested:
+                self._end_requested = True
                 self._spawn(self._queue_end(frame.reason), "end")
-        elif isinstance(frame, CancelFrame):
+        elif isinstance(frame, CancelTaskFrame | CancelFrame):
             self._finish("cancel", frame.reason)
 
     async def _queue_end(self, reason: str) -> None:

@@ -195,12 +195,7 @@ async def run_phone_demo(
             assert line is not None and parts.recorder is not None
             if parts.outcomes:
                 parts.recorder.set_outcome(parts.outcomes[-1].outcome, parts.outcomes[-1].notes)
-            missing = _usage_not_reported(parts, deepgram, fake_call)
             record = await parts.recorder.finish()
-            if missing:
-                record["cost_note"] = (
-                    f"usage not reported by the pipeline, measured at the stand-ins: {', '.join(missing)}"
-                )
             record["telephony"] = {
                 "call_sid": fake_call.sid,
                 "status": fake_call.status,
@@ -254,29 +249,6 @@ async def _watch_latencies(twilio: Any, callee: SimulatedCallee, console: CallCo
         if latency is not None:
             reported += 1
             console.note(f"        turn latency {latency:.2f} s (end of callee speech -> first bot audio heard)")
-
-
-def _usage_not_reported(parts: _CallParts, deepgram: Any, fake_call: Any) -> list[str]:
-    """Add to the cost what the stand-ins saw but the pipeline did not report.
-
-    When the bot ends the call, the EndFrame starts at the LLM and never
-    reaches the STT or the transport's input above it, which report their
-    usage (audio streamed, call time) when they see it.
-    """
-    tracker = parts.tracker
-    if tracker is None:
-        return []
-    usage = tracker.usage_by_service()
-    missing = []
-    if "deepgram" not in usage:
-        seconds = sum(len(c.audio) for c in deepgram.connections) / 8000  # μ-law at 8 kHz
-        tracker.add_usage("deepgram", "usage.stt_seconds", seconds)
-        missing.append(f"deepgram {seconds:.1f} s of audio")
-    if "twilio" not in usage and fake_call.answered_at is not None:
-        seconds = (fake_call.ended_at or time.monotonic()) - fake_call.answered_at
-        tracker.add_usage("twilio", "usage.call_seconds", seconds)
-        missing.append(f"twilio {seconds:.1f} s of call")
-    return missing
 
 
 def _first_heard_after(line: Callee, at: float) -> float | None:

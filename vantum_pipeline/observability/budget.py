@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from loguru import logger
 
 from vantum_pipeline.errors import ConfigurationError
-from vantum_pipeline.frames import EndFrame, Frame, MetricsFrame, StartFrame, TextFrame, TTSSpeakFrame
+from vantum_pipeline.frames import EndTaskFrame, Frame, MetricsFrame, StartFrame, TextFrame, TTSSpeakFrame
 from vantum_pipeline.observability.cost import CostTracker
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.settings import env_float, load_env, optional_env
@@ -133,7 +133,7 @@ class BudgetGuard(FrameProcessor):
                 labels={"cost": f"{exceeded.cost:.6f}", "max_cost": f"{exceeded.max_cost:.6f}"},
             )
         )
-        await self.push_frame(EndFrame(reason=exceeded.reason), FrameDirection.UPSTREAM)
+        await self.push_frame(EndTaskFrame(reason=exceeded.reason), FrameDirection.UPSTREAM)
 
     async def cleanup(self) -> None:
         self.tracker.remove_listener(self._on_cost)

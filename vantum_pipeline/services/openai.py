@@ -18,8 +18,9 @@ context right after the call, and the model is asked to continue, all
 within the same response. A result that completes after an interruption is
 recorded but never spoken: the turn that would have continued is gone.
 ``end_call`` makes the bot say goodbye (the model's, or the goodbye phrase),
-then pushes an ``EndFrame`` downstream behind it, so the transport hangs up
-after playing it. ``record_outcome`` stores the call's result in
+then asks the task to end the call (``EndTaskFrame`` upstream): the task
+queues an ``EndFrame`` at the head, every processor flushes, and the transport
+hangs up after playing the goodbye. ``record_outcome`` stores the call's result in
 ``self.outcomes`` and calls ``on_outcome``.
 
 Errors (the product's policy, ``settings.retry``, a ``RetryPolicy``): a 429
@@ -66,6 +67,7 @@ from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.frames import (
     CancelFrame,
     EndFrame,
+    EndTaskFrame,
     Frame,
     InterruptionFrame,
     LLMContextFrame,
@@ -412,7 +414,7 @@ class OpenAILLMService(FrameProcessor):
         self._bracket_open = False
         if turn.end_call:
             self._ending = True
-            await self.push_frame(EndFrame(reason="end_call"))
+            await self.push_frame(EndTaskFrame(reason="end_call"), FrameDirection.UPSTREAM)
 
     async def _converse(self, context: LLMContext, turn: _Turn) -> None:
         rounds = self.settings.max_tool_rounds

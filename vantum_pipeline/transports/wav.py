@@ -45,6 +45,7 @@ from vantum_pipeline.frames import (
     AudioRawFrame,
     CancelFrame,
     EndFrame,
+    EndTaskFrame,
     Frame,
     InputAudioRawFrame,
     InterruptionFrame,
@@ -141,7 +142,7 @@ class WavInputTransport(FrameProcessor):
             await send(silence)
         self.done.set()
         if self.after == "end":
-            await self.push_frame(EndFrame(reason="end of WAV input"), FrameDirection.UPSTREAM)
+            await self.push_frame(EndTaskFrame(reason="end of WAV input"), FrameDirection.UPSTREAM)
         elif self.after == "silence":
             while True:  # cancelled when the pipeline stops
                 await send(silence)

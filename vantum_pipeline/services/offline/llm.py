@@ -16,8 +16,9 @@ newer context replacing a reply in progress closes its bracket first.
 When the agent ends the call (not interested, goodbye, meeting booked, call
 back), the outcome is recorded (``outcomes``, ``on_outcome``, as the OpenAI
 service's ``record_outcome`` tool does) and, after the goodbye's
-``LLMFullResponseEndFrame``, an ``EndFrame(reason="end_call")`` goes
-downstream, so the transport hangs up once the goodbye has played; later
+``LLMFullResponseEndFrame``, an ``EndTaskFrame(reason="end_call")`` goes
+upstream: the task ends the call through every processor, and the transport
+hangs up once the goodbye has played; later
 contexts are ignored.
 
 Metrics (labels ``service=scripted``, free): ``latency.llm_ttft``,
@@ -38,6 +39,7 @@ from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
     CancelFrame,
     EndFrame,
+    EndTaskFrame,
     Frame,
     InterruptionFrame,
     LLMContextFrame,
@@ -163,7 +165,7 @@ class ScriptedLLMService(FrameProcessor):
         if reply.end_call is not None:
             self._ending = True
             await self._record_outcome(CallOutcome(outcome=reply.end_call, notes=f"{reply.intent}: {reply.step}"))
-            await self.push_frame(EndFrame(reason="end_call"))
+            await self.push_frame(EndTaskFrame(reason="end_call"), FrameDirection.UPSTREAM)
 
     async def _record_outcome(self, outcome: CallOutcome) -> None:
         self.outcomes.append(outcome)
