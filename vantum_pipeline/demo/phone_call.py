@@ -40,7 +40,7 @@ from vantum_pipeline.pipeline import Pipeline
 from vantum_pipeline.processors.aggregators import AssistantAggregator, UserAggregator
 from vantum_pipeline.processors.context import SALES_PROMPT, LLMContext
 from vantum_pipeline.processors.sentence import SentenceAggregator
-from vantum_pipeline.processors.tools import CallOutcome
+from vantum_pipeline.processors.tools import SalesOutcome
 from vantum_pipeline.services.offline.agent import SalesScript
 from vantum_pipeline.services.offline.espeak import BOT_VOICE, EspeakSynthesizer
 from vantum_pipeline.services.offline.word_accuracy import WordErrors, normalize_words, word_errors
@@ -83,7 +83,7 @@ class _CallParts:
     recorder: CallRecorder | None = None
     task: PipelineTask | None = None
     tracker: CostTracker | None = None
-    outcomes: list[CallOutcome] = field(default_factory=list)
+    outcomes: list[SalesOutcome] = field(default_factory=list)
 
 
 async def run_phone_demo(

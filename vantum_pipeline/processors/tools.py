@@ -32,7 +32,7 @@ from vantum_pipeline.errors import ConfigurationError
 
 __all__ = [
     "OUTCOMES",
-    "CallOutcome",
+    "SalesOutcome",
     "Tool",
     "ToolHandler",
     "ToolResult",
@@ -152,8 +152,10 @@ def end_call_tool(description: str | None = None) -> Tool:
 
 
 @dataclass(frozen=True, slots=True)
-class CallOutcome:
-    """The result of a call as the model recorded it."""
+class SalesOutcome:
+    """The sales result of a call as the model recorded it (meeting booked, not
+    interested...); not to be confused with ``telephony.CallOutcome``, how the
+    phone call itself ended."""
 
     outcome: str
     notes: str = ""
@@ -161,19 +163,19 @@ class CallOutcome:
     recorded_at: float = field(default_factory=time.time)
 
 
-OutcomeCallback = Callable[[CallOutcome], Awaitable[None] | None]
+OutcomeCallback = Callable[[SalesOutcome], Awaitable[None] | None]
 
 
 def record_outcome_tool(on_outcome: OutcomeCallback | None = None, *, outcomes: tuple[str, ...] = OUTCOMES) -> Tool:
     """``record_outcome``: store the call's result (e.g. a meeting booked);
-    ``on_outcome(CallOutcome)`` is called with it (sync or async)."""
+    ``on_outcome(SalesOutcome)`` is called with it (sync or async)."""
 
     async def record_outcome(args: dict[str, Any]) -> Any:
         outcome = args.get("outcome")
         if outcome not in outcomes:
             raise ValueError(f"outcome must be one of {', '.join(outcomes)}, got {outcome!r}")
         meeting_time = args.get("meeting_time")
-        result = CallOutcome(
+        result = SalesOutcome(
             outcome=str(outcome),
             notes=str(args.get("notes") or ""),
             meeting_time=str(meeting_time) if meeting_time else None,

@@ -83,8 +83,8 @@ from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.processors.context import FunctionCall, LLMContext
 from vantum_pipeline.processors.phrases import FallbackPhrases
 from vantum_pipeline.processors.tools import (
-    CallOutcome,
     OutcomeCallback,
+    SalesOutcome,
     Tool,
     ToolResult,
     decode_arguments,
@@ -296,7 +296,7 @@ class OpenAILLMService(FrameProcessor):
         self.settings = settings
         self._tools: dict[str, Tool] = {}
         self._on_outcome = on_outcome
-        self.outcomes: list[CallOutcome] = []
+        self.outcomes: list[SalesOutcome] = []
         for tool in tools:
             self.register_tool(tool)
         if call_tools:
@@ -677,7 +677,7 @@ class OpenAILLMService(FrameProcessor):
         context.add_tool_result(call.id, result_text(result.content))
         return result
 
-    async def _record_outcome(self, outcome: CallOutcome) -> None:
+    async def _record_outcome(self, outcome: SalesOutcome) -> None:
         self.outcomes.append(outcome)
         logger.info("{}: call outcome recorded: {}", self.name, outcome.outcome)
         if self._on_outcome is not None:

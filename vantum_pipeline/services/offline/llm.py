@@ -50,7 +50,7 @@ from vantum_pipeline.frames import (
 )
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.processors.context import LLMContext
-from vantum_pipeline.processors.tools import CallOutcome, OutcomeCallback
+from vantum_pipeline.processors.tools import OutcomeCallback, SalesOutcome
 from vantum_pipeline.services.offline.agent import AgentReply, SalesScript, ScriptedSalesAgent
 
 __all__ = ["ScriptedLLMService", "tokens_of"]
@@ -92,7 +92,7 @@ class ScriptedLLMService(FrameProcessor):
         self.time_to_first_token = time_to_first_token
         self.tokens_per_second = tokens_per_second
         self._on_outcome = on_outcome
-        self.outcomes: list[CallOutcome] = []
+        self.outcomes: list[SalesOutcome] = []
         #: Every reply chosen, in order (including interrupted ones).
         self.replies: list[AgentReply] = []
         self._turn_task: asyncio.Task[Any] | None = None
@@ -164,10 +164,10 @@ class ScriptedLLMService(FrameProcessor):
         self._bracket_open = False
         if reply.end_call is not None:
             self._ending = True
-            await self._record_outcome(CallOutcome(outcome=reply.end_call, notes=f"{reply.intent}: {reply.step}"))
+            await self._record_outcome(SalesOutcome(outcome=reply.end_call, notes=f"{reply.intent}: {reply.step}"))
             await self.push_frame(EndTaskFrame(reason="end_call"), FrameDirection.UPSTREAM)
 
-    async def _record_outcome(self, outcome: CallOutcome) -> None:
+    async def _record_outcome(self, outcome: SalesOutcome) -> None:
         self.outcomes.append(outcome)
         logger.info("{}: call outcome recorded: {}", self.name, outcome.outcome)
         if self._on_outcome is not None:
