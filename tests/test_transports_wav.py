@@ -170,7 +170,9 @@ async def test_recorder_on_the_wall_clock_writes_silence_for_the_time_that_passe
     elapsed = time.monotonic() - started
     track = samples(decode_wav(buffer.getvalue()).pcm)
     first = int(np.nonzero(track)[0][0])
-    assert 0.2 * 8000 <= first <= elapsed * 8000
+    # The recorder's clock starts at its StartFrame, which a loaded machine may
+    # handle a little after the 0.2 s pause began: allow for that, not for zero.
+    assert 0.1 * 8000 <= first <= elapsed * 8000
     assert track[first : first + 800].tobytes() == clip
 
 
