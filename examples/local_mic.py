@@ -15,8 +15,10 @@ import sys
 
 from vantum_pipeline.demo.local_voice import run_local_voice
 from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.observability.redact import install_log_redaction
 
 if __name__ == "__main__":
+    install_log_redaction(sys.stderr, level="WARNING")  # the keys come from .env
     try:
         sys.exit(asyncio.run(run_local_voice(offline_only=False)))
     except ConfigurationError as exc:

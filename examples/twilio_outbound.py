@@ -28,10 +28,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from loguru import logger
-
 from vantum_pipeline import FrameDirection, Pipeline, PipelineTask
 from vantum_pipeline.frames import EndOfTurnFrame, Frame, HeardTextFrame, TextFrame, TTSSpeakFrame
+from vantum_pipeline.observability.redact import install_log_redaction
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processors.aggregators import AssistantAggregator, UserAggregator
 from vantum_pipeline.processors.context import LLMContext
@@ -256,8 +255,8 @@ def main(argv: list[str] | None = None, *, configure_logging: bool = True) -> in
     parser.add_argument("--verbose", action="store_true", help="log at DEBUG level")
     args = parser.parse_args(argv)
     if configure_logging:
-        logger.remove()
-        logger.add(sys.stderr, level="DEBUG" if args.verbose else "WARNING")
+        # Every log line is redacted: the keys come from .env and the SDKs log headers at DEBUG.
+        install_log_redaction(sys.stderr, level="DEBUG" if args.verbose else "WARNING")
     if not args.fake and not args.to:
         parser.error("--to is required (or --fake)")
     return asyncio.run(fake_call(args) if args.fake else real_call(args))

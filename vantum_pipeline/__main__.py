@@ -11,9 +11,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from loguru import logger
-
 from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.observability.redact import install_log_redaction
 
 __all__ = ["main"]
 
@@ -40,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logger.remove()
-    logger.add(sys.stderr, level=args.log_level.upper())
+    # Keys (in .env for --mic with cloud services) never reach a log line.
+    install_log_redaction(sys.stderr, level=args.log_level.upper())
     if args.command == "demo":
         try:
             if args.mic:
