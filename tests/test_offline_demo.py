@@ -16,6 +16,7 @@ import pytest
 
 from vantum_pipeline.__main__ import main
 from vantum_pipeline.audio.wav import read_wav
+from vantum_pipeline.observability.redact import uninstall_log_redaction
 from vantum_pipeline.services.offline.agent import SalesScript
 from vantum_pipeline.services.offline.espeak import espeak_available
 from vantum_pipeline.services.offline.word_accuracy import normalize_words
@@ -35,8 +36,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path
     printed = io.StringIO()
     import contextlib
 
-    with contextlib.redirect_stdout(printed):
-        code = main(["demo", "--out", str(out)])
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = main(["demo", "--out", str(out)])
+    finally:
+        uninstall_log_redaction()  # main() installs it for the whole process
     assert code == 0, printed.getvalue()[-3000:]
     record = json.loads((out / "call.json").read_text())
     return record, out, printed.getvalue()
