@@ -38,8 +38,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,15 +66,15 @@ from vantum_pipeline.frames import (
     EndOfTurnFrame,
     Frame,
     InputAudioRawFrame,
-    MetricsFrame,
     StartFrame,
     TranscriptionFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from vantum_pipeline.observability.retry import RetryPolicy
-from vantum_pipeline.processor import FrameDirection, FrameProcessor
+from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.services.deepgram_turns import TurnAssembler, number
+from vantum_pipeline.services.stt import STTService
 from vantum_pipeline.settings import Secret, load_env, optional_env, require_secret
 
 __all__ = ["AudioBacklog", "DeepgramSTTService", "DeepgramSettings", "TurnAssembler"]
@@ -84,7 +82,6 @@ __all__ = ["AudioBacklog", "DeepgramSTTService", "DeepgramSettings", "TurnAssemb
 SERVICE = "deepgram"
 API_KEY_ENV = "DEEPGRAM_API_KEY"
 _MAX_RAW = 200
-_LABELS = {"service": SERVICE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,15 +267,22 @@ def _retry_after(exc: BaseException) -> float | None:
         return None
 
 
-class DeepgramSTTService(FrameProcessor):
+class DeepgramSTTService(STTService):
     """Deepgram live transcription; see the module docstring."""
 
+    service = SERVICE
+
     def __init__(self, settings: DeepgramSettings | None = None, *, name: str | None = None) -> None:
-        super().__init__(name=name)
-        self.settings = settings if settings is not None else DeepgramSettings.from_env()
-        s = self.settings
+        s = settings if settings is not None else DeepgramSettings.from_env()
+        super().__init__(
+            bytes_per_second=s.bytes_per_second,
+            speaking_frames=s.speaking_frames,
+            interrupt_on_speech_started=s.interrupt_on_speech_started,
+            defer_to_local_vad=s.defer_to_local_vad,
+            name=name,
+        )
+        self.settings = s
         self._frame_encoding = PCM16 if s.encoding == "linear16" else MULAW
-        self._bytes_per_second = s.bytes_per_second
         self._width = 2 if s.encoding == "linear16" else 1
         self._assembler = TurnAssembler(language=s.language, min_confidence=s.min_confidence)
         self._backlog = AudioBacklog(int(s.replay_seconds * self._bytes_per_second) // self._width * self._width)
@@ -295,11 +299,7 @@ class DeepgramSTTService(FrameProcessor):
         self._unbilled = 0  # bytes streamed not yet reported as usage
         self._last_send = 0.0
         self._last_finalize_at = -1
-        self._arrivals: deque[tuple[int, float]] = deque(maxlen=2048)  # (end position, monotonic time)
         self._format_error = False
-        self._bot_speaking = False
-        self._user_speaking = False
-        self._local_vad = False
         #: Counters, for tests and logs.
         self.reconnects = 0
         self.malformed = 0
@@ -329,14 +329,8 @@ class DeepgramSTTService(FrameProcessor):
             return
         if isinstance(frame, UserStoppedSpeakingFrame):
             await self._finalize()
-        elif isinstance(frame, UserStartedSpeakingFrame):
-            if self.settings.defer_to_local_vad and not self._local_vad:
-                self._local_vad = True
-                logger.debug("{}: a local VAD reports speech: Deepgram's speech events are not re-emitted", self.name)
-        elif isinstance(frame, BotStartedSpeakingFrame):
-            self._bot_speaking = True
-        elif isinstance(frame, BotStoppedSpeakingFrame):
-            self._bot_speaking = False
+        elif isinstance(frame, UserStartedSpeakingFrame | BotStartedSpeakingFrame | BotStoppedSpeakingFrame):
+            self.track(frame)
         elif isinstance(frame, EndFrame):
             await self._close_gracefully()
         elif isinstance(frame, CancelFrame):
@@ -365,7 +359,7 @@ class DeepgramSTTService(FrameProcessor):
         if not frame.audio or self._closing:
             return
         self._backlog.append(frame.audio)
-        self._arrivals.append((self._backlog.end, time.monotonic()))
+        self.audio_arrived(self._backlog.end)
         if self._live and self._socket is not None:
             generation = self._generation
             try:
@@ -471,10 +465,10 @@ class DeepgramSTTService(FrameProcessor):
                     return
                 delay = policy.delay(retry, retry_after)
                 self.reconnects += 1
-                await self._metric("service.retry", 1)
+                await self.metric("service.retry", 1)
                 logger.warning("{}: reconnecting to Deepgram in {:.2f}s (attempt {})", self.name, delay, retry)
                 await asyncio.sleep(delay)
-            await self._metric("service.request", 1)
+            await self.metric("service.request", 1)
             connection = self._client.listen.v1.connect(**self.settings.connect_options())
             try:
                 async with asyncio.timeout(self.settings.connect_timeout):
@@ -495,13 +489,13 @@ class DeepgramSTTService(FrameProcessor):
             await self._report_usage()
             if self._closing:
                 return
-            await self._metric("service.error", 1)
+            await self.metric("service.error", 1)
             retry = 1
 
     async def _connect_failed(self, exc: Exception) -> float | None:
         """Log and count a failed connection attempt; raise _Fatal when retrying is futile.
         Returns the delay the service asked for, if any."""
-        await self._metric("service.error", 1)
+        await self.metric("service.error", 1)
         if isinstance(exc, ApiError):
             status = exc.status_code
             if status in (401, 403):
@@ -510,7 +504,7 @@ class DeepgramSTTService(FrameProcessor):
                     f"(it is missing, wrong, or lacks access to live transcription)"
                 ) from exc
             if status == 429:
-                await self._metric("service.rate_limited", 1)
+                await self.metric("service.rate_limited", 1)
             elif status is not None and 400 <= status < 500 and status != 408:
                 reason = getattr(exc.__context__, "headers", {}).get("dg-error", "")
                 raise _Fatal(
@@ -633,7 +627,7 @@ class DeepgramSTTService(FrameProcessor):
         self.malformed += 1
         shown = raw[:_MAX_RAW] if raw is not None else ""
         logger.warning("{}: skipped a malformed Deepgram message ({}): {!r}", self.name, why, shown)
-        await self._metric("protocol.malformed", 1)
+        await self.metric("protocol.malformed", 1)
 
     # ---------------------------------------------------------- messages
 
@@ -641,15 +635,15 @@ class DeepgramSTTService(FrameProcessor):
         if isinstance(message, ListenV1Results):
             await self._on_results(message)
         elif isinstance(message, ListenV1SpeechStarted):
-            await self._on_speech_started()
+            await self.speech_started()
         elif isinstance(message, ListenV1UtteranceEnd):
             end = self._assembler.on_utterance_end(message)
             if end is not None:
-                await self._end_turn(end)
+                await self.end_turn(end)
         elif isinstance(message, ListenV1Metadata):
             logger.debug("{}: Deepgram stream metadata: {} s", self.name, message.duration)
         elif isinstance(message, ListenV1Error):
-            await self._metric("service.error", 1)
+            await self.metric("service.error", 1)
             logger.warning("{}: Deepgram error: {}", self.name, str(message.description or message.message)[:_MAX_RAW])
         elif isinstance(message, bytes):
             raise ProtocolError("unexpected binary message from Deepgram", raw=message)
@@ -665,49 +659,17 @@ class DeepgramSTTService(FrameProcessor):
             self._backlog.trim(min(position, self._sent))
         for frame in frames:
             if isinstance(frame, EndOfTurnFrame):
-                await self._end_turn(frame)
+                await self.end_turn(frame)
                 continue
             await self.push_frame(frame)
             if isinstance(frame, TranscriptionFrame) and frame.words:
-                await self._measure_latency(frame.words[-1][2])
-        if results.speech_final and self._user_speaking and not self._assembler.turn_open:
+                await self.measure_latency(frame.words[-1][2])
+        if results.speech_final and not self._assembler.turn_open:
             # Speech that gave no words (noise, a cough): the user stopped all the same.
-            self._user_speaking = False
-            await self.push_frame(UserStoppedSpeakingFrame(source=SERVICE))
-
-    async def _end_turn(self, frame: EndOfTurnFrame) -> None:
-        if self._user_speaking:
-            self._user_speaking = False
-            await self.push_frame(UserStoppedSpeakingFrame(source=SERVICE))
-        if frame.low_confidence:
-            logger.info("{}: low-confidence turn ({:.2f}): {!r}", self.name, frame.confidence or 0.0, frame.text)
-            await self._metric("stt.low_confidence", 1)
-        await self.push_frame(frame)
-
-    async def _on_speech_started(self) -> None:
-        if self._local_vad:
-            return  # the VAD upstream already announced it (and interrupted)
-        if self.settings.speaking_frames and not self._user_speaking:
-            self._user_speaking = True
-            await self.push_frame(UserStartedSpeakingFrame(source=SERVICE))
-        if self.settings.interrupt_on_speech_started and self._bot_speaking:
-            await self.push_interruption()
-
-    # ----------------------------------------------------------- metrics
-
-    async def _metric(self, metric: str, value: float, unit: str = "") -> None:
-        await self.push_frame(MetricsFrame(metric=metric, value=value, unit=unit, processor=self.name, labels=_LABELS))
-
-    async def _measure_latency(self, last_word_end: float) -> None:
-        """Time from the arrival of the user's last transcribed audio to its final transcript."""
-        position = last_word_end * self._bytes_per_second
-        for end, arrived in self._arrivals:
-            if end >= position:
-                await self._metric("latency.stt_final", max(0.0, time.monotonic() - arrived), "s")
-                return
+            await self.user_stopped()
 
     async def _report_usage(self) -> None:
         if self._unbilled:
             seconds = self._unbilled / self._bytes_per_second
             self._unbilled = 0
-            await self._metric("usage.stt_seconds", seconds, "s")
+            await self.metric("usage.stt_seconds", seconds, "s")

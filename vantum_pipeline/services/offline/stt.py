@@ -33,7 +33,6 @@ the audio holding the last word → final transcript), ``usage.stt_seconds``
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -55,13 +54,12 @@ from vantum_pipeline.frames import (
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
-    MetricsFrame,
     StartFrame,
     TranscriptionFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from vantum_pipeline.processor import FrameDirection, FrameProcessor
+from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.services.offline.agent import SalesScript
 from vantum_pipeline.services.offline.language_model import DomainLanguageModel
 from vantum_pipeline.services.offline.recognizer import (
@@ -72,11 +70,11 @@ from vantum_pipeline.services.offline.recognizer import (
     RecognitionEvent,
     SpeechStarted,
 )
+from vantum_pipeline.services.stt import STTService
 
 __all__ = ["PocketsphinxSTTService", "PocketsphinxSettings"]
 
 SERVICE = "pocketsphinx"
-_LABELS = {"service": SERVICE}
 
 
 @dataclass(frozen=True)
@@ -119,8 +117,10 @@ class PocketsphinxSettings:
         return DomainLanguageModel.from_phrases(self.phrases, pronunciations=self.pronunciations)
 
 
-class PocketsphinxSTTService(FrameProcessor):
+class PocketsphinxSTTService(STTService):
     """Offline speech-to-text; see the module docstring."""
+
+    service = SERVICE
 
     def __init__(
         self,
@@ -129,8 +129,15 @@ class PocketsphinxSTTService(FrameProcessor):
         model: DomainLanguageModel | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name)
-        self.settings = settings or PocketsphinxSettings()
+        s = settings or PocketsphinxSettings()
+        super().__init__(
+            bytes_per_second=2 * SAMPLE_RATE,
+            speaking_frames=s.speaking_frames,
+            interrupt_on_speech_started=s.interrupt_on_speech_started,
+            defer_to_local_vad=s.defer_to_local_vad,
+            name=name,
+        )
+        self.settings = s
         self._model = model
         self._executor: ThreadPoolExecutor | None = None
         self._recognizer: PocketsphinxRecognizer | None = None
@@ -144,10 +151,6 @@ class PocketsphinxSTTService(FrameProcessor):
         self._resampler: StreamResampler | None = None
         self._in_rate: int | None = None
         self._received = 0  # bytes of 16 kHz audio received
-        self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)  # (end position in bytes, monotonic time)
-        self._bot_speaking = False
-        self._user_speaking = False
-        self._local_vad = False
         self._finalize_wanted = False
         self._reported = 0
         self._failed = False
@@ -168,17 +171,11 @@ class PocketsphinxSTTService(FrameProcessor):
             await self.push_frame(frame, direction)
             self._start()
             return
-        if isinstance(frame, UserStartedSpeakingFrame):
-            if self.settings.defer_to_local_vad and not self._local_vad and frame.source != SERVICE:
-                self._local_vad = True
-                logger.debug("{}: a local VAD reports speech: its speaking frames are used", self.name)
+        if isinstance(frame, UserStartedSpeakingFrame | BotStartedSpeakingFrame | BotStoppedSpeakingFrame):
+            self.track(frame)
         elif isinstance(frame, UserStoppedSpeakingFrame):
             if frame.source != SERVICE:
                 self._request_finalize()
-        elif isinstance(frame, BotStartedSpeakingFrame):
-            self._bot_speaking = True
-        elif isinstance(frame, BotStoppedSpeakingFrame):
-            self._bot_speaking = False
         elif isinstance(frame, EndFrame):
             await self._drain_speech()
             await self._report_usage()
@@ -215,7 +212,7 @@ class PocketsphinxSTTService(FrameProcessor):
         if not pcm:
             return
         self._received += len(pcm)
-        self._arrivals.append((self._received, time.monotonic()))
+        self.audio_arrived(self._received)
         self._backlog.append(pcm)
         self._backlog_bytes += len(pcm)
         limit = int(self.settings.max_backlog * 2 * SAMPLE_RATE)
@@ -254,7 +251,7 @@ class PocketsphinxSTTService(FrameProcessor):
             return
         self._recognizer = recognizer
         self._ready.set()
-        await self._metric("service.request", 1)
+        await self.metric("service.request", 1)
         while True:
             await self._audio.wait()
             self._audio.clear()
@@ -286,52 +283,28 @@ class PocketsphinxSTTService(FrameProcessor):
 
     async def _on_event(self, event: RecognitionEvent) -> None:
         if isinstance(event, SpeechStarted):
-            await self._on_speech_started()
+            await self.speech_started()
         elif isinstance(event, PartialTranscript):
             await self.push_frame(InterimTranscriptionFrame(event.text, timestamp=event.start))
         elif isinstance(event, FinalTranscript):
             await self._on_final(event)
 
-    async def _on_speech_started(self) -> None:
-        if self._local_vad:
-            return  # the VAD upstream already announced it (and interrupted)
-        if self.settings.speaking_frames and not self._user_speaking:
-            self._user_speaking = True
-            await self.push_frame(UserStartedSpeakingFrame(source=SERVICE))
-        if self.settings.interrupt_on_speech_started and self._bot_speaking:
-            await self.push_interruption()
-
     async def _on_final(self, final: FinalTranscript) -> None:
-        if final.text:
-            self.finals.append(final)
-            await self.push_frame(
-                TranscriptionFrame(final.text, timestamp=final.start, confidence=final.confidence, words=final.words)
-            )
-            await self._measure_latency(final.words[-1][2])
-            low = final.confidence < self.settings.min_confidence
-            if low:
-                logger.info("{}: low-confidence turn ({:.2f}): {!r}", self.name, final.confidence, final.text)
-                await self._metric("stt.low_confidence", 1)
-        if self._user_speaking:
-            self._user_speaking = False
-            await self.push_frame(UserStoppedSpeakingFrame(source=SERVICE))
-        if final.text:
-            await self.push_frame(EndOfTurnFrame(final.text, confidence=final.confidence, low_confidence=low))
+        if not final.text:
+            await self.user_stopped()
+            return
+        self.finals.append(final)
+        await self.push_frame(
+            TranscriptionFrame(final.text, timestamp=final.start, confidence=final.confidence, words=final.words)
+        )
+        await self.measure_latency(final.words[-1][2])
+        low = final.confidence < self.settings.min_confidence
+        await self.end_turn(EndOfTurnFrame(final.text, confidence=final.confidence, low_confidence=low))
 
     # ------------------------------------------------------------- metrics
-
-    async def _metric(self, metric: str, value: float, unit: str = "") -> None:
-        await self.push_frame(MetricsFrame(metric=metric, value=value, unit=unit, processor=self.name, labels=_LABELS))
-
-    async def _measure_latency(self, last_word_end: float) -> None:
-        position = last_word_end * 2 * SAMPLE_RATE
-        for end, arrived in self._arrivals:
-            if end >= position:
-                await self._metric("latency.stt_final", max(0.0, time.monotonic() - arrived), "s")
-                return
 
     async def _report_usage(self) -> None:
         seconds = (self._received - self._reported) / (2 * SAMPLE_RATE)
         if seconds > 0:
             self._reported = self._received
-            await self._metric("usage.stt_seconds", seconds, "s")
+            await self.metric("usage.stt_seconds", seconds, "s")
