@@ -165,7 +165,7 @@ def test_a_broken_sink_does_not_silence_the_others():
     assert len(good.alerts) == 1
 
 
-def test_log_sink_is_the_default(capsys):
+def test_log_sink_is_the_default():
     from loguru import logger
 
     lines: list[str] = []
