@@ -9,8 +9,9 @@
 2. sends the wrap-up phrase to the TTS (``TTSSpeakFrame``, category
    ``"budget"``) and a ``call.budget_exceeded`` MetricsFrame (the call
    record notes the outcome from it);
-3. asks for a graceful end: an ``EndFrame`` pushed upstream, with the reason,
-   so the whole pipeline ends after the phrase has been spoken.
+3. asks for a graceful end: an ``EndTaskFrame`` pushed upstream, with the
+   reason; the task queues the ``EndFrame`` at the head, so the whole
+   pipeline ends after the phrase has been spoken.
 
     tracker = CostTracker(prices)
     guard = BudgetGuard(tracker, max_cost=0.50)
