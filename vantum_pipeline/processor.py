@@ -53,7 +53,7 @@ import enum
 import itertools
 from collections import deque
 from collections.abc import Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from loguru import logger
 
@@ -65,9 +65,6 @@ from vantum_pipeline.frames import (
     InterruptionFrame,
     StartFrame,
 )
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 __all__ = ["FrameDirection", "FrameProcessor", "PipelineState", "link"]
 
@@ -136,7 +133,6 @@ class PipelineState:
         self.allow_interruptions = True
         self.stale_dropped = 0
         self.interruptions = 0
-        self.on_interruption: Callable[[int], None] | None = None
         self._interrupting: asyncio.Future[None] | None = None
 
     def is_stale(self, frame: Frame) -> bool:
@@ -158,8 +154,6 @@ class PipelineState:
         epoch = self.epoch
         pending = list(self.processors)
         try:
-            if self.on_interruption is not None:
-                self.on_interruption(epoch)
             for processor in self.processors:
                 processor._flush(epoch)
             frame = InterruptionFrame()
