@@ -44,7 +44,7 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 def client_for(fake: FakeOpenAI, *, retries: int = 0, read: float = 5.0, key: str = KEY) -> AsyncOpenAI:
     return AsyncOpenAI(
-        api_key=key, base_url=fake.base_url, max_retries=retries, timeout=httpx.Timeout(read, connect=2.0)
+        api_key=key, base_url=fake.base_url, max_retries=retries, timeout=openai.Timeout(read, connect=2.0)
     )
 
 
@@ -444,7 +444,7 @@ async def test_command_line_runs_the_fake_standalone() -> None:
     )
     try:
         client = AsyncOpenAI(
-            api_key="anything", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=httpx.Timeout(2.0)
+            api_key="anything", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=openai.Timeout(2.0)
         )
         async with client:
             deadline = time.monotonic() + 15
