@@ -260,3 +260,161 @@ async def test_a_stream_of_garbage_ends_that_call_with_an_error():
     assert len(malformed) == 6  # the limit (5) plus the one that ended the call
     assert record.outcome is CallOutcome.ERROR
     assert fake.calls[call.sid].callee.end_reason == "api hang-up"
+
+
+# ------------------------------------------------------------ hostile webhooks
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b'{"CallSid": "CA1", "CallStatus": "busy"}'),
+        ("text/plain", b"CallSid=CA1&CallStatus=busy"),
+        ("application/octet-stream", b"\xff\xfe\x00 not text"),
+        (None, b"CallSid=CA1"),
+    ],
+)
+async def test_a_webhook_body_that_is_not_a_form_is_refused_like_any_bad_signature(content_type, body):
+    messages: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: messages.append((m.record["level"].name, str(m))), level="WARNING")
+    try:
+        async with phone_stack(agent()) as (fake, server):
+            call = server.registry.new_call(CALLEE, "+15005550006", price_per_minute=0.014)
+            headers = {"X-Twilio-Signature": "c2lnbmF0dXJl"}
+            if content_type is not None:
+                headers["Content-Type"] = content_type
+            async with aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as http:
+                for url in (server.status_url(call), server.answer_url(call)):
+                    async with http.post(url, data=body, headers=headers) as response:
+                        assert response.status == 403
+            assert server.rejected_signatures == 2
+    finally:
+        logger.remove(sink)
+    refusals = [text for level, text in messages if "refused POST" in text]
+    assert len(refusals) == 2 and all("not a form" in text for text in refusals)
+    assert not [text for level, text in messages if level in ("ERROR", "CRITICAL")]
+    assert not any("Traceback" in text for _, text in messages)
+    assert call.state is CallState.QUEUED and not call.ended  # nothing was processed
+
+
+# ------------------------------------------------------------- max_calls
+
+
+def _signed_headers(server, auth_token: str) -> dict[str, str]:
+    return {"X-Twilio-Signature": RequestValidator(auth_token).compute_signature(server.media_url, {})}
+
+
+def _start_message(token: str, call_sid: str, **parameters: str) -> str:
+    start = {
+        "accountSid": "ACx",
+        "streamSid": "MZ" + call_sid,
+        "callSid": call_sid,
+        "customParameters": {"call_token": token, **parameters},
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    }
+    return json.dumps({"event": "start", "streamSid": "MZ" + call_sid, "start": start})
+
+
+async def _upgrade(http, server, auth_token: str):
+    """The media socket, or the HTTP status the upgrade was refused with."""
+    try:
+        return await http.ws_connect(server.media_url, headers=_signed_headers(server, auth_token))
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status
+
+
+async def _until_media(socket) -> None:
+    """Wait for the bot's first audio: the call's pipeline is running."""
+    async with asyncio.timeout(10):
+        while True:
+            message = await socket.receive()
+            assert message.type is aiohttp.WSMsgType.TEXT, message
+            if json.loads(message.data)["event"] == "media":
+                return
+
+
+class CountingAgent:
+    """A pipeline factory that records how many of its pipelines are alive at each new one."""
+
+    def __init__(self) -> None:
+        self.bot = agent()
+        self.tasks = []
+        self.alive_at_build: list[int] = []
+        self.tokens: list[str] = []
+
+    def __call__(self, call):
+        if call.parameters.get("fail"):
+            raise RuntimeError("the factory refuses this call")
+        task = self.bot(call)
+        self.tasks.append(task)
+        self.tokens.append(call.parameters["call_token"])
+        self.alive_at_build.append(sum(not t.has_finished for t in self.tasks))
+        return task
+
+
+async def test_a_burst_of_upgrades_never_runs_more_than_max_calls_pipelines():
+    factory = CountingAgent()
+    async with phone_stack(factory, max_calls=2) as (fake, server):
+        calls = [server.registry.new_call(CALLEE, "+15005550006", price_per_minute=0.014) for _ in range(5)]
+        async with aiohttp.ClientSession() as http:
+            # Five simultaneous upgrades, none has sent 'start' yet.
+            results = await asyncio.gather(*(_upgrade(http, server, fake.auth_token) for _ in calls))
+            sockets = [r for r in results if not isinstance(r, int)]
+            assert len(sockets) == 2 and sorted(r for r in results if isinstance(r, int)) == [503, 503, 503]
+            assert server.streams == 2
+            for i, socket in enumerate(sockets):
+                await socket.send_str(_start_message(calls[i].token, f"CA{i}"))
+            for socket in sockets:
+                await _until_media(socket)
+            assert await _upgrade(http, server, fake.auth_token) == 503  # still full
+            for socket in sockets:
+                await socket.close()  # the callees hang up
+            async with asyncio.timeout(10):
+                await server.wait_idle()
+            # The refused upgrades never read 'start': their calls' tokens still open a stream.
+            for i in (2, 3, 4):
+                socket = await _upgrade(http, server, fake.auth_token)
+                assert not isinstance(socket, int), socket
+                await socket.send_str(_start_message(calls[i].token, f"CA{i}"))
+                await _until_media(socket)
+                await socket.close()
+                async with asyncio.timeout(10):
+                    await server.wait_idle()
+    assert sorted(factory.tokens) == sorted(call.token for call in calls)
+    assert max(factory.alive_at_build) <= 2
+
+
+async def test_every_way_a_stream_ends_gives_its_slot_back():
+    factory = CountingAgent()
+    async with phone_stack(factory, max_calls=1) as (fake, server):
+        calls = [server.registry.new_call(CALLEE, "+15005550006", price_per_minute=0.014) for _ in range(2)]
+        async with aiohttp.ClientSession() as http:
+
+            async def next_socket():
+                async with asyncio.timeout(10):
+                    await server.wait_idle()
+                socket = await _upgrade(http, server, fake.auth_token)
+                assert not isinstance(socket, int), f"the upgrade was refused with {socket}: a slot leaked"
+                return socket
+
+            # Closed before 'start'.
+            socket = await next_socket()
+            assert await _upgrade(http, server, fake.auth_token) == 503  # waiting for 'start' counts
+            await socket.close()
+            # An unknown call token.
+            socket = await next_socket()
+            await socket.send_str(_start_message("no-such-token", "CA9"))
+            assert (await socket.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSE
+            await socket.close()
+            # The pipeline factory fails.
+            socket = await next_socket()
+            await socket.send_str(_start_message(calls[0].token, "CA0", fail="1"))
+            assert (await socket.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSE
+            await socket.close()
+            # A whole call.
+            socket = await next_socket()
+            await socket.send_str(_start_message(calls[1].token, "CA1"))
+            await _until_media(socket)
+            await socket.close()
+            await (await next_socket()).close()
+    assert factory.tokens == [calls[1].token]
