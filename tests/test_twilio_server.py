@@ -278,7 +278,7 @@ async def test_a_webhook_body_that_is_not_a_form_is_refused_like_any_bad_signatu
     messages: list[tuple[str, str]] = []
     sink = logger.add(lambda m: messages.append((m.record["level"].name, str(m))), level="WARNING")
     try:
-        async with phone_stack(agent()) as (fake, server):
+        async with phone_stack(agent()) as (_fake, server):
             call = server.registry.new_call(CALLEE, "+15005550006", price_per_minute=0.014)
             headers = {"X-Twilio-Signature": "c2lnbmF0dXJl"}
             if content_type is not None:
