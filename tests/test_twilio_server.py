@@ -14,7 +14,7 @@ from tests.twilio_scripted import ScriptedAgent, phone_stack, tone
 from vantum_pipeline.frames import HeardTextFrame, MetricsFrame
 from vantum_pipeline.telephony.outcome import CallOutcome
 from vantum_pipeline.telephony.state import CallState
-from vantum_pipeline.testing.callee import BargeIn, Drop, HangUp, Listen, Say, SendRaw
+from vantum_pipeline.testing.callee import BargeIn, CloseSocket, Drop, HangUp, Listen, Say, SendRaw
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -418,3 +418,60 @@ async def test_every_way_a_stream_ends_gives_its_slot_back():
             await socket.close()
             await (await next_socket()).close()
     assert factory.tokens == [calls[1].token]
+
+
+# ------------------------------------------------------- hostile media streams
+
+OTHERS = ("+14155550101", "+14155550102")
+_MEDIA = {"event": "media", "streamSid": "MZ", "media": {"track": "inbound", "payload": "////"}}
+
+
+@pytest.mark.parametrize(
+    ("hostile", "reason"),
+    [
+        (SendRaw(json.dumps({**_MEDIA, "media": {"payload": "A" * 70_000}})), "closed with 1009"),
+        (SendRaw("{not json", times=6), "6 malformed messages"),
+        (CloseSocket(4000, "going rogue"), "code 4000 (going rogue)"),
+        (CloseSocket(1011, ""), "code 1011"),
+    ],
+    ids=["oversized", "malformed", "abnormal-close-4000", "abnormal-close-1011"],
+)
+async def test_a_hostile_media_stream_ends_that_call_with_an_error_while_others_go_on(hostile, reason):
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    bot = agent()
+    try:
+        async with phone_stack(bot) as (fake, server):
+            fake.behave(CALLEE, script=[Listen(quiet=0.3), hostile, Listen(quiet=5)])
+            for number in OTHERS:
+                # Still talking when the hostile call ends: they speak, and hear the bot's reply.
+                fake.behave(number, script=[Listen(quiet=0.3), Say(tone(0.4)), Listen(quiet=0.6), HangUp()])
+            calls = await asyncio.gather(*(server.place_call(n) for n in (CALLEE, *OTHERS)))
+            records = await asyncio.gather(*(record_of(c, server) for c in calls))
+            hostile_call, *other_calls = calls
+            fake_calls = {c.sid: fake.calls[c.sid] for c in calls}
+    finally:
+        logger.remove(sink)
+    assert records[0].outcome is CallOutcome.ERROR
+    assert bot.calls[hostile_call.sid].task.finish_reason == "error"
+    assert hostile_call.failure is not None and "protocol violation" in hostile_call.failure
+    warnings = [m for m in messages if "protocol violation, ending the call" in m and hostile_call.sid in m]
+    assert len(warnings) == 1 and reason in warnings[0], warnings
+    assert any(r.method == "POST" and r.params.get("Status") == ["completed"] for r in fake.requests)  # hung up
+    for call, record in zip(other_calls, records[1:], strict=True):
+        callee = fake_calls[call.sid].callee
+        assert record.outcome is CallOutcome.COMPLETED and callee.end_reason == "callee hung up"
+        assert bot.calls[call.sid].task.finish_reason == "cancel"
+        assert callee.heard_seconds(start=callee.spoke[0][1]) > 0.3  # the bot answered
+        assert not [m for m in messages if call.sid in m]
+
+
+@pytest.mark.parametrize("code", [1000, 1001])
+async def test_a_normal_close_without_stop_is_the_callee_going_away(code):
+    bot = agent()
+    async with phone_stack(bot) as (fake, server):
+        fake.behave(CALLEE, script=[Listen(quiet=0.3), CloseSocket(code)])
+        call = await server.place_call(CALLEE)
+        record = await record_of(call, server)
+    assert bot.calls[call.sid].task.finish_reason == "cancel"
+    assert record.outcome is CallOutcome.COMPLETED and call.failure is None

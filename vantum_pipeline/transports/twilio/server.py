@@ -52,6 +52,7 @@ from vantum_pipeline.telephony.client import TwilioRestClient
 from vantum_pipeline.telephony.numbers import InvalidNumberError, mask_number, validate_e164
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord, outcome_for_status
 from vantum_pipeline.telephony.settings import TwilioSettings
+from vantum_pipeline.telephony.state import CallState, state_for_status
 from vantum_pipeline.transports.twilio.serializer import TwilioSerializer, TwilioStartFrame
 from vantum_pipeline.transports.twilio.transport import TwilioTransport, TwilioTransportParams
 
@@ -97,6 +98,8 @@ class _ActiveCall:
     transport: TwilioTransport
     task: PipelineTask | None = None
     hung_up: bool = field(default=False)
+    #: Set once the pipeline has finished and our side's verdict (failure or not) is on the call.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class TwilioServer:
@@ -108,7 +111,10 @@ class TwilioServer:
     upgrade (before ``start``) until the socket is done with (more are
     refused with 503, their call tokens unused); ``start_timeout`` bounds the wait for a stream's ``start``;
     ``outcome_timeout`` is how long after a stream ends the final status
-    callback may take before the call's status is fetched instead.
+    callback may take before the call's status is fetched instead, and how
+    long a final status callback that arrives while the call's pipeline is
+    still running waits for it to finish (so that the pipeline's failure
+    decides the outcome).
     """
 
     def __init__(
@@ -359,6 +365,15 @@ class TwilioServer:
                 "status callback {} for a finished or unknown call {}", params.get("CallStatus"), params.get("CallSid")
             )
             return web.Response(status=204)
+        active = self.active.get(call.token)
+        if active is not None and state_for_status(params.get("CallStatus", "")) is CallState.ENDED:
+            # The final status often overtakes the end of the stream: let our side's verdict
+            # (a failed pipeline, the far end's protocol violation) reach the call first.
+            try:
+                async with asyncio.timeout(self.outcome_timeout):
+                    await active.finished.wait()
+            except TimeoutError:
+                logger.warning("call {}: final status {} before the pipeline finished", call.sid, params["CallStatus"])
         call.on_status(params)
         return web.Response(status=204)
 
@@ -431,9 +446,10 @@ class TwilioServer:
         try:
             await self._run_pipeline(active)
         finally:
+            active.finished.set()
             self.active.pop(call.token, None)
-            if not transport.ended.is_set() and not active.hung_up:
-                # Our side ended the call (goodbye, error): hang up, then close.
+            if (not transport.ended.is_set() or transport.violation is not None) and not active.hung_up:
+                # Our side ended the call (goodbye, error, the far end's protocol violation): hang up, then close.
                 active.hung_up = await self.hang_up(call)
             await transport.close(WSCloseCode.OK, "call ended")
             self._follow_outcome(call)
