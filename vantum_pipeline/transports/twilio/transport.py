@@ -191,7 +191,7 @@ class TwilioInputTransport(InputTransport):
         if not self.transport.serializer.passthrough:
             self.transport.serializer.set_input_rate(start.audio_in_sample_rate)
         self._started_at = asyncio.get_running_loop().time()
-        self.create_task(self._read_socket(), "receive")
+        self.create_task(self._read_socket(), "receive", essential=True)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, EndFrame | CancelFrame) and direction is FrameDirection.DOWNSTREAM:
