@@ -1,8 +1,8 @@
 """Sentences out of a streamed LLM reply, as early as they are certain.
 
 A TTS service speaks best (and soonest) sentence by sentence: the first
-sentence of a reply should reach it the moment its last character arrives,
-not when the reply ends. ``SentenceSplitter`` is the sans-I/O core (text in,
+sentence of a reply should reach it as soon as it is certain, not when the
+reply ends. ``SentenceSplitter`` is the sans-I/O core (text in,
 sentences out, no asyncio); ``SentenceAggregator`` is the processor around it.
 
 Where a sentence ends
