@@ -384,6 +384,41 @@ async def test_a_burst_of_upgrades_never_runs_more_than_max_calls_pipelines():
     assert max(factory.alive_at_build) <= 2
 
 
+async def test_calls_beyond_max_calls_are_refused_at_the_upgrade_and_end_as_errors():
+    factory = CountingAgent()
+    release = asyncio.Event()
+    on_the_line: dict[str, asyncio.Event] = {}
+
+    async def hold_the_line(callee) -> None:
+        on_the_line.setdefault(callee.call_sid, asyncio.Event()).set()
+        async with asyncio.timeout(30):
+            await release.wait()
+        await callee.hang_up()
+
+    async def settled(call) -> None:
+        """The call's stream is running, or the call is over."""
+        line = on_the_line.setdefault(call.sid, asyncio.Event())
+        waiters = {asyncio.ensure_future(line.wait()), asyncio.ensure_future(call.wait())}
+        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+
+    numbers = [f"+1415555020{i}" for i in range(4)]
+    async with phone_stack(factory, max_calls=2) as (fake, server):
+        for number in numbers:
+            fake.behave(number, script=hold_the_line)
+        calls = await asyncio.gather(*(server.place_call(n) for n in numbers))
+        async with asyncio.timeout(20):
+            await asyncio.gather(*(settled(c) for c in calls))
+        statuses = sorted(fake.calls[c.sid].stream_status for c in calls)
+        release.set()
+        records = await asyncio.gather(*(record_of(c, server) for c in calls))
+    assert statuses == [101, 101, 503, 503]  # the two lines still held the slots
+    assert max(factory.alive_at_build) <= 2 and len(factory.tokens) == 2
+    outcomes = sorted(r.outcome.value for r in records)
+    assert outcomes == sorted([CallOutcome.COMPLETED.value] * 2 + [CallOutcome.ERROR.value] * 2)
+
+
 async def test_every_way_a_stream_ends_gives_its_slot_back():
     factory = CountingAgent()
     async with phone_stack(factory, max_calls=1) as (fake, server):
