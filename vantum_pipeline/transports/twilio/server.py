@@ -30,7 +30,9 @@ ends on our side (goodbye said, ``end_call``, budget, error) the call is hung
 up through the REST API (after the goodbye's last mark came back: the
 output transport waits for it before the EndFrame leaves), then the socket
 is closed. When the callee hangs up, the pipeline is cancelled and its
-processors close their service sockets.
+processors close their service sockets. When the far end breaks the media
+stream's protocol (see ``transport.py``), the pipeline ends with an error,
+the call is hung up and its outcome is ``error``, never ``completed``.
 """
 
 from __future__ import annotations
