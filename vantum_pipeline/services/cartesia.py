@@ -676,7 +676,7 @@ class CartesiaTTSService(FrameProcessor):
             self._generation += 1
             self._conn = conn
             self.connections_opened += 1
-            self.create_task(self._read_socket(conn, self._generation), f"receive:{self._generation}")
+            self.create_task(self._read_socket(conn, self._generation), f"receive:{self._generation}", essential=True)
 
     def _lost(self, generation: int) -> None:
         """The socket of ``generation`` is gone: fail its live turns."""

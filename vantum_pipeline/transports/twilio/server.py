@@ -18,8 +18,10 @@ Routes (under the configured public base URL):
 Every request, the websocket upgrade included, must carry a valid
 ``X-Twilio-Signature`` for the public URL it was sent to (the public base
 URL plus the request's path and query: proxies and tunnels change the Host
-we see, so it is never read from the request). A bad or missing signature
-is answered 403 before anything is processed. ``validate_signatures=False``
+we see, so it is never read from the request). A bad or missing signature,
+or a webhook body that is not a form (Twilio posts forms; nothing else can
+carry a valid signature here), is answered 403 before anything is processed,
+counted in ``rejected_signatures`` and logged in one line. ``validate_signatures=False``
 turns this off for local development, and says so loudly.
 
 Isolation: each call runs in its own request handler; an exception, a
@@ -28,7 +30,9 @@ ends on our side (goodbye said, ``end_call``, budget, error) the call is hung
 up through the REST API (after the goodbye's last mark came back: the
 output transport waits for it before the EndFrame leaves), then the socket
 is closed. When the callee hangs up, the pipeline is cancelled and its
-processors close their service sockets.
+processors close their service sockets. When the far end breaks the media
+stream's protocol (see ``transport.py``), the pipeline ends with an error,
+the call is hung up and its outcome is ``error``, never ``completed``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from vantum_pipeline.telephony.client import TwilioRestClient
 from vantum_pipeline.telephony.numbers import InvalidNumberError, mask_number, validate_e164
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord, outcome_for_status
 from vantum_pipeline.telephony.settings import TwilioSettings
+from vantum_pipeline.telephony.state import CallState, state_for_status
 from vantum_pipeline.transports.twilio.serializer import TwilioSerializer, TwilioStartFrame
 from vantum_pipeline.transports.twilio.transport import TwilioTransport, TwilioTransportParams
 
@@ -95,6 +100,8 @@ class _ActiveCall:
     transport: TwilioTransport
     task: PipelineTask | None = None
     hung_up: bool = field(default=False)
+    #: Set once the pipeline has finished and our side's verdict (failure or not) is on the call.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class TwilioServer:
@@ -102,10 +109,14 @@ class TwilioServer:
 
     ``public_base_url`` (from the settings) is the URL Twilio uses to reach
     this server; tests that bind port 0 set it after ``start()``.
-    ``max_calls`` bounds concurrent media streams (more are refused with
-    503); ``start_timeout`` bounds the wait for a stream's ``start``;
+    ``max_calls`` bounds concurrent media streams, counted from the accepted
+    upgrade (before ``start``) until the socket is done with (more are
+    refused with 503, their call tokens unused); ``start_timeout`` bounds the wait for a stream's ``start``;
     ``outcome_timeout`` is how long after a stream ends the final status
-    callback may take before the call's status is fetched instead.
+    callback may take before the call's status is fetched instead, and how
+    long a final status callback that arrives while the call's pipeline is
+    still running waits for it to finish (so that the pipeline's failure
+    decides the outcome).
     """
 
     def __init__(
@@ -139,6 +150,8 @@ class TwilioServer:
         self.factory_timeout = factory_timeout
         self.outcome_timeout = outcome_timeout
         self.active: dict[str, _ActiveCall] = {}
+        #: Media sockets accepted and not closed yet, started or not: what ``max_calls`` bounds.
+        self.streams = 0
         #: Requests refused for a bad or missing signature.
         self.rejected_signatures = 0
         self._runner: web.AppRunner | None = None
@@ -197,8 +210,8 @@ class TwilioServer:
             await self.client.aclose()
 
     async def wait_idle(self) -> None:
-        """Return once no call is being served (wrap in ``asyncio.timeout``)."""
-        while self.active:
+        """Return once no media stream is open (wrap in ``asyncio.timeout``)."""
+        while self.streams:
             self._idle.clear()
             await self._idle.wait()
 
@@ -291,17 +304,19 @@ class TwilioServer:
 
     async def _verified(self, request: web.Request) -> Mapping[str, str] | None:
         """The request's parameters if its signature is valid, else None."""
-        params: Any = {}
-        if request.method == "POST":
-            if request.content_type == "application/x-www-form-urlencoded":
-                params = await request.post()
-            else:
-                params = await request.text()
+        params: Mapping[str, str] = {}
+        form = request.method != "POST" or request.content_type == "application/x-www-form-urlencoded"
+        if request.method == "POST" and form:
+            params = await request.post()  # type: ignore[assignment]  # form fields are str
         if not self.settings.validate_signatures:
-            return params if isinstance(params, Mapping) else {}
+            return params
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
             self._reject(request, "no X-Twilio-Signature header")
+            return None
+        if not form:
+            # Twilio posts these webhooks as forms; any other body cannot carry a valid signature.
+            self._reject(request, f"the body is not a form ({request.content_type or 'no content type'})")
             return None
         from twilio.request_validator import get_signature_algorithm
 
@@ -310,13 +325,18 @@ class TwilioServer:
         if request.path == self.paths.media:
             base = self.media_url[: -len(self.paths.media)]
         url = base + request.raw_path
-        if not self._validator.validate(url, params, signature, algorithm):
+        try:
+            valid = bool(self._validator.validate(url, params, signature, algorithm))
+        except (TypeError, ValueError) as exc:  # the SDK's checks of what it was handed
+            self._reject(request, f"signature could not be checked: {type(exc).__name__}")
+            return None
+        if not valid:
             why = "signature does not match"
             if algorithm != "HMAC_SHA1":
                 why += f" ({algorithm} signatures need the webhook signing key, not the auth token)"
             self._reject(request, why)
             return None
-        return params if isinstance(params, Mapping) else {}
+        return params
 
     def _reject(self, request: web.Request, why: str) -> None:
         self.rejected_signatures += 1
@@ -347,6 +367,15 @@ class TwilioServer:
                 "status callback {} for a finished or unknown call {}", params.get("CallStatus"), params.get("CallSid")
             )
             return web.Response(status=204)
+        active = self.active.get(call.token)
+        if active is not None and state_for_status(params.get("CallStatus", "")) is CallState.ENDED:
+            # The final status often overtakes the end of the stream: let our side's verdict
+            # (a failed pipeline, the far end's protocol violation) reach the call first.
+            try:
+                async with asyncio.timeout(self.outcome_timeout):
+                    await active.finished.wait()
+            except TimeoutError:
+                logger.warning("call {}: final status {} before the pipeline finished", call.sid, params["CallStatus"])
         call.on_status(params)
         return web.Response(status=204)
 
@@ -355,18 +384,30 @@ class TwilioServer:
     async def _media(self, request: web.Request) -> web.StreamResponse:
         if await self._verified(request) is None:
             return web.Response(status=403, text="invalid Twilio signature")
-        if len(self.active) >= self.max_calls:
-            logger.warning("refused a media stream: {} calls already active", len(self.active))
+        if self.streams >= self.max_calls:
+            # Refused before the upgrade, before 'start' is read: the call's token stays unused.
+            logger.warning("refused a media stream: {} streams already open (max_calls)", self.streams)
             return web.Response(status=503, text="too many calls")
-        socket = web.WebSocketResponse(max_msg_size=MAX_REQUEST_BYTES, timeout=self.transport_params.io_timeout)
-        await socket.prepare(request)
+        # Counted from here (no await since the check) until the socket is done with, whatever ends it.
+        self.streams += 1
+        self._idle.clear()
         try:
+            return await self._serve_socket(request)
+        finally:
+            self.streams -= 1
+            if not self.streams:
+                self._idle.set()
+
+    async def _serve_socket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse(max_msg_size=MAX_REQUEST_BYTES, timeout=self.transport_params.io_timeout)
+        try:
+            await socket.prepare(request)
             await self._serve_stream(socket)
         except Exception as exc:
             # One call's failure must never reach the server or other calls.
             logger.opt(exception=exc).error("media stream failed: {}: {}", type(exc).__name__, exc)
         finally:
-            if not socket.closed:
+            if socket.prepared and not socket.closed:
                 try:
                     async with asyncio.timeout(self.transport_params.io_timeout):
                         await socket.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
@@ -404,18 +445,16 @@ class TwilioServer:
         transport = TwilioTransport(socket, serializer, params)
         active = _ActiveCall(call, transport)
         self.active[call.token] = active
-        self._idle.clear()
         try:
             await self._run_pipeline(active)
         finally:
+            active.finished.set()
             self.active.pop(call.token, None)
-            if not transport.ended.is_set() and not active.hung_up:
-                # Our side ended the call (goodbye, error): hang up, then close.
+            if (not transport.ended.is_set() or transport.violation is not None) and not active.hung_up:
+                # Our side ended the call (goodbye, error, the far end's protocol violation): hang up, then close.
                 active.hung_up = await self.hang_up(call)
             await transport.close(WSCloseCode.OK, "call ended")
             self._follow_outcome(call)
-            if not self.active:
-                self._idle.set()
 
     async def _run_pipeline(self, active: _ActiveCall) -> None:
         call, transport = active.call, active.transport
