@@ -15,7 +15,6 @@ import pytest
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
     ErrorFrame,
-    HeardTextFrame,
     InputAudioRawFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
@@ -103,6 +102,12 @@ class FakeStream:
         self._stop.set()
 
     def abort(self) -> None:
+        self.card.ended.append(f"{self.kind} aborted")
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def stop(self) -> None:  # PortAudio plays what the device holds first
+        self.card.ended.append(f"{self.kind} stopped")
         self._stop.set()
         self._thread.join(timeout=2)
 
@@ -117,7 +122,14 @@ class FakeCard(types.SimpleNamespace):
         self, *, devices: bool = True, rates: tuple[int, ...] = (), speed: float = 4.0, start_delay: float = 0.0
     ) -> None:
         super().__init__(
-            played=[], closed=0, devices=devices, rates=rates, speed=speed, start_delay=start_delay, streams=[]
+            played=[],
+            closed=0,
+            ended=[],
+            devices=devices,
+            rates=rates,
+            speed=speed,
+            start_delay=start_delay,
+            streams=[],
         )
 
     def query_devices(self, device: Any = None, kind: str | None = None) -> dict[str, Any]:
@@ -250,6 +262,23 @@ async def test_a_card_that_starts_late_still_plays_the_whole_goodbye(monkeypatch
         await harness.send(TTSStoppedFrame(context_id="bye"))
     assert harness.collected.finish_reason == "end"
     assert _loud(card.played) == np.count_nonzero(np.frombuffer(goodbye, "<i2"))
+    assert card.ended == ["output stopped"]  # what the device still held was played too
+
+
+async def test_a_cancelled_call_cuts_the_speaker_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    card = FakeCard(speed=1.0)
+    monkeypatch.setitem(sys.modules, "sounddevice", card)
+    transport = LocalAudioTransport()
+    async with PipelineHarness([transport.input(), transport.output()], end_timeout=5) as harness:
+        await harness.send(TTSStartedFrame(context_id="c1"))
+        await harness.send(TTSAudioRawFrame(_speech(3.0), 16000, context_id="c1"))
+        await asyncio.sleep(0.3)
+        cancelled = asyncio.get_running_loop().time()
+        await harness.task.cancel("hung up")
+        await harness.wait_finished(3)
+    assert asyncio.get_running_loop().time() - cancelled < 1.0
+    assert sorted(card.ended) == ["input aborted", "output aborted"]
+    assert _loud(card.played) < 16000 * 1.5  # far from the three seconds queued
 
 
 async def test_a_device_that_goes_away_ends_the_call(monkeypatch: pytest.MonkeyPatch) -> None:

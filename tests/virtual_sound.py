@@ -113,7 +113,8 @@ class VirtualSoundCard:
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)  # pulseaudio refuses a runtime directory others can enter
         sinks = [
-            f"module-null-sink sink_name={name} rate={RATE} channels=1 format=s16le" for name in (MIC_SINK, SPEAKER_SINK)
+            f"module-null-sink sink_name={name} rate={RATE} channels=1 format=s16le"
+            for name in (MIC_SINK, SPEAKER_SINK)
         ]
         command = [
             "pulseaudio",
@@ -186,6 +187,7 @@ class VirtualSoundCard:
         )
 
     def stop(self) -> None:
+        self.thaw()
         keepers, self._keepers = self._keepers, []
         for keeper in keepers:
             _end(keeper)
@@ -209,6 +211,15 @@ class VirtualSoundCard:
             self._process.kill()
             self._process.wait(timeout=5)
 
+    def freeze(self) -> None:
+        """The sound server stops answering (SIGSTOP), as a hung server does."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGCONT)
+
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -223,7 +234,15 @@ class VirtualSoundCard:
     def play_into_microphone(self, pcm: bytes, rate: int = RATE, *, timeout: float = 30.0) -> None:
         """Play mono pcm16 into the microphone; returns when it has played."""
         subprocess.run(
-            ["pacat", "--playback", f"--device={MIC_SINK}", "--raw", "--format=s16le", f"--rate={rate}", "--channels=1"],
+            [
+                "pacat",
+                "--playback",
+                f"--device={MIC_SINK}",
+                "--raw",
+                "--format=s16le",
+                f"--rate={rate}",
+                "--channels=1",
+            ],
             input=pcm,
             env={**self._server_env(), **self.client_env()},
             capture_output=True,
@@ -270,9 +289,8 @@ class SpeakerRecorder:
 
 
 def _pacat_record(device: str) -> list[str]:
-    return ["pacat", "--record", f"--device={device}", "--raw", "--format=s16le", f"--rate={RATE}", "--channels=1"] + [
-        "--latency-msec=20"
-    ]
+    audio = ["--raw", "--format=s16le", f"--rate={RATE}", "--channels=1", "--latency-msec=20"]
+    return ["pacat", "--record", f"--device={device}", *audio]
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -285,7 +303,9 @@ def _end(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-def speech_spans(samples: np.ndarray, *, window: float = 0.05, level: float = 300.0, gap: float = 0.6) -> list[tuple[float, float]]:
+def speech_spans(
+    samples: np.ndarray, *, window: float = 0.05, level: float = 300.0, gap: float = 0.6
+) -> list[tuple[float, float]]:
     """(start, end) seconds of the loud stretches, merging pauses shorter than ``gap``."""
     size = int(RATE * window)
     count = len(samples) // size

@@ -39,10 +39,10 @@ not the clock, even when the card starts late or skips.
 
 A device that goes away (unplugged, its sound server gone: PortAudio ends the
 stream) or whose callback stops for ``stall_timeout`` seconds ends the call
-with a fatal error naming the device. Closing aborts the stream (PortAudio's
-``stop`` would first wait for its buffers: over a second through the ALSA
-pulse plugin); the speaker's buffer has played by then, or the call was
-cancelled.
+with a fatal error naming the device. At the end of a call the speaker is
+stopped (PortAudio first plays what the device still holds: the goodbye's
+last syllable); after a cancel (Ctrl-C, a hang-up) it is aborted, as the
+microphone always is.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from loguru import logger
 
@@ -73,6 +73,7 @@ __all__ = [
     "list_devices",
     "load_sounddevice",
     "parse_device",
+    "probe_local_audio",
 ]
 
 INSTALL_HINT = (
@@ -81,6 +82,7 @@ INSTALL_HINT = (
     "(Debian/Ubuntu: apt-get install libportaudio2; Fedora: dnf install portaudio; macOS: brew install portaudio)"
 )
 
+T = TypeVar("T")
 Kind = Literal["input", "output"]
 DEFAULT_OPEN_TIMEOUT = 5.0
 _WHAT: dict[str, str] = {"input": "microphone", "output": "speaker"}
@@ -113,17 +115,72 @@ def _check_device(sounddevice: Any, kind: Kind, device: int | str | None) -> dic
             f"no {kind} sound device{f' {device!r}' if device is not None else ''} available ({exc}); "
             "connect one, or pick one with LocalAudioParams(input_device=..., output_device=...), "
             "VANTUM_INPUT_DEVICE / VANTUM_OUTPUT_DEVICE or --input-device / --output-device "
-            "(python -m sounddevice lists them)"
+            "(vantum devices lists them)"
         ) from exc
     return info
 
 
 def check_local_audio(params: LocalAudioParams | None = None) -> None:
-    """Fail now, with a ConfigurationError saying what is missing, rather than at StartFrame."""
+    """Fail now, with a ConfigurationError saying what is missing, rather than at StartFrame.
+
+    Blocking, and unbounded when the sound server does not answer: from a
+    coroutine, ``await probe_local_audio(params)``.
+    """
     params = params or LocalAudioParams()
     sounddevice = load_sounddevice()
     _check_device(sounddevice, "input", params.input_device)
     _check_device(sounddevice, "output", params.output_device)
+
+
+async def probe_local_audio(params: LocalAudioParams | None = None) -> None:
+    """``check_local_audio`` off the event loop, bounded by ``params.open_timeout``.
+
+    PortAudio's first use connects to the sound server (through the ALSA
+    pulse plugin, say), and waits for as long as a frozen server keeps it.
+    """
+    params = params or LocalAudioParams()
+    try:
+        await _off_loop(lambda: check_local_audio(params), params.open_timeout, "sound-probe")
+    except TimeoutError:
+        raise ConfigurationError(
+            f"the sound system did not answer within {params.open_timeout:.1f}s: "
+            "is the sound server running and answering? (pactl info)"
+        ) from None
+
+
+async def _off_loop(work: Callable[[], T], timeout: float, name: str) -> T:
+    """``work()`` in a daemon thread, awaited for at most ``timeout`` seconds (then TimeoutError).
+
+    Not ``asyncio.to_thread``: a call stuck in the sound library would hold an
+    executor thread that ``asyncio.run`` waits for at exit, forever. A daemon
+    thread left behind does not keep the process alive.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:
+            outcome: tuple[T | None, BaseException | None] = (None, exc)
+        else:
+            outcome = (result, None)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    async with asyncio.timeout(timeout):
+        return await future
 
 
 def list_devices() -> str:
@@ -236,8 +293,7 @@ class _Device:
             return stream, device_rate
 
         try:
-            async with asyncio.timeout(self.params.open_timeout):
-                self.stream, self.rate = await asyncio.to_thread(work)
+            self.stream, self.rate = await _off_loop(work, self.params.open_timeout, f"{self.kind}-open")
         except TimeoutError:
             with lock:
                 abandoned.set()
@@ -282,13 +338,14 @@ class _Device:
                 if time.monotonic() - self.last_callback >= stall:
                     return f"no audio callback for {stall:.1f}s (the device or sound server stopped answering)"
 
-    async def close(self) -> None:
+    async def close(self, *, drain: bool = False) -> None:
+        """Abort the stream, or with ``drain`` stop it once the device has played what it holds."""
         self._closing = True
         stream, self.stream = self.stream, None
         if stream is not None:
+            end = _stop if drain else _abort
             try:
-                async with asyncio.timeout(self.params.open_timeout):
-                    await asyncio.to_thread(_abort, stream)
+                await _off_loop(lambda: end(stream), self.params.open_timeout, f"{self.kind}-close")
             except TimeoutError:
                 logger.warning(
                     "{}: closing the {} took more than {:.1f}s", self.owner, self.label, self.params.open_timeout
@@ -361,6 +418,7 @@ class LocalAudioOutput(OutputTransport):
         self._appended = 0
         self._taken = 0
         self._marks: deque[tuple[int, str]] = deque()
+        self._cancelled = False
 
     async def open_output(self, start: StartFrame) -> None:
         loop = asyncio.get_running_loop()
@@ -432,11 +490,19 @@ class LocalAudioOutput(OutputTransport):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, CancelFrame):
+            self._cancelled = True
             await self.clear_output()  # hung up: the rest is not played
         await super().process_frame(frame, direction)
 
     async def close_output(self) -> None:
-        await self._device.close()
+        await self._device.close(drain=not self._cancelled)
+
+
+def _stop(stream: Any) -> None:
+    try:
+        stream.stop()
+    finally:
+        stream.close()
 
 
 def _abort(stream: Any) -> None:
