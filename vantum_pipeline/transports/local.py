@@ -48,6 +48,7 @@ microphone always is.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import deque
@@ -178,9 +179,27 @@ async def _off_loop(work: Callable[[], T], timeout: float, name: str) -> T:
         except RuntimeError:  # the loop is closed: nobody waits any more
             pass
 
-    threading.Thread(target=run, name=name, daemon=True).start()
-    async with asyncio.timeout(timeout):
-        return await future
+    # sounddevice points the process's stderr at /dev/null while PortAudio starts (hiding ALSA's
+    # chatter): if PortAudio never returns, the process must get its stderr back to say so.
+    stderr = _dup_stderr()
+    try:
+        threading.Thread(target=run, name=name, daemon=True).start()
+        async with asyncio.timeout(timeout):
+            return await future
+    except TimeoutError:
+        if stderr is not None:
+            os.dup2(stderr, 2)
+        raise
+    finally:
+        if stderr is not None:
+            os.close(stderr)
+
+
+def _dup_stderr() -> int | None:
+    try:
+        return os.dup(2)
+    except OSError:  # no stderr at all
+        return None
 
 
 def list_devices() -> str:
