@@ -138,6 +138,7 @@ class VirtualSoundCard:
             stdout=self._log,  # type: ignore[arg-type]
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + self.start_timeout
         while True:
@@ -286,6 +287,12 @@ class SpeakerRecorder:
         _end(self._process)
         self._reader.join(timeout=5)
         return self.samples()
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, so no server outlives a killed run (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _pacat_record(device: str) -> list[str]:

@@ -203,8 +203,9 @@ def _dup_stderr() -> int | None:
 
 
 def list_devices() -> str:
-    """PortAudio's device list (as ``python -m sounddevice`` prints it)."""
-    return str(load_sounddevice().query_devices())
+    """PortAudio's device list (as ``python -m sounddevice`` prints it), or why it is empty."""
+    listing = str(load_sounddevice().query_devices())
+    return listing or "no sound devices: PortAudio found no sound card and no sound server (PulseAudio, PipeWire)"
 
 
 @dataclass(frozen=True, slots=True)
