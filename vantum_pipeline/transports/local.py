@@ -213,7 +213,10 @@ class LocalAudioParams:
     """Devices (None: the system's default), block size, the output buffer's bound, and the device timeouts.
 
     ``open_timeout``: how long opening a device may take; ``stall_timeout``:
-    how long a device may go without calling back before it counts as gone.
+    how long a device may go without calling back before it counts as gone
+    (generous: a callback needs the GIL, which a busy extension may hold
+    for seconds on a loaded machine; a device that really goes away usually
+    ends its stream at once instead).
     """
 
     input_device: int | str | None = None
@@ -221,7 +224,7 @@ class LocalAudioParams:
     block_seconds: float = 0.02
     max_output_seconds: float = 5.0
     open_timeout: float = DEFAULT_OPEN_TIMEOUT
-    stall_timeout: float = 5.0
+    stall_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("block_seconds", "max_output_seconds", "open_timeout", "stall_timeout"):
