@@ -260,7 +260,7 @@ class LocalAudioTransport:
 
 
 class _Device:
-    """One PortAudio stream: opened off the loop at a rate the device takes, watched, aborted."""
+    """One PortAudio stream: opened off the loop at a rate the device takes, watched, then stopped or aborted."""
 
     def __init__(self, kind: Kind, device: int | str | None, params: LocalAudioParams, owner: str) -> None:
         self.kind = kind
@@ -287,7 +287,10 @@ class _Device:
 
         def finished() -> None:  # PortAudio thread: the stream ended (closed by us, or the device went away)
             if not self._closing:
-                loop.call_soon_threadsafe(self._lose, "the stream ended (device unplugged or sound server gone)")
+                try:
+                    loop.call_soon_threadsafe(self._lose, "the stream ended (device unplugged or sound server gone)")
+                except RuntimeError:  # the loop is closed: the call is over
+                    pass
 
         def work() -> tuple[Any, int]:
             sounddevice = load_sounddevice()
