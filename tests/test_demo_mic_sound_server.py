@@ -218,6 +218,35 @@ def test_a_conversation_through_the_microphone_and_the_speaker(card: VirtualSoun
     assert time.monotonic() - ended < 5
 
 
+def test_the_callee_talks_over_the_bot(card: VirtualSoundCard, demos: list[Demo]) -> None:
+    speaker = card.record_speaker()
+    demo = Demo(card)
+    demos.append(demo)
+
+    def greeting_under_way() -> bool:
+        spans = speech_spans(speaker.samples())
+        return bool(spans) and len(speaker.samples()) / RATE - spans[0][0] >= 1.0
+
+    wait_until(greeting_under_way, 30, "a second of the greeting played", demo)
+    barge_at = len(speaker.samples()) / RATE
+    card.play_into_microphone(callee_line("Sorry, I'm busy right now."))
+    answer = bot_turn(demo, speaker, 1, 30)
+    demo.process.send_signal(signal.SIGINT)
+    assert demo.wait(timeout=10) == 0, demo.output()
+    samples = speaker.stop()
+
+    assert any("barge-in" in line for line in demo.lines), demo.output()
+    assert "busy" in demo.heard()[0].lower(), demo.output()
+    # The greeting (4.7 s whole) stopped on the speaker soon after the callee started talking.
+    greeting = speech_spans(samples)[0]
+    assert greeting[1] - barge_at < 1.5, (barge_at, speech_spans(samples), demo.output())
+    # The bot took up the conversation from what the callee heard of the greeting.
+    assert answer == SCRIPT.ask_when, demo.output()
+    reply = next(span for span in speech_spans(samples) if span[0] > greeting[1])
+    heard = transcribe_bot(samples[int(reply[0] * RATE) : int(reply[1] * RATE)])
+    assert word_errors(answer, heard).accuracy >= 0.6, (answer, heard)
+
+
 def test_ctrl_c_hangs_up_at_once(card: VirtualSoundCard, demos: list[Demo]) -> None:
     speaker = card.record_speaker()
     demo = Demo(card)
