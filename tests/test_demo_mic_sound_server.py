@@ -141,7 +141,7 @@ def bot_turn(demo: Demo, speaker: SpeakerRecorder, heard: int, timeout: float) -
     """The line the bot says after hearing ``heard`` callee lines, once the speaker has played it."""
 
     def line() -> str:
-        turns = [[]]  # type: list[list[str]]
+        turns: list[list[str]] = [[]]
         for printed in demo.lines:
             if "(the bot heard: " in printed:
                 turns.append([])
