@@ -187,7 +187,9 @@ async def test_nested_pipelines_pass_frames_both_ways_in_order():
                 await self.push_frame(TextFrame("up:" + frame.text), UP)
             await self.push_frame(frame, direction)
 
-    pipeline = Pipeline([FrameRecorder(), Pipeline([inner_recorders[0], Pipeline(inner_recorders[1:])]), Turnaround()])
+    pipeline = Pipeline(
+        [FrameRecorder(), Pipeline([inner_recorders[0], Pipeline(inner_recorders[1:])]), Turnaround()]
+    )
     result = await run_pipeline(pipeline, [TextFrame(str(i)) for i in range(10)])
     assert [f.text for f in result.of_type(TextFrame)] == [str(i) for i in range(10)]
     assert [f.text for f in result.of_type(TextFrame, UP)] == [f"up:{i}" for i in range(10)]

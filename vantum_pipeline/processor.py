@@ -79,7 +79,9 @@ _UP = FrameDirection.UPSTREAM
 
 #: Epoch of the frame being handled in this context; None outside handlers
 #: and in long-lived tasks.
-_handling_epoch: contextvars.ContextVar[int | None] = contextvars.ContextVar("vantum_handling_epoch", default=None)
+_handling_epoch: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "vantum_handling_epoch", default=None
+)
 
 _current_task = asyncio.current_task
 _names = itertools.count(1)
