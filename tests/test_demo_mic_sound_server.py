@@ -292,3 +292,20 @@ def test_a_frozen_sound_server_is_a_clear_error_not_a_hang(card: VirtualSoundCar
     assert code == 2, demo.output()
     assert "did not answer within 2.0s" in "\n".join(demo.errors), demo.output()
     assert took < 20
+
+
+def test_devices_are_listed_and_picked_by_name(card: VirtualSoundCard, demos: list[Demo]) -> None:
+    environment = {**os.environ, **card.client_env(), "PYTHONPATH": str(ROOT)}
+    listed = subprocess.run(
+        [sys.executable, "-m", "vantum_pipeline", "devices"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert listed.returncode == 0 and "pulse" in listed.stdout, listed
+    demo = Demo(card, "--output-device", "no such speaker")
+    demos.append(demo)
+    assert demo.wait(timeout=30) == 2, demo.output()
+    assert "no output sound device 'no such speaker' available" in "\n".join(demo.errors), demo.output()
