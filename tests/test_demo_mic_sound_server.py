@@ -6,7 +6,7 @@ microphone and speaker on the server's null sinks. The callee's lines are
 played into the microphone; the speaker is recorded from its monitor and the
 bot's replies are transcribed with the offline recognizer.
 
-Without the sound tools (Debian packages in ``scripts/ci_audio_packages.txt``)
+Without the sound tools (Debian packages in ``.ci/apt-packages.txt``)
 the tests are skipped, saying what to install; under ``CI=true`` they fail
 instead, so CI cannot pass without running them.
 """

@@ -44,7 +44,7 @@ __all__ = ["MISSING", "RATE", "SpeakerRecorder", "VirtualSoundCard", "missing_to
 RATE = 16000
 MIC_SINK = "vantum_mic"
 SPEAKER_SINK = "vantum_speaker"
-#: The Debian packages that provide the tools and libraries (scripts/ci_audio_packages.txt lists them for CI).
+#: The Debian packages that provide the tools and libraries (.ci/apt-packages.txt lists them for CI).
 PACKAGES = "pulseaudio pulseaudio-utils libasound2-plugins libportaudio2"
 
 
