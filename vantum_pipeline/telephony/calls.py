@@ -162,7 +162,8 @@ class OutboundCall:
         self.machine_detection: MachineDetection | None = None
         #: What the call achieved, when more than "completed" (see ``conclude``).
         self.conclusion: CallOutcome | None = None
-        self._conclusion_needs_clean_end = False
+        #: A conclusion that holds once the pipeline has ended cleanly.
+        self._provisional: CallOutcome | None = None
         #: A transfer asked for by the pipeline, and how it went: None, then
         #: "requested", "dialing", "answered" or "not_answered".
         self.transfer: TransferRequest | None = None
@@ -189,20 +190,27 @@ class OutboundCall:
         """What the call achieved (``voicemail_left``, ``opted_out``, ...):
         its record's outcome once Twilio reports it ``completed``. A later
         conclusion replaces an earlier one (``machine`` → ``voicemail_left``).
-        ``needs_clean_end``: downgraded by ``pipeline_finished`` when the
-        pipeline did not end by its EndFrame (cut off mid-message)."""
+        ``needs_clean_end``: the outcome is provisional until the pipeline
+        ends by its EndFrame (everything played); a call cut off before keeps
+        the earlier conclusion, whichever of the hang-up's status callback
+        and the pipeline's end comes first."""
         if self.record is not None:
             return
+        if needs_clean_end:
+            self._provisional = outcome
+            return
         self.conclusion = outcome
-        self._conclusion_needs_clean_end = needs_clean_end
         logger.info("call {}: concluded {}", self.sid, outcome.value)
 
     def pipeline_finished(self, reason: str | None) -> None:
         """The call's pipeline ended (``reason``: the task's finish_reason)."""
-        if self._conclusion_needs_clean_end and reason != "end" and self.conclusion is CallOutcome.VOICEMAIL_LEFT:
-            logger.info("call {}: the voicemail was cut off ({}): outcome machine", self.sid, reason)
-            self.conclusion = CallOutcome.MACHINE
-        self._conclusion_needs_clean_end = False
+        provisional, self._provisional = self._provisional, None
+        if provisional is None:
+            return
+        if reason == "end":
+            self.conclude(provisional)
+        else:
+            logger.info("call {}: {} did not hold: the pipeline ended by {}", self.sid, provisional.value, reason)
 
     def request_transfer(self, request: TransferRequest) -> None:
         """Transfer the callee to a rep once the pipeline has ended."""

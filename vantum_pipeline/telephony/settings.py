@@ -128,6 +128,9 @@ TRANSFER_RESUME = "resume"
 TRANSFER_END = "end"
 #: Actions a keypad sequence can trigger.
 KEYPAD_ACTIONS = ("opt_out", "transfer", "repeat")
+_OPT_OUT_CONFIRMATION = (
+    "Of course. I've removed your number from our list, and you won't be called again. Sorry to bother you. Goodbye!"
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -251,7 +254,7 @@ class OptOutSettings:
     before hanging up, and the keypad digit that opts out (None: no keypad
     opt-out; the campaign enables it, e.g. ``"9"`` for "press 9 to be removed")."""
 
-    confirmation_line: str = "Of course. I've removed your number from our list, and you won't be called again. Sorry to bother you. Goodbye!"
+    confirmation_line: str = _OPT_OUT_CONFIRMATION
     #: Said when the do-not-call list could not be updated: nothing false is promised.
     failure_line: str = "I'm sorry for the trouble. I've noted your request. Goodbye!"
     keypad_digit: str | None = None
