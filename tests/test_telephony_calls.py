@@ -116,7 +116,7 @@ async def test_amd_says_human_the_conversation_goes_on_normally():
 
 async def test_start_and_yield_the_bot_stops_for_a_machine_then_leaves_the_voicemail():
     features = amd_features(mode="Enable", while_detecting="start_and_yield", greeting_end_silence=0.8)
-    async with sales_stack(features) as (fake, _openai, server, bot):
+    async with sales_stack(features) as (fake, _openai, server, _bot):
         machine = AnsweringMachine(greeting=tone(2.5, freq=440.0), beep_seconds=0.5, hang_up_after_silence=3.0)
         fake.behave(PROSPECT_NUMBER, answered_by="machine_end_beep", amd_seconds=0.8, machine=machine)
         call, record = await run_call(server, fake)
@@ -166,8 +166,7 @@ async def test_a_prospect_who_asks_for_a_human_is_transferred_to_the_rep():
         call = await server.place_call(PROSPECT_NUMBER)
         fake_call = fake.calls[call.sid]
         async with asyncio.timeout(45):
-            while not fake_call.dials or fake_call.dials[0].status != "in-progress":
-                await asyncio.sleep(0.05)
+            await fake_call.bridged.wait()
             # The prospect talks with the rep: the AI leg is gone.
             assert server.active == {}
             record = await call.wait()
@@ -221,7 +220,7 @@ async def test_the_rep_does_not_answer_the_call_comes_back_to_the_bot():
 async def test_the_rep_is_busy_and_the_campaign_ends_the_call_politely():
     transfer = dataclasses.replace(TRANSFER, on_no_answer="end")
     features = CallFeatureSettings(amd=AmdSettings(mode=None), transfer=transfer)
-    async with sales_stack(features, ["I want a human"]) as (fake, openai, server, bot):
+    async with sales_stack(features, ["I want a human"]) as (fake, openai, server, _bot):
         openai.script(Reply(tool_calls=[ToolCall("transfer_call", {})]))
         fake.behave(PROSPECT_NUMBER, script=[Listen(quiet=0.5), Say(tone(0.6)), Listen(quiet=8.0)])
         fake.behave(REP_NUMBER, outcome="busy", ring_seconds=0.3)
@@ -322,6 +321,6 @@ async def test_press_nine_to_be_removed_when_the_campaign_enables_it():
     features = dataclasses.replace(features, opt_out=dataclasses.replace(features.opt_out, keypad_digit="9"))
     async with sales_stack(features) as (fake, _openai, server, bot):
         fake.behave(PROSPECT_NUMBER, script=[Listen(quiet=0.5), Dtmf("9"), Listen(quiet=4.0)])
-        call, record = await run_call(server, fake)
+        _call, record = await run_call(server, fake)
     assert PROSPECT_NUMBER in bot.dnc
     assert record.outcome is CallOutcome.OPTED_OUT

@@ -272,6 +272,8 @@ class FakeCall:
     hangup_requested_at: float | None = None
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set while a ``<Dial>``ed party is connected to the callee.
+    bridged: asyncio.Event = field(default_factory=asyncio.Event)
     _hangup: asyncio.Event = field(default_factory=asyncio.Event)
     _redirect: asyncio.Event = field(default_factory=asyncio.Event)
     _pending_twiml: str | None = None
@@ -814,7 +816,9 @@ class FakeTwilio:
         else:
             dial.answered_at = time.monotonic()
             dial.status = "in-progress"
+            call.bridged.set()
             await self._interrupted(call, rep.max_seconds)  # the conversation with the rep
+            call.bridged.clear()
             dial.status = "completed"
         dial.ended_at = time.monotonic()
         action = verb.get("action")
