@@ -86,6 +86,7 @@ class CallActions(FrameProcessor):
         self.last_said: str = ""
         self._pending: list[tuple[str, str]] = []
         self._ending = False
+        self._suppressing = False
         self._in_response = False
         self._response_text: list[str] = []
         self._lock = asyncio.Lock()
@@ -137,9 +138,15 @@ class CallActions(FrameProcessor):
         if direction is FrameDirection.DOWNSTREAM:
             if isinstance(frame, InterruptionFrame):
                 self._in_response = False
+                self._suppressing = False
                 self._response_text.clear()
             elif self._ending and isinstance(frame, TextFrame | TTSSpeakFrame | LLMFullResponseStartFrame):
-                return  # the call is ending: nothing more is said
+                # The call is ending: nothing more is said (a dropped reply's end goes too).
+                self._suppressing = self._suppressing or isinstance(frame, LLMFullResponseStartFrame)
+                return
+            elif self._suppressing and isinstance(frame, LLMFullResponseEndFrame):
+                self._suppressing = False
+                return
             elif isinstance(frame, LLMFullResponseStartFrame):
                 self._in_response = True
                 self._response_text.clear()

@@ -172,10 +172,11 @@ class MachineDetectionGate(FrameProcessor):
             await self._talk()
 
     async def _talk(self) -> None:
+        # Frames that arrive while the held ones go out are held too, so
+        # nothing overtakes them; the state flips once none is left.
+        while self._held:
+            await self.push_frame(self._held.popleft())
         self.state = GateState.HUMAN
-        held, self._held = list(self._held), deque(maxlen=self._held.maxlen)
-        for frame in held:
-            await self.push_frame(frame)
 
     async def _fax(self) -> None:
         self.state = GateState.FAX
