@@ -537,7 +537,7 @@ class FakeTwilio:
         if status is not None and status not in ("completed", "canceled"):
             return _error(400, 21220, f"Invalid call state: Status must be completed or canceled, got {status}")
         if status is None and twiml is None and url is None:
-            return _error(400, 21218, "A 'Status', 'Twiml' or 'Url' parameter is required")
+            return web.json_response(found.resource(self.base_url))  # nothing to change
         if found.ended.is_set():
             return _error(400, 21220, "Call is not in-progress. Cannot redirect.")
         if status is None:
@@ -635,7 +635,7 @@ class FakeTwilio:
         started = time.monotonic()
         limit = float(call.param("MachineDetectionTimeout") or 30)
         try:
-            if verdict.startswith("machine_end_"):
+            if verdict.startswith("machine_end_") and self._plays_machine(call.behaviour):
                 async with asyncio.timeout(limit):
                     await call._greeting_over.wait()
             else:
@@ -888,6 +888,12 @@ class FakeTwilio:
                 async with asyncio.timeout(1.0):
                     await socket.close()
 
+    @staticmethod
+    def _plays_machine(behaviour: CalleeBehaviour) -> bool:
+        """A machine answers: its greeting and beep (unless a script of its own was given)."""
+        machine = behaviour.answered_by.startswith("machine_")
+        return machine and (behaviour.machine is not None or behaviour.script is None)
+
     def _script_for(self, call: FakeCall) -> CalleeScript | None:
         """The script of the call's next media stream."""
         behaviour = call.behaviour
@@ -895,7 +901,7 @@ class FakeTwilio:
         if streams > 0:
             later = behaviour.later_scripts
             return later[streams - 1] if streams - 1 < len(later) else None
-        if call.param("MachineDetection") and behaviour.answered_by.startswith("machine_"):
+        if call.param("MachineDetection") and self._plays_machine(behaviour):
             return behaviour.machine or AnsweringMachine()
         if call.param("MachineDetection") and behaviour.answered_by == "fax" and behaviour.script is None:
             return _fax_machine
