@@ -189,6 +189,7 @@ async def test_a_prospect_who_asks_for_a_human_is_transferred_to_the_rep():
     assert pipeline.stt.closed and pipeline.tts.closed
     usage = [f for f in pipeline.sink.of_type(MetricsFrame) if f.metric == "usage.call_seconds"]
     assert len(usage) == 1 and usage[0].value > 1.0
+    assert pipeline.llm.prompt_tokens > 0 and pipeline.llm.completion_tokens > 0
     assert pipeline.actions.performed == ["transfer"]
     assert record.outcome is CallOutcome.TRANSFERRED
 

@@ -378,12 +378,14 @@ async def test_forged_and_malformed_amd_callbacks_are_refused_and_the_call_goes_
         url = server.amd_url(call)
         sid = call.sid or ""
         other = f"{server.public_base_url}/twilio/amd?call=nope"
+        status = server.status_url(call)
         attempts = [
             (url, {"CallSid": sid, "AnsweredBy": "fax"}, url, "not-the-token"),  # forged
             (url, {"CallSid": sid, "AnsweredBy": "fax"}, url + "x", None),  # signed for another URL
             (url, {"CallSid": sid}, url, None),  # no AnsweredBy
             (url, {"CallSid": "CA" + "0" * 32, "AnsweredBy": "fax"}, url, None),  # another call's sid
             (other, {"CallSid": "CA1", "AnsweredBy": "fax"}, other, None),  # a call we do not know
+            (status, {"CallSid": sid, "CallStatus": "exploded"}, status, None),  # a status nobody knows
         ]
         answers = []
         async with ClientSession() as http:
@@ -395,7 +397,7 @@ async def test_forged_and_malformed_amd_callbacks_are_refused_and_the_call_goes_
             await server.wait_idle()
         fake_call = fake.calls[call.sid]
         pipeline = bot.calls[call.sid][0]
-    assert answers == [403, 403, 400, 400, 204]
+    assert answers == [403, 403, 400, 400, 204, 204]
     assert [status for _params, status in fake_call.amd_callbacks] == [403]
     assert server.rejected_signatures >= 3
     # No verdict was taken: after the decision timeout the bot talked, as with a human.
