@@ -467,3 +467,21 @@ def test_settings_dataclasses_are_frozen():
         AmdSettings().mode = "Enable"  # type: ignore[misc]
     with pytest.raises(ConfigurationError):
         KeypadSettings(bindings={"9": "nope"})
+
+
+async def test_a_voicemail_is_synthesized_once_for_every_call_sharing_the_cache():
+    from tests.test_cartesia_service import settings_for, speak
+    from vantum_pipeline.services.cartesia import CartesiaTTSService
+    from vantum_pipeline.services.tts_cache import TTSCache
+    from vantum_pipeline.testing import PipelineHarness
+    from vantum_pipeline.testing.cartesia import FakeCartesia
+
+    message = VoicemailMessage("Hi {name}, this is Sarah from Vantum. Please call us back.")
+    shared = TTSCache()
+    async with FakeCartesia() as fake:
+        for _call in range(3):  # three calls that reach the same prospect's voicemail
+            tts = CartesiaTTSService(settings_for(fake), cache=shared)
+            async with PipelineHarness([tts]) as harness:
+                await speak(harness, [TTSSpeakFrame(message.render({"name": "Dana"}), category="voicemail")])
+        contexts = len(fake.contexts)
+    assert contexts == 1 and (shared.hits, shared.misses) == (2, 1)
