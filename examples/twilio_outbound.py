@@ -99,17 +99,19 @@ def build_pipeline(
     context = LLMContext(SYSTEM_PROMPT)
     transport = call.transport
     actions = CallActions(call.call, features, dnc=dnc, from_number=call.server.settings.from_number)
+    gate = MachineDetectionGate(call.call, features.amd, variables={"name": "there"})
     task = PipelineTask(
         Pipeline(
             [
                 transport.input(),
                 KeypadProcessor(keypad_bindings(features.keypad_bindings(), actions)),
                 DeepgramSTTService(services.deepgram),
+                gate.turn_guard(),
                 UserAggregator(context),
                 OpenAILLMService(services.openai, tools=actions.tools()),
                 SentenceAggregator(),
                 actions,
-                MachineDetectionGate(call.call, features.amd, variables={"name": "there"}),
+                gate,
                 CartesiaTTSService(services.cartesia),
                 transport.output(),
                 AssistantAggregator(context),

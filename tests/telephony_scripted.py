@@ -95,6 +95,7 @@ class SalesBot:
             call.transport.input(),
             keypad,
             stt,
+            gate.turn_guard(),
             UserAggregator(context),
             llm,
             SentenceAggregator(),

@@ -80,7 +80,7 @@ async def test_a_machine_gets_the_whole_voicemail_after_its_beep_then_the_call_i
     assert record.outcome is CallOutcome.VOICEMAIL_LEFT
     assert record.answered_by == "machine_end_beep"
     assert pipeline.task.finish_reason == "end"
-    assert openai.chat_requests == [] or all(r.status == 200 for r in openai.chat_requests)
+    assert openai.chat_requests == []  # the machine's greeting never reached the model
 
 
 async def test_no_voicemail_configured_a_machine_is_hung_up_on():

@@ -485,3 +485,28 @@ async def test_a_voicemail_is_synthesized_once_for_every_call_sharing_the_cache(
                 await speak(harness, [TTSSpeakFrame(message.render({"name": "Dana"}), category="voicemail")])
         contexts = len(fake.contexts)
     assert contexts == 1 and (shared.hits, shared.misses) == (2, 1)
+
+
+@pytest.mark.parametrize(("verdict", "passed"), [(AnsweredBy.HUMAN, True), (AnsweredBy.MACHINE_END_BEEP, False)])
+async def test_the_callee_words_wait_with_the_bot_and_never_reach_the_model_of_a_machine(verdict, passed):
+    from vantum_pipeline.frames import EndOfTurnFrame
+
+    detection = MachineDetection()
+    control = StubControl(detection)
+    gate = MachineDetectionGate(control, AmdSettings(voicemail_message="Please call back"))
+
+    async def decide_later() -> None:
+        await asyncio.sleep(0.2)
+        detection.decide(AmdVerdict(verdict))
+
+    decider = asyncio.ensure_future(decide_later())
+    frames = [TTSSpeakFrame("Hi there"), EndOfTurnFrame("Hello?"), 0.4]
+    collected = await run_pipeline([gate.turn_guard(), gate], frames, send_end=passed, timeout=3)
+    await decider
+    turns = [f.text for f in collected.of_type(EndOfTurnFrame)]
+    said = [f.text for f in collected.of_type(TTSSpeakFrame)]
+    if passed:
+        assert turns == ["Hello?"] and said == ["Hi there"]
+    else:
+        assert turns == [] and said == ["Please call back"]
+        assert (CallOutcome.VOICEMAIL_LEFT, True) in control.concluded

@@ -21,6 +21,11 @@ message's last mark, then the server hangs up. The call concludes
 the end), or ``machine`` when the campaign leaves no message. A fax is hung
 up on at once: ``fax``.
 
+``gate.turn_guard()`` is its companion, placed right after the STT: the
+callee's turns are held with the bot's words while AMD decides (``wait``),
+and dropped once a machine or a fax answered, so the model is never asked
+to answer a machine's greeting (no tokens spent on it).
+
 ``VoicemailMessage`` fills the campaign's message template (``{name}``,
 ``{agent_name}``...) from the call's variables.
 """
@@ -36,13 +41,16 @@ from loguru import logger
 from vantum_pipeline.frames import (
     CancelFrame,
     EndFrame,
+    EndOfTurnFrame,
     EndTaskFrame,
     Frame,
+    InterimTranscriptionFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     StartFrame,
     TextFrame,
+    TranscriptionFrame,
     TTSSpeakFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -58,6 +66,8 @@ __all__ = ["GateState", "MachineDetectionGate", "VoicemailMessage"]
 
 #: Bot output the gate holds or drops: what would become speech.
 _BOT_OUTPUT = (TextFrame, TTSSpeakFrame, LLMFullResponseStartFrame, LLMFullResponseEndFrame)
+#: The callee's words the turn guard holds or drops: what would reach the model.
+_CALLEE_WORDS = (EndOfTurnFrame, TranscriptionFrame, InterimTranscriptionFrame)
 
 
 class VoicemailMessage:
@@ -112,6 +122,7 @@ class MachineDetectionGate(FrameProcessor):
         self.verdict: AmdVerdict | None = None
         self.dropped = 0
         self._held: deque[Frame] = deque(maxlen=max_held)
+        self._turns: _TurnGuard | None = None
         self._user_speaking = False
         self._quiet_since: float | None = None
         self._quiet = asyncio.Event()
@@ -119,6 +130,17 @@ class MachineDetectionGate(FrameProcessor):
     @property
     def waiting(self) -> bool:
         return self.state == GateState.DETECTING and self.settings.while_detecting == AMD_WAIT
+
+    @property
+    def silenced(self) -> bool:
+        """A machine or a fax answered: nobody to talk with."""
+        return self.state in (GateState.MACHINE, GateState.FAX)
+
+    def turn_guard(self) -> FrameProcessor:
+        """The companion to place right after the STT (see the module docstring)."""
+        if self._turns is None:
+            self._turns = _TurnGuard(self, max_held=self._held.maxlen or 256, name=f"{self.name}.turns")
+        return self._turns
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, StartFrame):
@@ -138,7 +160,7 @@ class MachineDetectionGate(FrameProcessor):
         elif isinstance(frame, EndFrame | CancelFrame):
             self._held.clear()
         if direction is FrameDirection.DOWNSTREAM and isinstance(frame, _BOT_OUTPUT):
-            if self.state in (GateState.MACHINE, GateState.FAX):
+            if self.silenced:
                 return  # nothing but the voicemail is said to a machine
             if self.waiting:
                 if len(self._held) == self._held.maxlen:
@@ -177,10 +199,14 @@ class MachineDetectionGate(FrameProcessor):
         while self._held:
             await self.push_frame(self._held.popleft())
         self.state = GateState.HUMAN
+        if self._turns is not None:
+            await self._turns.release()
 
     async def _fax(self) -> None:
         self.state = GateState.FAX
         self._held.clear()
+        if self._turns is not None:
+            self._turns.drop_held()
         logger.info("{}: call {}: a fax answered; hanging up", self.name, self.control.call_sid)
         self.control.conclude(CallOutcome.FAX)
         await self.push_interruption()
@@ -190,6 +216,8 @@ class MachineDetectionGate(FrameProcessor):
         was_talking = self.state == GateState.DETECTING and not self.waiting
         self.state = GateState.MACHINE
         self._held.clear()
+        if self._turns is not None:
+            self._turns.drop_held()
         if was_talking:
             await self.push_interruption()  # start_and_yield: stop the greeting already playing
         if self.voicemail is None:
@@ -232,3 +260,41 @@ class MachineDetectionGate(FrameProcessor):
             self.name,
             self.control.call_sid,
         )
+
+
+class _TurnGuard(FrameProcessor):
+    """Holds the callee's words while the gate waits, drops them once it is silenced."""
+
+    def __init__(self, gate: MachineDetectionGate, *, max_held: int, name: str) -> None:
+        super().__init__(name=name)
+        self.gate = gate
+        self.dropped = 0
+        self._held: deque[Frame] = deque(maxlen=max_held)
+        self._releasing = False
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if direction is FrameDirection.DOWNSTREAM and isinstance(frame, _CALLEE_WORDS):
+            if self.gate.silenced:
+                self.dropped += 1
+                return
+            if self.gate.waiting or self._releasing:
+                if len(self._held) == self._held.maxlen:
+                    self.dropped += 1
+                self._held.append(frame)
+                return
+        elif isinstance(frame, EndFrame | CancelFrame):
+            self._held.clear()
+        await self.push_frame(frame, direction)
+
+    async def release(self) -> None:
+        """The callee is a person: their held words go on, in order."""
+        self._releasing = True
+        try:
+            while self._held:
+                await self.push_frame(self._held.popleft())
+        finally:
+            self._releasing = False
+
+    def drop_held(self) -> None:
+        self.dropped += len(self._held)
+        self._held.clear()
