@@ -325,3 +325,67 @@ async def test_press_nine_to_be_removed_when_the_campaign_enables_it():
         _call, record = await run_call(server, fake)
     assert PROSPECT_NUMBER in bot.dnc
     assert record.outcome is CallOutcome.OPTED_OUT
+
+
+async def test_a_transfer_with_the_real_services_closes_every_socket_of_the_ai_leg_and_counts_its_usage():
+    from tests.twilio_scripted import load_example
+    from vantum_pipeline.services.cartesia import CartesiaSettings
+    from vantum_pipeline.services.deepgram import DeepgramSettings
+    from vantum_pipeline.services.openai import OpenAISettings
+    from vantum_pipeline.settings import Secret
+    from vantum_pipeline.telephony.dnc import InMemoryDncList
+    from vantum_pipeline.telephony.settings import TwilioSettings
+    from vantum_pipeline.testing.cartesia import FakeCartesia, ToneSynthesizer
+    from vantum_pipeline.testing.deepgram import FakeDeepgram, ScriptedRecognizer
+    from vantum_pipeline.testing.openai import FakeOpenAI
+    from vantum_pipeline.testing.signals import speech
+    from vantum_pipeline.testing.twilio import FakeTwilio
+
+    example = load_example()
+    features = CallFeatureSettings(amd=AmdSettings(mode=None), transfer=TRANSFER)
+    metrics: list[MetricsFrame] = []
+
+    def observe(frame, _direction) -> None:
+        if isinstance(frame, MetricsFrame) and frame.metric.startswith("usage."):
+            metrics.append(frame)
+
+    recognizer = ScriptedRecognizer(["Can I speak to a real person?"])
+    async with (
+        FakeTwilio() as twilio_fake,
+        FakeDeepgram(api_key="dg-fake-key", recognizer=recognizer) as deepgram,
+        FakeOpenAI(api_key="sk-fake-key") as openai,
+        FakeCartesia(api_key="sk_car_fake", synthesizer=ToneSynthesizer(seconds_per_char=0.02)) as cartesia,
+    ):
+        openai.script(Reply(tool_calls=[ToolCall("transfer_call", {"reason": "wants a person"})]))
+        twilio_fake.behave(
+            PROSPECT_NUMBER,
+            script=[Listen(quiet=0.5), Say(speech(0.8, seed=1), sample_rate=16000), Listen(quiet=6.0)],
+        )
+        twilio_fake.behave(REP_NUMBER, ring_seconds=0.2, max_seconds=1.0)
+        twilio = TwilioSettings(
+            account_sid=twilio_fake.account_sid,
+            auth_token=Secret(twilio_fake.auth_token),
+            from_number="+15005550006",
+            public_base_url="http://127.0.0.1",
+            api_base_url=twilio_fake.base_url,
+        )
+        services = example.Services(
+            deepgram=DeepgramSettings(api_key=Secret("dg-fake-key"), url=deepgram.ws_url),
+            openai=OpenAISettings(api_key=Secret("sk-fake-key"), base_url=openai.base_url),
+            cartesia=CartesiaSettings(
+                api_key=Secret("sk_car_fake"), base_url=cartesia.http_url, websocket_base_url=cartesia.ws_url
+            ),
+        )
+        record, _contexts = await example.run_call(
+            twilio, services, PROSPECT_NUMBER, host="127.0.0.1", port=0, observer=observe,
+            features=features, dnc=InMemoryDncList(),
+        )  # fmt: skip
+        for connection in deepgram.connections:
+            await connection.wait_closed(2.0)
+        fake_call = next(iter(twilio_fake.calls.values()))
+        open_tts = cartesia.open_connections
+    assert record.outcome is CallOutcome.TRANSFERRED
+    assert fake_call.dials[0].status == "completed" and fake_call.callees[0].end_reason == "redirected"
+    assert deepgram.connections and open_tts == 0  # every service socket of the AI leg is closed
+    counted = {m.metric for m in metrics}
+    assert {"usage.call_seconds", "usage.stt_seconds", "usage.llm_prompt_tokens", "usage.tts_characters"} <= counted
