@@ -168,6 +168,18 @@ async def test_a_listed_number_is_refused_before_any_request():
     assert params["MachineDetectionTimeout"] == ["20"]
 
 
+async def test_a_dnc_list_that_cannot_answer_stops_the_call_and_says_why():
+    class DownList:
+        async def contains(self, number: str) -> bool:
+            raise OSError("connection refused")
+
+    async with sales_stack(CallFeatureSettings(amd=AmdSettings(mode=None))) as (fake, _openai, server, _bot):
+        server.dnc = DownList()
+        call = await server.place_call(NUMBER)
+    assert call.record is not None and call.record.outcome is CallOutcome.ERROR
+    assert fake.requests == []  # nobody was dialled unchecked
+
+
 # -------------------------------------------------------------- settings
 
 

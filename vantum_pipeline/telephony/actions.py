@@ -106,7 +106,10 @@ class CallActions(FrameProcessor):
     # ----------------------------------------------------------- the API
 
     async def transfer(self, reason: str = "") -> bool:
-        """Transfer the callee to the rep; False when no rep number is configured."""
+        """Transfer the callee to the rep; False when no rep number is configured.
+
+        Returns once the transfer is queued (it starts when the reply in
+        progress ends). Cancel-safe: cancelled before queuing, nothing happens."""
         if not self.features.transfer.enabled:
             logger.warning("{}: transfer asked for, but no TRANSFER_NUMBER is configured", self.name)
             return False
@@ -115,7 +118,9 @@ class CallActions(FrameProcessor):
 
     async def opt_out(self, source: str = "model") -> bool:
         """Put the callee's number on the do-not-call list now, then confirm
-        and end the call. True when the sink took it."""
+        and end the call. True when the sink took it (bounded: 5 s).
+        Not cancel-safe: cancelled after the sink took the number, the
+        confirmation may not be said (the number stays on the list)."""
         if self._ending and _OPT_OUT in self.performed:
             return True
         stored = await self._store_opt_out(source)

@@ -26,7 +26,7 @@ from typing import Any
 
 from loguru import logger
 
-from vantum_pipeline.errors import ConfigurationError, PipelineError
+from vantum_pipeline.errors import ConfigurationError, PipelineError, ServiceError
 from vantum_pipeline.telephony.amd import AmdVerdict, MachineDetection
 from vantum_pipeline.telephony.client import TwilioCallError, TwilioRestClient
 from vantum_pipeline.telephony.control import TransferRequest
@@ -89,7 +89,7 @@ async def place_call(
         raise ConfigurationError("place_call needs exactly one of url= and twiml=")
     if amd_callback is not None and machine_detection is None:
         raise ConfigurationError("amd_callback needs machine_detection ('Enable' or 'DetectMessageEnd')")
-    if dnc is not None and await dnc.contains(to):
+    if dnc is not None and await _listed(dnc, to):
         raise DoNotCallError(to)
     parameters: dict[str, Any] = {"to": to, "from_": from_}
     if url is not None:
@@ -116,6 +116,19 @@ async def place_call(
         parameters["time_limit"] = time_limit
     call = await client.create_call(**parameters)
     return PlacedCall(sid=str(call.sid), status=str(call.status or "queued"))
+
+
+async def _listed(dnc: DncChecker, number: str, timeout: float = 5.0) -> bool:
+    """Whether ``number`` is on the DNC list; a list that cannot answer (an
+    error, or no answer within ``timeout``) is a retryable ServiceError: no
+    number is dialled unchecked."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await dnc.contains(number)
+    except Exception as exc:
+        raise ServiceError(
+            f"the do-not-call list could not be checked: {type(exc).__name__}: {exc}", service="dnc", retryable=True
+        ) from exc
 
 
 def _int(value: str | None) -> int | None:
