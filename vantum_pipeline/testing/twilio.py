@@ -57,9 +57,12 @@ Faults: ``fake.fail_next(RestFault(...), times=n)`` for the REST API (an
 error status such as 429 with ``Retry-After``, 500 or 503; a delay; no
 answer at all). Per number (``fake.behave(number, ...)``) or for every number
 (``fake.default``): ``outcome`` ("busy", "no-answer", "failed"), a wrong
-signature on the webhook / stream upgrade / status callbacks
-(``bad_signature={"webhook", "stream", "status"}``), AMD's ``answered_by``,
+signature on the webhook / stream upgrade / status / AMD / Dial action callbacks
+(``bad_signature={"webhook", "stream", "status", "amd", "dial"}``), AMD's ``answered_by``,
 and the callee script's own faults (hang up mid-sentence, ``Drop``, ``SendRaw``).
+
+The behaviours, faults and records live in ``testing.twilio_calls`` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -73,14 +76,25 @@ import secrets
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
 from aiohttp import BasicAuth, ClientSession, ClientTimeout, TCPConnector, WSServerHandshakeError, web
 from loguru import logger
 
 from vantum_pipeline.testing.callee import Callee, CalleeScript
+from vantum_pipeline.testing.twilio_calls import (
+    API_VERSION,
+    AnsweringMachine,
+    CalleeBehaviour,
+    FakeCall,
+    FakeDial,
+    RestFault,
+    RestRequest,
+    beep,
+    fax_machine,
+    fax_tones,
+)
 
 __all__ = [
     "AnsweringMachine",
@@ -97,7 +111,6 @@ __all__ = [
 DEFAULT_ACCOUNT_SID = "AC" + "f" * 32
 DEFAULT_AUTH_TOKEN = "fake-twilio-auth-token"
 WRONG_KEY = "not-the-auth-token"
-API_VERSION = "2010-04-01"
 #: A number Twilio could dial: E.164 with a plausible length (7 to 15 digits).
 _DIALABLE = re.compile(r"\+[1-9][0-9]{6,14}")
 
@@ -109,219 +122,9 @@ MAGIC_TO = {
     "+15005550004": (21216, "Account not allowed to call {to}: the number is blocked."),
 }
 MAGIC_FROM = {"+15005550001": (21212, "The 'From' number {from_} is not a valid phone number.")}
-FINAL_SIP = {"busy": 486, "no-answer": 487, "failed": 404, "completed": 200, "canceled": 487}
-AMD_VALUES = frozenset(
-    {"human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax", "unknown"}
-)
 #: Seconds per word of ``<Say>`` (Twilio's voices speak about 150 words a minute).
 SAY_SECONDS_PER_WORD = 0.4
-
-
-def _tone(seconds: float, freq: float, level: int = 8000, rate: int = 8000) -> bytes:
-    samples = np.arange(int(seconds * rate)) / rate
-    return (level * np.sin(2 * np.pi * freq * samples)).astype("<i2").tobytes()
-
-
-def beep(seconds: float = 0.5) -> bytes:
-    """An answering machine's beep: 1 kHz, pcm16 at 8 kHz."""
-    return _tone(seconds, 1000.0)
-
-
-def fax_tones(seconds: float = 4.0) -> bytes:
-    """A calling fax's CNG: 0.5 s of 1100 Hz every 3.5 s, pcm16 at 8 kHz."""
-    cycle = _tone(0.5, 1100.0) + bytes(2 * int(3.0 * 8000))
-    count = max(1, math.ceil(seconds / 3.5))
-    return (cycle * count)[: 2 * int(seconds * 8000)]
-
-
-@dataclass(slots=True)
-class AnsweringMachine:
-    """A voicemail box: says ``greeting`` (pcm16 at ``sample_rate``; a tone
-    stand-in when None), beeps (unless ``beep_seconds`` is 0), then records
-    what it hears until hung up on, ``hang_up_after_silence`` seconds after
-    the caller's audio stopped, or ``max_record_seconds``."""
-
-    greeting: bytes | None = None
-    sample_rate: int = 8000
-    beep_seconds: float = 0.5
-    hang_up_after_silence: float = 3.0
-    max_record_seconds: float = 60.0
-
-    async def __call__(self, callee: Callee) -> None:
-        greeting = self.greeting if self.greeting is not None else _tone(2.0, 440.0, level=6000)
-        await callee.say(greeting, self.sample_rate)
-        if self.beep_seconds > 0:
-            await callee.say(beep(self.beep_seconds), 8000)
-        callee.greeting_ended_at = callee.now()
-        callee.greeting_over.set()
-        try:
-            await callee.listen(quiet=self.hang_up_after_silence, max_wait=self.max_record_seconds)
-        except TimeoutError:
-            pass
-        await callee.hang_up()
-
-
-@dataclass(slots=True)
-class CalleeBehaviour:
-    """How the far end of a number behaves."""
-
-    script: CalleeScript | None = None
-    #: None: answer. "busy", "no-answer" or "failed": end that way instead.
-    outcome: str | None = None
-    #: With MachineDetection: what AMD decides.
-    answered_by: str = "human"
-    #: How long AMD takes to decide a human, fax or unknown (and machine_start).
-    amd_seconds: float = 0.3
-    #: A machine's voicemail box (a default one when AMD says machine and this is None).
-    machine: AnsweringMachine | None = None
-    ring_seconds: float = 0.05
-    #: Where to send a wrong X-Twilio-Signature: "webhook", "stream", "status", "amd", "dial".
-    bad_signature: frozenset[str] = frozenset()
-    #: The callee hangs up after this long on the line at most (a rep: the
-    #: length of the bridged conversation).
-    max_seconds: float = 600.0
-    #: Scripts of the media streams after the first (a call back from a transfer).
-    later_scripts: tuple[CalleeScript, ...] = ()
-
-
-@dataclass(slots=True, frozen=True)
-class RestFault:
-    """How the next REST request(s) fail: an error status (Twilio's error JSON,
-    ``Retry-After`` when given), after ``delay`` seconds, or no answer at all."""
-
-    status: int = 500
-    code: int | None = None
-    message: str = "An internal server error occurred"
-    retry_after: float | None = None
-    delay: float = 0.0
-    stall: bool = False
-    #: Answer with the RFC 9457 problem shape newer Twilio APIs use, not the legacy one.
-    problem: bool = False
-
-    @classmethod
-    def rate_limited(cls, retry_after: float | None = 1.0) -> RestFault:
-        return cls(429, 20429, "Too Many Requests", retry_after=retry_after)
-
-    @classmethod
-    def unavailable(cls) -> RestFault:
-        return cls(503, 20503, "Service Unavailable")
-
-
-@dataclass(slots=True)
-class RestRequest:
-    method: str
-    path: str
-    params: dict[str, list[str]]
-    at: float
-
-
-@dataclass
-class FakeDial:
-    """One ``<Dial>`` of a call: the child call to ``to`` and how it went."""
-
-    sid: str
-    to: str
-    caller_id: str
-    timeout: int
-    status: str = "ringing"
-    answered_at: float | None = None
-    ended_at: float | None = None
-    #: (HTTP status, body) of the action callback, if one was made.
-    action_response: tuple[int | None, str] | None = None
-
-    @property
-    def duration(self) -> int:
-        if self.answered_at is None:
-            return 0
-        end = self.ended_at if self.ended_at is not None else time.monotonic()
-        return max(0, round(end - self.answered_at))
-
-
-@dataclass
-class FakeCall:
-    """One call placed through the fake, and everything observed about it."""
-
-    sid: str
-    account_sid: str
-    to: str
-    from_: str
-    params: dict[str, list[str]]
-    behaviour: CalleeBehaviour
-    status: str = "queued"
-    created_at: float = field(default_factory=time.monotonic)
-    answered_at: float | None = None
-    ended_at: float | None = None
-    answered_by: str | None = None
-    error_code: int | None = None
-    #: (CallStatus, HTTP status of our POST) of every status callback sent.
-    callbacks: list[tuple[str, int | None]] = field(default_factory=list)
-    webhook_status: int | None = None
-    twiml: str | None = None
-    stream_url: str | None = None
-    stream_status: int | None = None
-    callee: Callee | None = None
-    #: Every media stream's callee, in order (``callee`` is the latest).
-    callees: list[Callee] = field(default_factory=list)
-    #: (params, HTTP status of our POST) of every AMD callback sent.
-    amd_callbacks: list[tuple[dict[str, str], int | None]] = field(default_factory=list)
-    #: TwiML documents given by ``POST …/Calls/{sid}.json`` (redirects).
-    redirects: list[str] = field(default_factory=list)
-    dials: list[FakeDial] = field(default_factory=list)
-    #: Texts of ``<Say>`` verbs run.
-    said: list[str] = field(default_factory=list)
-    hangup_requested_at: float | None = None
-    answered: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Set while a ``<Dial>``ed party is connected to the callee.
-    bridged: asyncio.Event = field(default_factory=asyncio.Event)
-    _hangup: asyncio.Event = field(default_factory=asyncio.Event)
-    _redirect: asyncio.Event = field(default_factory=asyncio.Event)
-    _pending_twiml: str | None = None
-    _greeting_over: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def param(self, name: str) -> str | None:
-        values = self.params.get(name)
-        return values[-1] if values else None
-
-    @property
-    def duration(self) -> int:
-        if self.answered_at is None:
-            return 0
-        end = self.ended_at if self.ended_at is not None else time.monotonic()
-        return max(0, round(end - self.answered_at))
-
-    def resource(self, base_url: str) -> dict[str, Any]:
-        uri = f"/{API_VERSION}/Accounts/{self.account_sid}/Calls/{self.sid}.json"
-        created = email.utils.format_datetime(email.utils.localtime(), usegmt=False)
-        ended = self.status in ("completed", "busy", "no-answer", "failed", "canceled")
-        return {
-            "sid": self.sid,
-            "account_sid": self.account_sid,
-            "to": self.to,
-            "to_formatted": self.to,
-            "from": self.from_,
-            "from_formatted": self.from_,
-            "status": self.status,
-            "direction": "outbound-api",
-            "api_version": API_VERSION,
-            "answered_by": self.answered_by,
-            "duration": str(self.duration) if ended else None,
-            "price": None,
-            "price_unit": "USD",
-            "date_created": created,
-            "date_updated": created,
-            "start_time": None,
-            "end_time": None,
-            "parent_call_sid": None,
-            "phone_number_sid": None,
-            "caller_name": None,
-            "forwarded_from": None,
-            "group_sid": None,
-            "queue_time": "0",
-            "trunk_sid": None,
-            "uri": uri,
-            "subresource_uris": {"recordings": uri.replace(".json", "/Recordings.json")},
-        }
+FINAL_SIP = {"busy": 486, "no-answer": 487, "failed": 404, "completed": 200, "canceled": 487}
 
 
 def _error(status: int, code: int, message: str) -> web.Response:
@@ -904,10 +707,5 @@ class FakeTwilio:
         if call.param("MachineDetection") and self._plays_machine(behaviour):
             return behaviour.machine or AnsweringMachine()
         if call.param("MachineDetection") and behaviour.answered_by == "fax" and behaviour.script is None:
-            return _fax_machine
+            return fax_machine
         return behaviour.script
-
-
-async def _fax_machine(callee: Callee) -> None:
-    """A fax machine's side of the line: CNG tones until hung up on."""
-    await callee.say(fax_tones(60.0), 8000)
