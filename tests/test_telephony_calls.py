@@ -389,3 +389,37 @@ async def test_a_transfer_with_the_real_services_closes_every_socket_of_the_ai_l
     assert deepgram.connections and open_tts == 0  # every service socket of the AI leg is closed
     counted = {m.metric for m in metrics}
     assert {"usage.call_seconds", "usage.stt_seconds", "usage.llm_prompt_tokens", "usage.tts_characters"} <= counted
+
+
+async def test_concurrent_calls_each_get_their_own_outcome():
+    """A machine, a fax, a person who talks, and forged AMD callbacks, all at once."""
+    from aiohttp import ClientSession
+    from twilio.request_validator import RequestValidator
+
+    numbers = {"machine": "+14155550301", "fax": "+14155550302", "human": "+14155550303"}
+    async with sales_stack(amd_features(), ["Sounds good"]) as (fake, openai, server, _bot):
+        openai.script(Reply("Great talking to you. Goodbye!", tool_calls=[ToolCall("end_call")]))
+        fake.behave(numbers["machine"], answered_by="machine_end_beep", machine=AnsweringMachine(greeting=tone(1.0)))
+        fake.behave(numbers["fax"], answered_by="fax", amd_seconds=0.4)
+        fake.behave(
+            numbers["human"],
+            answered_by="human",
+            amd_seconds=0.4,
+            script=[Listen(quiet=0.5), Say(tone(0.5)), Listen(quiet=1.0), HangUp()],
+        )
+        calls = dict(zip(numbers, await asyncio.gather(*(server.place_call(n) for n in numbers.values())), strict=True))
+        forged = RequestValidator("not-the-token")
+        async with ClientSession() as http:
+            for call in calls.values():  # a flood of forged verdicts at every call
+                url = server.amd_url(call)
+                body = {"CallSid": call.sid or "", "AnsweredBy": "fax"}
+                for _ in range(20):
+                    headers = {"X-Twilio-Signature": forged.compute_signature(url, body)}
+                    async with http.post(url, data=body, headers=headers) as response:
+                        assert response.status == 403
+        async with asyncio.timeout(60):
+            records = {name: await call.wait() for name, call in calls.items()}
+            await server.wait_idle()
+    assert records["machine"].outcome is CallOutcome.VOICEMAIL_LEFT
+    assert records["fax"].outcome is CallOutcome.FAX
+    assert records["human"].outcome is CallOutcome.COMPLETED and records["human"].answered_by == "human"
