@@ -27,7 +27,7 @@ from typing import Any
 from loguru import logger
 
 from vantum_pipeline.errors import ConfigurationError, PipelineError, ServiceError
-from vantum_pipeline.telephony.amd import AmdVerdict, MachineDetection
+from vantum_pipeline.telephony.amd import AmdVerdict, MachineDetection, parse_amd_callback
 from vantum_pipeline.telephony.client import TwilioCallError, TwilioRestClient
 from vantum_pipeline.telephony.control import TransferRequest
 from vantum_pipeline.telephony.dnc import DncChecker, DoNotCallError
@@ -243,8 +243,6 @@ class OutboundCall:
 
     def on_amd(self, params: Mapping[str, str]) -> AmdVerdict | None:
         """An AMD status callback (already verified); the verdict if it is the first."""
-        from vantum_pipeline.telephony.amd import parse_amd_callback
-
         verdict = parse_amd_callback(params)
         self.answered_by = verdict.answered_by.value
         if self.machine_detection is None:
