@@ -467,6 +467,7 @@ class TTSService(FrameProcessor):
     async def _attempt(self, turn: TTSTurn) -> None:
         """Start an attempt on ``turn.provider``, resuming at ``turn.resume_from``."""
         provider = turn.provider
+        await self.before_attempt(turn)
         turn.tried.append(provider)
         turn.state = TurnState.LIVE
         turn.engine_ref = None
@@ -565,6 +566,9 @@ class TTSService(FrameProcessor):
                 error = exc
         if turn.state is TurnState.RECOVERING:
             await self._fall_back(turn, str(error))
+
+    async def before_attempt(self, turn: TTSTurn) -> None:
+        """Hook: an attempt of ``turn`` is about to start on ``turn.provider``."""
 
     async def attempt_failed(self, turn: TTSTurn, error: ServiceError) -> None:
         """Hook: an attempt of ``turn`` failed (before choosing a retry)."""
