@@ -16,15 +16,23 @@ whose breaker allows it), and the metrics of both:
 Transitions happen in synchronous code (a failure being recorded); their
 metric frames wait in a bounded queue (``max_events``, oldest dropped) until
 the service flushes it with ``metrics()``.
+
+Health is a property of the provider, not of one call: give every call's
+failover the same ``BreakerBoard`` (``FailoverSettings(board=board)``) and a
+provider that failed in one call is skipped by the next calls until its
+probe succeeds. On a board, breakers are keyed by the provider's ``name``
+(name them: ``CartesiaTTSService(settings, name="cartesia")``), and every
+call's failover hears every transition.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from loguru import logger
 
@@ -33,7 +41,7 @@ from vantum_pipeline.frames import MetricsFrame
 from vantum_pipeline.observability.metrics import PROVIDER_STATE, PROVIDER_SWITCH
 from vantum_pipeline.services.circuit import BreakerSettings, BreakerState, CircuitBreaker
 
-__all__ = ["FailoverSettings", "ProviderPool"]
+__all__ = ["BreakerBoard", "FailoverSettings", "ProviderPool"]
 
 
 class _Named(Protocol):
@@ -44,14 +52,47 @@ class _Named(Protocol):
 P = TypeVar("P", bound=_Named)
 
 
+class BreakerBoard:
+    """Circuit breakers shared by the calls of a process, keyed by provider name."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, max_breakers: int = 256) -> None:
+        self._clock = clock
+        self._max = max_breakers
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._pools: weakref.WeakSet[ProviderPool[Any]] = weakref.WeakSet()
+
+    def breaker(self, name: str, settings: BreakerSettings) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            if len(self._breakers) >= self._max:
+                raise ConfigurationError(
+                    f"a BreakerBoard holds at most {self._max} providers; {name!r} is one too many"
+                )
+            breaker = CircuitBreaker(name, settings, clock=self._clock, on_change=self._changed)
+            self._breakers[name] = breaker
+        return breaker
+
+    def states(self) -> dict[str, BreakerState]:
+        return {name: breaker.state for name, breaker in self._breakers.items()}
+
+    def subscribe(self, pool: ProviderPool[Any]) -> None:
+        self._pools.add(pool)
+
+    def _changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+        for pool in list(self._pools):
+            pool._changed(breaker, old, new)
+
+
 @dataclass(frozen=True, slots=True)
 class FailoverSettings:
     """The breakers' thresholds (one ``BreakerSettings`` for every provider,
-    or one per provider in ``per_provider``, by position)."""
+    or one per provider in ``per_provider``, by position), and the board that
+    shares them across calls (None: this service's own breakers)."""
 
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     per_provider: tuple[BreakerSettings | None, ...] = ()
     max_events: int = 64
+    board: BreakerBoard | None = None
 
     def __post_init__(self) -> None:
         if self.max_events < 1:
@@ -86,10 +127,17 @@ class ProviderPool(Generic[P]):
         self.settings = settings or FailoverSettings()
         self._service_of = service_of
         self._events: deque[MetricsFrame] = deque(maxlen=self.settings.max_events)
-        self.breakers = [
-            CircuitBreaker(p.name, self.settings.for_provider(i), clock=clock, on_change=self._changed)
-            for i, p in enumerate(self.providers)
-        ]
+        board = self.settings.board
+        if board is None:
+            self.breakers = [
+                CircuitBreaker(p.name, self.settings.for_provider(i), clock=clock, on_change=self._changed)
+                for i, p in enumerate(self.providers)
+            ]
+        else:
+            if len({p.name for p in self.providers}) != len(self.providers):
+                raise ConfigurationError(f"{kind} providers on a BreakerBoard need distinct names")
+            self.breakers = [board.breaker(p.name, self.settings.for_provider(i)) for i, p in enumerate(self.providers)]
+            board.subscribe(self)
         self._index = {id(p): i for i, p in enumerate(self.providers)}
         #: Turns moved from one provider to another.
         self.switches = 0
@@ -127,6 +175,8 @@ class ProviderPool(Generic[P]):
         return frames
 
     def _changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+        if breaker not in self.breakers:
+            return  # a breaker of the board this call does not use
         provider = self.providers[self.breakers.index(breaker)]
         log = logger.warning if new is BreakerState.OPEN else logger.info
         log("{}: {} provider {} {} → {}", self.owner, self.kind, provider.name, old.name, new.name)
