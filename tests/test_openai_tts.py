@@ -87,7 +87,6 @@ async def test_phone_output_through_a_failover_is_resampled_and_mulaw(fake: Fake
 
 
 async def test_a_drop_mid_sentence_retries_that_sentence_only(fake: FakeOpenAI) -> None:
-    fake.script  # noqa: B018 - the speech endpoint shares the fault queue of the fake
     tts = tts_on(fake)
     async with PipelineHarness([tts], end_timeout=10) as harness:
         await harness.send(LLMFullResponseStartFrame())
