@@ -189,28 +189,48 @@ class PipecatTurns:
         await asyncio.wait_for(self.runner_task, 10)
 
 
-async def per_turn(make: Callable[[], Any], turns: int) -> float:
-    """Median seconds per turn over batches of ``turns``."""
-    runner = make()
-    await runner.start()
-    for _ in range(50):
-        await runner.turn()
+async def paired(
+    make_alone: Callable[[], Any], make_wrapped: Callable[[], Any], batches: int, size: int
+) -> tuple[float, float, float]:
+    """Median seconds per turn alone, wrapped, and the median of the paired
+    differences: both run at once, short batches alternate (A B B A ...), so a
+    burst of load from elsewhere hits both sides of a pair alike."""
+    alone, wrapped = make_alone(), make_wrapped()
+    await alone.start()
+    await wrapped.start()
+    for runner in (alone, wrapped):
+        for _ in range(50):
+            await runner.turn()
+
+    async def batch(runner: Any) -> float:
+        start = time.perf_counter()
+        for _ in range(size):
+            await runner.turn()
+        return (time.perf_counter() - start) / size
+
+    times_a, times_w, differences = [], [], []
     gc.collect()
     gc.disable()
     try:
-        batches = []
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(turns // 5):
-                await runner.turn()
-            batches.append((time.perf_counter() - start) / (turns // 5))
+        for index in range(batches):
+            if index % 2:
+                w = await batch(wrapped)
+                a = await batch(alone)
+            else:
+                a = await batch(alone)
+                w = await batch(wrapped)
+            times_a.append(a)
+            times_w.append(w)
+            differences.append(w - a)
     finally:
         gc.enable()
-    await runner.stop()
-    return statistics.median(batches)
+    await alone.stop()
+    await wrapped.stop()
+    return statistics.median(times_a), statistics.median(times_w), statistics.median(differences)
 
 
 async def overhead(rounds: int, turns: int) -> None:
+    """``rounds`` pairs of batches of ``turns`` turns per variant."""
     from vantum_pipeline.frames import (
         InputAudioRawFrame,
         LLMContextFrame,
@@ -264,26 +284,19 @@ async def overhead(rounds: int, turns: int) -> None:
         "pipecat tts alone": lambda: PipecatTurns(switcher=False),
         "pipecat tts switcher": lambda: PipecatTurns(switcher=True),
     }
-    results: dict[str, list[float]] = {name: [] for name in variants}
-    order = list(variants.items())
-    for round_no in range(rounds):
-        # Each round starts at another variant: no variant always follows the same one.
-        shift = round_no % len(order)
-        for name, make in order[shift:] + order[:shift]:
-            results[name].append(await per_turn(make, turns))
-    median = {name: statistics.median(values) for name, values in results.items()}
-    print("\n1. Added latency per turn when nothing fails (median of rounds)")
+    print("\n1. Added latency per turn when nothing fails (medians; 'added' is the median paired difference)")
     print(f"   {'':28} {'alone':>10} {'wrapped':>10} {'added':>10}")
+    added: dict[str, float] = {}
     for label, alone, wrapped in (
         ("TTS turn (vantum)", "tts alone", "tts failover"),
         ("LLM turn (vantum)", "llm alone", "llm failover"),
         ("STT audio frame (vantum)", "stt alone", "stt failover"),
         ("TTS turn (pipecat switcher)", "pipecat tts alone", "pipecat tts switcher"),
     ):
-        a, w = median[alone] * 1e6, median[wrapped] * 1e6
-        print(f"   {label:28} {a:8.1f}µs {w:8.1f}µs {w - a:8.1f}µs")
-    ours = (median["tts failover"] - median["tts alone"]) * 1e6
-    theirs = (median["pipecat tts switcher"] - median["pipecat tts alone"]) * 1e6
+        a, w, d = await paired(variants[alone], variants[wrapped], batches=rounds, size=turns)
+        added[label] = d
+        print(f"   {label:28} {a * 1e6:8.1f}µs {w * 1e6:8.1f}µs {d * 1e6:8.1f}µs")
+    ours, theirs = added["TTS turn (vantum)"], added["TTS turn (pipecat switcher)"]
     if ours > 0:
         print(f"   pipecat's switcher adds {theirs / ours:.1f}x what FailoverTTSService adds per turn")
 
@@ -417,7 +430,7 @@ async def hedging(runs: int) -> tuple[float, float]:
 async def main(quick: bool, part: str) -> None:
     _quiet_logs()
     if part in ("all", "overhead"):
-        await overhead(rounds=3 if quick else 8, turns=1000 if quick else 3000)
+        await overhead(rounds=20 if quick else 60, turns=100)
     if part in ("all", "takeover"):
         await takeovers(quick)
     if part in ("all", "hedge"):

@@ -255,3 +255,40 @@ def test_failover_lists_are_checked() -> None:
         FailoverTTSService([espeak, espeak])
     with pytest.raises(ConfigurationError):
         FailoverTTSSettings(encoding="mulaw", sample_rate=16000)
+
+
+async def test_a_turn_walks_down_three_providers_and_each_sentence_is_said_once(fake: FakeCartesia) -> None:
+    from vantum_pipeline.services.deepgram_tts import DeepgramTTSService, DeepgramTTSSettings
+    from vantum_pipeline.testing.deepgram_speak import FakeDeepgramSpeak
+
+    fake.faults.drop_after_chunks = chunks_of(SENTENCES[0] + " ")
+    fake.faults.drop_close_code = None
+    async with FakeDeepgramSpeak() as aura_fake:
+        aura = DeepgramTTSService(DeepgramTTSSettings(api_key=Secret("k"), url=aura_fake.ws_url), name="aura")
+        espeak = EspeakTTSService(name="espeak")
+        breaker = BreakerSettings(failure_threshold=1)
+        tts = FailoverTTSService(
+            [cartesia(fake), aura, espeak], FailoverTTSSettings(failover=FailoverSettings(breaker=breaker))
+        )
+        meter = PlayoutMeter()
+        async with PipelineHarness([tts, meter], end_timeout=15) as harness:
+            await harness.send(LLMFullResponseStartFrame())
+            await harness.send(TextFrame(SENTENCES[0]))
+            await harness.send(TextFrame(SENTENCES[1]))
+            await harness.wait_for(
+                MetricsFrame, where=lambda f: f.metric == "provider.switch" and f.labels["to"] == "aura", timeout=10
+            )
+            second = len(ToneSynthesizer().synthesize(SENTENCES[1] + " ", 16000).audio)
+            for _ in range(500):  # until Aura has sent all of sentence 2
+                if aura_fake.connections and aura_fake.connections[0].audio_bytes >= second:
+                    break
+                await asyncio.sleep(0.01)
+            aura_fake.faults.warning_on_flush = True  # Aura refuses the next sentence
+            await speak(harness, [TextFrame(SENTENCES[2]), LLMFullResponseEndFrame()])
+        assert aura_fake.texts == [SENTENCES[1] + " ", SENTENCES[2] + " "]
+    # Cartesia said sentence 1, Aura sentence 2, espeak sentence 3 (Aura's refusal of it moved it on).
+    assert espeak.characters_sent == len(SENTENCES[2]) + 1
+    switches = [(f.labels["from"], f.labels["to"]) for f in metric_frames(harness.downstream, "provider.switch")]
+    assert switches == [("cartesia", "aura"), ("aura", "espeak")]
+    started = [f for f in harness.downstream if isinstance(f, TTSStartedFrame)]
+    assert len(started) == 1 and not tts.unspoken and check_stream(harness.downstream) == []

@@ -97,6 +97,11 @@ class _Port(FrameProcessor):
         else:
             await self.push_frame(frame, direction)
 
+    async def enter(self, frame: Frame, direction: FrameDirection) -> None:
+        """Hand ``frame`` to this port as its neighbour would: through its lane,
+        in order, gated on its start like any processor's."""
+        await self._receive(frame, direction)
+
 
 @dataclass(eq=False)
 class _Member:
@@ -214,7 +219,7 @@ class FailoverSTTService(FrameProcessor):
     async def _send(self, member: _Member, frame: Frame, direction: FrameDirection) -> None:
         port = member.inlet if direction is _DOWN else member.outlet
         assert port is not None
-        await port.push_frame(frame, direction)
+        await port.enter(frame, direction)
 
     # ------------------------------------------------------------ frames out
 
@@ -299,6 +304,7 @@ class FailoverSTTService(FrameProcessor):
         restart = StartFrame(
             start.audio_in_sample_rate, start.audio_out_sample_rate, start.allow_interruptions, dict(start.metadata)
         )
+        restart.epoch = self.epoch  # its ports and the provider open to the pipeline's current epoch
         await self._send(member, restart, _DOWN)
         sent = 0
         replayed = 0.0

@@ -106,10 +106,11 @@ class LLMReply:
 
     def started(self, provider: str) -> None:
         """The engine ``provider`` has its first output (a token or a call)."""
-        if not self.output_started:
-            self.output_started = True
-            self.provider = provider
-            self.first_token.set()
+        if self.output_started:
+            return
+        self.output_started = True
+        self.provider = provider
+        self.first_token.set()
         if not self.held:
             self._announce()
 
@@ -122,7 +123,8 @@ class LLMReply:
     async def token(self, text: str, provider: str) -> None:
         if not text:
             return
-        self.started(provider)
+        if not self.output_started:
+            self.started(provider)
         self.spoke = True
         self.text.append(text)
         if self.held:
