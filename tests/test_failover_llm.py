@@ -254,3 +254,24 @@ async def test_a_fake_context_is_checked(primary: FakeOpenAI, backup: FakeOpenAI
     assert any("LLMContext" in getattr(f, "error", "") for f in harness.upstream)
     with pytest.raises(ConfigurationError):
         FailoverLLMService([llm])  # type: ignore[list-item]
+
+
+async def test_both_hedged_requests_are_in_the_calls_cost(primary: FakeOpenAI, backup: FakeOpenAI) -> None:
+    from vantum_pipeline.observability.collector import MetricsCollector
+    from vantum_pipeline.observability.cost import CostTracker, Prices
+    from vantum_pipeline.observability.metrics import MetricsRegistry
+
+    primary.fail_next(Fault.stall_before_first_token())
+    llm, first, second = pair(primary, backup, hedge_after=0.2)
+    groq = {("groq", "usage.llm_prompt_tokens"): 0.59e-6, ("groq", "usage.llm_completion_tokens"): 0.79e-6}
+    tracker = CostTracker(Prices(extra=groq))
+    context = LLMContext(SYSTEM)
+    harness = PipelineHarness([UserAggregator(context), llm, AssistantAggregator(context)], end_timeout=10)
+    MetricsCollector(MetricsRegistry(), tracker).attach(harness.task)
+    async with harness:
+        await harness.send(EndOfTurnFrame("Hello?"))
+        await harness.wait_for(LLMFullResponseEndFrame, timeout=10)
+    costs = tracker.cost_by_service()
+    assert costs["openai"] == pytest.approx(first.cost) and first.cost > 0  # the cancelled request, estimated
+    expected = second.prompt_tokens * 0.59e-6 + second.completion_tokens * 0.79e-6
+    assert costs["groq"] == pytest.approx(expected) and expected > 0
