@@ -275,3 +275,63 @@ async def test_both_hedged_requests_are_in_the_calls_cost(primary: FakeOpenAI, b
     assert costs["openai"] == pytest.approx(first.cost) and first.cost > 0  # the cancelled request, estimated
     expected = second.prompt_tokens * 0.59e-6 + second.completion_tokens * 0.79e-6
     assert costs["groq"] == pytest.approx(expected) and expected > 0
+
+
+async def test_a_hedged_pair_runs_a_function_once_whoever_asks_for_it(primary: FakeOpenAI, backup: FakeOpenAI) -> None:
+    from vantum_pipeline.processors.tools import Tool
+    from vantum_pipeline.testing.openai import Reply, ToolCall
+
+    booked: list[str] = []
+
+    async def book(_: dict[str, Any]) -> str:
+        booked.append("demo")
+        return "booked for Tuesday 10:00"
+
+    def with_tool(fake: FakeOpenAI, key: str, name: str) -> OpenAILLMService:
+        service = openai_on(fake, key, name)
+        service.register_tool(Tool("book_demo", "Book a demo", {"type": "object", "properties": {}}, book))
+        return service
+
+    # Both models ask for the booking at about the same moment, after the hedge went out.
+    for fake in (primary, backup):
+        fake.script(Reply(tool_calls=[ToolCall("book_demo")], time_to_first_token=0.3), "You are booked.")
+    llm = FailoverLLMService(
+        [with_tool(primary, "sk-primary", "openai"), with_tool(backup, "gsk-backup", "groq")],
+        FailoverLLMSettings(hedge_after=0.05, thinking_after=None),
+    )
+    harness, context = await ask(llm, LLMContext(SYSTEM), "Book me in.")
+    assert booked == ["demo"]  # the losing request never ran it
+    assert texts(harness.downstream) == "You are booked."
+    assert [m.role for m in context.messages].count("tool") == 1
+
+
+async def test_a_held_reply_runs_no_function_until_it_is_released(primary: FakeOpenAI) -> None:
+    import asyncio
+
+    from vantum_pipeline.processors.tools import Tool
+    from vantum_pipeline.services.llm import LLMReply
+    from vantum_pipeline.testing.openai import Reply, ToolCall
+
+    booked: list[str] = []
+
+    async def book(_: dict[str, Any]) -> str:
+        booked.append("demo")
+        return "booked"
+
+    service = openai_on(primary, "sk-primary", "openai")
+    service.register_tool(Tool("book_demo", "Book a demo", {"type": "object", "properties": {}}, book))
+    primary.script(Reply(tool_calls=[ToolCall("book_demo")]), "You are booked.")
+    context = LLMContext(SYSTEM)
+    context.add_user("Book me in.")
+    await service.engine_start()
+    try:
+        reply = LLMReply(service, context, held=True)  # a hedged request that has not won yet
+        answering = asyncio.ensure_future(service.respond(context, reply))
+        await asyncio.wait_for(reply.first_token.wait(), 5)
+        await asyncio.sleep(0.3)
+        assert booked == [] and not answering.done()  # the call is known, the function not run
+        await reply.release()
+        await asyncio.wait_for(answering, 5)
+        assert booked == ["demo"] and reply.content == "You are booked."
+    finally:
+        await service.engine_close()

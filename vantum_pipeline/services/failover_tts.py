@@ -130,11 +130,16 @@ class FailoverTTSService(TTSService):
         return self._rate, self.settings.encoding
 
     def cache_key(self, text: str) -> TTSCacheKey:
-        # The voice a new turn would get now; the audio is kept in our format.
+        # The voice a new turn would most likely get now; ``before_attempt``
+        # corrects it to the voice it does get.
         provider = next(
             (p for p, b in zip(self.pool.providers, self.pool.breakers, strict=True) if b.state is BreakerState.CLOSED),
             self.pool.providers[-1],
         )
+        return self._key_of(provider, text)
+
+    def _key_of(self, provider: TTSService, text: str) -> TTSCacheKey:
+        """``provider``'s key for ``text``, with our output format (the cached audio is ours)."""
         key = provider.cache_key(text)
         return dataclasses.replace(key, encoding=self.settings.encoding, sample_rate=self._rate)
 
@@ -178,6 +183,8 @@ class FailoverTTSService(TTSService):
         return provider, 0.0
 
     async def before_attempt(self, turn: TTSTurn) -> None:
+        if turn.attempt == 0 and turn.cache_key is not None:
+            turn.cache_key = self._key_of(turn.provider, turn.cache_key.text)
         await self._flush_metrics()
 
     async def attempt_failed(self, turn: TTSTurn, error: ServiceError) -> None:

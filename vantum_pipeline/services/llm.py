@@ -98,6 +98,9 @@ class LLMReply:
         self.tool_calls = 0
         self.provider: str | None = None  # the engine that produced the first output
         self.first_token = asyncio.Event()
+        self._released = asyncio.Event()
+        if not held:
+            self._released.set()
         self._pending: list[str] = []
 
     @property
@@ -138,9 +141,16 @@ class LLMReply:
         else:
             await self.host.push_frame(LLMTextFrame(text))
 
+    async def wait_released(self) -> None:
+        """Until this reply may act (at once unless held): an engine waits here
+        before running functions, so that a hedged request that loses never
+        runs them."""
+        await self._released.wait()
+
     async def release(self) -> None:
         """Stop holding: the tokens kept so far go out now."""
         self.held = False
+        self._released.set()
         if self.output_started:
             self._announce()
         pending, self._pending = self._pending, []

@@ -364,6 +364,7 @@ class OpenAILLMService(LLMService):
             if not allow_tools:
                 logger.warning("{}: the model called functions when it was told not to; ignored", self.name)
                 return
+            await reply.wait_released()  # a hedged request runs functions only once it has won
             if not await self._run_tools(context, calls, reply):
                 return
 
