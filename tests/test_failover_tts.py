@@ -292,3 +292,27 @@ async def test_a_turn_walks_down_three_providers_and_each_sentence_is_said_once(
     assert switches == [("cartesia", "aura"), ("aura", "espeak")]
     started = [f for f in harness.downstream if isinstance(f, TTSStartedFrame)]
     assert len(started) == 1 and not tts.unspoken and check_stream(harness.downstream) == []
+
+
+async def test_a_burst_of_turns_during_an_outage_is_spoken_in_order_once_each(fake: FakeCartesia) -> None:
+    fake.faults.error_requests = 2  # the first two contexts fail; the breaker opens at the second
+    primary, backup = cartesia(fake), EspeakTTSService(name="espeak")
+    breaker = BreakerSettings(failure_threshold=2, open_seconds=60.0)
+    tts = FailoverTTSService([primary, backup], FailoverTTSSettings(failover=FailoverSettings(breaker=breaker)))
+    lines = [f"Line number {n} of the burst." for n in range(1, 7)]
+    async with PipelineHarness([tts], end_timeout=20) as harness:
+        for line in lines:
+            await harness.send(TextFrame(line))
+        await harness.wait_for(TTSStoppedFrame, count=len(lines), timeout=20)
+    frames = harness.downstream
+    started = [f.context_id for f in frames if isinstance(f, TTSStartedFrame)]
+    stopped = [f.context_id for f in frames if isinstance(f, TTSStoppedFrame)]
+    assert started == stopped and len(set(started)) == len(lines)  # one bracket per line, in order, no overlap
+    order = [f.context_id for f in frames if isinstance(f, TTSAudioRawFrame)]
+    assert order == sorted(order, key=started.index)
+    cartesia_said = [c.transcript.strip() for c in fake.contexts.values() if c.done]
+    espeak_said = backup.characters_sent
+    # All six were on their way to Cartesia before it failed twice: the two failed lines moved, the rest stayed.
+    assert len(cartesia_said) == 4 and tts.switches == 2
+    assert espeak_said == sum(len(line) + 1 for line in lines if line not in cartesia_said)
+    assert not tts.unspoken and check_stream(frames) == []
