@@ -133,3 +133,23 @@ def test_settings_are_checked() -> None:
         FailoverSTTSettings(switch_after_errors=0)
     with pytest.raises(ConfigurationError):
         FailoverSTTService([])
+
+
+async def test_a_backup_defers_to_the_local_vad_as_the_primary_did() -> None:
+    from vantum_pipeline.frames import UserStartedSpeakingFrame
+
+    primary_words = ScriptedRecognizer(["first turn here"])
+    backup_words = ScriptedRecognizer(["second turn after the drop"])
+    async with FakeDeepgram(recognizer=primary_words) as one, FakeDeepgram(recognizer=backup_words) as two:
+        one.inject(DeepgramFaults(drop_after_audio_bytes=len(TURN1) + int(0.6 * BPS)))
+        backup = deepgram(two, "deepgram-eu")
+        stt = FailoverSTTService([deepgram(one, "deepgram"), backup])
+        async with PipelineHarness([stt]) as harness:
+            await harness.send(UserStartedSpeakingFrame(source="vad"))  # a local VAD leads
+            await say(harness, TURN1)
+            await harness.wait_for(EndOfTurnFrame)
+            await say(harness, TURN2)
+            await harness.wait_for(EndOfTurnFrame, count=2, timeout=15)
+    own = [f for f in harness.downstream if isinstance(f, UserStartedSpeakingFrame) and f.source == "deepgram"]
+    assert not own and stt.active is backup  # neither provider doubled the VAD's speaking frames
+    assert len(two.connections[0].audio) > 0

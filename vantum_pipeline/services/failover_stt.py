@@ -25,8 +25,10 @@ error of a provider that was replaced is reported as a non-fatal one. When no
 provider is left, the last fatal error ends the call as it would without a
 failover.
 
-A breaker closes again when its provider produces a final transcript (a
-probe succeeded). All providers must take the same audio format (e.g. all
+A backup starts knowing what the provider it replaces knew of the call: a
+local VAD upstream leads the speaking frames (it defers to it), and whether
+the bot is speaking (for barge-in). A breaker closes again when its provider
+produces a final transcript (a probe succeeded). All providers must take the same audio format (e.g. all
 ``linear16`` at 16 kHz, or all μ-law at 8 kHz). Transcript times from a
 backup are seconds of the audio it was sent (the replay's start is its 0).
 
@@ -45,6 +47,8 @@ from loguru import logger
 
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     CancelFrame,
     EndFrame,
     ErrorFrame,
@@ -53,6 +57,7 @@ from vantum_pipeline.frames import (
     MetricsFrame,
     StartFrame,
     TranscriptionFrame,
+    UserStartedSpeakingFrame,
 )
 from vantum_pipeline.observability.metrics import SERVICE_ERROR
 from vantum_pipeline.processor import FrameDirection, FrameProcessor, link
@@ -155,6 +160,8 @@ class FailoverSTTService(FrameProcessor):
         self._switching: asyncio.Task[None] | None = None
         self._ending = False
         self._replayed_ids: set[int] = set()
+        self._local_vad: UserStartedSpeakingFrame | None = None
+        self._bot_state: tuple[Frame, FrameDirection] | None = None
         #: Seconds of audio sent again to a backup.
         self.replayed_seconds = 0.0
 
@@ -198,6 +205,10 @@ class FailoverSTTService(FrameProcessor):
         if isinstance(frame, InputAudioRawFrame) and direction is _DOWN:
             await self._on_audio(frame)
             return
+        if isinstance(frame, UserStartedSpeakingFrame) and direction is _DOWN:
+            self._local_vad = frame  # a VAD upstream of us: a backup must defer to it too
+        elif isinstance(frame, BotStartedSpeakingFrame | BotStoppedSpeakingFrame):
+            self._bot_state = (frame, direction)  # a backup must know whether the bot is speaking
         active = self._active
         if active is None or self._switching is not None:
             await self.push_frame(frame, direction)
@@ -237,7 +248,7 @@ class FailoverSTTService(FrameProcessor):
             return
         if member is not self._active:
             return  # a replaced provider's late words: its successor has that audio
-        if isinstance(frame, InputAudioRawFrame) and frame.id in self._replayed_ids:
+        if frame.id in self._replayed_ids:
             self._replayed_ids.discard(frame.id)  # passed through once already
             return
         if isinstance(frame, ErrorFrame) and frame.fatal and not self._ending:
@@ -306,6 +317,17 @@ class FailoverSTTService(FrameProcessor):
         )
         restart.epoch = self.epoch  # its ports and the provider open to the pipeline's current epoch
         await self._send(member, restart, _DOWN)
+        if self.switches:
+            # What the replaced provider knew of the call's state: a local VAD leads, the bot speaks.
+            known: list[tuple[Frame, FrameDirection]] = []
+            if self._local_vad is not None:
+                known.append((UserStartedSpeakingFrame(source=self._local_vad.source), _DOWN))
+            if self._bot_state is not None:
+                state, direction = self._bot_state
+                known.append((type(state)(), direction))
+            for frame, direction in known:
+                self._replayed_ids.add(frame.id)
+                await self._send(member, frame, direction)
         sent = 0
         replayed = 0.0
         while sent < len(self._unconfirmed):
