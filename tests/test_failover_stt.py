@@ -80,6 +80,9 @@ async def test_a_drop_mid_utterance_moves_to_the_backup_and_keeps_every_final() 
     # and turn 2 from its start) and the rest live: not the first turn's speech.
     assert len(TURN2) < len(backup.audio) <= len(TURN1) + len(TURN2) - int(1.2 * BPS)
     assert stt.replayed_seconds > 0.5 and stt.active is second
+    # The backup's words are on the call's clock (its own starts at the replay, after turn 1's last word).
+    later = harness.collected.of_type(TranscriptionFrame)[1]
+    assert 1.2 <= later.words[0][1] and later.words[-1][2] <= (len(TURN1) + len(TURN2)) / BPS
     switch = metric_frames(harness.downstream, "provider.switch")
     assert [(f.labels["from"], f.labels["to"]) for f in switch] == [("deepgram", "deepgram-eu")]
     assert stt.pool.breaker(first).failures == 1  # one failure: below the default threshold of 2

@@ -29,8 +29,9 @@ A backup starts knowing what the provider it replaces knew of the call: a
 local VAD upstream leads the speaking frames (it defers to it), and whether
 the bot is speaking (for barge-in). A breaker closes again when its provider
 produces a final transcript (a probe succeeded). All providers must take the same audio format (e.g. all
-``linear16`` at 16 kHz, or all μ-law at 8 kHz). Transcript times from a
-backup are seconds of the audio it was sent (the replay's start is its 0).
+``linear16`` at 16 kHz, or all μ-law at 8 kHz). Transcript times are seconds
+of the call's audio as this service received it, whichever provider heard it
+(a backup's times are moved from its own clock, which starts at the replay).
 
 Metrics: the members' own, plus ``provider.switch`` / ``provider.state``.
 """
@@ -54,6 +55,7 @@ from vantum_pipeline.frames import (
     ErrorFrame,
     Frame,
     InputAudioRawFrame,
+    InterimTranscriptionFrame,
     MetricsFrame,
     StartFrame,
     TranscriptionFrame,
@@ -256,6 +258,8 @@ class FailoverSTTService(FrameProcessor):
                 notice = ErrorFrame(f"{frame.error} (moved to the next provider)", processor=self.name)
                 await self.push_frame(notice, _UP)
                 return
+        if isinstance(frame, TranscriptionFrame | InterimTranscriptionFrame) and member.timeline_start:
+            _shift(frame, member.timeline_start)  # a backup's 0 is where its audio began: onto the call's clock
         if isinstance(frame, TranscriptionFrame):
             self._confirm(member, frame)
         await self.push_frame(frame, direction)
@@ -268,7 +272,7 @@ class FailoverSTTService(FrameProcessor):
             self._queue_metrics()
         if self._switching is not None:
             return  # the replay is walking the queue
-        end = member.timeline_start + (frame.words[-1][2] if frame.words else frame.timestamp)
+        end = frame.words[-1][2] if frame.words else frame.timestamp
         start_of_kept = self._received_seconds - self._unconfirmed_seconds
         while self._unconfirmed and start_of_kept + self._unconfirmed[0].duration <= end + 1e-6:
             duration = self._unconfirmed.popleft().duration
@@ -350,3 +354,11 @@ class FailoverSTTService(FrameProcessor):
     async def _flush_metrics(self) -> None:
         for frame in self.pool.metrics():
             await self.push_frame(frame)
+
+
+def _shift(frame: TranscriptionFrame | InterimTranscriptionFrame, seconds: float) -> None:
+    frame.timestamp += seconds
+    if isinstance(frame, TranscriptionFrame) and frame.words:
+        frame.words = tuple(
+            (word, round(start + seconds, 3), round(end + seconds, 3)) for word, start, end in frame.words
+        )
