@@ -316,3 +316,16 @@ async def test_a_burst_of_turns_during_an_outage_is_spoken_in_order_once_each(fa
     assert len(cartesia_said) == 4 and tts.switches == 2
     assert espeak_said == sum(len(line) + 1 for line in lines if line not in cartesia_said)
     assert not tts.unspoken and check_stream(frames) == []
+
+
+async def test_retry_before_switch_tries_the_same_provider_first(fake: FakeCartesia) -> None:
+    fake.faults.error_requests = 1
+    primary, backup = cartesia(fake), EspeakTTSService(name="espeak")
+    breaker = BreakerSettings(failure_threshold=3)
+    settings = FailoverTTSSettings(failover=FailoverSettings(breaker=breaker), retry_before_switch=True)
+    tts = FailoverTTSService([primary, backup], settings)
+    async with PipelineHarness([tts], end_timeout=15) as harness:
+        await speak(harness, [TextFrame("A transient error, then Cartesia again.")])
+    cid = next(f.context_id for f in harness.downstream if isinstance(f, TTSStartedFrame))
+    assert fake.contexts[f"{cid}-r1"].done and tts.switches == 0 and backup.characters_sent == 0
+    assert primary.retries == 1 and not tts.unspoken

@@ -9,6 +9,8 @@ audio in time) the breaker counts the failure and the *same turn* moves to
 the next provider that this turn has not tried, resuming at the first
 sentence not fully spoken (word timestamps, or the engine's per-sentence
 completions): nothing already spoken in full is said again, nothing is lost.
+With ``retry_before_switch`` a retryable failure is first retried on the same
+provider, as its own settings say.
 The downstream frames are one turn, whatever the providers: one
 ``TTSStartedFrame(cid)`` … ``TTSStoppedFrame(cid)``, audio converted to one
 output format (``sample_rate`` or the pipeline's output rate, and
@@ -54,6 +56,9 @@ class FailoverTTSSettings:
     cache_size: int = 32
     cache_max_bytes: int = 8_000_000
     drain_timeout: float = 10.0
+    #: Retry a retryable failure on the same provider first (its own ``max_retries``
+    #: and ``retry_delay``), unless that opened its breaker. Off: the backup is faster.
+    retry_before_switch: bool = False
 
     def __post_init__(self) -> None:
         if self.encoding not in (PCM16, MULAW):
@@ -175,6 +180,15 @@ class FailoverTTSService(TTSService):
     def choose_retry(self, turn: TTSTurn, error: ServiceError) -> tuple[TTSService, float] | None:
         if turn.silent:
             return None
+        current = turn.provider
+        if self.settings.retry_before_switch and error.retryable:
+            tries, timing = turn.tried.count(current), current.timing
+            if (
+                tries <= timing.max_retries
+                and (error.retry_after is None or error.retry_after <= timing.max_retry_wait)
+                and self.pool.breaker(current).state is not BreakerState.OPEN
+            ):
+                return current, min(current._policy.delay(tries, error.retry_after), timing.max_retry_wait)
         provider = self.pool.next_after(turn.tried)
         if provider is None:
             return None
