@@ -329,3 +329,20 @@ async def test_retry_before_switch_tries_the_same_provider_first(fake: FakeCarte
     cid = next(f.context_id for f in harness.downstream if isinstance(f, TTSStartedFrame))
     assert fake.contexts[f"{cid}-r1"].done and tts.switches == 0 and backup.characters_sent == 0
     assert primary.retries == 1 and not tts.unspoken
+
+
+@pytest.mark.parametrize("early", [False, True])
+async def test_a_backup_is_started_when_first_needed_unless_asked_early(fake: FakeCartesia, early: bool) -> None:
+    async with FakeCartesia() as other:
+        backup = CartesiaTTSService(
+            CartesiaSettings(api_key=Secret("k"), base_url=other.http_url, websocket_base_url=other.ws_url),
+            name="cartesia-2",
+        )
+        tts = FailoverTTSService([cartesia(fake), backup], FailoverTTSSettings(start_backups_early=early))
+        async with PipelineHarness([tts], end_timeout=15) as harness:
+            await speak(harness, [TextFrame("The primary speaks this.")])
+            assert len(other.upgrades) == (1 if early else 0)  # no socket for a backup nobody needed
+            fake.faults.error_requests = 1
+            await speak(harness, [TextFrame("The backup speaks this.")], stops=2)
+        assert len(other.upgrades) == 1 and tts.switches == 1
+        assert [c.transcript.strip() for c in other.contexts.values()] == ["The backup speaks this."]

@@ -17,9 +17,11 @@ output format (``sample_rate`` or the pipeline's output rate, and
 ``encoding``: μ-law 8 kHz for the phone with ``for_twilio()``). Only when
 every provider has failed the turn does the pre-recorded fallback play.
 
-The members are not linked into the pipeline: the failover starts and stops
-their engines, and their metrics (labelled with their own service, so costs
-and latencies stay per provider) go out through it. Slow first bytes
+The members are not linked into the pipeline: the failover starts their
+engines (the first healthy one at the start of the call, the others when a
+turn first needs them, unless ``start_backups_early``) and stops them, and
+their metrics (labelled with their own service, so costs and latencies stay
+per provider) go out through it. Slow first bytes
 (``BreakerSettings.slow_first_byte``) count towards opening a breaker without
 failing the turn. An open breaker is probed after ``open_seconds`` by the
 next turn (half-open); a probe that succeeds brings the provider back.
@@ -59,6 +61,10 @@ class FailoverTTSSettings:
     #: Retry a retryable failure on the same provider first (its own ``max_retries``
     #: and ``retry_delay``), unless that opened its breaker. Off: the backup is faster.
     retry_before_switch: bool = False
+    #: Start every provider at the start of the call (clients built, sockets
+    #: opened) rather than the first time a turn needs it: a faster first
+    #: failover, at the cost of clients (TLS contexts, sockets) most calls never use.
+    start_backups_early: bool = False
 
     def __post_init__(self) -> None:
         if self.encoding not in (PCM16, MULAW):
@@ -115,6 +121,8 @@ class FailoverTTSService(TTSService):
             owner=self.name,
         )
         self._rate = self.settings.sample_rate or 16000
+        self._start: StartFrame | None = None
+        self._started: set[int] = set()  # providers whose engine runs
 
     @property
     def providers(self) -> list[TTSService]:
@@ -152,19 +160,32 @@ class FailoverTTSService(TTSService):
 
     async def on_start(self, frame: StartFrame) -> None:
         self._rate = self.settings.sample_rate or frame.audio_out_sample_rate
-        for provider in self.pool.providers:
-            provider.attach(self)
-            await provider.on_start(frame)
+        self._start = frame
+        healthy = [
+            p for p, b in zip(self.pool.providers, self.pool.breakers, strict=True) if b.state is BreakerState.CLOSED
+        ]
+        for provider in self.pool.providers if self.settings.start_backups_early else healthy[:1]:
+            await self._start_provider(provider)
+
+    async def _start_provider(self, provider: TTSService) -> None:
+        if id(provider) in self._started or self._start is None:
+            return
+        self._started.add(id(provider))
+        provider.attach(self)
+        await provider.on_start(self._start)
 
     async def engine_stop(self) -> None:
-        for provider in self.pool.providers:
+        for provider in self._members_started():
             provider.stopping = True
             await provider.engine_stop()
 
     async def engine_close(self) -> None:
-        for provider in self.pool.providers:
+        for provider in self._members_started():
             await provider.cancel_tasks(timeout=0.3)
             await provider.cleanup()
+
+    def _members_started(self) -> list[TTSService]:
+        return [p for p in self.pool.providers if id(p) in self._started]
 
     def first_provider(self) -> TTSService:
         return self.pool.choose()
@@ -197,6 +218,7 @@ class FailoverTTSService(TTSService):
         return provider, 0.0
 
     async def before_attempt(self, turn: TTSTurn) -> None:
+        await self._start_provider(turn.provider)
         if turn.attempt == 0 and turn.cache_key is not None:
             turn.cache_key = self._key_of(turn.provider, turn.cache_key.text)
         await self._flush_metrics()
