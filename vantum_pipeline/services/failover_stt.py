@@ -13,8 +13,9 @@ connection is opened for a backup that is not needed).
 
 The active provider has failed when it reports a fatal error (its own
 reconnection budget is spent, the key is refused) or, sooner, after
-``switch_after_errors`` connection failures (its ``service.error`` metrics;
-None: only on the fatal error). Then its breaker counts the failure, it is
+``switch_after_errors`` errors it reports (its ``service.error`` metrics: a
+lost or refused connection, an error message from the service; None: only
+on the fatal error). Then its breaker counts the failure, it is
 cancelled (its socket closed, its reconnection stopped), and the next
 provider is started and first gets the *unconfirmed audio*: what the call
 sent since the end of the last final transcript (at most
