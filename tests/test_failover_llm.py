@@ -335,3 +335,23 @@ async def test_a_held_reply_runs_no_function_until_it_is_released(primary: FakeO
         assert booked == ["demo"] and reply.content == "You are booked."
     finally:
         await service.engine_close()
+
+
+async def test_rate_limited_with_the_answer_cached_answers_at_once_instead_of_waiting(primary: FakeOpenAI) -> None:
+    cache = AnswerCache("campaign-1")
+    cache.store("What is the price?", "It is forty dollars a month.")
+    # The product's policy: a 429 waits and retries; here the cache answers instead.
+    llm = openai_on(primary, "sk-primary", "openai", retry=RetryPolicy(max_retries=3, base_delay=0.05))
+    llm.answer_cache = cache
+    primary.fail_next(Fault.rate_limited(retry_after=0.2))
+    primary.script("The model would have said this after the wait.")
+    context = LLMContext(SYSTEM)
+    async with PipelineHarness([UserAggregator(context), llm, AssistantAggregator(context)], end_timeout=10) as h:
+        await h.send(EndOfTurnFrame("What is the price?"))
+        await h.wait_for(LLMFullResponseEndFrame, timeout=10)
+        primary.fail_next(Fault.rate_limited(retry_after=0.2))
+        await h.send(EndOfTurnFrame("And the setup fee?"))  # not cached: the policy waits and retries
+        await h.wait_for(LLMFullResponseEndFrame, count=2, timeout=10)
+    replies = [m.content for m in context.messages if m.role == "assistant"]
+    assert replies == ["It is forty dollars a month.", "The model would have said this after the wait."]
+    assert len(primary.chat_requests) == 3  # one for the cached question (no retry), two for the other

@@ -123,6 +123,16 @@ class AnswerCache:
             entries.popitem(last=False)
         return True
 
+    def holds(self, question: str) -> bool:
+        """Whether ``lookup(question)`` would answer (counts nothing)."""
+        entry = self._store.entries.get(normalize_question(question))
+        return (
+            entry is not None
+            and self._clock() - entry.stored_at <= self.ttl
+            and not self.is_personal(question)
+            and not self.is_personal(entry.answer)
+        )
+
     def lookup(self, question: str) -> str | None:
         """The cached answer to ``question``, or None."""
         key = normalize_question(question)

@@ -27,7 +27,9 @@ The skeleton does the rest, once for all:
 - the answer cache: with ``answer_cache`` set, each reply completed cleanly
   (text, no function call) is stored under the last user utterance, and a
   turn whose engine fails (rate limited, down) before a token is answered
-  from it when it holds that question; never otherwise.
+  from it when it holds that question; never otherwise. A rate-limited
+  engine whose question the cache holds does not wait to retry
+  (``LLMReply.cache_ready``): the cache answers at once.
 
 An engine runs inside the host's turn task: an interruption cancels it
 there. ``attach(host)`` makes an engine report through another service (a
@@ -96,6 +98,9 @@ class LLMReply:
         self.said: set[str] = set()  # fallback categories spoken
         self.text: list[str] = []
         self.tool_calls = 0
+        #: The answer cache holds this turn's question: an engine that is rate
+        #: limited gives up at once (the cache answers) rather than waiting.
+        self.cache_ready = False
         self.provider: str | None = None  # the engine that produced the first output
         self.first_token = asyncio.Event()
         self._released = asyncio.Event()
@@ -302,6 +307,7 @@ class LLMService(FrameProcessor):
     async def _run_turn(self, context: LLMContext) -> None:
         reply = LLMReply(self, context)
         question = _last_user_text(context)
+        reply.cache_ready = self.answer_cache is not None and bool(question) and self.answer_cache.holds(question)
         await self.push_frame(LLMFullResponseStartFrame())
         self._bracket_open = True
         filler = None

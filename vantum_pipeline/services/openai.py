@@ -468,8 +468,13 @@ class OpenAILLMService(LLMService):
                 reply.said.add("rate_limited")
                 reply.host.create_turn_task(reply.say("rate_limited"), "rate-limited")
 
+        def retryable(exc: BaseException) -> bool:
+            # Rate limited with the answer cached: the cache answers now, no waiting.
+            cached = reply.cache_ready and isinstance(exc, ServiceError) and exc.status == 429
+            return _retryable(exc) and not cached
+
         result: tuple[Any, list[Any]] = await s.retry.run(
-            attempt, retryable=_retryable, service=SERVICE, on_retry=on_retry
+            attempt, retryable=retryable, service=SERVICE, on_retry=on_retry
         )
         return result
 
