@@ -150,6 +150,8 @@ class Decision:
     next_at: dt.datetime | None = None
     add_to_dnc: bool = False
     reason: str = ""
+    #: The prospect's final result (final states only): the outcome, or the state a retry rule ran out into.
+    result: str | None = None
 
 
 def decide(
@@ -164,16 +166,16 @@ def decide(
     attempts with this outcome, the one just ended included."""
     rule = rules.get(outcome) or rules.get("error") or DEFAULT_OUTCOME_RULES["error"]
     if rule.action is Action.DONE:
-        return Decision(ProspectState.DONE, reason=outcome)
+        return Decision(ProspectState.DONE, reason=outcome, result=outcome)
     if rule.action is Action.REMOVE:
-        return Decision(ProspectState.REMOVED, reason=outcome)
+        return Decision(ProspectState.REMOVED, reason=outcome, result=outcome)
     if rule.action is Action.DNC:
-        return Decision(ProspectState.DNC, add_to_dnc=True, reason=outcome)
+        return Decision(ProspectState.DNC, add_to_dnc=True, reason=outcome, result=outcome)
     if rule.action is Action.CALLBACK:
         when = callback_at if callback_at is not None and callback_at > now else now + dt.timedelta(seconds=rule.delay)
         return Decision(ProspectState.PENDING, when, reason=f"{outcome}: call back")
     if ended_this_way >= rule.max_attempts:
-        return Decision(rule.then, reason=f"{outcome} {ended_this_way}x: {rule.then.value}")
+        return Decision(rule.then, reason=f"{outcome} {ended_this_way}x: {rule.then.value}", result=rule.then.value)
     return Decision(
         ProspectState.PENDING,
         now + dt.timedelta(seconds=rule.delay),

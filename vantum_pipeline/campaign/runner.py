@@ -27,6 +27,7 @@ into the store (idempotent: a restart imports nothing twice).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -147,6 +148,7 @@ class CampaignRunner:
         idle_exit: float | None = None,
         reconcile_timeout: float = 120.0,
         write_records: bool = True,
+        dnc: StoreDoNotCall | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -156,7 +158,7 @@ class CampaignRunner:
         self.poll_interval = poll_interval
         self.idle_exit = idle_exit
         self.reconcile_timeout = reconcile_timeout
-        self.dnc = StoreDoNotCall(store, on_event)
+        self.dnc = dnc or StoreDoNotCall(store, on_event)
         self.dispatcher: Dispatcher = dispatcher or InProcessDispatcher(
             dialer,
             self,
@@ -310,13 +312,9 @@ class CampaignRunner:
             row = self.store.prospect(campaign, attempt.prospect_id)
             if row is not None:
                 tz = zone(row.timezone)
-                decision = type(decision)(
-                    decision.state,
-                    self.config.calling_hours.next_opening(decision.next_at, tz),
-                    decision.add_to_dnc,
-                    decision.reason,
-                )
-        self.store.finish(attempt, record, decision, attempt.number)
+                opening = self.config.calling_hours.next_opening(decision.next_at, tz)
+                decision = dataclasses.replace(decision, next_at=opening)
+        self.store.finish(attempt, record, decision, now=now.timestamp())
         self.spend += record.cost
         self._write_record(attempt, record, decision.state.value)
         self._emit(

@@ -343,8 +343,10 @@ class CampaignStore:
                 (note, attempt.campaign_id, attempt.prospect_id, attempt.attempt),
             )
 
-    def finish(self, attempt: AttemptRow, record: AttemptRecord, decision: Decision, number: str) -> None:
-        """End the attempt and move its prospect on, in one transaction."""
+    def finish(
+        self, attempt: AttemptRow, record: AttemptRecord, decision: Decision, *, now: float | None = None
+    ) -> None:
+        """End the attempt and move its prospect on, in one transaction (``now``: the campaign clock's time)."""
         next_at = decision.next_at.timestamp() if decision.next_at is not None else None
         with self.transaction() as db:
             db.execute(
@@ -353,7 +355,7 @@ class CampaignStore:
                 "recording = ?, notes = ?, callback_at = ?, answered_by = ? "
                 "WHERE campaign_id = ? AND prospect_id = ? AND attempt = ?",
                 (
-                    time.time(),
+                    time.time() if now is None else now,
                     record.duration,
                     record.outcome,
                     record.twilio_status,
@@ -371,7 +373,7 @@ class CampaignStore:
                     attempt.attempt,
                 ),
             )
-            final_result = record.outcome if decision.state.final else None
+            final_result = (decision.result or record.outcome) if decision.state.final else None
             key = (attempt.campaign_id, attempt.prospect_id)
             db.execute(
                 "UPDATE prospects SET state = ?, next_at = ?, result = COALESCE(?, result), note = ? "
@@ -381,7 +383,7 @@ class CampaignStore:
             if decision.add_to_dnc:
                 db.execute(
                     "INSERT OR IGNORE INTO dnc (number, source, added_at) VALUES (?, ?, ?)",
-                    (number, f"call {record.call_sid or attempt.job_id}", time.time()),
+                    (attempt.number, f"call {record.call_sid or attempt.job_id}", time.time()),
                 )
 
     # ------------------------------------------------------------ queries
