@@ -88,7 +88,7 @@ def read_prospects(path: str | Path, *, default_timezone: str) -> ProspectList:
 
 
 def parse_prospects(text: str, *, source: str, default_timezone: str) -> ProspectList:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     result = ProspectList(source)
     header: list[str] | None = None
     seen_numbers: dict[str, int] = {}
