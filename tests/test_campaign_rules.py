@@ -130,7 +130,7 @@ def test_callback_times_checked_against_the_prospects_hours() -> None:
     now = dt.datetime(2026, 3, 17, 10, 30, tzinfo=NY)  # a Tuesday
     at = parse_callback_time("2026-03-18 15:00", timezone="America/New_York", hours=HOURS, now=now)
     assert at == utc(2026, 3, 18, 19, 0)
-    with pytest.raises(ValueError, match="outside the calling hours.*Monday 2026-03-23 09:00"):
+    with pytest.raises(ValueError, match=r"outside the calling hours.*Monday 2026-03-23 09:00"):
         parse_callback_time("2026-03-21 15:00", timezone="America/New_York", hours=HOURS, now=now)  # Saturday
     with pytest.raises(ValueError, match="outside the calling hours"):
         parse_callback_time("2026-03-18 21:00", timezone="America/New_York", hours=HOURS, now=now)
