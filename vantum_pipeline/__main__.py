@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.errors import ConfigurationError, VantumError
 from vantum_pipeline.observability.redact import install_log_redaction
 
 __all__ = ["main"]
@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigurationError as exc:
             print(f"vantum campaign: {exc}", file=sys.stderr)
             return 2
+        except VantumError as exc:
+            print(f"vantum campaign: {exc}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             return 130
         except BrokenPipeError:  # `vantum campaign export ... | head`

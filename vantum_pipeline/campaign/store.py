@@ -99,6 +99,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE attempts ADD COLUMN answered_by TEXT;
     """,
+    # 2 -> 3: a pending prospect always has a due time (0: at once), so "who is due" is an index range.
+    """
+    UPDATE prospects SET next_at = 0 WHERE state = 'pending' AND next_at IS NULL;
+    """,
+    # 3 -> 4: the open-attempts index covers open attempts only (it misled the planner for ended ones);
+    # counting a prospect's attempts by outcome (the retry rules) becomes an index lookup.
+    """
+    DROP INDEX attempts_open;
+    CREATE INDEX attempts_open ON attempts (campaign_id, claimed_at) WHERE state != 'ended';
+    CREATE INDEX attempts_outcome ON attempts (campaign_id, prospect_id, outcome);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -225,8 +236,9 @@ class CampaignStore:
         with self.transaction() as db:
             before = db.total_changes
             db.executemany(
-                "INSERT OR IGNORE INTO prospects (campaign_id, id, number, name, company, timezone, variables, line) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO prospects "
+                "(campaign_id, id, number, name, company, timezone, variables, line, next_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
                 [
                     (campaign_id, p.id, p.number, p.name, p.company, p.timezone, json.dumps(p.variables), p.line)
                     for p in prospects
@@ -267,8 +279,8 @@ class CampaignStore:
     def due(self, campaign_id: str, now: float, limit: int) -> list[ProspectRow]:
         """Pending prospects due at ``now``, earliest first."""
         rows = self._db.execute(
-            "SELECT * FROM prospects WHERE campaign_id = ? AND state = 'pending' "
-            "AND (next_at IS NULL OR next_at <= ?) ORDER BY next_at IS NOT NULL, next_at, line LIMIT ?",
+            "SELECT * FROM prospects WHERE campaign_id = ? AND state = 'pending' AND next_at <= ? "
+            "ORDER BY next_at LIMIT ?",
             (campaign_id, now, limit),
         ).fetchall()
         return [_prospect(row) for row in rows]
@@ -276,10 +288,9 @@ class CampaignStore:
     def next_due_at(self, campaign_id: str) -> float | None:
         """When the next pending prospect is due (None: no pending prospect)."""
         row = self._db.execute(
-            "SELECT COUNT(*), MIN(COALESCE(next_at, 0)) FROM prospects WHERE campaign_id = ? AND state = 'pending'",
-            (campaign_id,),
+            "SELECT MIN(next_at) FROM prospects WHERE campaign_id = ? AND state = 'pending'", (campaign_id,)
         ).fetchone()
-        return None if row[0] == 0 else float(row[1])
+        return None if row[0] is None else float(row[0])
 
     def defer(self, campaign_id: str, prospect_id: str, next_at: float, note: str) -> None:
         with self.transaction() as db:
@@ -338,7 +349,8 @@ class CampaignStore:
                 (attempt.campaign_id, attempt.prospect_id, attempt.attempt),
             )
             db.execute(
-                "UPDATE prospects SET state = 'pending', attempts = attempts - 1, note = ? "
+                "UPDATE prospects SET state = 'pending', attempts = attempts - 1, next_at = COALESCE(next_at, 0), "
+                "note = ? "
                 "WHERE campaign_id = ? AND id = ? AND state = 'dialing' AND attempts = ?",
                 (note, attempt.campaign_id, attempt.prospect_id, attempt.attempt),
             )
@@ -348,6 +360,8 @@ class CampaignStore:
     ) -> None:
         """End the attempt and move its prospect on, in one transaction (``now``: the campaign clock's time)."""
         next_at = decision.next_at.timestamp() if decision.next_at is not None else None
+        if next_at is None and decision.state is ProspectState.PENDING:
+            next_at = 0.0
         with self.transaction() as db:
             db.execute(
                 "UPDATE attempts SET state = 'ended', ended_at = ?, duration = ?, outcome = ?, twilio_status = ?, "
