@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -119,3 +120,154 @@ async def test_kill_9_mid_campaign_and_restart(tmp_path: Path) -> None:
     # The same end as a run nobody killed.
     assert results == clean_results, context
     assert counts == clean_counts, context
+
+
+# --------------------------------------------- the production command, killed mid-conversation
+
+CLI_PEOPLE = {
+    "+14155550201": "books_meeting",
+    "+14155550202": "not_interested",
+    "+14155550203": "remove_me",
+    "+14155550204": "always_busy",
+    "+14155550205": "failed",
+    "+14155550206": "talks_over",
+}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cli_campaign(folder: Path, world: object) -> Path:
+    from vantum_pipeline.demo.campaign_world import SimulatedWorld
+
+    assert isinstance(world, SimulatedWorld)
+    folder.mkdir(parents=True)
+    rows = "".join(f"{n},Prospect {i},Co {i}\n" for i, n in enumerate(CLI_PEOPLE))
+    (folder / "prospects.csv").write_text("number,name,company\n" + rows)
+    (folder / "campaign.toml").write_text(
+        f"""
+[campaign]
+name = "Killed"
+id = "killed"
+caller_id = "+15005550006"
+prospects = "prospects.csv"
+folder = "run"
+record_calls = false
+
+[prompt.variables]
+agent_name = "Alex"
+company_name = "Vantum"
+product_name = "Vantum"
+
+[rules]
+max_concurrent_calls = 6
+calls_per_second = 5
+
+[rules.calling_hours]
+days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+start = "00:00"
+end = "23:59"
+
+[rules.outcomes]
+busy = {{ action = "retry", delay_seconds = 0.5, max_attempts = 2 }}
+interrupted = {{ action = "retry", delay_seconds = 0, max_attempts = 5 }}
+
+[services.deepgram]
+url = "{world.deepgram.ws_url}"
+
+[services.cartesia]
+base_url = "{world.cartesia.http_url}"
+websocket_base_url = "{world.cartesia.ws_url}"
+"""
+    )
+    return folder / "campaign.toml"
+
+
+async def _cli(folder: Path, world: object, port: int) -> asyncio.subprocess.Process:
+    from vantum_pipeline.demo.campaign_world import SimulatedWorld
+
+    assert isinstance(world, SimulatedWorld)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+        "TWILIO_ACCOUNT_SID": world.twilio.account_sid,
+        "TWILIO_AUTH_TOKEN": world.twilio.auth_token,
+        "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_API_BASE_URL": world.twilio.base_url,
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "DEEPGRAM_API_KEY": "simulated",
+        "OPENAI_API_KEY": "simulated",
+        "OPENAI_BASE_URL": world.openai.base_url,
+        "CARTESIA_API_KEY": "simulated",
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vantum_pipeline",
+        "campaign",
+        "run",
+        str(folder / "campaign.toml"),
+        "--plain",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--exit-when-idle",
+        "5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=folder,
+    )
+
+
+async def _cli_world_run(folder: Path, *, kill_after_lines: int | None) -> tuple[list[str], set[str]]:
+    from vantum_pipeline.demo.campaign_world import PERSONAS, SimulatedWorld
+
+    async with SimulatedWorld({n: PERSONAS[p] for n, p in CLI_PEOPLE.items()}, voices=False) as world:
+        for number, persona in CLI_PEOPLE.items():
+            world.prepare_phone(number, PERSONAS[persona], 1)
+        _cli_campaign(folder, world)
+        outputs = []
+        if kill_after_lines is not None:
+            process = await _cli(folder, world, _free_port())
+            assert process.stdout is not None
+            seen = 0
+            async with asyncio.timeout(120):
+                while seen < kill_after_lines:  # kill once the conversations are under way
+                    line = await process.stdout.readline()
+                    assert line, (await process.stderr.read()).decode()[-3000:]  # type: ignore[union-attr]
+                    seen += b" callee " in line
+            process.kill()
+            await process.wait()
+            outputs.append(f"killed: {process.returncode}")
+        process = await _cli(folder, world, _free_port())
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=180)
+        assert process.returncode == 0, stderr.decode()[-3000:]
+        outputs.append(stdout.decode())
+        return outputs, set(world.twilio.calls)
+
+
+async def test_kill_9_of_vantum_campaign_run_mid_conversation(tmp_path: Path) -> None:
+    _, _ = await _cli_world_run(tmp_path / "clean", kill_after_lines=None)
+    with CampaignStore(tmp_path / "clean" / "run" / "campaign.sqlite") as store:
+        clean = {p["id"]: (p["state"], p["result"]) for p in store.prospects("killed")}
+    outputs, fake_sids = await _cli_world_run(tmp_path / "killed", kill_after_lines=3)
+    assert outputs[0] == "killed: -9"
+    assert re.search(r"\b[1-9][0-9]* reconciled", outputs[1]), outputs[1][-2000:]
+    with CampaignStore(tmp_path / "killed" / "run" / "campaign.sqlite") as store:
+        killed = {p["id"]: (p["state"], p["result"]) for p in store.prospects("killed")}
+        attempts = store.attempts("killed")
+        assert store.open_attempts("killed") == []
+    sids = [a["call_sid"] for a in attempts if a["call_sid"]]
+    assert len(sids) == len(set(sids)) and set(sids) == fake_sids
+    interrupted = [a for a in attempts if a["outcome"] == "interrupted"]
+    assert interrupted, outputs[1]
+    assert killed == clean, (killed, clean)
+    assert clean["+14155550201"] == ("done", "meeting_booked")
+    assert clean["+14155550203"] == ("dnc", "opted_out")
