@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 import wave
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -121,6 +122,9 @@ async def test_a_simulated_campaign_covers_every_answered_path(tmp_path: Path) -
         record = json.loads((tmp_path / "run" / "calls" / "+14155550101-1.json").read_text())
         assert record["outcome"] == "meeting_booked" and record["to"].startswith("+141")
     assert "ended: meeting_booked" in text and "callee Yes, let's book a meeting." in text
+    assert "do-not-call    1 never dialled (on the list), 1 added by a call's opt-out" in text
+    assert "callbacks      1 scheduled: +14155550104" in text and "retries        busy 1" in text
+    assert re.search(r"at most [1-7] calls at once \(limit 7\)", text)
 
     status = io.StringIO()
     assert status_command(tmp_path / "campaign.toml", stream=status) == 0

@@ -30,7 +30,7 @@ from loguru import logger
 from vantum_pipeline.campaign.clock import Clock, SystemClock
 from vantum_pipeline.campaign.config import CampaignConfig, load_campaign
 from vantum_pipeline.campaign.dispatch import CampaignEvent, Dialer, EventCallback
-from vantum_pipeline.campaign.results import campaign_status, export, format_status
+from vantum_pipeline.campaign.results import RunTally, campaign_status, export, format_status
 from vantum_pipeline.campaign.runner import CampaignRunner, RunSummary, StoreDoNotCall, prepare_campaign
 from vantum_pipeline.campaign.store import CampaignStore
 from vantum_pipeline.campaign.view import make_view
@@ -144,7 +144,10 @@ async def run_campaign(
             print(f"  skipped {line}", file=stream)
         view = make_view(store, config.id, title=f"campaign {config.name}", stream=stream, plain=plain)
 
+        tally = RunTally()
+
         def on_event(event: CampaignEvent) -> None:
+            tally(event)
             view(event)
 
         dnc = StoreDoNotCall(store, on_event)
@@ -158,6 +161,16 @@ async def run_campaign(
             file=stream,
         )
         print(format_status(campaign_status(store, config.id)), file=stream)
+        dispatcher = runner.dispatcher
+        rules = tally.lines(
+            max_concurrent=config.max_concurrent_calls,
+            max_active_seen=getattr(dispatcher, "max_active_seen", None),
+            starts=list(getattr(dispatcher, "starts", ())),
+            calls_per_second=config.calls_per_second,
+            spend=store.spend(config.id),
+            budget=config.budget_usd,
+        )
+        print("\n".join(rules), file=stream)
         print(f"records in {folder / 'calls'}; export: vantum campaign export {config.path}", file=stream)
     return 0
 

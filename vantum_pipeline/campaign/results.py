@@ -17,13 +17,15 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
+from vantum_pipeline.campaign.dispatch import CampaignEvent
 from vantum_pipeline.campaign.store import CampaignStore
 from vantum_pipeline.errors import ConfigurationError
 
-__all__ = ["EXPORT_FORMATS", "campaign_status", "export", "format_status"]
+__all__ = ["EXPORT_FORMATS", "RunTally", "campaign_status", "export", "format_status"]
 
 EXPORT_FORMATS = ("csv", "jsonl")
 _ATTEMPT_COLUMNS = (
@@ -143,3 +145,69 @@ def export(store: CampaignStore, campaign_id: str, stream: TextIO, *, fmt: str =
             stream.write(json.dumps(row, default=str) + "\n")
         count += 1
     return count
+
+
+class RunTally:
+    """Which rules fired during a run, from its events and the dispatcher's measurements."""
+
+    def __init__(self) -> None:
+        self.deferred: list[str] = []
+        self.never_dialled: list[str] = []
+        self.dnc_added = 0
+        self.retries: Counter[str] = Counter()
+        self.callbacks: list[str] = []
+        self.budget_notes: list[str] = []
+
+    def __call__(self, event: CampaignEvent) -> None:
+        if event.kind == "deferred":
+            self.deferred.append(f"{event.prospect_id} ({event.text})")
+        elif event.kind == "skipped":
+            self.never_dialled.append(event.prospect_id)
+        elif event.kind == "note" and "added to the do-not-call list" in event.text:
+            self.dnc_added += 1
+        elif event.kind == "note" and event.text.startswith("budget"):
+            self.budget_notes.append(event.text)
+        elif event.kind == "ended":
+            if event.text.endswith(": retry"):
+                self.retries[event.outcome] += 1
+            if event.outcome == "callback_requested":
+                self.callbacks.append(event.prospect_id)
+
+    def lines(
+        self,
+        *,
+        max_concurrent: int,
+        max_active_seen: int | None,
+        starts: Sequence[float],
+        calls_per_second: float,
+        spend: float,
+        budget: float | None,
+    ) -> list[str]:
+        def listing(items: list[str], limit: int = 3) -> str:
+            return ", ".join(items[:limit]) + (f", and {len(items) - limit} more" if len(items) > limit else "")
+
+        lines = ["rules this run"]
+        lines.append(
+            f"  calling hours  {len(self.deferred)} deferred" + (f": {listing(self.deferred)}" if self.deferred else "")
+        )
+        lines.append(
+            f"  do-not-call    {len(self.never_dialled)} never dialled (on the list), "
+            f"{self.dnc_added} added by a call's opt-out"
+        )
+        retries = ", ".join(f"{name} {count}" for name, count in sorted(self.retries.items()))
+        lines.append(f"  retries        {retries or 'none'}")
+        lines.append(
+            f"  callbacks      {len(self.callbacks)} scheduled"
+            + (f": {listing(self.callbacks)}" if self.callbacks else "")
+        )
+        if max_active_seen is not None:
+            lines.append(f"  concurrency    at most {max_active_seen} calls at once (limit {max_concurrent})")
+        gaps = [b - a for a, b in zip(starts, list(starts)[1:], strict=False)]
+        if gaps:
+            lines.append(
+                f"  pacing         call starts at least {min(gaps):.2f} s apart (limit {calls_per_second:g} per second)"
+            )
+        if budget is not None:
+            stop = " - stopped new calls" if self.budget_notes else ""
+            lines.append(f"  budget         ${spend:.4f} of ${budget:.2f}{stop}")
+        return lines
