@@ -98,6 +98,10 @@ class CallJob:
     def number(self) -> str:
         return self.attempt.number
 
+    @property
+    def log_id(self) -> str:
+        return self.attempt.log_id
+
 
 @dataclass(frozen=True, slots=True)
 class CallStatus:
@@ -224,19 +228,19 @@ class InProcessDispatcher:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # one broken call never hurts another
-            logger.opt(exception=exc).error("campaign call {} failed: {}", job.job_id, exc)
+            logger.opt(exception=exc).error("campaign call {} failed: {}", job.log_id, exc)
             record = AttemptRecord(outcome="error", notes=f"{type(exc).__name__}: {exc}"[:200])
         try:
             await self.sink.finished(job, record)
         except Exception as exc:
-            logger.opt(exception=exc).error("campaign call {}: recording its result failed: {}", job.job_id, exc)
+            logger.opt(exception=exc).error("campaign call {}: recording its result failed: {}", job.log_id, exc)
 
     async def _call(self, job: CallJob) -> AttemptRecord:
         await self.pacer.wait()
         # Checked at the last moment: another call may have added the number since the claim.
         if self.dnc is not None and self.dnc.blocks(job.number):
             number = mask_number(job.number)
-            logger.info("campaign call {}: {} is on the do-not-call list: not dialled", job.job_id, number)
+            logger.info("campaign call {}: {} is on the do-not-call list: not dialled", job.log_id, number)
             return AttemptRecord(outcome="do_not_call_list", notes="on the do-not-call list: not dialled")
         self.starts.append(time.monotonic())
         self.dialled += 1

@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -57,7 +57,16 @@ from vantum_pipeline.frames import (
 )
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.processors.tools import SalesOutcome
+from vantum_pipeline.telephony.client import mask_numbers
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord
+
+if TYPE_CHECKING:
+    from vantum_pipeline.services.cartesia import CartesiaSettings
+    from vantum_pipeline.services.deepgram import DeepgramSettings
+    from vantum_pipeline.services.openai import OpenAISettings
+    from vantum_pipeline.task import PipelineTask
+    from vantum_pipeline.telephony.settings import TwilioSettings
+    from vantum_pipeline.transports.twilio.server import TwilioCall
 
 __all__ = ["PhoneDialer", "ServiceSettings", "services_from_env"]
 
@@ -76,10 +85,12 @@ _SALES = {"do_not_call": "opted_out", "voicemail": "voicemail_left"}
 
 @dataclass(slots=True)
 class ServiceSettings:
-    twilio: Any
-    deepgram: Any
-    openai: Any
-    cartesia: Any
+    """The four services a campaign's calls use, with the campaign's caller id and phone formats."""
+
+    twilio: TwilioSettings
+    deepgram: DeepgramSettings
+    openai: OpenAISettings
+    cartesia: CartesiaSettings
 
 
 def services_from_env(config: CampaignConfig, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -290,7 +301,7 @@ class PhoneDialer:
 
     # ----------------------------------------------------------- pipeline
 
-    async def _build_pipeline(self, session: Any) -> Any:
+    async def _build_pipeline(self, session: TwilioCall) -> PipelineTask:
         from vantum_pipeline.observability.collector import MetricsCollector
         from vantum_pipeline.observability.cost import CostTracker, Prices
         from vantum_pipeline.observability.record import CallRecorder, MemorySink
@@ -328,11 +339,11 @@ class PhoneDialer:
         llm_context = LLMContext.from_template(self.config.prompt, variables)
         tracker = CostTracker(Prices())
         recorder = CallRecorder(sink=MemorySink(), tracker=tracker, call_id=session.call_sid)
-        taps = _LineTaps(self, job) if self.recordings_dir is not None else None
+        taps = _LineTaps() if self.recordings_dir is not None else None
         context.recording = taps
         processors: list[FrameProcessor] = [
             session.transport.input(),
-            _CalleeTap(self, job, taps),
+            _CalleeTap(taps),
             DeepgramSTTService(self.services.deepgram),
             _TranscriptTap(self, job),
             recorder.user_tap(),
@@ -372,7 +383,7 @@ class _LineTaps:
 
     MAX_SECONDS = 1800.0
 
-    def __init__(self, dialer: PhoneDialer, job: CallJob) -> None:
+    def __init__(self) -> None:
         self.started = time.monotonic()
         self.callee: list[tuple[float, bytes]] = []
         self.bot: list[tuple[float, bytes]] = []
@@ -404,13 +415,13 @@ class _LineTaps:
             path.parent.mkdir(parents=True, exist_ok=True)
             stereo_line_recording(path, self.callee, self.bot)
         except OSError as exc:
-            logger.warning("the recording {} could not be written: {}", path, exc)
+            logger.warning("the recording {} could not be written: {}", mask_numbers(str(path)), exc)
             return False
         return True
 
 
 class _CalleeTap(FrameProcessor):
-    def __init__(self, dialer: PhoneDialer, job: CallJob, taps: _LineTaps | None) -> None:
+    def __init__(self, taps: _LineTaps | None) -> None:
         super().__init__(name="campaign-callee-tap")
         self.taps = taps
 

@@ -336,15 +336,14 @@ class CampaignRunner:
             "attempt": attempt.attempt,
             "to": mask_number(attempt.number),
             "prospect_state": state,
-            **{name: getattr(record, name) for name in record.__slots__},
+            **dataclasses.asdict(record),
         }
-        data["transcript"] = list(record.transcript)
         try:
             self.records_dir.mkdir(parents=True, exist_ok=True)
             path = self.records_dir / f"{_safe(attempt.prospect_id)}-{attempt.attempt}.json"
             path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
         except OSError as exc:
-            logger.warning("campaign {}: the call record could not be written: {}", attempt.job_id, exc)
+            logger.warning("campaign {}: the call record could not be written: {}", attempt.log_id, exc)
 
     # ----------------------------------------------------- reconciliation
 
@@ -366,7 +365,7 @@ class CampaignRunner:
             found = await self._ask_twilio(lambda: self.dialer.find_calls(attempt.number, attempt.claimed_at - 60.0))
             if not found:
                 self.store.unclaim(attempt, "not placed before the runner stopped")
-                logger.info("attempt {} was never placed: the prospect is due again", attempt.job_id)
+                logger.info("attempt {} was never placed: the prospect is due again", attempt.log_id)
                 return
             sid = found[-1].sid
             self.store.placed(attempt, sid)
@@ -388,7 +387,7 @@ class CampaignRunner:
             cost_by_service={"twilio": cost},
             notes="reconciled after a restart",
         )
-        logger.info("attempt {} reconciled: Twilio says {} -> {}", attempt.job_id, twilio_status, outcome)
+        logger.info("attempt {} reconciled: Twilio says {} -> {}", attempt.log_id, twilio_status, outcome)
         self._record(attempt, record)
 
     async def _until_ended(self, sid: str) -> CallStatus | None:

@@ -36,6 +36,7 @@ from typing import Any
 from vantum_pipeline.campaign.prospects import Prospect, normalize_number
 from vantum_pipeline.campaign.rules import Decision, ProspectState
 from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.telephony.client import mask_numbers
 from vantum_pipeline.telephony.numbers import InvalidNumberError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "AttemptRecord", "AttemptRow", "CampaignStore", "ProspectRow"]
@@ -149,6 +150,11 @@ class AttemptRow:
     def job_id(self) -> str:
         """Deterministic id of this dial (campaign, prospect, attempt number)."""
         return f"{self.campaign_id}:{self.prospect_id}:{self.attempt}"
+
+    @property
+    def log_id(self) -> str:
+        """``job_id`` for logs: a prospect id that is a phone number is masked."""
+        return mask_numbers(self.job_id)
 
 
 @dataclass(slots=True)
