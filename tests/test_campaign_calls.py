@@ -82,7 +82,7 @@ async def test_a_simulated_campaign_covers_every_answered_path(tmp_path: Path) -
     text = out.getvalue()
     assert "9 prospects (9 new), 0 rows rejected, 1 numbers on the do-not-call list" in text
 
-    with CampaignStore(tmp_path / "run" / "campaign.sqlite") as store:
+    with CampaignStore(tmp_path / "run-simulated" / "campaign.sqlite") as store:
         prospects = {p["id"]: p for p in store.prospects("calls")}
         attempts = {(a["prospect_id"], a["attempt"]): a for a in store.attempts("calls")}
 
@@ -119,7 +119,7 @@ async def test_a_simulated_campaign_covers_every_answered_path(tmp_path: Path) -
             assert (wav.getnchannels(), wav.getframerate()) == (2, 8000)
             samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
         assert np.abs(samples[:, 0]).max() > 1000 and np.abs(samples[:, 1]).max() > 1000  # callee and bot
-        record = json.loads((tmp_path / "run" / "calls" / "+14155550101-1.json").read_text())
+        record = json.loads((tmp_path / "run-simulated" / "calls" / "+14155550101-1.json").read_text())
         assert record["outcome"] == "meeting_booked" and record["to"].startswith("+141")
     assert "ended: meeting_booked" in text and "callee Yes, let's book a meeting." in text
     assert "do-not-call    1 never dialled (on the list), 1 added by a call's opt-out" in text
@@ -127,9 +127,10 @@ async def test_a_simulated_campaign_covers_every_answered_path(tmp_path: Path) -
     assert re.search(r"at most [1-7] calls at once \(limit 7\)", text)
 
     status = io.StringIO()
-    assert status_command(tmp_path / "campaign.toml", stream=status) == 0
+    assert status_command(tmp_path / "campaign.toml", stream=status, fake=True) == 0
     assert "meeting_booked 3" in status.getvalue() and "in progress   0" in status.getvalue()
     exported = io.StringIO()
-    assert export_command(tmp_path / "run", "jsonl", "attempts", None, stream=exported) == 0
+    assert export_command(tmp_path / "run-simulated", "jsonl", "attempts", None, stream=exported) == 0
+    assert not (tmp_path / "run").exists()  # the simulation never touches the real campaign's folder
     rows = [json.loads(line) for line in exported.getvalue().splitlines()]
     assert len(rows) == len(attempts) and {r["outcome"] for r in rows} >= {"busy", "opted_out", "callback_requested"}

@@ -78,6 +78,7 @@ def _campaign_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     demo.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     demo.add_argument("--log-level", default="ERROR", help="library log level on stderr (default ERROR)")
     for sub in (status, export):
+        sub.add_argument("--fake", action="store_true", help="the simulated run's results (run --fake)")
         sub.add_argument("--log-level", default="WARNING", help="library log level on stderr")
 
 
@@ -86,9 +87,9 @@ def _campaign(args: argparse.Namespace) -> int:
     from vantum_pipeline.campaign.config import load_campaign
 
     if args.action == "status":
-        return status_command(args.target)
+        return status_command(args.target, fake=args.fake)
     if args.action == "export":
-        return export_command(args.target, args.format, args.rows, args.out)
+        return export_command(args.target, args.format, args.rows, args.out, fake=args.fake)
     if args.action == "demo":
         from vantum_pipeline.demo.campaign_demo import run_demo
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
@@ -36,7 +37,16 @@ from vantum_pipeline.campaign.store import CampaignStore
 from vantum_pipeline.campaign.view import make_view
 from vantum_pipeline.errors import ConfigurationError
 
-__all__ = ["DialerFactory", "campaign_lock", "open_store", "phone_dialer", "run_campaign", "status_command"]
+__all__ = [
+    "DialerFactory",
+    "campaign_lock",
+    "export_command",
+    "open_store",
+    "phone_dialer",
+    "run_campaign",
+    "simulated",
+    "status_command",
+]
 
 STORE_NAME = "campaign.sqlite"
 DialerFactory = Callable[[CampaignConfig, StoreDoNotCall, Clock, EventCallback], AbstractAsyncContextManager[Dialer]]
@@ -59,8 +69,15 @@ def campaign_lock(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def open_store(target: Path) -> tuple[CampaignStore, str]:
-    """The store and campaign id of a campaign file or folder."""
+def simulated(config: CampaignConfig) -> CampaignConfig:
+    """The campaign as ``run --fake`` runs it: same file, its own folder (``<folder>-simulated``),
+    so a simulation never mixes with the real campaign's store."""
+    folder = config.resolved_folder()
+    return dataclasses.replace(config, folder=folder.with_name(folder.name + "-simulated"))
+
+
+def open_store(target: Path, *, fake: bool = False) -> tuple[CampaignStore, str]:
+    """The store and campaign id of a campaign file (its simulated run's with ``fake``) or folder."""
     if target.is_dir():
         path = target / STORE_NAME
         if not path.exists():
@@ -72,21 +89,25 @@ def open_store(target: Path) -> tuple[CampaignStore, str]:
             raise ConfigurationError(f"{path}: expected one campaign, found {len(campaigns)}")
         return store, str(campaigns[0]["id"])
     config = load_campaign(target)
+    if fake:
+        config = simulated(config)
     path = config.resolved_folder() / STORE_NAME
     if not path.exists():
         raise ConfigurationError(f"{path}: the campaign has not run yet")
     return CampaignStore(path), config.id
 
 
-def status_command(target: Path, stream: TextIO = sys.stdout) -> int:
-    store, campaign_id = open_store(target)
+def status_command(target: Path, stream: TextIO = sys.stdout, *, fake: bool = False) -> int:
+    store, campaign_id = open_store(target, fake=fake)
     with store:
         print(format_status(campaign_status(store, campaign_id)), file=stream)
     return 0
 
 
-def export_command(target: Path, fmt: str, rows: str, out: Path | None, stream: TextIO = sys.stdout) -> int:
-    store, campaign_id = open_store(target)
+def export_command(
+    target: Path, fmt: str, rows: str, out: Path | None, stream: TextIO = sys.stdout, *, fake: bool = False
+) -> int:
+    store, campaign_id = open_store(target, fake=fake)
     with store:
         if out is None:
             count = export(store, campaign_id, stream, fmt=fmt, rows=rows)
@@ -126,6 +147,7 @@ async def run_campaign(
     idle_exit: float | None = None,
     plain: bool = False,
     stream: TextIO = sys.stdout,
+    is_simulation: bool = False,
 ) -> int:
     """Run ``config`` to its end (or ``idle_exit`` seconds of nothing due); see the module docstring."""
     clock = clock or SystemClock()
@@ -171,7 +193,8 @@ async def run_campaign(
             budget=config.budget_usd,
         )
         print("\n".join(rules), file=stream)
-        print(f"records in {folder / 'calls'}; export: vantum campaign export {config.path}", file=stream)
+        hint = f"vantum campaign export {'--fake ' if is_simulation else ''}{config.path}"
+        print(f"records in {folder / 'calls'}; export: {hint}", file=stream)
     return 0
 
 

@@ -1,6 +1,7 @@
 """``vantum campaign demo`` and ``vantum campaign run --fake``: a campaign in a simulated world.
 
-``run_fake(config)`` runs a campaign file against ``SimulatedWorld``: every
+``run_fake(config)`` runs a campaign file against ``SimulatedWorld`` (its
+store in ``<folder>-simulated``, never the real campaign's): every
 service on its official SDK against a local stand-in, each prospect's phone
 behaving as the file's ``[simulation]`` table says::
 
@@ -30,7 +31,7 @@ from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from vantum_pipeline.campaign.clock import Clock, OffsetClock, SystemClock
-from vantum_pipeline.campaign.command import run_campaign
+from vantum_pipeline.campaign.command import run_campaign, simulated
 from vantum_pipeline.campaign.config import CampaignConfig, load_campaign
 from vantum_pipeline.campaign.dispatch import Dialer, EventCallback
 from vantum_pipeline.campaign.phone import PhoneDialer
@@ -83,6 +84,8 @@ def _clock(config: CampaignConfig) -> Clock:
 async def run_fake(
     config: CampaignConfig, *, idle_exit: float | None = 60.0, plain: bool = False, stream: TextIO = sys.stdout
 ) -> int:
+    """Run ``config`` in the simulated world; its store is ``<folder>-simulated``, apart from real runs."""
+    config = simulated(config)
     personas, default = _personas(config)
     clock = _clock(config)
     voices = config.simulation.get("voices", True)
@@ -104,7 +107,9 @@ async def run_fake(
                 phone.server.public_base_url = phone.server.local_url
                 yield WorldDialer(world, phone, personas, default)
 
-    return await run_campaign(config, world_dialer, clock=clock, idle_exit=idle_exit, plain=plain, stream=stream)
+    return await run_campaign(
+        config, world_dialer, clock=clock, idle_exit=idle_exit, plain=plain, stream=stream, is_simulation=True
+    )
 
 
 # ------------------------------------------------------------------ demo
