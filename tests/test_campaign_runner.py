@@ -16,7 +16,7 @@ from vantum_pipeline.campaign.clock import Clock, FrozenClock, SystemClock
 from vantum_pipeline.campaign.config import CampaignConfig, load_campaign
 from vantum_pipeline.campaign.dispatch import CampaignEvent
 from vantum_pipeline.campaign.runner import CampaignRunner, RunSummary, prepare_campaign
-from vantum_pipeline.campaign.store import CampaignStore
+from vantum_pipeline.campaign.store import AttemptRecord, CampaignStore
 from vantum_pipeline.telephony.calls import place_call
 from vantum_pipeline.telephony.client import TwilioRestClient
 from vantum_pipeline.testing.twilio import FakeTwilio
@@ -259,3 +259,27 @@ async def test_restart_reconciles_attempts_left_open(tmp_path: Path) -> None:
         # Every call Twilio placed belongs to exactly one attempt.
         sids = [a["call_sid"] for a in w.store.attempts("test") if a["call_sid"]]
         assert sorted(sids) == sorted(w.twilio.calls)
+
+
+async def test_reconciliation_never_takes_an_earlier_attempts_call_for_this_one(tmp_path: Path) -> None:
+    prospects = numbers(1)
+    number = prospects[0][0]
+    extra = '\n[rules.outcomes]\nbusy = { action = "retry", delay_seconds = 0, max_attempts = 3 }\n'
+    async with world(tmp_path, prospects, phones={number: "busy"}, extra=extra) as w:
+        runner = w.runner(SystemClock())
+        first = w.store.claim("test", number, dt.datetime.now(dt.UTC).timestamp())
+        assert first is not None
+        call = await place_call(w.client, number, CALLER_ID, twiml='<Response><Pause length="0.2"/></Response>')
+        w.store.placed(first, call.sid)
+        await w.twilio.wait_ended(within=10)
+        # Attempt 1 ended busy a moment ago; attempt 2 was claimed, then the runner died before dialling.
+        runner._record(first, AttemptRecord("busy", twilio_status="busy", call_sid=call.sid))
+        second = w.store.claim("test", number, dt.datetime.now(dt.UTC).timestamp())
+        assert second is not None and second.attempt == 2
+        w.twilio.behave(number, outcome=None)  # answers from now on
+        await w.runner(SystemClock()).run()
+        attempts = {a["attempt"]: a for a in w.store.attempts("test")}
+        assert attempts[1]["call_sid"] == call.sid and attempts[1]["outcome"] == "busy"
+        assert attempts[2]["call_sid"] not in (None, call.sid)  # dialled for real, once
+        assert attempts[2]["outcome"] == "completed" and len(attempts) == 2
+        assert len(w.calls_to(number)) == 2

@@ -31,6 +31,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,7 +275,8 @@ class CampaignRunner:
                     continue
                 if self._over_budget():
                     return
-                attempt = self.store.claim(campaign, row.id, now_ts)
+                # Attempt times are wall-clock (Twilio's clock, for reconciliation); due times follow self.clock.
+                attempt = self.store.claim(campaign, row.id, time.time())
                 if attempt is None:
                     continue
                 job = CallJob(attempt, row.name, row.company, row.timezone, row.prompt_variables())
@@ -314,7 +316,7 @@ class CampaignRunner:
                 tz = zone(row.timezone)
                 opening = self.config.calling_hours.next_opening(decision.next_at, tz)
                 decision = dataclasses.replace(decision, next_at=opening)
-        self.store.finish(attempt, record, decision, now=now.timestamp())
+        self.store.finish(attempt, record, decision)
         self.spend += record.cost
         self._write_record(attempt, record, decision.state.value)
         self._emit(
@@ -363,6 +365,9 @@ class CampaignRunner:
         sid = attempt.call_sid
         if sid is None:
             found = await self._ask_twilio(lambda: self.dialer.find_calls(attempt.number, attempt.claimed_at - 60.0))
+            # Calls of the prospect's earlier attempts are in the window too: they are not this one.
+            known = self.store.call_sids(attempt.campaign_id, attempt.prospect_id)
+            found = [call for call in found if call.sid not in known]
             if not found:
                 self.store.unclaim(attempt, "not placed before the runner stopped")
                 logger.info("attempt {} was never placed: the prospect is due again", attempt.log_id)

@@ -416,6 +416,14 @@ class CampaignStore:
         fields = ("campaign_id", "prospect_id", "attempt", "number", "state", "call_sid", "claimed_at")
         return [AttemptRow(*(r[name] for name in fields)) for r in rows]
 
+    def call_sids(self, campaign_id: str, prospect_id: str) -> set[str]:
+        """The call sids already recorded for a prospect's attempts."""
+        rows = self._db.execute(
+            "SELECT call_sid FROM attempts WHERE campaign_id = ? AND prospect_id = ? AND call_sid IS NOT NULL",
+            (campaign_id, prospect_id),
+        )
+        return {row[0] for row in rows}
+
     def ended_with(self, campaign_id: str, prospect_id: str, outcome: str) -> int:
         row = self._db.execute(
             "SELECT COUNT(*) FROM attempts "
