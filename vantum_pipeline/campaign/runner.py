@@ -192,11 +192,12 @@ class CampaignRunner:
         """Reconcile, dial until done, let calls in progress finish. Not cancel-safe
         for the calls in progress (cancelling abandons them; a restart reconciles)."""
         reconciled = await self.reconcile()
-        reason = "stopped"
         try:
             reason = await self._loop()
-        finally:
-            await self.dispatcher.aclose(graceful=True, timeout=self.config.max_call_seconds + 30.0)
+        except BaseException:
+            await self.dispatcher.aclose(graceful=False)
+            raise
+        await self.dispatcher.aclose(graceful=True, timeout=self.config.max_call_seconds + 30.0)
         next_due = self.store.next_due_at(self.config.id)
         return RunSummary(
             reason,
@@ -258,11 +259,13 @@ class CampaignRunner:
             rows = self.store.due(campaign, now_ts, max(free, 64))
             if not rows:
                 return
+            moved = 0  # prospects this batch claimed, deferred or settled
             for row in rows:
                 if self.dispatcher.free_slots() == 0 or self._stopping:
                     return
                 if self.dnc.blocks(row.number):
                     self.store.skip_dnc(campaign, row.id)
+                    moved += 1
                     self._emit(CampaignEvent("skipped", prospect_id=row.id, text="on the do-not-call list"))
                     continue
                 tz = zone(row.timezone)
@@ -271,6 +274,7 @@ class CampaignRunner:
                     local = opening.astimezone(tz)
                     note = f"outside calling hours: next {local:%a %H:%M} {row.timezone}"
                     self.store.defer(campaign, row.id, opening.timestamp(), note)
+                    moved += 1
                     self._emit(CampaignEvent("deferred", prospect_id=row.id, text=note))
                     continue
                 if self._over_budget():
@@ -281,12 +285,15 @@ class CampaignRunner:
                     continue
                 job = CallJob(attempt, row.name, row.company, row.timezone, row.prompt_variables())
                 self.dialled += 1
+                moved += 1
                 self._emit(
                     CampaignEvent(
                         "dialing", job.job_id, row.id, text=f"{row.name or row.id} (attempt {attempt.attempt})"
                     )
                 )
                 await self.dispatcher.submit(job)
+            if moved == 0:
+                return  # the batch stays due (claims refused): try again on the next tick, never spin
 
     # -------------------------------------------------------- result sink
 
