@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import sqlite3
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -208,3 +209,26 @@ def test_a_failed_transaction_changes_nothing(tmp_path: Path) -> None:
             db.execute("UPDATE prospects SET state = 'done'")
             raise RuntimeError("crash in the middle")
         assert store.state_counts("c") == {"pending": 1}
+
+
+async def test_pacer_never_releases_two_starts_closer_than_its_interval() -> None:
+    import asyncio
+    import time
+
+    from vantum_pipeline.campaign.dispatch import Pacer
+
+    pacer = Pacer(50.0)  # 20 ms apart
+    starts: list[float] = []
+
+    async def start() -> None:
+        starts.append(await pacer.wait())
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(25):
+            group.create_task(start())
+    await asyncio.sleep(0.05)  # a caller after a pause starts at once
+    before = time.monotonic()
+    late = await pacer.wait()
+    assert late - before < 0.01
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.02 and len(starts) == 25

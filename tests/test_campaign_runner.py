@@ -5,6 +5,7 @@ and reconciliation of attempts a dead runner left open."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 from tests.campaign_support import CALLER_ID, RestDialer, twilio_settings, write_campaign
 from vantum_pipeline.campaign.clock import Clock, FrozenClock, SystemClock
 from vantum_pipeline.campaign.config import CampaignConfig, load_campaign
-from vantum_pipeline.campaign.dispatch import CampaignEvent
+from vantum_pipeline.campaign.dispatch import CampaignEvent, InProcessDispatcher
 from vantum_pipeline.campaign.runner import CampaignRunner, RunSummary, prepare_campaign
 from vantum_pipeline.campaign.store import AttemptRecord, CampaignStore
 from vantum_pipeline.telephony.calls import place_call
@@ -204,13 +205,18 @@ async def test_concurrency_and_pacing_measured_at_twilio(tmp_path: Path) -> None
     prospects = numbers(14)
     rules = "max_concurrent_calls = 3\ncalls_per_second = 5"
     async with world(tmp_path, prospects, rules=rules, line_seconds=0.5) as w:
-        summary = await w.runner(SystemClock()).run()
+        runner = w.runner(SystemClock())
+        summary = await runner.run()
         assert summary.reason == "finished" and len(w.twilio.calls) == 14
         creates = sorted(r.at for r in w.twilio.requests if r.method == "POST" and r.path.endswith("/Calls.json"))
         assert len(creates) == 14
-        # Absolute pacing: the n-th call is never placed before first + n / rate (loopback jitter aside).
-        for n, at in enumerate(creates):
-            assert at - creates[0] >= n * 0.2 - 0.02, (n, at - creates[0])
+        # Pacing: consecutive calls reach Twilio at least 1 / rate apart (loopback jitter aside).
+        gaps = [b - a for a, b in itertools.pairwise(creates)]
+        assert min(gaps) >= 0.2 - 0.02, gaps
+        dispatcher = runner.dispatcher
+        assert isinstance(dispatcher, InProcessDispatcher)
+        starts = list(dispatcher.starts)  # as released by the pacer: never closer than 1 / rate
+        assert len(starts) == 14 and min(b - a for a, b in itertools.pairwise(starts)) >= 0.2
         # Concurrency as Twilio saw it: calls alive at once, from creation to their end.
         edges = sorted(
             [(c.created_at, 1) for c in w.twilio.calls.values()]

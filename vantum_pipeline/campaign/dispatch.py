@@ -157,8 +157,10 @@ class Dispatcher(Protocol):
 
 
 class Pacer:
-    """Spaces events by ``1 / rate`` seconds on an absolute clock: the n-th
-    start is never before ``first + n / rate``, however late the callers come."""
+    """Spaces starts by at least ``1 / rate`` seconds: each start is released
+    ``1 / rate`` after the previous one actually started (a late wake-up pushes
+    the next slot back rather than letting two starts bunch up), and a caller
+    arriving after its slot starts at once."""
 
     def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         if rate <= 0:
@@ -172,11 +174,14 @@ class Pacer:
         """Wait for this caller's slot; returns when it started (monotonic). Cancel-safe."""
         async with self._lock:
             now = self._clock()
-            slot = now if self._next is None or self._next <= now else self._next
-            if slot > now:
-                await asyncio.sleep(slot - now)
-            self._next = slot + self.interval
-            return slot
+            if self._next is not None and self._next > now:
+                await asyncio.sleep(self._next - now)
+                now = self._clock()
+                while now < self._next:  # a sleep may return a hair early on a coarse clock
+                    await asyncio.sleep(self._next - now)
+                    now = self._clock()
+            self._next = now + self.interval
+            return now
 
 
 class InProcessDispatcher:
@@ -236,13 +241,13 @@ class InProcessDispatcher:
             logger.opt(exception=exc).error("campaign call {}: recording its result failed: {}", job.log_id, exc)
 
     async def _call(self, job: CallJob) -> AttemptRecord:
-        await self.pacer.wait()
+        started = await self.pacer.wait()
         # Checked at the last moment: another call may have added the number since the claim.
         if self.dnc is not None and self.dnc.blocks(job.number):
             number = mask_number(job.number)
             logger.info("campaign call {}: {} is on the do-not-call list: not dialled", job.log_id, number)
             return AttemptRecord(outcome="do_not_call_list", notes="on the do-not-call list: not dialled")
-        self.starts.append(time.monotonic())
+        self.starts.append(started)
         self.dialled += 1
 
         async def placed(sid: str) -> None:

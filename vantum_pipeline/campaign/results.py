@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -202,7 +203,7 @@ class RunTally:
         )
         if max_active_seen is not None:
             lines.append(f"  concurrency    at most {max_active_seen} calls at once (limit {max_concurrent})")
-        gaps = [b - a for a, b in zip(starts, list(starts)[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
         if gaps:
             lines.append(
                 f"  pacing         call starts at least {min(gaps):.2f} s apart (limit {calls_per_second:g} per second)"
