@@ -16,9 +16,9 @@ workers on other machines) can stand in for the in-process one:
 - ``aclose(graceful=...)``: let the calls in progress finish (or cancel them).
 
 ``InProcessDispatcher`` runs each job as a task it owns, with at most
-``max_concurrent`` jobs at once and call starts spaced by ``1 /
-calls_per_second`` on an absolute clock (Twilio's calls-per-second limit for
-the account). Both are measured (``max_active_seen``, ``starts``).
+``max_concurrent`` jobs at once and call starts at least ``1 /
+calls_per_second`` apart (Twilio's calls-per-second limit for the account).
+Both are measured (``max_active_seen``, ``starts``).
 """
 
 from __future__ import annotations
