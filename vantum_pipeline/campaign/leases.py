@@ -34,7 +34,7 @@ from loguru import logger
 
 from vantum_pipeline.errors import ConfigurationError
 
-__all__ = ["ClusterLeases", "Lease", "LeaseRefused", "RATE_LIMIT"]
+__all__ = ["RATE_LIMIT", "ClusterLeases", "Lease", "LeaseRefused"]
 
 #: The name under which a refusal reports the calls-per-second window.
 RATE_LIMIT = "calls_per_second"
@@ -229,7 +229,7 @@ class ClusterLeases:
                 try:
                     if not await asyncio.wait_for(self.renew(lease), timeout=interval):
                         logger.warning("lease {} lost a place (expired before renewal)", lease.holder)
-                except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                except (TimeoutError, OSError) as exc:
                     logger.warning("lease {}: renewal failed ({}); retrying", lease.holder, type(exc).__name__)
                 except Exception as exc:  # a redis-py error class that is not an OSError
                     logger.warning("lease {}: renewal failed ({}: {}); retrying", lease.holder, type(exc).__name__, exc)

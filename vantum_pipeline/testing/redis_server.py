@@ -80,7 +80,8 @@ class RedisServer:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise ConfigurationError(f"redis-server exited at start (code {self._process.returncode}): {self.log()}")
+                code = self._process.returncode
+                raise ConfigurationError(f"redis-server exited at start (code {code}): {self.log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")
