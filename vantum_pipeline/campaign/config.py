@@ -8,7 +8,27 @@ A minimal file (everything else has the product's default)::
     prospects = "prospects.csv"
 
 See ``examples/campaign/campaign.toml`` for every setting. Paths are relative
-to the campaign file. ``load_campaign(path)`` raises :class:`CampaignFileError`
+to the campaign file.
+
+The sales-call features (``telephony``) have their own tables; left out,
+each keeps the default below:
+
+- ``[amd]``: Twilio's asynchronous answering-machine detection on every call
+  (``enabled``, default on: ``DetectMessageEnd``, the bot's first words held
+  until the verdict; ``while_detecting = "start_and_yield"`` lets the bot
+  start and stops it for a machine; ``detection``, ``twilio_timeout``,
+  ``decision_timeout``);
+- ``[voicemail]``: ``message`` (or ``message_file``), a template filled with
+  the prospect's variables like the prompt (a variable missing for any
+  prospect stops the campaign before its first call); without one, a
+  machine is hung up on (outcome ``machine``);
+- ``[transfer]``: ``number`` of the rep (none: no transfers), ``caller_id``
+  (default: the campaign's), ``timeout`` (seconds the rep's phone rings,
+  default 20), ``on_no_answer`` (``"resume"``: back to the bot with a
+  fallback line, the default; ``"end"``: end politely), the lines said;
+- ``[keypad]``: ``opt_out`` (a key, e.g. ``"9"``: "press 9 to be removed";
+  default off), ``[keypad.bindings]`` (``"0" = "transfer"``, ``"*" = "repeat"``),
+  ``inter_digit_timeout`` (default 2 s). ``load_campaign(path)`` raises :class:`CampaignFileError`
 (a ``ConfigurationError``) whose message starts ``file:line: field:``.
 """
 
@@ -34,6 +54,18 @@ from vantum_pipeline.campaign.rules import (
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.processors.context import SALES_PROMPT, PromptTemplate
 from vantum_pipeline.telephony.numbers import InvalidNumberError, validate_e164
+from vantum_pipeline.telephony.settings import (
+    AMD_START_AND_YIELD,
+    AMD_WAIT,
+    KEYPAD_ACTIONS,
+    TRANSFER_END,
+    TRANSFER_RESUME,
+    AmdSettings,
+    CallFeatureSettings,
+    KeypadSettings,
+    OptOutSettings,
+    TransferSettings,
+)
 
 __all__ = ["CampaignConfig", "CampaignFileError", "load_campaign", "parse_campaign"]
 
@@ -107,6 +139,10 @@ class CampaignConfig:
     outcome_rules: dict[str, OutcomeRule] = field(default_factory=lambda: dict(DEFAULT_OUTCOME_RULES))
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     simulation: dict[str, Any] = field(default_factory=dict)
+    #: AMD and voicemail, transfer, opt-out and keypad, as every call of the campaign uses them.
+    features: CallFeatureSettings = field(default_factory=CallFeatureSettings)
+    #: The voicemail left on a machine, filled per prospect (None: no message).
+    voicemail: PromptTemplate | None = None
     lines: _Lines | None = field(default=None, repr=False)
 
     def error(self, field_name: str, message: str) -> CampaignFileError:
@@ -182,10 +218,49 @@ class _Reader:
             raise self.fail(f"{prefix}.{key}", f"must be a number >= {minimum:g}, got {value!r}")
         return float(value)
 
-    def integer(self, table: Mapping[str, Any], key: str, prefix: str, default: int, *, minimum: int = 1) -> int:
+    def integer(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        prefix: str,
+        default: int,
+        *,
+        minimum: int = 1,
+        maximum: int | None = None,
+    ) -> int:
         value = table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.fail(f"{prefix}.{key}", f"must be an integer >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise self.fail(f"{prefix}.{key}", f"must be an integer from {minimum} to {maximum}, got {value!r}")
+        return value
+
+    def boolean(self, table: Mapping[str, Any], key: str, prefix: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{prefix}.{key}", f"must be true or false, got {value!r}")
+        return value
+
+    def choice(self, table: Mapping[str, Any], key: str, prefix: str, default: str, choices: tuple[str, ...]) -> str:
+        value = table.get(key, default)
+        if value not in choices:
+            raise self.fail(f"{prefix}.{key}", f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        return str(value)
+
+    def line_text(self, table: Mapping[str, Any], key: str, prefix: str, default: str) -> str:
+        value = self.string(table, key, prefix, default) or ""
+        if not value.strip():
+            raise self.fail(f"{prefix}.{key}", "must not be blank")
+        return value
+
+    def number_e164(self, table: Mapping[str, Any], key: str, prefix: str) -> str | None:
+        value = self.string(table, key, prefix)
+        if value is None:
+            return None
+        try:
+            validate_e164(value, field=key)
+        except InvalidNumberError as exc:
+            raise self.fail(f"{prefix}.{key}", str(exc)) from None
         return value
 
     def path_of(self, value: str) -> Path:
@@ -193,7 +268,11 @@ class _Reader:
         return candidate if candidate.is_absolute() else self.base / candidate
 
     def read(self) -> CampaignConfig:
-        self.only(self.data, "", {"campaign", "prompt", "rules", "services", "simulation"})
+        self.only(
+            self.data,
+            "",
+            {"campaign", "prompt", "rules", "services", "simulation", "amd", "voicemail", "transfer", "keypad"},
+        )
         campaign = self.table("campaign")
         if not campaign:
             raise self.fail("campaign", "the [campaign] table is required (name, caller_id, prospects)")
@@ -239,6 +318,7 @@ class _Reader:
         )
         self.read_prompt(config)
         self.read_rules(config)
+        self.read_features(config)
         services = self.table("services")
         self.only(services, "services", {"deepgram", "openai", "cartesia", "twilio"})
         for service in services:
@@ -358,3 +438,104 @@ class _Reader:
         except (ValueError, ConfigurationError) as exc:
             finals = [s.value for s in ProspectState if s.final]
             raise self.fail(f"{prefix}.then", f"must be one of {finals}, got {then_name!r} ({exc})") from None
+
+    # ------------------------------------------------------ call features
+
+    def read_features(self, config: CampaignConfig) -> None:
+        amd = self.read_amd(config)
+        transfer = self.read_transfer()
+        opt_out, keypad = self.read_keypad(transfer)
+        config.features = CallFeatureSettings(amd=amd, transfer=transfer, opt_out=opt_out, keypad=keypad)
+
+    def read_amd(self, config: CampaignConfig) -> AmdSettings:
+        prefix = "amd"
+        amd = self.table("amd")
+        self.only(amd, prefix, {"enabled", "detection", "while_detecting", "twilio_timeout", "decision_timeout"})
+        enabled = self.boolean(amd, "enabled", prefix, True)
+        detection = self.choice(amd, "detection", prefix, "DetectMessageEnd", ("DetectMessageEnd", "Enable"))
+        while_detecting = self.choice(amd, "while_detecting", prefix, AMD_WAIT, (AMD_WAIT, AMD_START_AND_YIELD))
+        twilio_timeout = None
+        if "twilio_timeout" in amd:
+            twilio_timeout = self.integer(amd, "twilio_timeout", prefix, 30, minimum=3, maximum=59)
+        decision = self.number(amd, "decision_timeout", prefix, 35.0, minimum=1.0)
+        assert decision is not None
+
+        voicemail = self.table("voicemail")
+        self.only(voicemail, "voicemail", {"message", "message_file"})
+        message = self.string(voicemail, "message", "voicemail")
+        message_file = self.string(voicemail, "message_file", "voicemail")
+        if message is not None and message_file is not None:
+            raise self.fail("voicemail.message_file", "give either message or message_file, not both")
+        field_name = "voicemail.message"
+        if message_file is not None:
+            field_name = "voicemail.message_file"
+            try:
+                message = self.path_of(message_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise self.fail(field_name, f"cannot read {message_file!r}: {exc.strerror}") from None
+        if message is not None:
+            if not message.strip():
+                raise self.fail(field_name, "must not be blank (leave [voicemail] out to leave no message)")
+            if not enabled:
+                raise self.fail(field_name, "a voicemail needs answering-machine detection: set [amd] enabled = true")
+            try:
+                config.voicemail = PromptTemplate(message)
+            except ConfigurationError as exc:
+                raise self.fail(field_name, str(exc)) from None
+        return AmdSettings(
+            mode=detection if enabled else None,
+            while_detecting=while_detecting,
+            decision_timeout=decision,
+            machine_detection_timeout=twilio_timeout,
+            voicemail_message=message,
+        )
+
+    def read_transfer(self) -> TransferSettings:
+        prefix = "transfer"
+        transfer = self.table("transfer")
+        lines = ("handover_line", "fallback_line", "end_line")
+        self.only(transfer, prefix, {"number", "caller_id", "timeout", "on_no_answer", "on_error", *lines})
+        default = TransferSettings()
+        number = self.number_e164(transfer, "number", prefix)
+        if number is None and transfer:
+            raise self.fail("transfer.number", "is required: the rep's number in E.164 (leave [transfer] out for none)")
+        return TransferSettings(
+            number=number,
+            caller_id=self.number_e164(transfer, "caller_id", prefix),
+            timeout=self.integer(transfer, "timeout", prefix, default.timeout, minimum=5, maximum=600),
+            on_no_answer=self.choice(
+                transfer, "on_no_answer", prefix, TRANSFER_RESUME, (TRANSFER_RESUME, TRANSFER_END)
+            ),
+            transfer_on_error=self.boolean(transfer, "on_error", prefix, default.transfer_on_error),
+            handover_line=self.line_text(transfer, "handover_line", prefix, default.handover_line),
+            fallback_line=self.line_text(transfer, "fallback_line", prefix, default.fallback_line),
+            end_line=self.line_text(transfer, "end_line", prefix, default.end_line),
+        )
+
+    def read_keypad(self, transfer: TransferSettings) -> tuple[OptOutSettings, KeypadSettings]:
+        prefix = "keypad"
+        keypad = self.table("keypad")
+        self.only(keypad, prefix, {"opt_out", "bindings", "inter_digit_timeout"})
+        opt_out = keypad.get("opt_out", False)
+        digit: str | None = None
+        if opt_out is not False:
+            one_key = isinstance(opt_out, str | int) and not isinstance(opt_out, bool) and len(str(opt_out)) == 1
+            if not one_key or str(opt_out) not in "0123456789*#":
+                raise self.fail("keypad.opt_out", f'must be one key (0-9, * or #) like "9", or false; got {opt_out!r}')
+            digit = str(opt_out)
+        bindings = self.table("bindings", keypad, "keypad.")
+        names: dict[str, str] = {}
+        for sequence, action in bindings.items():
+            where = f"keypad.bindings.{sequence}"
+            if not sequence or len(sequence) > 8 or not set(sequence) <= set("0123456789*#"):
+                raise self.fail(where, f"a sequence is 1-8 keys of 0-9, * and #, got {sequence!r}")
+            if action not in KEYPAD_ACTIONS:
+                raise self.fail(where, f"the action must be one of {', '.join(KEYPAD_ACTIONS)}, got {action!r}")
+            if action == "transfer" and not transfer.enabled:
+                raise self.fail(where, "a transfer key needs a rep: set [transfer] number")
+            if digit is not None and sequence == digit and action != "opt_out":
+                raise self.fail(where, f"key {digit!r} is already the opt-out key ([keypad] opt_out)")
+            names[sequence] = action
+        timeout = self.number(keypad, "inter_digit_timeout", prefix, 2.0, minimum=0.1)
+        assert timeout is not None
+        return OptOutSettings(keypad_digit=digit), KeypadSettings(bindings=names, inter_digit_timeout=timeout)

@@ -9,6 +9,12 @@ normalized (E.164, separators removed) before they are stored or looked up.
 (an opt-out tool, a keypad action): ``add(number, source=...)`` commits the
 entry before it returns; ``blocks(number)`` answers from the table.
 
+``CallDncList`` binds a ``DoNotCall`` to what the telephony layer asks of
+a list (``telephony.dnc``): it is the ``DncSink`` of every call's opt-out
+(the ``do_not_call`` tool, the keypad) and the ``DncChecker`` the Twilio
+server asks before placing a call, so an opted-out number is refused there
+too, by this campaign or any other on the same store.
+
 The file: one number per line; blank lines and ``#`` comments ignored; a
 line that is not a phone number is reported with its line number and
 skipped.
@@ -22,9 +28,10 @@ from typing import Protocol, runtime_checkable
 
 from vantum_pipeline.campaign.prospects import normalize_number
 from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.telephony.dnc import DncEntry
 from vantum_pipeline.telephony.numbers import InvalidNumberError
 
-__all__ = ["DncFile", "DoNotCall", "read_dnc_file"]
+__all__ = ["CallDncList", "DncFile", "DoNotCall", "read_dnc_file"]
 
 
 @runtime_checkable
@@ -38,6 +45,24 @@ class DoNotCall(Protocol):
     def blocks(self, number: str) -> bool:
         """True when ``number`` must not be dialled."""
         ...
+
+
+class CallDncList:
+    """A campaign's ``DoNotCall`` as a telephony ``DncSink`` and ``DncChecker``.
+
+    ``add`` commits before it returns (the store's transaction), so the bot
+    confirms an opt-out only once it is on the list; a failing list raises,
+    and the call then promises nothing (``CallActions``)."""
+
+    def __init__(self, dnc: DoNotCall) -> None:
+        self.dnc = dnc
+
+    async def add(self, entry: DncEntry) -> None:
+        where = f" on call {entry.call_sid}" if entry.call_sid else ""
+        self.dnc.add(entry.number, source=f"{entry.source} opt-out{where}")
+
+    async def contains(self, number: str) -> bool:
+        return self.dnc.blocks(number)
 
 
 @dataclass(slots=True)

@@ -1,19 +1,38 @@
 """The real calls of a campaign: the Twilio server and one service pipeline per call.
 
 ``PhoneDialer`` is the campaign's ``Dialer`` on the production path: it runs a
-``TwilioServer`` (webhooks and media streams), places each call through the
-REST API, and builds the call's pipeline when its media stream starts::
+``TwilioServer`` (webhooks and media streams) with the campaign's call
+features, places each call through the REST API (with asynchronous
+answering-machine detection when the campaign's ``[amd]`` is on), and builds
+the call's pipeline when its media stream starts::
 
-    phone in → Deepgram STT → UserAggregator → OpenAI LLM → SentenceAggregator
-             → Cartesia TTS → phone out → AssistantAggregator
+    phone in → keypad → Deepgram STT → AMD turn guard → UserAggregator → OpenAI LLM
+             → SentenceAggregator → CallActions → AMD gate → Cartesia TTS → phone out
+             → AssistantAggregator
 
 The prompt is the campaign's template filled with the prospect's row. The
 model gets the campaign's tools: ``record_outcome`` and ``end_call`` (the
-service's), and ``schedule_callback`` (checked against the calling hours).
-A ``do_not_call`` outcome puts the number on the DNC list the moment the
-model records it. The attempt's record carries the outcome, Twilio's
-status, the cost by service, the transcript, what the callee heard, and the
-stereo recording's path when the campaign records calls.
+service's), ``schedule_callback`` (checked against the calling hours),
+``do_not_call`` and, with a rep's number, ``transfer_call`` (``CallActions``).
+
+The telephony features are bound to the campaign: an opt-out (the tool, the
+keypad's opt-out key, or a ``do_not_call`` outcome) lands in the campaign's
+DNC table at once, and the Twilio server checks that same table before it
+places any call; the voicemail is the campaign's message filled with the
+prospect's variables, and every call's TTS shares one phrase cache, so a
+message is synthesized once per campaign (once per prospect when it names
+them) and then played from the cache. A call the rep did not answer that
+came back to the bot keeps its conversation: the new stream's pipeline
+continues the same context.
+
+The attempt's outcome: what the call concluded (``voicemail_left``,
+``machine``, ``fax``, ``transferred``, ``opted_out``) wins over the model's
+recorded result, which wins over Twilio's status; a transfer the rep did not
+answer with nothing else recorded is ``transfer_unanswered``. The record
+carries Twilio's status and AMD's verdict, the cost by service (every leg),
+the transcript, what the callee heard, notes (the opt-out's source, the
+transfer's fate) and the stereo recording's path when the campaign records
+calls.
 
 ``services_from_env`` builds the four services' settings from the
 environment (keys, ``.env``) and the campaign file's ``[services.*]``
@@ -44,7 +63,7 @@ from vantum_pipeline.campaign.dispatch import (
     EventCallback,
     PlacedCallback,
 )
-from vantum_pipeline.campaign.dnc import DoNotCall
+from vantum_pipeline.campaign.dnc import CallDncList, DoNotCall
 from vantum_pipeline.campaign.store import AttemptRecord
 from vantum_pipeline.frames import (
     Frame,
@@ -54,17 +73,22 @@ from vantum_pipeline.frames import (
     TextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
+    TTSSpeakFrame,
 )
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.processors.tools import SalesOutcome
+from vantum_pipeline.services.tts_cache import TTSCache
 from vantum_pipeline.telephony.client import mask_numbers
+from vantum_pipeline.telephony.dnc import DncEntry
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord
 
 if TYPE_CHECKING:
+    from vantum_pipeline.processors.context import LLMContext
     from vantum_pipeline.services.cartesia import CartesiaSettings
     from vantum_pipeline.services.deepgram import DeepgramSettings
     from vantum_pipeline.services.openai import OpenAISettings
     from vantum_pipeline.task import PipelineTask
+    from vantum_pipeline.telephony.calls import OutboundCall
     from vantum_pipeline.telephony.settings import TwilioSettings
     from vantum_pipeline.transports.twilio.server import TwilioCall
 
@@ -78,9 +102,21 @@ _REFUSED = {
     CallOutcome.CANCELED: "canceled",
     CallOutcome.ERROR: "error",
     CallOutcome.COMPLETED: "completed",
+    CallOutcome.DO_NOT_CALL: "do_not_call_list",
+}
+#: What the call concluded (AMD, transfer, opt-out) → campaign outcome.
+_CONCLUDED = {
+    CallOutcome.VOICEMAIL_LEFT: "voicemail_left",
+    CallOutcome.MACHINE: "machine",
+    CallOutcome.FAX: "fax",
+    CallOutcome.TRANSFERRED: "transferred",
+    CallOutcome.OPTED_OUT: "opted_out",
 }
 #: The model's recorded result → campaign outcome (where the names differ).
 _SALES = {"do_not_call": "opted_out", "voicemail": "voicemail_left"}
+#: The phrase cache every call of a campaign shares (voicemails, fallback and handover lines).
+_SHARED_CACHE_ENTRIES = 512
+_SHARED_CACHE_BYTES = 64_000_000
 
 
 @dataclass(slots=True)
@@ -122,16 +158,33 @@ def services_from_env(config: CampaignConfig, env: Mapping[str, str] | None = No
 
 @dataclass
 class _CallContext:
-    """What one call's pipeline shares with the dialer."""
+    """What one call's pipelines (one per media stream: a call back from an
+    unanswered transfer opens a second) share with the dialer."""
 
     job: CallJob
     outcomes: list[SalesOutcome] = field(default_factory=list)
     callback_at: dt.datetime | None = None
     callback_note: str = ""
-    record: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
     recording: _LineTaps | None = None
+    llm_context: LLMContext | None = None
+    #: Set when no pipeline of the call is running (and at least one ran).
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     started: bool = False
+    running: int = 0
+    opt_out_source: str | None = None
+
+
+class _CallDnc:
+    """The campaign's DNC sink as one call sees it: notes how the prospect opted out."""
+
+    def __init__(self, campaign: CallDncList, context: _CallContext) -> None:
+        self.campaign = campaign
+        self.context = context
+
+    async def add(self, entry: DncEntry) -> None:
+        await self.campaign.add(entry)
+        self.context.opt_out_source = entry.source
 
 
 class PhoneDialer:
@@ -159,6 +212,11 @@ class PhoneDialer:
         self.clock = clock
         self.on_event = on_event
         self.recordings_dir = recordings_dir if config.record_calls else None
+        self.features = config.features
+        #: The campaign's DNC table as the telephony layer's sink and checker.
+        self.call_dnc = CallDncList(dnc)
+        #: One phrase cache for every call: the voicemail is synthesized once, then played from here.
+        self.tts_cache = TTSCache(_SHARED_CACHE_ENTRIES, _SHARED_CACHE_BYTES)
         self._contexts: dict[str, _CallContext] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self.server = TwilioServer(
@@ -168,6 +226,8 @@ class PhoneDialer:
             port=port,
             transport_params=TwilioTransportParams(passthrough_input=True),
             max_calls=max(config.max_concurrent_calls * 2, 10),
+            features=config.features,
+            dnc=self.call_dnc,
         )
         self._public_base_url = public_base_url
 
@@ -227,29 +287,41 @@ class PhoneDialer:
                     await context.finished.wait()
             except TimeoutError:
                 logger.warning("campaign call {}: its pipeline did not report within 10 s", call.sid)
-        return self._attempt_record(call.sid, telephony, context)
+        return self._attempt_record(call, telephony, context)
 
-    def _attempt_record(self, sid: str, telephony: CallRecord, context: _CallContext) -> AttemptRecord:
+    def _attempt_record(self, call: OutboundCall, telephony: CallRecord, context: _CallContext) -> AttemptRecord:
+        assert call.sid is not None
         sales = context.outcomes[-1] if context.outcomes else None
         outcome = TWILIO_STATUS_OUTCOMES.get(telephony.status, "error")
         if outcome == "completed":
-            if sales is not None:
+            concluded = _CONCLUDED.get(telephony.outcome)
+            if concluded is not None:
+                outcome = concluded
+            elif sales is not None:
                 outcome = _SALES.get(sales.outcome, sales.outcome)
             elif telephony.outcome is CallOutcome.ERROR:
                 outcome = "error"
+            elif call.transfer_status == "not_answered":
+                outcome = "transfer_unanswered"
             elif telephony.answered_by and telephony.answered_by.startswith("machine"):
                 outcome = "machine"
-        record = context.record or {}
-        cost = record.get("cost") or {}
-        by_service = {name: float(value) for name, value in (cost.get("by_service") or {}).items()}
+        if sales is not None and sales.outcome == "do_not_call" and outcome not in ("busy", "no_answer", "failed"):
+            outcome = "opted_out"  # whatever else happened, the prospect asked to be left alone
+        by_service: dict[str, float] = {}
+        turns: list[dict[str, Any]] = []
+        for record in context.records:
+            cost = record.get("cost") or {}
+            for name, value in (cost.get("by_service") or {}).items():
+                by_service[name] = by_service.get(name, 0.0) + float(value)
+            turns.extend(record.get("turns", []))
         by_service["twilio"] = telephony.cost
-        transcript = [
+        transcript: list[dict[str, Any]] = [
             {key: turn.get(key) for key in ("role", "text", "heard", "interrupted", "at") if key in turn}
-            for turn in record.get("turns", [])
+            for turn in turns
         ]
         heard = " ".join(
             str(turn.get("heard") if turn.get("heard") is not None else turn.get("text", ""))
-            for turn in record.get("turns", [])
+            for turn in turns
             if turn.get("role") == "assistant"
         ).strip()
         recording = None
@@ -262,10 +334,17 @@ class PhoneDialer:
             notes = f"{notes} (meeting: {sales.meeting_time})".strip()
         if context.callback_note:
             notes = f"{notes} (callback: {context.callback_note})".strip()
+        if context.opt_out_source is not None:
+            notes = f"{notes} (opted out by {context.opt_out_source})".strip()
+        if call.transfer is not None:
+            fate = {"answered": "the rep answered", "not_answered": "the rep did not answer"}
+            notes = f"{notes} (transfer: {fate.get(call.transfer_status or '', call.transfer_status)})".strip()
+        if outcome == "voicemail_left":
+            notes = f"{notes} (voicemail left after the {telephony.answered_by or 'machine'} greeting)".strip()
         return AttemptRecord(
             outcome,
             twilio_status=telephony.status,
-            call_sid=sid,
+            call_sid=call.sid,
             duration=telephony.duration,
             cost=round(sum(by_service.values()), 6),
             cost_by_service=by_service,
@@ -313,12 +392,16 @@ class PhoneDialer:
         from vantum_pipeline.services.deepgram import DeepgramSTTService
         from vantum_pipeline.services.openai import OpenAILLMService
         from vantum_pipeline.task import PipelineTask
+        from vantum_pipeline.telephony.actions import CallActions
+        from vantum_pipeline.telephony.keypad import KeypadProcessor, keypad_bindings
+        from vantum_pipeline.telephony.voicemail import MachineDetectionGate
 
         context = self._contexts.get(session.parameters.get("prospect_id", ""))
         if context is None:
             raise LookupError(f"no campaign call waits for prospect {session.parameters.get('prospect_id')!r}")
         job = context.job
-        context.started = True
+        control = session.call
+        resumed = control.resumed_after is not None
 
         def scheduled(at: dt.datetime, note: str) -> None:
             context.callback_at, context.callback_note = at, note
@@ -330,27 +413,51 @@ class PhoneDialer:
             if result.outcome == "do_not_call":
                 self.dnc.add(job.number, source=f"opt-out on call {session.call_sid}")
 
+        features = self.features
+        variables = {**self.config.prompt_variables, **job.variables}
+        # Built first: a voicemail variable the prospect lacks fails the set-up, not the message.
+        gate = MachineDetectionGate(control, features.amd, variables=variables, name=f"amd-gate:{job.job_id}")
+        actions = CallActions(
+            control,
+            features,
+            dnc=_CallDnc(self.call_dnc, context),
+            from_number=self.config.caller_id,
+            name=f"call-actions:{job.job_id}",
+        )
+        keypad = KeypadProcessor(
+            keypad_bindings(features.keypad_bindings(), actions),
+            inter_digit_timeout=features.keypad.inter_digit_timeout,
+            max_digits=features.keypad.max_digits,
+            name=f"keypad:{job.job_id}",
+        )
         tools = [
             schedule_callback_tool(
                 timezone=job.timezone, hours=self.config.calling_hours, clock=self.clock, on_scheduled=scheduled
-            )
+            ),
+            *actions.tools(),
         ]
-        variables = {**self.config.prompt_variables, **job.variables}
-        llm_context = LLMContext.from_template(self.config.prompt, variables)
+        if context.llm_context is None:
+            context.llm_context = LLMContext.from_template(self.config.prompt, variables)
+        llm_context = context.llm_context  # a call back from a transfer goes on with the same conversation
         tracker = CostTracker(Prices())
         recorder = CallRecorder(sink=MemorySink(), tracker=tracker, call_id=session.call_sid)
-        taps = _LineTaps() if self.recordings_dir is not None else None
-        context.recording = taps
+        if context.recording is None and self.recordings_dir is not None:
+            context.recording = _LineTaps()
+        taps = context.recording
         processors: list[FrameProcessor] = [
             session.transport.input(),
             _CalleeTap(taps),
+            keypad,
             DeepgramSTTService(self.services.deepgram),
             _TranscriptTap(self, job),
             recorder.user_tap(),
+            gate.turn_guard(),
             UserAggregator(llm_context),
             OpenAILLMService(self.services.openai, tools=tools, on_outcome=outcome),
             SentenceAggregator(),
-            CartesiaTTSService(self.services.cartesia),
+            actions,
+            gate,
+            CartesiaTTSService(self.services.cartesia, cache=self.tts_cache),
             _BotTap(self, job, taps),
             session.transport.output(),
             AssistantAggregator(llm_context),
@@ -358,19 +465,25 @@ class PhoneDialer:
         task = PipelineTask(Pipeline(processors), audio_in_sample_rate=8000, audio_out_sample_rate=8000)
         MetricsCollector(tracker=tracker).attach(task)
         recorder.attach(task)
+        context.started = True
+        context.running += 1
+        context.finished.clear()
 
         async def watch() -> None:
             try:
                 while not task.has_finished():  # noqa: ASYNC110 - the server owns the run; no event to await
                     await asyncio.sleep(0.1)
-                context.record = await recorder.finish()
+                context.records.append(await recorder.finish())
             finally:
-                context.finished.set()
+                context.running -= 1
+                if context.running == 0:
+                    context.finished.set()
 
         watcher = asyncio.get_running_loop().create_task(watch(), name=f"campaign-record:{job.job_id}")
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
-        await task.queue_frame(LLMContextFrame(llm_context))  # outbound: the bot speaks first
+        if not resumed:
+            await task.queue_frame(LLMContextFrame(llm_context))  # outbound: the bot speaks first
         return task
 
 
@@ -458,6 +571,11 @@ class _BotTap(FrameProcessor):
         elif type(frame) is TextFrame and direction is FrameDirection.DOWNSTREAM and frame.text.strip():
             job = self.job
             self.dialer._emit(CampaignEvent("line", job.job_id, job.attempt.prospect_id, frame.text.strip(), "bot"))
+        elif isinstance(frame, TTSSpeakFrame) and direction is FrameDirection.DOWNSTREAM and frame.text.strip():
+            job, text = self.job, frame.text.strip()
+            if frame.category in ("voicemail", "transfer", "opt_out", "transfer_failed"):
+                text = f"[{frame.category.replace('_', ' ')}] {text}"
+            self.dialer._emit(CampaignEvent("line", job.job_id, job.attempt.prospect_id, text, "bot"))
         elif isinstance(frame, InterruptionFrame) and self.taps is not None:
             self.taps.interrupt()
         await self.push_frame(frame, direction)

@@ -31,9 +31,10 @@ do_not_call            dnc       the number joins the do-not-call list
 opted_out              dnc
 do_not_call_list       dnc       added to the list after the claim: never dialled
 voicemail_left         done      (a campaign setting: e.g. retry after 1 day)
-machine                retry     after 4 h, 2 attempts, then unreachable
+machine                retry     a machine, no message left: after 4 h, 2 attempts, then unreachable
 fax                    remove
-transferred            done
+transferred            done      the prospect is talking with a rep
+transfer_unanswered    retry     asked for a rep who did not answer: after 1 h, 2 attempts, then done
 =====================  ========  ====================================================
 
 The product's spec names the actions (busy: retry later; no answer: mark
@@ -138,6 +139,7 @@ DEFAULT_OUTCOME_RULES: Mapping[str, OutcomeRule] = {
     "machine": OutcomeRule(Action.RETRY, 4 * _HOUR, 2),
     "fax": OutcomeRule(Action.REMOVE),
     "transferred": OutcomeRule(Action.DONE),
+    "transfer_unanswered": OutcomeRule(Action.RETRY, 1 * _HOUR, 2, ProspectState.DONE),
 }
 
 

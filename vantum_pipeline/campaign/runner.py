@@ -1,8 +1,8 @@
 """The campaign runner: due prospects → rules → store → dispatcher, and back.
 
 ``prepare_campaign`` reads the campaign's prospects (bad rows reported by
-line), checks that the prompt template has every variable for every
-prospect *before* the first call, and imports prospects and the DNC file
+line), checks that the prompt template and the voicemail message have every
+variable for every prospect *before* the first call, and imports prospects and the DNC file
 into the store (idempotent: a restart imports nothing twice).
 
 ``CampaignRunner.run()``:
@@ -82,17 +82,21 @@ def prepare_campaign(config: CampaignConfig, store: CampaignStore) -> Preparatio
     prospects = read_prospects(config.prospects, default_timezone=config.default_timezone)
     for row in prospects.rejected:
         logger.warning("{}: {}: skipped", config.prospects, row)
-    problems = []
-    for prospect in prospects.prospects:
-        missing = config.prompt.missing({**config.prompt_variables, **prospect.prompt_variables()})
-        if missing:
-            problems.append(f"line {prospect.line} ({prospect.id}): {', '.join(missing)}")
-    if problems:
-        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise ConfigurationError(
-            f"{config.prospects}: the prompt template needs variables these prospects lack "
-            f"(add a column or set them under [prompt.variables] in {config.path.name}): {shown}"
-        )
+    templates = [("the prompt template", config.prompt)]
+    if config.voicemail is not None:
+        templates.append(("the voicemail message", config.voicemail))
+    for what, template in templates:
+        problems = []
+        for prospect in prospects.prospects:
+            missing = template.missing({**config.prompt_variables, **prospect.prompt_variables()})
+            if missing:
+                problems.append(f"line {prospect.line} ({prospect.id}): {', '.join(missing)}")
+        if problems:
+            shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+            raise ConfigurationError(
+                f"{config.prospects}: {what} needs variables these prospects lack "
+                f"(add a column or set them under [prompt.variables] in {config.path.name}): {shown}"
+            )
     store.ensure_campaign(config.id, config.name, {"file": str(config.path)})
     imported = store.import_prospects(config.id, prospects.prospects)
     dnc_rejected: list[str] = []
