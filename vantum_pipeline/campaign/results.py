@@ -68,6 +68,8 @@ _PROSPECT_COLUMNS = (
     "variables",
 )
 _TIMES = ("claimed_at", "ended_at", "callback_at", "next_at")
+#: Outcomes the call features conclude, shown together in a run's summary.
+_TELEPHONY_OUTCOMES = ("voicemail_left", "machine", "fax", "transferred", "transfer_unanswered", "opted_out")
 
 
 def _iso(value: Any) -> Any:
@@ -158,6 +160,8 @@ class RunTally:
         self.retries: Counter[str] = Counter()
         self.callbacks: list[str] = []
         self.budget_notes: list[str] = []
+        #: Outcomes of the call features: voicemail_left, machine, fax, transferred, ...
+        self.telephony: Counter[str] = Counter()
 
     def __call__(self, event: CampaignEvent) -> None:
         if event.kind == "deferred":
@@ -173,6 +177,8 @@ class RunTally:
                 self.retries[event.outcome] += 1
             if event.outcome == "callback_requested":
                 self.callbacks.append(event.prospect_id)
+            if event.outcome in _TELEPHONY_OUTCOMES:
+                self.telephony[event.outcome] += 1
 
     def lines(
         self,
@@ -201,6 +207,9 @@ class RunTally:
             f"  callbacks      {len(self.callbacks)} scheduled"
             + (f": {listing(self.callbacks)}" if self.callbacks else "")
         )
+        if self.telephony:
+            shown = ", ".join(f"{name.replace('_', ' ')} {self.telephony[name]}" for name in _TELEPHONY_OUTCOMES)
+            lines.append(f"  telephony      {shown}")
         if max_active_seen is not None:
             lines.append(f"  concurrency    at most {max_active_seen} calls at once (limit {max_concurrent})")
         gaps = [b - a for a, b in itertools.pairwise(starts)]

@@ -177,7 +177,9 @@ def decide(
         when = callback_at if callback_at is not None and callback_at > now else now + dt.timedelta(seconds=rule.delay)
         return Decision(ProspectState.PENDING, when, reason=f"{outcome}: call back")
     if ended_this_way >= rule.max_attempts:
-        return Decision(rule.then, reason=f"{outcome} {ended_this_way}x: {rule.then.value}", result=rule.then.value)
+        # Ran out into "done": the last outcome is the result (voicemail_left twice); else the state says it.
+        result = outcome if rule.then is ProspectState.DONE else rule.then.value
+        return Decision(rule.then, reason=f"{outcome} {ended_this_way}x: {rule.then.value}", result=result)
     return Decision(
         ProspectState.PENDING,
         now + dt.timedelta(seconds=rule.delay),

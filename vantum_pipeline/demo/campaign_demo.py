@@ -12,12 +12,18 @@ behaving as the file's ``[simulation]`` table says::
     [simulation.personas]
     "+14155550101" = "busy_then_meeting"
 
-``run_demo(folder)`` writes a 20-prospect campaign that shows every rule
+The file's ``[transfer] number`` is answered by a simulated rep.
+
+``run_demo(folder)`` writes a 21-prospect campaign that shows every rule
 (busy and retried, no answer → unreachable, invalid and failed numbers
 removed, a meeting booked, not interested, a callback scheduled through the
 model's tool, an opt-out put on the do-not-call list, a prospect talking over
 the bot, a DNC number never dialled, prospects outside their calling hours
-deferred, a malformed row reported) and runs it: about a minute.
+deferred, a malformed row reported) and every telephony feature (an
+answering machine gets the voicemail after its beep, and again on the retry
+its rule asks for, from the phrase cache; a fax is hung up on and removed; a
+prospect who asks for a person is transferred to the rep; one presses 9 and
+lands on the do-not-call list) and runs it: about a minute.
 """
 
 from __future__ import annotations
@@ -36,14 +42,15 @@ from vantum_pipeline.campaign.config import CampaignConfig, load_campaign
 from vantum_pipeline.campaign.dispatch import Dialer, EventCallback
 from vantum_pipeline.campaign.phone import PhoneDialer
 from vantum_pipeline.campaign.runner import StoreDoNotCall
-from vantum_pipeline.demo.campaign_world import PERSONAS, Persona, SimulatedWorld, WorldDialer
+from vantum_pipeline.demo.campaign_world import PERSONAS, REP_NUMBER, Persona, SimulatedWorld, WorldDialer
 
 __all__ = ["run_demo", "run_fake", "write_demo_campaign"]
 
 HEADLINE = """\
-vantum campaign demo: 20 simulated prospects, offline (no keys, no network)
+vantum campaign demo: 21 simulated prospects, offline (no keys, no network)
   every call goes through the production path: Twilio REST + media stream, Deepgram, OpenAI and Cartesia
-  on their SDKs, against local stand-ins; the prospects' phones are scripted (busy, no answer, callbacks, ...)
+  on their SDKs, against local stand-ins; the prospects' phones are scripted (busy, no answer, callbacks,
+  an answering machine, a fax, a transfer to a rep, press 9 to be removed, ...)
 """
 
 
@@ -98,6 +105,8 @@ async def run_fake(
     ) -> AsyncIterator[Dialer]:
         used = {**{number: p for number, p in personas.items()}, "(default)": default}
         async with SimulatedWorld(used, voices=voices) as world:
+            if config.features.transfer.number is not None:
+                world.add_rep(config.features.transfer.number)
             services = world.services(config.caller_id)
             recordings = config.resolved_folder() / "recordings"
             phone = PhoneDialer(
@@ -132,10 +141,11 @@ _DEMO_PROSPECTS = (
     ("+14155550114", "Eve Stone", "Mu Mining", "", None),  # on the DNC file: never dialled
     ("+81355550115", "Yuki Sato", "Nu Robotics", "", None),  # Tokyo: after midnight there
     ("+14155550116", "Dana Fox", "Xi Finance", "America/Los_Angeles", None),  # 7:30 in California
-    ("+4930555011", "Jonas Vogel", "Omicron Bau", "", "books_meeting"),
-    ("+14155550118", "Rita Gomez", "Pi Pharma", "", "not_interested"),
-    ("+14155550119", "Ben Adler", "Rho Robotics", "", "books_meeting"),
+    ("+4930555011", "Jonas Vogel", "Omicron Bau", "", "answering_machine"),
+    ("+14155550118", "Rita Gomez", "Pi Pharma", "", "fax"),
+    ("+14155550119", "Ben Adler", "Rho Robotics", "", "asks_for_human"),
     ("(415) 555-0120", "Broken Row", "Sigma Co", "", None),  # no country code: reported, skipped
+    ("+14155550121", "Ivy Chen", "Tau Textiles", "", "presses_9"),
 )
 
 
@@ -181,6 +191,21 @@ budget_usd = 5.0
 [rules.outcomes]
 busy = {{ action = "retry", delay_seconds = 15, max_attempts = 3 }}
 no_answer = {{ action = "retry", delay_seconds = 15, max_attempts = 2 }}
+voicemail_left = {{ action = "retry", delay_seconds = 15, max_attempts = 2, then = "done" }}
+
+[amd]
+while_detecting = "wait"
+
+[voicemail]
+message = "Hi {{prospect_name}}, this is {{agent_name}} from {{company_name}}. I'll try you again soon."
+
+[transfer]
+number = "{REP_NUMBER}"
+timeout = 15
+on_no_answer = "resume"
+
+[keypad]
+opt_out = "9"
 
 [simulation]
 start = "{start}"

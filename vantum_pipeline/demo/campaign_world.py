@@ -4,17 +4,23 @@
 FakeOpenAI, FakeCartesia) and gives the campaign the settings that point the
 official SDKs at them. Each prospect's phone behaves as its ``Persona`` says,
 attempt by attempt: busy, no answer, failed, or answered by a scripted
-callee. The callee speaks pre-rendered lines (espeak-ng when the offline
-extra is installed, else word tones), so a large campaign needs no speech
-recognizer per call:
+callee, an answering machine (its greeting, a beep, then it records: AMD
+says ``machine_end_beep``) or a fax. A simulated rep (``REP_NUMBER``)
+answers the transfers the campaign makes and talks for a few seconds. The
+callee speaks pre-rendered lines (espeak-ng when the offline extra is
+installed, else word tones), so a large campaign needs no speech recognizer
+per call:
 
 - each line starts with a short marker tone whose pitch names the line, and
   the bot's speech-to-text stand-in (``MarkedLineRecognizer``) reads the
   marker back: the bot "hears" exactly the scripted text;
 - the bot's language model is the scripted sales agent, which records the
   result (``record_outcome``), schedules the callback a prospect asks for
-  (``schedule_callback``, with the local date the tool's description gives)
-  and records ``do_not_call`` when asked to be removed.
+  (``schedule_callback``, with the local date the tool's description gives),
+  calls ``do_not_call`` when asked to be removed (or records the outcome
+  ``do_not_call`` when the tool is not offered) and ``transfer_call`` when
+  asked for a person (when the campaign has a rep);
+- a prospect may press keys (``Line(keys="9")``: "press 9 to be removed").
 
 Used by ``vantum campaign demo``, ``vantum campaign run --fake`` and the tests.
 """
@@ -38,13 +44,14 @@ from vantum_pipeline.campaign.phone import PhoneDialer, ServiceSettings
 from vantum_pipeline.campaign.store import AttemptRecord
 from vantum_pipeline.services.offline.word_accuracy import normalize_words
 from vantum_pipeline.settings import Secret
-from vantum_pipeline.testing.callee import BargeIn, HangUp, Listen, Pause, Say
+from vantum_pipeline.testing.callee import BargeIn, Dtmf, HangUp, Listen, Pause, Say
 from vantum_pipeline.testing.offline import ScriptedResponder
 from vantum_pipeline.testing.openai_wire import Reply, ToolCall
 from vantum_pipeline.testing.recognizer import Recognition, Word, speech_span
 
 __all__ = [
     "PERSONAS",
+    "REP_NUMBER",
     "CampaignResponder",
     "LineCatalog",
     "MarkedLineRecognizer",
@@ -55,26 +62,33 @@ __all__ = [
 
 RATE = 8000
 MARKER_SECONDS = 0.12
+#: The simulated sales rep transfers reach (the demo campaign's ``[transfer] number``).
+REP_NUMBER = "+14155550199"
 _MARKER_BASE, _MARKER_STEP, _MARKER_SLOTS = 500.0, 100.0, 26
 
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    """Something a simulated prospect says; ``over_bot`` seconds into the bot's turn when it talks over it."""
+    """Something a simulated prospect says; ``over_bot`` seconds into the bot's turn when it talks over it.
+    With ``keys``, the prospect presses those keys instead (``text`` only describes it)."""
 
     text: str
     over_bot: float | None = None
+    keys: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Persona:
     """How a prospect's phone behaves on each attempt (the last entry repeats):
-    ``"busy"``, ``"no-answer"``, ``"failed"``, or None (answered: ``lines``)."""
+    ``"busy"``, ``"no-answer"``, ``"failed"``, or None (answered: ``lines``).
+    ``answered_by``: what answers and what AMD says: ``"human"``, a machine
+    (``"machine_end_beep"``: ``lines[0]`` is its greeting) or ``"fax"``."""
 
     name: str
     description: str
     lines: tuple[Line, ...] = ()
     phone: tuple[str | None, ...] = (None,)
+    answered_by: str = "human"
 
     def phone_on(self, attempt: int) -> str | None:
         return self.phone[min(attempt, len(self.phone)) - 1]
@@ -112,6 +126,19 @@ PERSONAS: Mapping[str, Persona] = {
             ("no-answer", None),
         ),
         Persona("failed", "number not in service (Twilio: failed)", phone=("failed",)),
+        Persona(
+            "answering_machine",
+            "an answering machine: greeting, beep, records the voicemail",
+            (Line("Hi, you have reached Morgan. Please leave a message after the tone."),),
+            answered_by="machine_end_beep",
+        ),
+        Persona("fax", "a fax machine answers", answered_by="fax"),
+        Persona(
+            "asks_for_human",
+            "asks to speak to a person: transferred to the rep",
+            (Line("Yes, I have a minute."), Line("Can I speak to a real person, please?")),
+        ),
+        Persona("presses_9", "presses 9 to be removed", (Line("(presses 9)", keys="9"),)),
     )
 }
 
@@ -215,18 +242,18 @@ class MarkedLineRecognizer:
 
 
 _OPT_OUT = ("remove me", "take me off", "do not call", "don't call", "stop calling")
+_HUMAN = ("real person", "a person", "a human", "your manager", "a sales rep", "someone else")
 _NOW = re.compile(r"local time now is \w+ (\d{4}-\d{2}-\d{2}) (\d{2}):(\d{2})")
 _HOURS = {"one": 13, "two": 14, "three": 15, "four": 16, "five": 17, "ten": 10, "eleven": 11, "nine": 9, "noon": 12}
 
 
 class CampaignResponder(ScriptedResponder):
     """The scripted sales agent with the campaign's tools: it schedules the
-    callback the prospect asked for and records an opt-out as ``do_not_call``."""
+    callback the prospect asked for, calls ``do_not_call`` when asked to be
+    removed (records the outcome ``do_not_call`` when that tool is not
+    offered) and ``transfer_call`` when asked for a person."""
 
     def __call__(self, request: dict[str, Any]) -> Reply:
-        reply = super().__call__(request)
-        if not reply.tool_calls:
-            return reply
         messages = [m for m in request.get("messages", []) if isinstance(m, dict)]
         said = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
         words = " ".join(normalize_words(said))
@@ -235,6 +262,14 @@ class CampaignResponder(ScriptedResponder):
             for t in request.get("tools", []) or []
             if isinstance(t, dict) and isinstance(t.get("function"), dict)
         }
+        last_is_user = bool(messages) and messages[-1].get("role") == "user"
+        if last_is_user and "do_not_call" in tools and any(phrase in words for phrase in _OPT_OUT):
+            return Reply("", tool_calls=[ToolCall("do_not_call", {})])  # the confirmation is said for the model
+        if last_is_user and "transfer_call" in tools and any(phrase in words for phrase in _HUMAN):
+            return Reply("", tool_calls=[ToolCall("transfer_call", {"reason": said})])
+        reply = super().__call__(request)
+        if not reply.tool_calls:
+            return reply
         calls: list[ToolCall] = []
         for call in reply.tool_calls:
             arguments = dict(call.arguments) if isinstance(call.arguments, Mapping) else {}
@@ -265,11 +300,19 @@ def _callback_time(words: str, description: str) -> str | None:
 class SimulatedWorld:
     """The stand-ins and the prospects' phones; ``async with``."""
 
-    def __init__(self, personas: Mapping[str, Persona], *, voices: bool = True, ring_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        personas: Mapping[str, Persona],
+        *,
+        voices: bool = True,
+        ring_seconds: float = 1.0,
+        rep_seconds: float = 4.0,
+    ) -> None:
         self.personas = dict(personas)
         self.voices = voices
         self.ring_seconds = ring_seconds
-        texts = [line.text for p in self.personas.values() for line in p.lines]
+        self.rep_seconds = rep_seconds
+        texts = [line.text for p in self.personas.values() for line in p.lines if not line.keys]
         self.catalog: LineCatalog | None = None
         self._texts = texts
         self._stack: list[Any] = []
@@ -293,7 +336,12 @@ class SimulatedWorld:
         for fake in (self.deepgram, self.openai, self.cartesia, self.twilio):
             await fake.__aenter__()
             self._stack.append(fake)
+        self.add_rep(REP_NUMBER)
         return self
+
+    def add_rep(self, number: str) -> None:
+        """A sales rep at ``number``: answers a transfer, talks ``rep_seconds``, hangs up."""
+        self.twilio.behave(number, outcome=None, ring_seconds=0.5, script=None, max_seconds=self.rep_seconds)
 
     async def __aexit__(self, *exc_info: object) -> None:
         while self._stack:
@@ -329,20 +377,44 @@ class SimulatedWorld:
 
     def prepare_phone(self, number: str, persona: Persona, attempt: int) -> None:
         """How ``number`` behaves for this attempt."""
+        from vantum_pipeline.testing.twilio import AnsweringMachine
+
         assert self.catalog is not None
         phone = persona.phone_on(attempt)
+        ring = self.ring_seconds
         if phone is not None:
-            self.twilio.behave(number, outcome=phone, ring_seconds=self.ring_seconds, script=None)
+            self.twilio.behave(number, outcome=phone, ring_seconds=ring, script=None, answered_by="human")
+            return
+        if persona.answered_by.startswith("machine"):
+            greeting = self.catalog.audio[persona.lines[0].text] if persona.lines else None
+            machine = AnsweringMachine(greeting=greeting, beep_seconds=0.4, hang_up_after_silence=2.0)
+            self.twilio.behave(
+                number, outcome=None, ring_seconds=ring, script=None, answered_by=persona.answered_by, machine=machine
+            )
+            return
+        if persona.answered_by == "fax":
+            self.twilio.behave(number, outcome=None, ring_seconds=ring, script=None, answered_by="fax", amd_seconds=1.0)
             return
         steps: list[Any] = []
         for line in persona.lines:
+            if line.keys:
+                steps += [Listen(quiet=0.5, timeout=20.0), *(Dtmf(key) for key in line.keys)]
+                continue
             audio = self.catalog.audio[line.text]
             if line.over_bot is None:
                 steps += [Listen(quiet=0.5, timeout=20.0), Say(audio)]
             else:
                 steps.append(BargeIn(audio, after=line.over_bot, timeout=20.0))
         steps += [Listen(quiet=0.8, timeout=20.0), Pause(8.0), HangUp()]
-        self.twilio.behave(number, outcome=None, ring_seconds=self.ring_seconds, script=steps, max_seconds=90.0)
+        self.twilio.behave(
+            number,
+            outcome=None,
+            ring_seconds=ring,
+            script=steps,
+            max_seconds=90.0,
+            answered_by=persona.answered_by,
+            machine=None,
+        )
 
 
 def _bot_synthesizer(voices: bool) -> Any:
