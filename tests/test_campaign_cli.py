@@ -36,12 +36,12 @@ def _vantum(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 def test_example_prospects_and_dnc_import_with_the_bad_row_reported(tmp_path: Path) -> None:
     config = load_campaign(EXAMPLE / "campaign.toml")
     prospects = read_prospects(config.prospects, default_timezone=config.default_timezone)
-    assert len(prospects.prospects) == 8
+    assert len(prospects.prospects) == 12
     assert [row.line for row in prospects.rejected] == [10]
     config.folder = tmp_path
     with CampaignStore(tmp_path / "s.sqlite") as store:
         prepared = prepare_campaign(config, store)
-        assert prepared.imported == 8
+        assert prepared.imported == 12
         assert store.dnc_numbers() == ["+14155550108"]
 
 

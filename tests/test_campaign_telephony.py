@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import io
 import json
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -344,3 +345,12 @@ def test_a_voicemail_variable_a_prospect_lacks_stops_the_campaign_before_any_cal
         with pytest.raises(ConfigurationError, match=r"the voicemail message needs .*line 3 \(\+14155550102\): city"):
             prepare_campaign(config, store)
         assert store.campaigns() == []
+
+
+def test_the_readme_feature_tables_are_a_valid_campaign_file(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Running a campaign", 1)[1]
+    (block,) = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    features = parse_campaign(MINIMAL + block, tmp_path / "c.toml").features
+    assert features.transfer.number == "+14155550199" and features.opt_out.keypad_digit == "9"
+    assert features.amd.voicemail_message is not None and features.keypad_bindings()["0"] == "transfer"
