@@ -95,7 +95,7 @@ def _campaign_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     export.add_argument("--rows", choices=("attempts", "prospects"), default="attempts")
     export.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
-    demo = actions.add_parser("demo", help="a simulated 21-prospect campaign showing every rule and telephony feature, offline")
+    demo = actions.add_parser("demo", help="a simulated 21-prospect campaign: every rule and call feature, offline")
     demo.add_argument("--out", type=Path, default=Path("vantum-campaign-demo"), help="where to write its files")
     demo.add_argument("--no-voices", action="store_true", help="prospects and bot speak in tones (faster)")
     demo.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
