@@ -91,7 +91,7 @@ voicemail_left = {{ action = "retry", delay_seconds = 1, max_attempts = 2, then 
 
 @contextlib.asynccontextmanager
 async def world_dialers(
-    personas: dict[str, str], handles: dict[str, Any], *, rep_outcome: str | None = None
+    personas: dict[str, str], handles: dict[str, Any], *, rep_outcome: str | None = None, rep_seconds: float = 4.0
 ) -> AsyncIterator[Any]:
     """A dialer factory like ``run --fake``'s that keeps the world and the dialer for assertions."""
     by_number = {number: PERSONAS[name] for number, name in personas.items()}
@@ -101,8 +101,7 @@ async def world_dialers(
         config: CampaignConfig, dnc: StoreDoNotCall, clock: Clock, on_event: EventCallback
     ) -> AsyncIterator[Dialer]:
         async with SimulatedWorld(by_number, voices=False) as world:
-            if rep_outcome is not None:
-                world.twilio.behave(REP_NUMBER, outcome=rep_outcome, ring_seconds=0.3)
+            world.twilio.behave(REP_NUMBER, outcome=rep_outcome, ring_seconds=0.3, max_seconds=rep_seconds)
             phone = PhoneDialer(
                 config, world.services(config.caller_id), dnc=dnc, clock=clock, on_event=on_event, port=0
             )
@@ -239,6 +238,25 @@ async def test_a_rep_who_does_not_answer_ends_the_call_politely_and_the_prospect
     assert attempt["outcome"] == "transfer_unanswered" and "the rep did not answer" in attempt["notes"]
     assert prospect["state"] == "pending"  # its rule: try again in an hour
     assert prospect["next_at"] == pytest.approx(START.timestamp() + 3600, abs=60)
+
+
+async def test_a_call_with_the_rep_outlives_the_campaigns_call_limit_without_being_hung_up(tmp_path: Path) -> None:
+    people = {HUMAN: ("Hugo", "asks_for_human")}
+    path = write_campaign(tmp_path, people, campaign_id="long", extra=FEATURES)
+    path.write_text(path.read_text().replace("calls_per_second = 4", "calls_per_second = 4\nmax_call_seconds = 1"))
+    config = load_campaign(path)
+    handles: dict[str, Any] = {}
+    # The campaign gives up on a call 1 + 5 (ring) + 30 s after placing it; the rep talks 25 s from ~30 s.
+    async with world_dialers({HUMAN: "asks_for_human"}, handles, rep_seconds=25.0) as factory:
+        await run(config, factory)
+    (call,) = creates_to(handles["world"], HUMAN)
+    (dial,) = call.dials
+    assert dial.status == "completed" and dial.answered_at is not None
+    assert call.ended_at is not None and call.ended_at - dial.answered_at >= 24.0  # the rep hung up, not us
+    assert call.hangup_requested_at is None
+    with CampaignStore(tmp_path / "run" / "campaign.sqlite") as store:
+        (attempt,) = store.attempts("long")
+    assert attempt["outcome"] == "transferred" and attempt["duration"] > 36
 
 
 # ------------------------------------------------------------ the file

@@ -274,13 +274,7 @@ class PhoneDialer:
             async with asyncio.timeout(limit):
                 telephony = await call.wait()
         except TimeoutError:
-            logger.warning("campaign call {}: still up after {:.0f}s: hanging up", call.sid, limit)
-            await self.server.hang_up(call)
-            try:
-                async with asyncio.timeout(30.0):
-                    telephony = await call.wait()
-            except TimeoutError:
-                telephony = call.finish(CallOutcome.ERROR, "timeout")
+            telephony = await self._after_limit(call, limit)
         if context.started:
             try:
                 async with asyncio.timeout(10.0):
@@ -288,6 +282,26 @@ class PhoneDialer:
             except TimeoutError:
                 logger.warning("campaign call {}: its pipeline did not report within 10 s", call.sid)
         return self._attempt_record(call, telephony, context)
+
+    async def _after_limit(self, call: OutboundCall, limit: float) -> CallRecord:
+        """The call outlived the campaign's limit: hang up, unless the prospect is with the rep."""
+        if call.transfer_status in ("dialing", "answered"):
+            # The AI leg is over and a person has the call: it ends when they are done.
+            transfer = self.features.transfer
+            bridge = transfer.timeout + transfer.max_bridge_seconds
+            logger.info("campaign call {}: transferred; following it for up to {:.0f}s more", call.sid, bridge)
+            try:
+                async with asyncio.timeout(bridge):
+                    return await call.wait()
+            except TimeoutError:
+                pass
+        logger.warning("campaign call {}: still up after {:.0f}s: hanging up", call.sid, limit)
+        await self.server.hang_up(call)
+        try:
+            async with asyncio.timeout(30.0):
+                return await call.wait()
+        except TimeoutError:
+            return call.finish(CallOutcome.ERROR, "timeout")
 
     def _attempt_record(self, call: OutboundCall, telephony: CallRecord, context: _CallContext) -> AttemptRecord:
         assert call.sid is not None
