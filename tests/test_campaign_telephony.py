@@ -240,6 +240,26 @@ async def test_a_rep_who_does_not_answer_ends_the_call_politely_and_the_prospect
     assert prospect["next_at"] == pytest.approx(START.timestamp() + 3600, abs=60)
 
 
+async def test_back_from_an_unanswered_transfer_the_bot_goes_on_with_the_same_conversation(tmp_path: Path) -> None:
+    people = {HUMAN: ("Hugo", "asks_for_human")}
+    config = load_campaign(write_campaign(tmp_path, people, campaign_id="resume", extra=FEATURES))
+    handles: dict[str, Any] = {}
+    async with world_dialers({HUMAN: "asks_for_human"}, handles, rep_outcome="no-answer") as factory:
+        await run(config, factory)
+    (call,) = creates_to(handles["world"], HUMAN)
+    assert call.dials[0].status == "no-answer" and len(call.callees) == 2
+    fallback = config.features.transfer.fallback_line
+    with CampaignStore(tmp_path / "run" / "campaign.sqlite") as store:
+        (attempt,) = store.attempts("resume")
+    transcript = json.loads(attempt["transcript"])
+    said = [turn["text"] for turn in transcript if turn["role"] == "assistant"]
+    # Both legs in one record: the pitch, the handover, then the fallback line on the call that came back.
+    assert said[-2] == config.features.transfer.handover_line and said[-1] == fallback
+    assert any("Can I speak to a real person" in turn["text"] for turn in transcript if turn["role"] == "user")
+    assert attempt["outcome"] == "transfer_unanswered" and "the rep did not answer" in attempt["notes"]
+    assert json.loads(attempt["cost_by_service"])["cartesia"] > 0
+
+
 async def test_a_call_with_the_rep_outlives_the_campaigns_call_limit_without_being_hung_up(tmp_path: Path) -> None:
     people = {HUMAN: ("Hugo", "asks_for_human")}
     path = write_campaign(tmp_path, people, campaign_id="long", extra=FEATURES)

@@ -414,6 +414,8 @@ class SimulatedWorld:
             max_seconds=90.0,
             answered_by=persona.answered_by,
             machine=None,
+            # Back from a transfer the rep did not answer: listens to the bot, then hangs up.
+            later_scripts=([Listen(quiet=1.0, timeout=20.0), HangUp()],),
         )
 
 
