@@ -1,13 +1,16 @@
 """Outbound campaigns: a prospect list dialled under the product's rules.
 
-- ``config``: the campaign file (TOML), validated with the line of each error;
+- ``config``: the campaign file (TOML), validated with the line of each error,
+  with the call features (``[amd]``, ``[voicemail]``, ``[transfer]``, ``[keypad]``);
 - ``prospects``: the prospects CSV (E.164 on import, bad rows reported by line);
 - ``rules``: calling hours (prospect's local time), outcome → retry/done/remove/DNC;
-- ``dnc``: the do-not-call list (file and table) and the ``DoNotCall`` protocol;
+- ``dnc``: the do-not-call list (file and table), the ``DoNotCall`` protocol and
+  ``CallDncList``, the same list as the calls' opt-out sink and the server's checker;
 - ``store``: SQLite (WAL, migrations), one transaction per state change;
 - ``dispatch``: where due calls go (``Dispatcher``; in-process, paced, bounded);
 - ``runner``: the loop, reconciliation after a crash, budget stop;
-- ``phone``: the real calls (Twilio server, the service pipeline per call);
+- ``phone``: the real calls (Twilio server, the service pipeline per call, with
+  AMD and voicemail, transfer, opt-out and keypad);
 - ``callbacks``: the ``schedule_callback`` tool the model calls;
 - ``results``: status and export; ``view``: the live terminal view.
 
@@ -17,13 +20,14 @@
 from vantum_pipeline.campaign.clock import Clock, FrozenClock, OffsetClock, SystemClock
 from vantum_pipeline.campaign.config import CampaignConfig, CampaignFileError, load_campaign, parse_campaign
 from vantum_pipeline.campaign.dispatch import CallJob, CallStatus, Dialer, Dispatcher, InProcessDispatcher
-from vantum_pipeline.campaign.dnc import DoNotCall
+from vantum_pipeline.campaign.dnc import CallDncList, DoNotCall
 from vantum_pipeline.campaign.rules import CallingHours, OutcomeRule, ProspectState
 from vantum_pipeline.campaign.runner import CampaignRunner, RunSummary, prepare_campaign
 from vantum_pipeline.campaign.store import AttemptRecord, CampaignStore
 
 __all__ = [
     "AttemptRecord",
+    "CallDncList",
     "CallJob",
     "CallStatus",
     "CallingHours",
