@@ -240,6 +240,26 @@ async def test_a_rep_who_does_not_answer_ends_the_call_politely_and_the_prospect
     assert prospect["next_at"] == pytest.approx(START.timestamp() + 3600, abs=60)
 
 
+async def test_start_and_yield_the_bot_stops_for_the_machine_and_leaves_the_voicemail(tmp_path: Path) -> None:
+    people = {MACHINE: ("Morgan", "answering_machine")}
+    extra = FEATURES + '\n[amd]\nwhile_detecting = "start_and_yield"\ndetection = "Enable"\n'
+    config = load_campaign(write_campaign(tmp_path, people, campaign_id="yield", extra=extra))
+    assert config.features.amd.while_detecting == AMD_START_AND_YIELD
+    handles: dict[str, Any] = {}
+    async with world_dialers({MACHINE: "answering_machine"}, handles) as factory:
+        await run(config, factory)
+    first, *_ = creates_to(handles["world"], MACHINE)
+    assert first.params["MachineDetection"] == ["Enable"]
+    assert first.amd_callbacks[0][0]["AnsweredBy"] == "machine_start"
+    callee = first.callee
+    assert callee is not None and callee.greeting_ended_at is not None
+    assert callee.clears and callee.clears[0] < callee.greeting_ended_at  # the bot had started: it stopped
+    assert callee.heard_seconds(callee.greeting_ended_at) > 2.0  # then the message, after the beep
+    with CampaignStore(tmp_path / "run" / "campaign.sqlite") as store:
+        outcomes = [a["outcome"] for a in store.attempts("yield")]
+    assert outcomes == ["voicemail_left", "voicemail_left"]
+
+
 async def test_back_from_an_unanswered_transfer_the_bot_goes_on_with_the_same_conversation(tmp_path: Path) -> None:
     people = {HUMAN: ("Hugo", "asks_for_human")}
     config = load_campaign(write_campaign(tmp_path, people, campaign_id="resume", extra=FEATURES))

@@ -388,8 +388,15 @@ class SimulatedWorld:
         if persona.answered_by.startswith("machine"):
             greeting = self.catalog.audio[persona.lines[0].text] if persona.lines else None
             machine = AnsweringMachine(greeting=greeting, beep_seconds=0.4, hang_up_after_silence=2.0)
+            # AMD's "Enable" says machine_start a few seconds into the greeting, as Twilio's does.
             self.twilio.behave(
-                number, outcome=None, ring_seconds=ring, script=None, answered_by=persona.answered_by, machine=machine
+                number,
+                outcome=None,
+                ring_seconds=ring,
+                script=None,
+                answered_by=persona.answered_by,
+                machine=machine,
+                amd_seconds=2.5,
             )
             return
         if persona.answered_by == "fax":
