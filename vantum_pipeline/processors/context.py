@@ -69,7 +69,9 @@ class Message:
     """One message of the conversation, with our own flags.
 
     ``interrupted``: the bot was cut off; ``content`` holds what the callee
-    heard. It never reaches the API (see ``to_api``).
+    heard, and ``full_text`` the whole reply as it was to be said (what a
+    resume after a false interruption speaks the rest of). Neither reaches
+    the API (see ``to_api``).
     """
 
     role: Role
@@ -78,6 +80,7 @@ class Message:
     tool_call_id: str | None = None
     name: str | None = None
     interrupted: bool = False
+    full_text: str | None = None
     created_at: float = field(default_factory=time.time)
 
     def to_api(self) -> dict[str, Any]:
