@@ -438,7 +438,12 @@ class BargeInJudge:
         return Verdict.NONE
 
     def turn_is_backchannel(self, text: str) -> bool:
-        """Whether a turn ending now with ``text`` is a backchannel (asked before ``turn_ended``)."""
+        """Whether a turn ending now with ``text`` is a backchannel (asked before ``turn_ended``).
+
+        Never with an immediate policy and no resume: that is the behaviour
+        before policies, where every turn is answered."""
+        if self.policy.immediate and not self.resume:
+            return False
         return self._state in (_State.DECIDING, _State.INTERRUPTED) and self.backchannels.is_backchannel(text)
 
     def interrupted(self, now: float) -> None:
