@@ -343,6 +343,7 @@ class AssistantAggregator(FrameProcessor):
                 # The resumed rest was heard to the end: one whole reply again.
                 turn.message.content = turn.heard_reply()
                 turn.message.interrupted = False
+                turn.message.full_text = None
 
     def _interrupt(self) -> None:
         """Cut the turn being played down to what was heard, flagged."""
