@@ -29,6 +29,7 @@ from vantum_pipeline.processors.context import LLMContext
 from vantum_pipeline.processors.sentence import SentenceAggregator
 from vantum_pipeline.services.cartesia import CartesiaSettings, CartesiaTTSService
 from vantum_pipeline.services.deepgram import DeepgramSettings, DeepgramSTTService
+from vantum_pipeline.services.interruptions import InterruptionPolicy
 from vantum_pipeline.services.openai import OpenAILLMService, OpenAISettings
 from vantum_pipeline.settings import InterruptionSettings, Secret
 from vantum_pipeline.task import PipelineTask
@@ -113,12 +114,15 @@ class BargeInStack:
     openai: FakeOpenAI
     cartesia: FakeCartesia
     interruptions: InterruptionSettings
+    #: Replaces the policy the settings name (thresholds and resume still come from them).
+    policy: InterruptionPolicy | None = None
     calls: dict[str, BargeInCall] = field(default_factory=dict)
 
     async def build(self, call: TwilioCall) -> PipelineTask:
         context = LLMContext("You are Sarah, calling from Vantum.")
         stt = DeepgramSTTService(
-            DeepgramSettings(api_key=KEY, url=self.deepgram.ws_url, interruptions=self.interruptions).for_phone()
+            DeepgramSettings(api_key=KEY, url=self.deepgram.ws_url, interruptions=self.interruptions).for_phone(),
+            interruption_policy=self.policy,
         )
         user = UserAggregator(context, resume_lead_in_words=self.interruptions.resume_lead_in_words)
         sink = FrameRecorder()

@@ -96,16 +96,25 @@ class Backchannels:
         for candidates in self._by_first.values():
             candidates.sort(key=len, reverse=True)
 
-    def split(self, text: str) -> tuple[int, int]:
-        """(content words, backchannel words) of ``text``."""
+    def split(self, text: str, *, partial: bool = False) -> tuple[int, int]:
+        """(content words, backchannel words) of ``text``.
+
+        ``partial``: ``text`` is an interim transcript that may go on, so
+        its last words count as backchannel while they are the start of a
+        phrase ("makes" of "makes sense", "all" of "all right").
+        """
         tokens = _tokens(text)
         content = backchannel = 0
         i = 0
         while i < len(tokens):
+            rest = tuple(tokens[i:])
             for phrase in self._by_first.get(tokens[i], ()):
-                if tuple(tokens[i : i + len(phrase)]) == phrase:
-                    backchannel += len(phrase)
-                    i += len(phrase)
+                if rest[: len(phrase)] == phrase or (
+                    partial and len(rest) < len(phrase) and phrase[: len(rest)] == rest
+                ):
+                    taken = min(len(phrase), len(rest))
+                    backchannel += taken
+                    i += taken
                     break
             else:
                 content += 1
@@ -360,7 +369,7 @@ class BargeInJudge:
 
     def speech(self, now: float) -> SpeechSoFar:
         text = " ".join(t for t in (*self._finals, self._interim) if t)
-        content, backchannel = self.backchannels.split(text)
+        content, backchannel = self.backchannels.split(text, partial=bool(self._interim))
         return SpeechSoFar(self._speech_seconds(now), text, content, backchannel)
 
     def _speech_seconds(self, now: float) -> float:
@@ -433,7 +442,8 @@ class BargeInJudge:
             # Real words, and the policy never fired (the turn was short):
             # the callee said something and is waiting for an answer.
             return Verdict.INTERRUPT if self.bot_speaking else Verdict.NONE
-        if state is _State.INTERRUPTED and speech.content_words == 0:
+        if state in (_State.INTERRUPTED, _State.CONFIRMED) and speech.content_words == 0:
+            # No words, or the final transcript revised the interim ones into backchannels.
             return Verdict.FALSE_INTERRUPTION if self.resume else Verdict.NONE
         return Verdict.NONE
 
@@ -444,7 +454,7 @@ class BargeInJudge:
         before policies, where every turn is answered."""
         if self.policy.immediate and not self.resume:
             return False
-        return self._state in (_State.DECIDING, _State.INTERRUPTED) and self.backchannels.is_backchannel(text)
+        return self._state is not _State.IDLE and self.backchannels.is_backchannel(text)
 
     def interrupted(self, now: float) -> None:
         """An interruption went through the pipeline (ours, or a VAD's)."""
@@ -465,7 +475,7 @@ class BargeInJudge:
 
     def _content_words(self) -> int:
         text = " ".join(t for t in (*self._finals, self._interim) if t)
-        return self.backchannels.split(text)[0]
+        return self.backchannels.split(text, partial=bool(self._interim))[0]
 
     def _evaluate(self, now: float) -> Verdict:
         if self._state is not _State.DECIDING or not self.bot_speaking:
