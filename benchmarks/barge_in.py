@@ -38,20 +38,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loguru import logger  # noqa: E402
+from loguru import logger
 
-from tests.barge_in_stack import WORDS_PER_SECOND, BargeInStack, barge_in_stack, noise  # noqa: E402
-from vantum_pipeline.services.interruptions import (  # noqa: E402
+from tests.barge_in_stack import WORDS_PER_SECOND, BargeInStack, barge_in_stack, noise
+from vantum_pipeline.services.interruptions import (
     InterruptionPolicy,
     MinSpeechDuration,
     MinWords,
     NeverOnBackchannel,
 )
-from vantum_pipeline.settings import InterruptionSettings  # noqa: E402
-from vantum_pipeline.testing.callee import BargeIn, HangUp, Pause  # noqa: E402
-from vantum_pipeline.testing.deepgram import ScriptedRecognizer  # noqa: E402
-from vantum_pipeline.testing.openai import last_user_text  # noqa: E402
-from vantum_pipeline.testing.signals import speech  # noqa: E402
+from vantum_pipeline.settings import InterruptionSettings
+from vantum_pipeline.testing.callee import BargeIn, HangUp, Pause
+from vantum_pipeline.testing.deepgram import ScriptedRecognizer
+from vantum_pipeline.testing.openai import last_user_text
+from vantum_pipeline.testing.signals import speech
 
 PITCH = (
     "Great to hear from you, let me tell you about our offer today. Vantum answers every call "
