@@ -22,6 +22,7 @@ import numpy as np
 from tests.twilio_scripted import phone_stack
 from vantum_pipeline.audio.mulaw import lin2ulaw
 from vantum_pipeline.frames import EndOfTurnFrame, HeardTextFrame, LLMContextFrame, MetricsFrame, TTSStartedFrame
+from vantum_pipeline.observability.record import CallRecorder, MemorySink
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.pipeline import Pipeline
 from vantum_pipeline.processors.aggregators import AssistantAggregator, UserAggregator
@@ -87,6 +88,7 @@ class BargeInCall:
     user: UserAggregator
     sink: FrameRecorder
     task: PipelineTask
+    recorder: CallRecorder
 
     def heard(self, context_id: str) -> str:
         texts = [f.text for f in self.sink.of_type(HeardTextFrame) if f.context_id == context_id]
@@ -126,10 +128,12 @@ class BargeInStack:
         )
         user = UserAggregator(context, resume_lead_in_words=self.interruptions.resume_lead_in_words)
         sink = FrameRecorder()
+        recorder = CallRecorder(sink=MemorySink(), call_id=call.call_sid)
         pipeline = Pipeline(
             [
                 call.transport.input(),
                 stt,
+                recorder.user_tap(),
                 user,
                 OpenAILLMService(
                     OpenAISettings(api_key=KEY, base_url=self.openai.base_url, retry=RetryPolicy(base_delay=0.1))
@@ -146,7 +150,8 @@ class BargeInStack:
             ]
         )
         task = PipelineTask(pipeline, audio_in_sample_rate=8000, audio_out_sample_rate=8000)
-        self.calls[call.call_sid] = BargeInCall(context, stt, user, sink, task)
+        recorder.attach(task)
+        self.calls[call.call_sid] = BargeInCall(context, stt, user, sink, task, recorder)
         await task.queue_frame(LLMContextFrame(context))  # outbound: the bot speaks first
         return task
 

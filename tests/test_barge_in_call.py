@@ -46,6 +46,15 @@ async def test_backchannels_during_the_pitch_neither_cut_it_nor_reach_the_model(
     [pitch] = [m for m in call.context.messages if m.role == "assistant"]
     assert (pitch.content, pitch.interrupted) == (PITCH, False)
     assert [m.role for m in call.context.messages] == ["system", "assistant"]
+    # The call record keeps them, marked, inside the one bot turn.
+    record = await call.recorder.finish()
+    turns = [(t["role"], t["text"], t.get("backchannel", False)) for t in record["turns"]]
+    assert turns == [
+        ("assistant", PITCH, False),
+        ("user", "Mm-hmm.", True),
+        ("user", "Right.", True),
+    ], turns
+    assert record["turns"][0]["heard"] == PITCH and not record["turns"][0]["interrupted"]
 
 
 async def test_a_real_question_cuts_the_bot_right_after_its_second_word():

@@ -158,9 +158,12 @@ class DeepgramSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> DeepgramSettings:
         """``DEEPGRAM_API_KEY`` (required); ``DEEPGRAM_MODEL``, ``DEEPGRAM_LANGUAGE``,
-        ``DEEPGRAM_URL`` (optional); ``overrides`` win."""
+        ``DEEPGRAM_URL`` and the ``INTERRUPTION_*`` variables (optional); ``overrides`` win."""
         values = load_env(env)
-        found: dict[str, Any] = {"api_key": require_secret(values, API_KEY_ENV)}
+        found: dict[str, Any] = {
+            "api_key": require_secret(values, API_KEY_ENV),
+            "interruptions": InterruptionSettings.from_env(values),
+        }
         for name in ("model", "language", "url"):
             value = optional_env(values, f"DEEPGRAM_{name.upper()}")
             if value is not None:
