@@ -126,7 +126,7 @@ class BargeInStack:
             DeepgramSettings(api_key=KEY, url=self.deepgram.ws_url, interruptions=self.interruptions).for_phone(),
             interruption_policy=self.policy,
         )
-        user = UserAggregator(context, resume_lead_in_words=self.interruptions.resume_lead_in_words)
+        user = UserAggregator(context)
         sink = FrameRecorder()
         recorder = CallRecorder(sink=MemorySink(), call_id=call.call_sid)
         pipeline = Pipeline(

@@ -357,7 +357,10 @@ class EndOfTurnFrame(DataFrame):
 class FalseInterruptionFrame(DataFrame):
     """The last interruption was a false alarm: speech over the bot that no
     words followed (a cough, a line click, only a backchannel). The
-    conversation layer may resume the reply it cut."""
+    conversation layer may resume the reply it cut, saying again the last
+    ``lead_in_words`` heard words first when the cut was mid-sentence."""
+
+    lead_in_words: int = 1
 
     survives_interruption: ClassVar[bool] = True
 

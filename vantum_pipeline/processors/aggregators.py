@@ -14,8 +14,10 @@
     On a ``FalseInterruptionFrame`` (the STT's verdict: the last interruption
     was a cough, a click or a backchannel) the interrupted reply resumes:
     ``ResumeSpeakFrame`` with the words the callee did not hear, after the
-    last ``resume_lead_in_words`` heard ones when the cut was mid-sentence
-    (``resume=False``: the bot stays silent and waits, as before).
+    last heard ones when the cut was mid-sentence (as many as the frame says,
+    from ``InterruptionSettings.resume_lead_in_words``, unless
+    ``resume_lead_in_words`` is given here; ``resume=False``: the bot stays
+    silent and waits, as before).
 
 ``AssistantAggregator`` (at the tail)
     Builds the assistant message of each bot turn from the ``TextFrame``\\ s
@@ -133,7 +135,7 @@ class UserAggregator(FrameProcessor):
         ask_to_repeat: str = FallbackPhrases().ask_to_repeat,
         min_confidence: float | None = None,
         resume: bool = True,
-        resume_lead_in_words: int = 1,
+        resume_lead_in_words: int | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
@@ -157,7 +159,8 @@ class UserAggregator(FrameProcessor):
         if direction is FrameDirection.DOWNSTREAM and isinstance(frame, FalseInterruptionFrame):
             await self.push_frame(frame, direction)
             if self.resume:
-                await self._resume()
+                lead_in_words = self.resume_lead_in_words
+                await self._resume(frame.lead_in_words if lead_in_words is None else lead_in_words)
             return
         if not isinstance(frame, EndOfTurnFrame) or direction is not FrameDirection.DOWNSTREAM:
             await self.push_frame(frame, direction)
@@ -176,7 +179,7 @@ class UserAggregator(FrameProcessor):
         self.context.add_user(text)
         await self.push_frame(LLMContextFrame(self.context))
 
-    async def _resume(self) -> None:
+    async def _resume(self, lead_in_words: int) -> None:
         """Speak the rest of the reply the last interruption cut, if it is
         still the last word of the conversation."""
         message = next((m for m in reversed(self.context.messages) if m.role != "system"), None)
@@ -186,8 +189,8 @@ class UserAggregator(FrameProcessor):
         if not rest:
             return  # cut after its last word: nothing to add
         lead_in = ""
-        if said and not said.endswith(_SENTENCE_END) and self.resume_lead_in_words > 0:
-            lead_in = " ".join(said.split()[-self.resume_lead_in_words :])
+        if said and not said.endswith(_SENTENCE_END) and lead_in_words > 0:
+            lead_in = " ".join(said.split()[-lead_in_words:])
         self.resumed += 1
         logger.debug("{}: resuming the interrupted reply at {!r}", self.name, rest[:40])
         await self.push_frame(

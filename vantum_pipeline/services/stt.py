@@ -227,7 +227,7 @@ class STTService(FrameProcessor):
         elif verdict is Verdict.FALSE_INTERRUPTION:
             logger.debug("{}: no words after the interruption: the bot resumes", self.name)
             await self.metric("interruption.false", 1)
-            await self.push_frame(FalseInterruptionFrame())
+            await self.push_frame(FalseInterruptionFrame(lead_in_words=self.interruptions.resume_lead_in_words))
 
     async def _decided(self, verdict: Verdict) -> None:
         started, self._speech_started_at = self._speech_started_at, None
