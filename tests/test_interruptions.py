@@ -307,3 +307,26 @@ async def test_nothing_is_resumed_after_a_new_user_turn_or_with_resume_off() -> 
     context.add(Message("assistant", "We help teams.", interrupted=True, full_text="We help teams. Ask me how."))
     out = await run_pipeline([UserAggregator(context)], [FalseInterruptionFrame()])
     assert [(f.text, f.lead_in) for f in out.of_type(ResumeSpeakFrame)] == [("Ask me how.", "")]
+
+
+def test_the_start_of_a_backchannel_phrase_is_not_yet_a_content_word() -> None:
+    backchannels = Backchannels()
+    assert backchannels.split("Makes", partial=True) == (0, 1)
+    assert backchannels.split("Makes") == (1, 0)  # a final "makes" alone is a word
+    judge = BargeInJudge(PHONE_DEFAULT)
+    judge.bot_started()
+    judge.speech_started(0.0)
+    feed(judge, 0.0, 0.5, LOUD)
+    assert judge.transcript("Makes", final=False, now=0.5) is Verdict.NONE
+    assert feed(judge, 0.5, 0.62, LOUD) == []  # 0.6 s of speech, but only a backchannel so far
+
+
+def test_interim_words_revised_into_a_backchannel_make_a_false_interruption() -> None:
+    judge = BargeInJudge(NeverOnBackchannel(MinWords(1)))
+    judge.bot_started()
+    judge.speech_started(0.0)
+    assert judge.transcript("Mix", final=False, now=0.3) is Verdict.INTERRUPT  # the STT misheard at first
+    judge.interrupted(0.3)
+    assert judge.state == "confirmed"
+    assert judge.turn_is_backchannel("Mm-hmm.")
+    assert judge.turn_ended("Mm-hmm.", 0.9) is Verdict.FALSE_INTERRUPTION
