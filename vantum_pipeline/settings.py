@@ -20,6 +20,9 @@ at the one place the value is handed to an SDK. Every Secret registers its
 value with the log redactor (``observability.redact``), so the revealed value
 is masked should it reach a log line anyway. ``.env.example`` at the
 repository root lists every variable.
+
+``InterruptionSettings`` (with ``DEFAULT_BACKCHANNELS``) holds the product's
+barge-in defaults, shared by every STT service: see docs/interruptions.md.
 """
 
 from __future__ import annotations
