@@ -139,7 +139,7 @@ def feed(judge: BargeInJudge, start: float, end: float, level: float, step: floa
     t = start
     while t < end - 1e-9:
         t += step
-        verdict = judge.audio(round(t, 3), level)
+        verdict = judge.audio(round(t, 3), level, step)
         if verdict is Verdict.INTERRUPT:
             judge.interrupted(round(t, 3))
         verdicts.append(verdict)
@@ -330,3 +330,25 @@ def test_interim_words_revised_into_a_backchannel_make_a_false_interruption() ->
     assert judge.state == "confirmed"
     assert judge.turn_is_backchannel("Mm-hmm.")
     assert judge.turn_ended("Mm-hmm.", 0.9) is Verdict.FALSE_INTERRUPTION
+
+
+def test_speech_never_transcribed_nor_closed_is_forgotten() -> None:
+    judge = BargeInJudge(NeverOnBackchannel(MinWords(2)), false_interruption_timeout=0.5)
+    judge.bot_started()
+    feed(judge, 0.0, 0.3, LOUD)
+    judge.speech_started(0.3)
+    assert judge.state == "deciding"
+    assert feed(judge, 0.3, 1.2, QUIET) == [] and judge.state == "deciding"
+    feed(judge, 1.2, 1.4, QUIET)
+    assert judge.state == "idle"
+
+
+def test_continuous_speech_counts_from_the_start_of_its_first_chunk() -> None:
+    judge = BargeInJudge(MinSpeechDuration(0.6))
+    feed(judge, 0.0, 0.6, LOUD)
+    assert judge.speech(0.6).seconds == pytest.approx(0.6)
+    feed(judge, 0.6, 0.7, QUIET)  # a 0.1 s pause does not break it
+    feed(judge, 0.7, 0.8, LOUD)
+    assert judge.speech(0.8).seconds == pytest.approx(0.8)
+    feed(judge, 0.8, 1.1, QUIET)
+    assert judge.speech(1.1).seconds == 0.0

@@ -395,21 +395,26 @@ class BargeInJudge:
             if not self.bot_speaking:
                 return Verdict.NONE
             self._reset_speech(self._run_start if self._run_start is not None else now)
+            self._quiet_since = now
             self._move(_State.DECIDING)
         return self._evaluate(now)
 
-    def audio(self, now: float, level_dbfs: float) -> Verdict:
-        """A chunk of input audio ending at ``now``, at ``level_dbfs``."""
+    def audio(self, now: float, level_dbfs: float, seconds: float = 0.0) -> Verdict:
+        """A chunk of input audio of ``seconds`` ending at ``now``, at ``level_dbfs``."""
         if level_dbfs > self.speech_threshold_dbfs:
-            if self._run_start is None or self._last_loud is None or now - self._last_loud > self.gap:
-                self._run_start = now
+            if self._run_start is None or self._last_loud is None or now - seconds - self._last_loud > self.gap:
+                self._run_start = now - seconds
             self._last_loud = now
         elif self._last_loud is not None and now - self._last_loud > self.gap:
             self._run_start = None
+        quiet_for = now - max(self._quiet_since, self._last_loud or 0.0)
         if self._state is _State.INTERRUPTED:
-            quiet_since = max(self._quiet_since, self._last_loud or 0.0)
-            if now - quiet_since >= self.false_interruption_timeout and self._content_words() == 0:
+            if quiet_for >= self.false_interruption_timeout and self._content_words() == 0:
                 return self._false_interruption()
+            return Verdict.NONE
+        if self._state is _State.DECIDING and quiet_for >= 2 * self.false_interruption_timeout:
+            if not self._finals and not self._interim:
+                self._move(_State.IDLE)  # speech the STT never transcribed nor closed: nothing happened
             return Verdict.NONE
         return self._evaluate(now)
 
