@@ -71,6 +71,7 @@ from vantum_pipeline.services.offline.recognizer import (
     RecognitionEvent,
     SpeechStarted,
 )
+from vantum_pipeline.services.interruptions import InterruptionPolicy
 from vantum_pipeline.services.stt import STTService
 from vantum_pipeline.settings import InterruptionSettings
 
@@ -131,6 +132,7 @@ class PocketsphinxSTTService(STTService):
         settings: PocketsphinxSettings | None = None,
         *,
         model: DomainLanguageModel | None = None,
+        interruption_policy: InterruptionPolicy | None = None,
         name: str | None = None,
     ) -> None:
         s = settings or PocketsphinxSettings()
@@ -140,6 +142,7 @@ class PocketsphinxSTTService(STTService):
             interrupt_on_speech_started=s.interrupt_on_speech_started,
             defer_to_local_vad=s.defer_to_local_vad,
             interruptions=s.interruptions,
+            interruption_policy=interruption_policy,
             name=name,
         )
         self.settings = s
