@@ -61,6 +61,7 @@ from vantum_pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from vantum_pipeline.processor import FrameDirection
+from vantum_pipeline.services.interruptions import InterruptionPolicy
 from vantum_pipeline.services.offline.agent import SalesScript
 from vantum_pipeline.services.offline.language_model import DomainLanguageModel
 from vantum_pipeline.services.offline.recognizer import (
@@ -71,7 +72,6 @@ from vantum_pipeline.services.offline.recognizer import (
     RecognitionEvent,
     SpeechStarted,
 )
-from vantum_pipeline.services.interruptions import InterruptionPolicy
 from vantum_pipeline.services.stt import STTService
 from vantum_pipeline.settings import InterruptionSettings
 
