@@ -15,8 +15,8 @@ interruption, or a noise), then listens. For each policy the program prints:
   the start of the callee's speech to the ``clear`` (the callee's side stops
   playing bot audio at once);
 - resumed: false interruptions after which the bot went on with its reply;
-- decision latency: the STT's ``latency.barge_in_decision`` metric, from the
-  speech start it reported to its decision (interrupt, or backchannel).
+- decision to interrupt: the STT's ``latency.barge_in_decision`` metric on
+  the real interruptions, from the speech start it reported to its decision.
 
 The callee's speech is speech-like noise at -18 dBFS; the fake Deepgram's
 ``ScriptedRecognizer`` reveals the scripted words at ``WORDS_PER_SECOND``
@@ -218,7 +218,7 @@ def table(results: list[Outcome], policies: list[str]) -> str:
     header = (
         "| policy | backchannel false cuts | noise false cuts | long noise cuts | answered by the LLM "
         "| real cut | time to silence median / p90 / max (s) | ≤ 0.5 s | resumed after a false cut "
-        "| decision latency median (s) |"
+        "| decision to interrupt, median (s) |"
     )
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for policy in policies:
@@ -238,7 +238,7 @@ def table(results: list[Outcome], policies: list[str]) -> str:
             f"{statistics.median(silent):.2f} / {percentile(silent, 0.9):.2f} / {max(silent):.2f}" if silent else "-"
         )
         quick = f"{sum(t <= 0.5 for t in silent)}/{len(of('real'))}"
-        decisions = [r.decision for r in rows if r.decision is not None]
+        decisions = [r.decision for r in of("real") if r.decision is not None]
         decision = f"{statistics.median(decisions):.2f}" if decisions else "-"
         lines.append(
             f"| {policy} | {cuts('backchannel')} | {cuts('noise')} | {cuts('long noise')} | "
