@@ -38,6 +38,7 @@ from vantum_pipeline.testing import FrameRecorder
 from vantum_pipeline.testing.callee import Callee
 from vantum_pipeline.testing.cartesia import FakeCartesia, ToneSynthesizer
 from vantum_pipeline.testing.deepgram import FakeDeepgram, ScriptedLine, ScriptedRecognizer, StreamTiming
+from vantum_pipeline.testing.grammar import GrammarChecker
 from vantum_pipeline.testing.openai import FakeOpenAI
 from vantum_pipeline.testing.openai_wire import Reply
 from vantum_pipeline.testing.twilio import FakeTwilio
@@ -89,6 +90,12 @@ class BargeInCall:
     sink: FrameRecorder
     task: PipelineTask
     recorder: CallRecorder
+    checkers: tuple[GrammarChecker, GrammarChecker]
+
+    @property
+    def violations(self) -> list[str]:
+        """Stream-grammar violations seen after the input and after the output."""
+        return [v for checker in self.checkers for v in checker.violations]
 
     def heard(self, context_id: str) -> str:
         texts = [f.text for f in self.sink.of_type(HeardTextFrame) if f.context_id == context_id]
@@ -129,9 +136,11 @@ class BargeInStack:
         user = UserAggregator(context)
         sink = FrameRecorder()
         recorder = CallRecorder(sink=MemorySink(), call_id=call.call_sid)
+        checkers = (GrammarChecker(), GrammarChecker())
         pipeline = Pipeline(
             [
                 call.transport.input(),
+                checkers[0],
                 stt,
                 recorder.user_tap(),
                 user,
@@ -145,13 +154,14 @@ class BargeInStack:
                     ).for_twilio()
                 ),
                 call.transport.output(),
+                checkers[1],
                 AssistantAggregator(context),
                 sink,
             ]
         )
         task = PipelineTask(pipeline, audio_in_sample_rate=8000, audio_out_sample_rate=8000)
         recorder.attach(task)
-        self.calls[call.call_sid] = BargeInCall(context, stt, user, sink, task, recorder)
+        self.calls[call.call_sid] = BargeInCall(context, stt, user, sink, task, recorder, checkers)
         await task.queue_frame(LLMContextFrame(context))  # outbound: the bot speaks first
         return task
 

@@ -79,6 +79,7 @@ async def test_a_real_question_cuts_the_bot_right_after_its_second_word():
     assert call.context.messages[2].content == "Wait, how much is it?"
     assert call.context.messages[3].content == ANSWER
     assert call.turns[0].backchannel is False
+    assert call.violations == []
     [decision] = call.metric("latency.barge_in_decision")
     assert decision.labels["decision"] == "interrupt" and 0.3 < decision.value < 1.0
 
@@ -104,6 +105,7 @@ async def test_a_noise_burst_pauses_the_bot_which_resumes_at_the_first_unheard_w
     assert requests == 1
     assert call.user.resumed == 1
     assert [m.value for m in call.metric("interruption.false")] == [1]
+    assert call.violations == []  # the stream grammar holds around both transports
 
 
 async def test_the_phone_default_does_not_even_pause_for_a_short_noise():
