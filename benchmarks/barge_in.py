@@ -18,6 +18,12 @@ interruption, or a noise), then listens. For each policy the program prints:
 - decision to interrupt: the STT's ``latency.barge_in_decision`` metric on
   the real interruptions, from the speech start it reported to its decision.
 
+Beside pipecat-ai: the transcripts each call's STT produced (interim and
+final, in order) are replayed through pipecat's
+``MinWordsUserTurnStartStrategy(min_words=2)``, its counterpart of our
+"min words 2" (it counts every word, backchannels included), to count which
+interjections it would have interrupted on.
+
 The callee's speech is speech-like noise at -18 dBFS; the fake Deepgram's
 ``ScriptedRecognizer`` reveals the scripted words at ``WORDS_PER_SECOND``
 (3 a second: conversational English) in interim results every 0.1 s of
@@ -43,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loguru import logger
 
 from tests.barge_in_stack import WORDS_PER_SECOND, BargeInStack, barge_in_stack, noise
+from vantum_pipeline.frames import InterimTranscriptionFrame, TranscriptionFrame
 from vantum_pipeline.services.interruptions import (
     InterruptionPolicy,
     MinSpeechDuration,
@@ -164,6 +171,8 @@ class Outcome:
     answered: bool
     resumed: bool
     decision: float | None
+    transcripts: tuple[tuple[bool, str], ...] = ()  # (final, text), as the STT pushed them
+    pipecat_cut: bool | None = None
     error: str = ""
 
 
@@ -185,6 +194,11 @@ async def run_one(stack: BargeInStack, policy: str, interjection: Interjection, 
     cut = bool(callee.clears)
     silence = callee.clears[0] - onset if cut and onset is not None else None
     decisions = [m.value for m in call.metric("latency.barge_in_decision")]
+    transcripts = tuple(
+        (isinstance(f, TranscriptionFrame), f.text)
+        for f, _direction in call.sink.frames
+        if isinstance(f, InterimTranscriptionFrame | TranscriptionFrame)
+    )
     return Outcome(
         policy,
         interjection,
@@ -193,7 +207,44 @@ async def run_one(stack: BargeInStack, policy: str, interjection: Interjection, 
         answered=requests > 1,
         resumed=bool(call.user.resumed),
         decision=decisions[0] if decisions else None,
+        transcripts=transcripts,
     )
+
+
+async def pipecat_min_words(transcripts: tuple[tuple[bool, str], ...], min_words: int = 2) -> bool:
+    """Whether pipecat's min-words strategy interrupts the speaking bot on these transcripts."""
+    from pipecat.frames import frames as pipecat_frames
+    from pipecat.turns.types import ProcessFrameResult
+    from pipecat.turns.user_start.min_words_user_turn_start_strategy import MinWordsUserTurnStartStrategy
+
+    strategy = MinWordsUserTurnStartStrategy(min_words=min_words)
+    await strategy.process_frame(pipecat_frames.BotStartedSpeakingFrame())
+    for final, text in transcripts:
+        cls = pipecat_frames.TranscriptionFrame if final else pipecat_frames.InterimTranscriptionFrame
+        if await strategy.process_frame(cls(text, "", "")) is ProcessFrameResult.STOP:
+            return True
+    return False
+
+
+def beside_pipecat(results: list[Outcome], sample: list[Outcome]) -> str:
+    """Our min-words and phone rows against pipecat's strategy on the transcripts of ``sample``."""
+    kinds = ("backchannel", "noise", "long noise", "real")
+    lines = [
+        "| on the same transcripts | " + " | ".join(f"{k} cut" for k in kinds) + " |",
+        "|---" * (len(kinds) + 1) + "|",
+    ]
+
+    def row(name: str, outcomes: list[Outcome], cut: str) -> str:
+        cells = []
+        for kind in kinds:
+            group = [r for r in outcomes if r.interjection.kind == kind]
+            cells.append(f"{sum(bool(getattr(r, cut)) for r in group)}/{len(group)}")
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    for policy in ("min words 2", "phone default"):
+        lines.append(row(f"ours: {policy}", [r for r in results if r.policy == policy and not r.error], "cut"))
+    lines.append(row("pipecat 1.14 MinWordsUserTurnStartStrategy(2)", sample, "pipecat_cut"))
+    return "\n".join(lines)
 
 
 async def worker(jobs: asyncio.Queue[tuple[str, Interjection, int]], results: list[Outcome], index: int) -> None:
@@ -265,6 +316,12 @@ async def main(args: argparse.Namespace) -> int:
     for failed in [r for r in results if r.error]:
         print(f"  call failed: {failed.policy} / {failed.interjection.label}: {failed.error}")
     print(table(results, policies))
+    # Transcripts do not depend on the policy: one call of each interjection is enough.
+    sample = list({r.interjection.label: r for r in results if not r.error and r.policy == policies[-1]}.values())
+    for outcome in sample:
+        outcome.pipecat_cut = await pipecat_min_words(outcome.transcripts)
+    print()
+    print(beside_pipecat(results, sample))
     if args.verbose:
         for r in sorted(results, key=lambda r: (r.policy, r.interjection.kind)):
             silence = f"{r.time_to_silence:.2f}" if r.time_to_silence is not None else "-"
