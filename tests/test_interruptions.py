@@ -352,3 +352,48 @@ def test_continuous_speech_counts_from_the_start_of_its_first_chunk() -> None:
     assert judge.speech(0.8).seconds == pytest.approx(0.8)
     feed(judge, 0.8, 1.1, QUIET)
     assert judge.speech(1.1).seconds == 0.0
+
+
+EVENTS = st.one_of(
+    st.tuples(st.just("audio"), st.sampled_from([LOUD, QUIET]), st.floats(0.01, 0.5)),
+    st.tuples(st.just("speech_started")),
+    st.tuples(st.just("transcript"), st.sampled_from(["", "Mm-hmm", "yeah", "wait how", "makes"]), st.booleans()),
+    st.tuples(st.just("turn_ended"), st.sampled_from(["", "Mm-hmm.", "Wait, how much is it?", "Right."])),
+    st.tuples(st.just("interrupted")),
+    st.tuples(st.just("bot_started")),
+    st.tuples(st.just("bot_stopped")),
+)
+
+
+@given(st.lists(EVENTS, max_size=60), st.sampled_from(["phone", "at_once", "min_words", "min_duration"]))
+def test_any_sequence_of_events_keeps_the_judge_consistent(events: list[tuple[object, ...]], policy: str) -> None:
+    judge = BargeInJudge(policy_from_settings(InterruptionSettings(policy=policy)), false_interruption_timeout=0.4)
+    now = 0.0
+    interrupted_since_idle = False
+    for event in events:
+        kind = event[0]
+        verdict = Verdict.NONE
+        if kind == "audio":
+            now += float(event[2])  # type: ignore[arg-type]
+            verdict = judge.audio(now, float(event[1]), float(event[2]))  # type: ignore[arg-type]
+        elif kind == "speech_started":
+            verdict = judge.speech_started(now)
+        elif kind == "transcript":
+            verdict = judge.transcript(str(event[1]), final=bool(event[2]), now=now)
+        elif kind == "turn_ended":
+            verdict = judge.turn_ended(str(event[1]), now)
+        elif kind == "interrupted":
+            judge.interrupted(now)
+        elif kind == "bot_started":
+            judge.bot_started()
+        else:
+            judge.bot_stopped()
+        if verdict is Verdict.INTERRUPT:
+            assert judge.bot_speaking  # the bot is never "cut" while silent
+            judge.interrupted(now)
+        if judge.state in ("interrupted", "confirmed"):
+            interrupted_since_idle = True
+        if verdict is Verdict.FALSE_INTERRUPTION:
+            assert interrupted_since_idle  # only an interruption can be false
+        if judge.state == "idle":
+            interrupted_since_idle = False
