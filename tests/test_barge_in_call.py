@@ -106,6 +106,10 @@ async def test_a_noise_burst_pauses_the_bot_which_resumes_at_the_first_unheard_w
     assert call.user.resumed == 1
     assert [m.value for m in call.metric("interruption.false")] == [1]
     assert call.violations == []  # the stream grammar holds around both transports
+    # The call record shows what happened: the cut reply, then its resumed rest.
+    record = await call.recorder.finish()
+    bot = [(t["interrupted"], t.get("resumed", False)) for t in record["turns"] if t["role"] == "assistant"]
+    assert bot == [(True, False), (False, True)]
 
 
 async def test_the_phone_default_does_not_even_pause_for_a_short_noise():

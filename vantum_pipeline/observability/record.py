@@ -36,7 +36,9 @@ call, else from how the pipeline finished: ``completed``, ``cancelled``,
 (from the output transport's HeardTextFrames; null when it never reported),
 ``interrupted`` marks a bot turn cut by a barge-in; ``"backchannel": true`` a
 user turn said over the bot only to show listening ("mm-hmm"), which was not
-answered and did not end the bot's turn.
+answered and did not end the bot's turn; ``"resumed": true`` a bot turn that
+is the rest of the one before it, resumed after a false interruption (its
+first word may repeat the last one heard).
 
 Sinks: ``JsonLinesSink`` (default; one line per call, rotated past
 ``max_bytes``, writes serialized by a lock and done off the event loop),
@@ -75,6 +77,7 @@ from vantum_pipeline.frames import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     MetricsFrame,
+    ResumeSpeakFrame,
     StartFrame,
     TextFrame,
     TranscriptionFrame,
@@ -208,6 +211,7 @@ class _Turn:
     tts_open: int = 0
     speaking: bool = False
     spoke: bool = False
+    resumed: bool = False  # the rest of a reply cut by a false interruption
 
     def finished(self) -> bool:
         return self.spoke and not self.speaking and not self.response_open and self.tts_open <= 0
@@ -230,6 +234,7 @@ class _Turn:
             "text": _clip(text.strip()),
             "heard": None if heard is None else _clip(heard.strip()),
             "interrupted": self.interrupted,
+            **({"resumed": True} if self.resumed else {}),
             "at": round(self.at, 3),
             "latencies": {name: round(value, 4) for name, value in self.latencies.items()},
         }
@@ -492,7 +497,9 @@ class CallRecorder:
             self._bot_turn(frame).llm_text.append(frame.text)
         elif isinstance(frame, TextFrame | TTSSpeakFrame):
             if frame.text.strip():
-                self._bot_turn(frame).text.append(frame.text.strip())
+                spoken = self._bot_turn(frame)
+                spoken.text.append(frame.text.strip())
+                spoken.resumed = spoken.resumed or isinstance(frame, ResumeSpeakFrame)
         elif isinstance(frame, LLMFullResponseStartFrame):
             self._bot_turn(frame).response_open = True
         elif isinstance(frame, LLMFullResponseEndFrame):
