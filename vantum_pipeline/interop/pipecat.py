@@ -1,0 +1,532 @@
+"""Host a pipecat ``FrameProcessor`` (a service, a filter) inside a vantum pipeline.
+
+    from pipecat.services.deepgram.stt import DeepgramSTTService
+    from vantum_pipeline.interop.pipecat import PipecatProcessor
+
+    Pipeline([transport.input(), VADProcessor(), PipecatProcessor(DeepgramSTTService(api_key=...)), ...])
+
+``PipecatProcessor(processor)`` is one of our processors. At ``StartFrame`` it
+gives the hosted processor what a pipecat pipeline would (a clock, a task
+manager, the setup, a ``StartFrame`` with the pipeline's audio rates), linked
+between two shims: what the hosted processor pushes downstream leaves the
+adapter downstream, what it pushes upstream leaves upstream. Frames are
+translated both ways by the table in ``pipecat_frames.py``; a frame without a
+row crosses unchanged and is counted (``unmapped_in``, ``unmapped_out``).
+
+Our frames keep their identity: a frame of ours that pipecat passes on comes
+out as the very frame that went in (its id, its epoch, every field).
+
+Interruption stays ours. Our ``InterruptionFrame`` becomes pipecat's for the
+hosted processor, and the adapter waits (``interruption_timeout``) for it to
+come out the other side: pipecat has then cancelled its work. Until then,
+whatever the hosted processor pushes is stamped with the interrupted epoch and
+dropped by the framework; a TTS context keeps the epoch of the turn that
+opened it, so late audio of a cancelled context is dropped too. An
+interruption the hosted processor raises itself becomes ``push_interruption()``.
+
+Roles, detected from the hosted processor's class:
+
+- an STT service also ends user turns (``EndOfTurnFrame``, which our
+  ``UserAggregator`` answers): after ``UserStoppedSpeakingFrame`` (from our
+  VAD; pipecat's STT finalizes on it), at the first finalized transcript, or
+  ``turn_timeout`` seconds later with the transcripts so far;
+- an LLM service answers our ``LLMContextFrame``: the conversation is sent as
+  pipecat's ``LLMContext`` (``pipecat_context.py``), and ``tools`` (our
+  ``Tool``\\ s) are registered as pipecat functions whose calls and results land
+  in our ``LLMContext``; ``end_call`` ends the call after the reply;
+- a TTS service's word frames (``TTSTextFrame``) become our ``TextFrame``\\ s
+  and ``TTSWordTimestampsFrame``\\ s (a word ends where the next begins; the
+  last one with the context's audio), so the transport knows what was heard.
+
+Teardown: ``cleanup()`` cancels the hosted processor (unless it ended), runs
+its ``cleanup()`` and cancels any task its task manager still holds, all
+within ``stop_timeout`` (under the pipeline's own shutdown bound).
+
+Pipecat's queues inside the hosted processor are its own and unbounded; the
+adapter hands frames to it without waiting. What comes out is pushed with our
+backpressure, in pipecat's task.
+
+Importing this module without pipecat installed raises ImportError naming the
+extra: ``pip install vantum-pipeline[pipecat]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    from pipecat.clocks.system_clock import SystemClock
+    from pipecat.frames import frames as pc
+    from pipecat.processors.frame_processor import FrameDirection as PipecatDirection
+    from pipecat.processors.frame_processor import FrameProcessor as PipecatFrameProcessor
+    from pipecat.processors.frame_processor import FrameProcessorSetup
+    from pipecat.services.llm_service import FunctionCallParams, LLMService
+    from pipecat.services.stt_service import STTService
+    from pipecat.services.tts_service import TTSService
+    from pipecat.utils.asyncio.task_manager import TaskManager
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "vantum_pipeline.interop.pipecat needs pipecat-ai, which is not installed: "
+        "pip install vantum-pipeline[pipecat]"
+    ) from exc
+
+from loguru import logger
+
+from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.frames import (
+    CancelFrame,
+    EndOfTurnFrame,
+    EndTaskFrame,
+    Frame,
+    InterruptionFrame,
+    LLMContextFrame,
+    StartFrame,
+    TextFrame,
+    TTSWordTimestampsFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from vantum_pipeline.interop.pipecat_context import ToolRound, to_pipecat_context
+from vantum_pipeline.interop.pipecat_frames import (
+    Carried,
+    CarriedKept,
+    CarriedSystem,
+    ForeignFrame,
+    ForeignSystemFrame,
+    to_ours,
+    to_pipecat,
+)
+from vantum_pipeline.processor import FrameDirection, FrameProcessor
+from vantum_pipeline.processors.context import FunctionCall, LLMContext
+from vantum_pipeline.processors.tools import Tool, ToolResult, decode_arguments, result_text
+
+__all__ = ["PipecatProcessor"]
+
+_DOWN = FrameDirection.DOWNSTREAM
+_UP = FrameDirection.UPSTREAM
+_ORIGIN = "_vantum_origin"
+#: TTS contexts whose epoch and word timings are remembered.
+_MAX_CONTEXTS = 64
+_NS = 1_000_000_000
+
+
+class _Shim(PipecatFrameProcessor):  # type: ignore[misc]
+    """Stands on one side of the hosted processor: what it receives leaves the adapter."""
+
+    def __init__(self, adapter: PipecatProcessor, side: str) -> None:
+        super().__init__(name=f"{adapter.name}:{side}")
+        self._adapter = adapter
+
+    async def queue_frame(self, frame: pc.Frame, direction: PipecatDirection = PipecatDirection.DOWNSTREAM, callback: Any = None) -> None:  # noqa: E501
+        await self._adapter._emerge(frame, _DOWN if direction is PipecatDirection.DOWNSTREAM else _UP)
+
+
+class _Worker:
+    """What a pipecat processor may ask of the pipeline worker running it."""
+
+    def __init__(self) -> None:
+        self.app_resources: dict[str, Any] = {}
+        self.worker_runner: Any = None
+
+
+class _Speech:
+    """One TTS context as the adapter tracks it: its epoch and its words."""
+
+    __slots__ = ("audio_seconds", "base_ns", "epoch", "pending")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.base_ns: int | None = None
+        self.audio_seconds = 0.0
+        self.pending: tuple[str, float] | None = None  # the last word, whose end is not known yet
+
+
+class PipecatProcessor(FrameProcessor):
+    """A pipecat ``FrameProcessor`` hosted as one of ours; see the module docstring.
+
+    ``tools``: our tools offered to a hosted LLM service (with the context's own
+    ``tools`` schemas, which the model sees but which run nowhere here).
+    ``max_tool_rounds`` bounds the model's tool rounds per turn.
+    """
+
+    def __init__(
+        self,
+        processor: PipecatFrameProcessor,
+        *,
+        name: str | None = None,
+        tools: Sequence[Tool] = (),
+        max_tool_rounds: int = 3,
+        turn_timeout: float = 1.0,
+        interruption_timeout: float = 0.5,
+        stop_timeout: float = 0.6,
+        enable_metrics: bool = True,
+    ) -> None:
+        if not isinstance(processor, PipecatFrameProcessor):
+            raise ConfigurationError(f"PipecatProcessor hosts a pipecat FrameProcessor, got {processor!r}")
+        if tools and not isinstance(processor, LLMService):
+            raise ConfigurationError(f"tools need a pipecat LLM service, {processor} is not one")
+        super().__init__(name=name or f"Pipecat[{processor.name}]")
+        self.hosted = processor
+        self.tools = {tool.name: tool for tool in tools}
+        self.max_tool_rounds = max_tool_rounds
+        self.turn_timeout = turn_timeout
+        self.interruption_timeout = interruption_timeout
+        self.stop_timeout = stop_timeout
+        self.enable_metrics = enable_metrics
+        #: Frames that crossed without a row in the table, by class name.
+        self.unmapped_in: Counter[str] = Counter()
+        self.unmapped_out: Counter[str] = Counter()
+        self._head = _Shim(self, "in")
+        self._tail = _Shim(self, "out")
+        self._head.link(processor)
+        processor.link(self._tail)
+        self._task_manager: TaskManager | None = None
+        self._clock = SystemClock()
+        self._started = False
+        self._finished = False  # pipecat's EndFrame came out, or we cancelled it
+        self._out_epoch = 0
+        self._interrupted: asyncio.Event | None = None
+        self._own_interruption = False
+        self._speech: OrderedDict[str, _Speech] = OrderedDict()
+        self._stt = isinstance(processor, STTService)
+        self._llm = isinstance(processor, LLMService)
+        self._tts = isinstance(processor, TTSService)
+        self._segments: list[str] = []
+        self._user_speaking = False
+        self._turn_deadline: asyncio.Task[None] | None = None
+        self._context: LLMContext | None = None
+        self._round: ToolRound | None = None
+        if self._llm:
+            for tool in self.tools.values():
+                processor.register_function(tool.name, self._run_tool)
+
+    # ------------------------------------------------------------- frames in
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, StartFrame):
+            await self._start(frame)
+            await self.push_frame(frame, direction)
+            return
+        if isinstance(frame, InterruptionFrame):
+            await self._interrupt(frame, direction)
+            return
+        if isinstance(frame, CancelFrame):
+            self._finished = True
+            await self._send(pc.CancelFrame(reason=frame.reason or None), direction)
+            await self.push_frame(frame, direction)
+            return
+        if isinstance(frame, ForeignFrame | ForeignSystemFrame):
+            await self._send(frame.frame, direction)  # a pipecat frame from a hosted processor upstream
+            return
+        if self._llm and isinstance(frame, LLMContextFrame) and isinstance(frame.context, LLMContext):
+            self._context = frame.context
+            self._round = ToolRound(self.max_tool_rounds)
+            theirs: pc.Frame = pc.LLMContextFrame(to_pipecat_context(frame.context, self.tools.values()))
+        else:
+            if self._stt:
+                self._track_user(frame)
+            converted = to_pipecat(frame)
+            if converted is None:
+                self.unmapped_in[type(frame).__name__] += 1
+                if not frame.in_band:
+                    converted = CarriedSystem(frame=frame)
+                elif frame.survives_interruption:
+                    converted = CarriedKept(frame=frame)
+                else:
+                    converted = Carried(frame=frame)
+            theirs = converted
+        setattr(theirs, _ORIGIN, frame)
+        await self._send(theirs, direction)
+
+    async def _send(self, frame: pc.Frame, direction: FrameDirection) -> None:
+        if not self._started or self._finished and not isinstance(frame, pc.CancelFrame):
+            logger.debug("{}: {} not sent, the hosted processor is not running", self.name, frame)
+            return
+        to = PipecatDirection.DOWNSTREAM if direction is _DOWN else PipecatDirection.UPSTREAM
+        await self.hosted.queue_frame(frame, to)
+
+    async def _start(self, frame: StartFrame) -> None:
+        self._out_epoch = frame.epoch
+        self._task_manager = TaskManager(loop=asyncio.get_running_loop())
+        self._clock.start()
+        setup = FrameProcessorSetup(
+            clock=self._clock,
+            task_manager=self._task_manager,
+            pipeline_worker=_Worker(),
+            audio_in_sample_rate=frame.audio_in_sample_rate,
+            audio_out_sample_rate=frame.audio_out_sample_rate,
+            enable_metrics=self.enable_metrics,
+            enable_usage_metrics=self.enable_metrics,
+        )
+        await self.hosted.setup(setup)
+        self._started = True
+        start = pc.StartFrame(
+            audio_in_sample_rate=frame.audio_in_sample_rate,
+            audio_out_sample_rate=frame.audio_out_sample_rate,
+            enable_metrics=self.enable_metrics,
+            enable_usage_metrics=self.enable_metrics,
+        )
+        setattr(start, _ORIGIN, frame)
+        await self.hosted.queue_frame(start, PipecatDirection.DOWNSTREAM)
+
+    async def _interrupt(self, frame: InterruptionFrame, direction: FrameDirection) -> None:
+        self._close_turn()
+        self._speech.clear()
+        self._round = None
+        if self._own_interruption or not self._started or self._finished:
+            self._out_epoch = frame.epoch
+            return
+        self._interrupted = asyncio.Event()
+        theirs = pc.InterruptionFrame()
+        setattr(theirs, _ORIGIN, frame)
+        await self._send(theirs, direction)
+        try:
+            async with asyncio.timeout(self.interruption_timeout):
+                await self._interrupted.wait()
+        except TimeoutError:
+            logger.warning(
+                "{}: the hosted processor did not pass the interruption on within {:.1f}s",
+                self.name,
+                self.interruption_timeout,
+            )
+        self._out_epoch = frame.epoch
+
+    # ------------------------------------------------------------ frames out
+
+    async def _emerge(self, frame: pc.Frame, direction: FrameDirection) -> None:
+        """A frame the hosted processor pushed; runs in pipecat's task."""
+        origin = getattr(frame, _ORIGIN, None)
+        if origin is not None:
+            if isinstance(origin, InterruptionFrame):
+                if self._interrupted is not None:
+                    self._interrupted.set()
+            elif not isinstance(origin, StartFrame | CancelFrame):  # those were passed on at once
+                await self.push_frame(origin, direction)
+            return
+        if isinstance(frame, pc.InterruptionFrame | pc.InterruptionWorkerFrame):
+            await self._hosted_interruption(frame)
+            return
+        if isinstance(frame, pc.StartFrame | pc.CancelFrame):
+            return
+        if isinstance(frame, pc.EndFrame):
+            self._finished = True
+        if self._llm and await self._function_frame(frame):
+            return
+        if isinstance(frame, pc.TTSTextFrame):
+            await self._word(frame, direction)
+            return
+        converted = to_ours(frame)
+        if converted is None:
+            self.unmapped_out[type(frame).__name__] += 1
+            converted = ForeignSystemFrame(frame) if isinstance(frame, pc.SystemFrame) else ForeignFrame(frame)
+        for ours in converted if isinstance(converted, tuple) else (converted,):
+            ours.epoch = self._epoch_of(frame)
+            if self._tts and isinstance(frame, pc.TTSStoppedFrame | pc.TTSAudioRawFrame):
+                await self._speech_progress(frame, direction)
+            await self.push_frame(ours, direction)
+            if self._stt and type(ours).__name__ == "TranscriptionFrame" and direction is _DOWN:
+                await self._transcript(ours, bool(getattr(frame, "finalized", False)))
+
+    def _epoch_of(self, frame: pc.Frame) -> int:
+        context_id = getattr(frame, "context_id", None)
+        if not self._tts or context_id is None:
+            return self._out_epoch
+        return self._speech_of(context_id).epoch
+
+    def _speech_of(self, context_id: str) -> _Speech:
+        speech = self._speech.get(context_id)
+        if speech is None:
+            speech = self._speech[context_id] = _Speech(self._out_epoch)
+            while len(self._speech) > _MAX_CONTEXTS:
+                self._speech.popitem(last=False)
+        return speech
+
+    async def _hosted_interruption(self, frame: pc.Frame) -> None:
+        if frame.broadcast_sibling_id is not None and self._own_interruption:
+            return  # the other half of a broadcast already handled
+        self._own_interruption = True
+        try:
+            await self.push_interruption()
+        finally:
+            self._own_interruption = False
+
+    # ----------------------------------------------------------- TTS words
+
+    async def _word(self, frame: pc.TTSTextFrame, direction: FrameDirection) -> None:
+        context_id = frame.context_id
+        epoch = self._epoch_of(frame)
+        if context_id is not None and frame.pts is not None:
+            speech = self._speech_of(context_id)
+            if speech.base_ns is None:
+                speech.base_ns = frame.pts
+            start = max(0.0, (frame.pts - speech.base_ns) / _NS)
+            await self._flush_word(speech, context_id, start, direction)
+            speech.pending = (frame.text, start)
+        text = TextFrame(frame.text)
+        text.epoch = epoch
+        await self.push_frame(text, direction)
+
+    async def _flush_word(self, speech: _Speech, context_id: str, end: float, direction: FrameDirection) -> None:
+        if speech.pending is None:
+            return
+        word, start = speech.pending
+        speech.pending = None
+        stamps = TTSWordTimestampsFrame(((word, start, max(start, end)),), context_id=context_id)
+        stamps.epoch = speech.epoch
+        await self.push_frame(stamps, direction)
+
+    async def _speech_progress(self, frame: pc.Frame, direction: FrameDirection) -> None:
+        context_id = frame.context_id
+        if context_id is None:
+            return
+        speech = self._speech_of(context_id)
+        if isinstance(frame, pc.TTSAudioRawFrame):
+            if speech.base_ns is None:
+                speech.base_ns = self._clock.get_time()
+            speech.audio_seconds += len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
+        else:
+            await self._flush_word(speech, context_id, speech.audio_seconds, direction)
+
+    # ------------------------------------------------------------ STT turns
+
+    def _track_user(self, frame: Frame) -> None:
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._user_speaking = True
+            if self._turn_deadline is not None:
+                self._turn_deadline.cancel()
+                self._turn_deadline = None
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._user_speaking = False
+            self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        if self._turn_deadline is None or self._turn_deadline.done():
+            self._turn_deadline = self.create_task(self._deadline(), "turn-deadline")
+
+    async def _deadline(self) -> None:
+        await asyncio.sleep(self.turn_timeout)
+        self._turn_deadline = None
+        await self._end_turn()
+
+    async def _transcript(self, frame: Frame, finalized: bool) -> None:
+        text = getattr(frame, "text", "").strip()
+        if text:
+            self._segments.append(text)
+        if self._user_speaking:
+            return
+        if finalized:
+            if self._turn_deadline is not None:
+                self._turn_deadline.cancel()
+                self._turn_deadline = None
+            await self._end_turn()
+        else:
+            self._arm_deadline()
+
+    async def _end_turn(self) -> None:
+        if not self._segments:
+            return
+        text = " ".join(self._segments)
+        self._segments.clear()
+        await self.push_frame(EndOfTurnFrame(text))
+
+    def _close_turn(self) -> None:
+        """An interruption does not end the user's turn: only the bot's state resets."""
+
+    # ------------------------------------------------------------ LLM tools
+
+    async def _function_frame(self, frame: pc.Frame) -> bool:
+        """Pipecat's function-call frames; True when handled here."""
+        if isinstance(frame, pc.FunctionCallsStartedFrame):
+            if self._context is not None and self._round is not None:
+                calls = [
+                    FunctionCall(call.tool_call_id, call.function_name, json.dumps(dict(call.arguments or {})))
+                    for call in frame.function_calls
+                ]
+                self._context.add_tool_calls(calls)
+                self._round.expect(call.id for call in calls)
+            return True
+        if isinstance(frame, pc.FunctionCallInProgressFrame | pc.FunctionCallCancelFrame):
+            return True
+        if isinstance(frame, pc.FunctionCallResultFrame):
+            round_ = self._round
+            if round_ is not None and round_.settle(frame.tool_call_id) and self._context is not None:
+                if round_.continue_model():
+                    theirs = pc.LLMContextFrame(to_pipecat_context(self._context, self.tools.values()))
+                    await self._send(theirs, _DOWN)
+                elif round_.end_call:
+                    await self.push_frame(EndTaskFrame(reason="end_call"), _UP)
+            return True
+        if isinstance(frame, pc.LLMFullResponseEndFrame) and self._round is not None and self._round.ending():
+            ours = to_ours(frame)
+            assert isinstance(ours, Frame)
+            ours.epoch = self._out_epoch
+            await self.push_frame(ours)
+            await self.push_frame(EndTaskFrame(reason="end_call"), _UP)
+            return True
+        return False
+
+    async def _run_tool(self, params: FunctionCallParams) -> None:
+        """A pipecat function handler running one of our tools."""
+        tool = self.tools.get(params.function_name)
+        result: ToolResult
+        try:
+            if tool is None:
+                raise ConfigurationError(f"no tool named {params.function_name!r}")
+            arguments = decode_arguments(tool, json.dumps(dict(params.arguments or {})))
+            async with asyncio.timeout(tool.timeout):
+                produced = await tool.handler(arguments)
+            result = produced if isinstance(produced, ToolResult) else ToolResult(produced)
+        except Exception as exc:
+            logger.warning("{}: tool {} failed: {}", self.name, params.function_name, exc)
+            result = ToolResult({"error": f"{type(exc).__name__}: {exc}"})
+        content = result_text(result.content)
+        if self._context is not None:
+            self._context.add_tool_result(params.tool_call_id, content)
+        if self._round is not None:
+            self._round.record(result)
+        await params.result_callback(content, properties=pc.FunctionCallResultProperties(run_llm=False))
+
+    # ------------------------------------------------------------- teardown
+
+    async def cleanup(self) -> None:
+        if not self._started:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_timeout
+        try:
+            async with asyncio.timeout(self.stop_timeout * 0.7):
+                if not self._finished:
+                    self._finished = True
+                    await self.hosted.queue_frame(pc.CancelFrame(reason="pipeline stopped"))
+                    await asyncio.sleep(0)
+                await self.hosted.cleanup()
+        except TimeoutError:
+            logger.warning("{}: the hosted processor's cleanup took over {:.2f}s", self.name, self.stop_timeout * 0.7)
+        except Exception as exc:
+            logger.opt(exception=exc).error("{}: the hosted processor's cleanup failed: {}", self.name, exc)
+        await self._sweep(max(0.01, deadline - loop.time()))
+
+    async def _sweep(self, timeout: float) -> None:
+        """Cancel whatever task the hosted processor left behind."""
+        manager = self._task_manager
+        if manager is None:
+            return
+        current = asyncio.current_task()
+        left = [task for task in manager.current_tasks() if not task.done() and task is not current]
+        for task in left:
+            task.cancel()
+        if left:
+            _, pending = await asyncio.wait(left, timeout=timeout)
+            for task in pending:
+                logger.error("{}: pipecat task {} did not stop", self.name, task.get_name())
+
+    @property
+    def pipecat_tasks(self) -> list[asyncio.Task[Any]]:
+        """The hosted processor's tasks still running (none once the pipeline stopped)."""
+        if self._task_manager is None:
+            return []
+        return [task for task in self._task_manager.current_tasks() if not task.done()]
