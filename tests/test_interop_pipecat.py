@@ -1,0 +1,200 @@
+"""Pipecat processors hosted in vantum pipelines: frame order, translation, teardown, the missing extra."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("pipecat")
+
+from pipecat.frames import frames as pc  # noqa: E402
+from pipecat.processors.filters.function_filter import FunctionFilter  # noqa: E402
+from pipecat.processors.frame_processor import FrameDirection as PipecatDirection  # noqa: E402
+from pipecat.processors.frame_processor import FrameProcessor as PipecatFrameProcessor  # noqa: E402
+
+from vantum_pipeline.frames import (  # noqa: E402
+    EndOfTurnFrame,
+    InputAudioRawFrame,
+    LLMTextFrame,
+    TextFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    UserStartedSpeakingFrame,
+)
+from vantum_pipeline.interop.pipecat import PipecatProcessor  # noqa: E402
+from vantum_pipeline.interop.pipecat_frames import TABLE, ForeignFrame  # noqa: E402
+from vantum_pipeline.processor import FrameDirection, FrameProcessor  # noqa: E402
+from vantum_pipeline.testing.pipeline import PipelineHarness, run_pipeline  # noqa: E402
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def pipecat_tasks() -> list[asyncio.Task]:
+    """Tasks pipecat started (its task manager names them after their coroutine's owner)."""
+    return [t for t in asyncio.all_tasks() if not t.done() and "site-packages/pipecat/" in repr(t.get_coro())]
+
+
+class Tagger(FrameProcessor):
+    """A native processor that tags every TextFrame it passes on."""
+
+    async def process_frame(self, frame, direction):
+        if isinstance(frame, TextFrame) and direction is FrameDirection.DOWNSTREAM:
+            frame.text += "+"
+        await self.push_frame(frame, direction)
+
+
+async def test_a_pipecat_filter_between_native_processors_keeps_frame_order():
+    async def keep(frame: pc.Frame) -> bool:
+        return not (isinstance(frame, pc.TextFrame) and frame.text.startswith("drop"))
+
+    hosted = PipecatProcessor(FunctionFilter(keep))
+    sent = []
+    for i in range(60):
+        if i % 3 == 0:
+            sent.append(InputAudioRawFrame(bytes([i]) * 320, 16000))
+        elif i % 4 == 0:
+            sent.append(TTSAudioRawFrame(bytes([i]) * 320, 16000, context_id="c"))
+        elif i % 7 == 0:
+            sent.append(TextFrame(f"drop {i}"))
+        elif i % 5 == 0:
+            sent.append(EndOfTurnFrame(f"turn {i}"))  # no row in the table: carried through
+        else:
+            sent.append(TextFrame(f"text {i}"))
+    collected = await run_pipeline([Tagger(), hosted, Tagger()], sent)
+    kept = [f for f in sent if not (isinstance(f, TextFrame) and f.text.startswith("drop"))]
+    # Our own frames come out as the very frames that went in, in order. Pipecat
+    # makes input audio a system frame (it overtakes queued data), so its order
+    # holds among audio frames and the rest keep theirs among themselves.
+    for kind in (InputAudioRawFrame, TextFrame | EndOfTurnFrame | TTSAudioRawFrame):
+        out = [f for f in collected.downstream if isinstance(f, kind)]
+        assert [f.id for f in out] == [f.id for f in kept if isinstance(f, kind)]
+    assert all(f.text.endswith("++") for f in out if isinstance(f, TextFrame))
+    assert hosted.unmapped_in["EndOfTurnFrame"] == sum(isinstance(f, EndOfTurnFrame) for f in sent)
+    assert collected.finish_reason == "end"
+    assert hosted.pipecat_tasks == []
+
+
+class Emitter(PipecatFrameProcessor):
+    """A pipecat processor that answers each TextFrame with frames of its own."""
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, pc.TextFrame) and frame.text == "go":
+            await self.push_frame(pc.LLMTextFrame("token"))
+            await self.push_frame(pc.TTSAudioRawFrame(b"\x01\x00" * 160, 8000, 1, context_id="c1"))
+            await self.push_frame(pc.OutputTransportMessageFrame(message={"x": 1}))  # no row: carried as foreign
+            await self.push_frame(pc.ErrorFrame("upstream trouble"), PipecatDirection.UPSTREAM)
+            return
+        await self.push_frame(frame, direction)
+
+
+async def test_pipecat_frames_are_translated_and_unmapped_ones_pass_counted():
+    hosted = PipecatProcessor(Emitter())
+    async with PipelineHarness([hosted]) as harness:
+        await harness.send(TextFrame("go"))
+        await harness.wait_for(ForeignFrame)
+        from vantum_pipeline.frames import ErrorFrame
+
+        error = await harness.wait_for(ErrorFrame, direction=FrameDirection.UPSTREAM)
+    [token] = harness.collected.of_type(LLMTextFrame)
+    assert token.text == "token"
+    [audio] = harness.collected.of_type(TTSAudioRawFrame)
+    assert (audio.sample_rate, audio.context_id, audio.audio) == (8000, "c1", b"\x01\x00" * 160)
+    [foreign] = harness.collected.of_type(ForeignFrame)
+    assert isinstance(foreign.frame, pc.OutputTransportMessageFrame)
+    assert hosted.unmapped_out["OutputTransportMessageFrame"] == 1
+    assert error.error == "upstream trouble"
+
+
+class Slow(PipecatFrameProcessor):
+    """Holds each TextFrame for a while, then answers with audio: work an interruption must cancel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interruptions = 0
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, pc.InterruptionFrame):
+            self.interruptions += 1
+        if isinstance(frame, pc.TextFrame):
+            for _ in range(20):
+                await asyncio.sleep(0.02)
+                await self.push_frame(pc.TTSAudioRawFrame(b"\x00\x00" * 160, 16000, 1, context_id=frame.text))
+            return
+        await self.push_frame(frame, direction)
+
+
+class Interrupter(FrameProcessor):
+    async def process_frame(self, frame, direction):
+        await self.push_frame(frame, direction)
+        if isinstance(frame, UserStartedSpeakingFrame):
+            await self.push_interruption()
+
+
+async def test_an_interruption_reaches_the_hosted_processor_and_no_stale_audio_follows():
+    slow = Slow()
+    hosted = PipecatProcessor(slow)
+    async with PipelineHarness([Interrupter(), hosted]) as harness:
+        await harness.send(TextFrame("old"))
+        await harness.wait_for(TTSAudioRawFrame, count=3)
+        await harness.send(UserStartedSpeakingFrame())
+        await asyncio.sleep(0.1)
+        cut = len(harness.collected.of_type(TTSAudioRawFrame))
+        await asyncio.sleep(0.3)
+        assert len(harness.collected.of_type(TTSAudioRawFrame)) == cut  # nothing of the old turn after the cut
+        await harness.send(TextFrame("new"))
+        await harness.wait_for(TTSAudioRawFrame, count=cut + 20, timeout=5)
+    assert slow.interruptions == 1
+    old = [f for f in harness.collected.of_type(TTSAudioRawFrame) if f.context_id == "old"]
+    assert 3 <= len(old) < 20
+    assert all(f.context_id == "new" for f in harness.collected.of_type(TTSAudioRawFrame)[len(old) :])
+
+
+async def test_cancel_leaves_no_pipecat_task_behind():
+    hosted = PipecatProcessor(Slow())
+    async with PipelineHarness([hosted]) as harness:
+        await harness.send(TextFrame("busy"))
+        await harness.wait_for(TTSAudioRawFrame)
+        assert hosted.pipecat_tasks
+        await harness.task.cancel("test")
+    assert harness.task.finish_reason == "cancel"
+    assert hosted.pipecat_tasks == []
+    assert pipecat_tasks() == []
+
+
+def test_the_table_maps_each_of_our_frames_once_per_direction():
+    ours = [row.ours for row in TABLE if row.ours is not None and row.to_theirs is not None]
+    theirs = [row.theirs for row in TABLE if row.to_ours is not None]
+    assert len(ours) == len(set(ours))
+    assert len(theirs) == len(set(theirs))
+
+
+def test_without_pipecat_the_import_names_the_extra():
+    program = textwrap.dedent(
+        """
+        import sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "pipecat" or name.startswith("pipecat."):
+                    raise ImportError(f"blocked: {name}")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        import vantum_pipeline, vantum_pipeline.interop  # nothing else imports pipecat
+        try:
+            import vantum_pipeline.interop.pipecat
+        except ImportError as exc:
+            print(exc)
+        else:
+            print("imported")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "pip install vantum-pipeline[pipecat]" in result.stdout
