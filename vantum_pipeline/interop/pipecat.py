@@ -112,6 +112,12 @@ _ORIGIN = "_vantum_origin"
 #: TTS contexts whose epoch and word timings are remembered.
 _MAX_CONTEXTS = 64
 _NS = 1_000_000_000
+_FUNCTION_FRAMES = (
+    pc.FunctionCallsStartedFrame,
+    pc.FunctionCallInProgressFrame,
+    pc.FunctionCallCancelFrame,
+    pc.FunctionCallResultFrame,
+)
 
 
 class _Shim(PipecatFrameProcessor):  # type: ignore[misc]
@@ -314,7 +320,7 @@ class PipecatProcessor(FrameProcessor):
             return
         if isinstance(frame, pc.EndFrame):
             self._finished = True
-        if self._llm and await self._function_frame(frame):
+        if self._llm and await self._function_frame(frame, direction):
             return
         if isinstance(frame, pc.TTSTextFrame):
             await self._word(frame, direction)
@@ -357,8 +363,9 @@ class PipecatProcessor(FrameProcessor):
     # ----------------------------------------------------------- TTS words
 
     async def _word(self, frame: pc.TTSTextFrame, direction: FrameDirection) -> None:
+        """A spoken word: its start ends the word before it. The text itself is not
+        passed on: pipecat's TTS passes on the text frames it was given, as ours do."""
         context_id = frame.context_id
-        epoch = self._epoch_of(frame)
         if context_id is not None and frame.pts is not None:
             speech = self._speech_of(context_id)
             if speech.base_ns is None:
@@ -366,9 +373,6 @@ class PipecatProcessor(FrameProcessor):
             start = max(0.0, (frame.pts - speech.base_ns) / _NS)
             await self._flush_word(speech, context_id, start, direction)
             speech.pending = (frame.text, start)
-        text = TextFrame(frame.text)
-        text.epoch = epoch
-        await self.push_frame(text, direction)
 
     async def _flush_word(self, speech: _Speech, context_id: str, end: float, direction: FrameDirection) -> None:
         if speech.pending is None:
@@ -438,8 +442,12 @@ class PipecatProcessor(FrameProcessor):
 
     # ------------------------------------------------------------ LLM tools
 
-    async def _function_frame(self, frame: pc.Frame) -> bool:
-        """Pipecat's function-call frames; True when handled here."""
+    async def _function_frame(self, frame: pc.Frame, direction: FrameDirection) -> bool:
+        """Pipecat's function-call frames; True when handled here.
+
+        Pipecat sends some of them both ways; the downstream copy counts."""
+        if isinstance(frame, _FUNCTION_FRAMES) and direction is _UP:
+            return True
         if isinstance(frame, pc.FunctionCallsStartedFrame):
             if self._context is not None and self._round is not None:
                 calls = [
@@ -451,6 +459,9 @@ class PipecatProcessor(FrameProcessor):
             return True
         if isinstance(frame, pc.FunctionCallInProgressFrame | pc.FunctionCallCancelFrame):
             return True
+        if isinstance(frame, pc.LLMTextFrame) and self._round is not None and frame.text.strip():
+            self._round.spoke = True
+            return False
         if isinstance(frame, pc.FunctionCallResultFrame):
             round_ = self._round
             if round_ is not None and round_.settle(frame.tool_call_id) and self._context is not None:

@@ -70,6 +70,8 @@ class ToolRound:
         self.rounds_left = max_rounds
         self.pending: set[str] = set()
         self.end_call = False
+        #: The model said something this turn (an ``end_call`` then needs no goodbye).
+        self.spoke = False
         self._continue: bool | None = None
         self._continued_to_end = False
 
@@ -89,7 +91,7 @@ class ToolRound:
 
     def continue_model(self) -> bool:
         """Whether to ask the model again now that the round's results are in (uses up a round)."""
-        wanted = self._continue if self._continue is not None else True
+        wanted = self._continue if self._continue is not None else not (self.end_call and self.spoke)
         self._continue = None
         if not wanted or self.rounds_left <= 0:
             return False

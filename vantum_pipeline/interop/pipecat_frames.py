@@ -243,8 +243,8 @@ TABLE: tuple[Translation, ...] = (
         lambda f: vp.OutputAudioRawFrame(f.audio, f.sample_rate, f.num_channels),
     ),
     Translation(
-        vp.TextFrame, pc.TTSTextFrame, None, lambda f: vp.TextFrame(f.text),
-        "adapter: the spoken words; their timings become TTSWordTimestampsFrame",
+        vp.TTSWordTimestampsFrame, pc.TTSTextFrame, None, None,
+        "adapter: a spoken word and its time; a word ends where the next begins",
     ),
     Translation(vp.LLMTextFrame, pc.LLMTextFrame, lambda f: pc.LLMTextFrame(f.text), lambda f: vp.LLMTextFrame(f.text)),
     Translation(vp.TextFrame, pc.TextFrame, lambda f: pc.TextFrame(f.text), lambda f: vp.TextFrame(f.text)),
