@@ -11,24 +11,23 @@ import pytest
 
 pytest.importorskip("pipecat")
 
-from pipecat.frames import frames as pc  # noqa: E402
-from pipecat.processors.filters.function_filter import FunctionFilter  # noqa: E402
-from pipecat.processors.frame_processor import FrameDirection as PipecatDirection  # noqa: E402
-from pipecat.processors.frame_processor import FrameProcessor as PipecatFrameProcessor  # noqa: E402
+from pipecat.frames import frames as pc
+from pipecat.processors.filters.function_filter import FunctionFilter
+from pipecat.processors.frame_processor import FrameDirection as PipecatDirection
+from pipecat.processors.frame_processor import FrameProcessor as PipecatFrameProcessor
 
-from vantum_pipeline.frames import (  # noqa: E402
+from vantum_pipeline.frames import (
     EndOfTurnFrame,
     InputAudioRawFrame,
     LLMTextFrame,
     TextFrame,
-    TranscriptionFrame,
     TTSAudioRawFrame,
     UserStartedSpeakingFrame,
 )
-from vantum_pipeline.interop.pipecat import PipecatProcessor  # noqa: E402
-from vantum_pipeline.interop.pipecat_frames import TABLE, ForeignFrame  # noqa: E402
-from vantum_pipeline.processor import FrameDirection, FrameProcessor  # noqa: E402
-from vantum_pipeline.testing.pipeline import PipelineHarness, run_pipeline  # noqa: E402
+from vantum_pipeline.interop.pipecat import PipecatProcessor
+from vantum_pipeline.interop.pipecat_frames import TABLE, ForeignFrame
+from vantum_pipeline.processor import FrameDirection, FrameProcessor
+from vantum_pipeline.testing.pipeline import PipelineHarness, run_pipeline
 
 pytestmark = pytest.mark.timeout(30)
 

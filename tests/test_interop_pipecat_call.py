@@ -17,22 +17,22 @@ import pytest
 
 pytest.importorskip("pipecat")
 
-from pipecat.services.cartesia.tts import CartesiaTTSService  # noqa: E402
-from pipecat.services.deepgram.stt import DeepgramSTTService  # noqa: E402
-from pipecat.services.openai.llm import OpenAILLMService  # noqa: E402
+from pipecat.services.cartesia.tts import CartesiaTTSService
+from pipecat.services.deepgram.stt import DeepgramSTTService
+from pipecat.services.openai.llm import OpenAILLMService
 
-from tests.twilio_scripted import load_example  # noqa: E402
-from vantum_pipeline import Pipeline, PipelineTask  # noqa: E402
-from vantum_pipeline.audio.vad import VADParams  # noqa: E402
-from vantum_pipeline.frames import HeardTextFrame, TTSAudioRawFrame, TTSWordTimestampsFrame  # noqa: E402
-from vantum_pipeline.interop.pipecat import PipecatProcessor  # noqa: E402
-from vantum_pipeline.processor import FrameDirection  # noqa: E402
-from vantum_pipeline.processors.aggregators import AssistantAggregator, UserAggregator  # noqa: E402
-from vantum_pipeline.processors.context import LLMContext  # noqa: E402
-from vantum_pipeline.processors.sentence import SentenceAggregator  # noqa: E402
-from vantum_pipeline.processors.tools import end_call_tool  # noqa: E402
-from vantum_pipeline.processors.vad import VADProcessor  # noqa: E402
-from vantum_pipeline.telephony.outcome import CallOutcome  # noqa: E402
+from tests.twilio_scripted import load_example
+from vantum_pipeline import Pipeline, PipelineTask
+from vantum_pipeline.audio.vad import VADParams
+from vantum_pipeline.frames import HeardTextFrame, TTSAudioRawFrame, TTSWordTimestampsFrame
+from vantum_pipeline.interop.pipecat import PipecatProcessor
+from vantum_pipeline.processor import FrameDirection
+from vantum_pipeline.processors.aggregators import AssistantAggregator, UserAggregator
+from vantum_pipeline.processors.context import LLMContext
+from vantum_pipeline.processors.sentence import SentenceAggregator
+from vantum_pipeline.processors.tools import end_call_tool
+from vantum_pipeline.processors.vad import VADProcessor
+from vantum_pipeline.telephony.outcome import CallOutcome
 
 pytestmark = pytest.mark.timeout(90)
 

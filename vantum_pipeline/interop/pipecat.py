@@ -70,8 +70,7 @@ try:
     from pipecat.utils.asyncio.task_manager import TaskManager
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "vantum_pipeline.interop.pipecat needs pipecat-ai, which is not installed: "
-        "pip install vantum-pipeline[pipecat]"
+        "vantum_pipeline.interop.pipecat needs pipecat-ai, which is not installed: pip install vantum-pipeline[pipecat]"
     ) from exc
 
 from loguru import logger
@@ -85,7 +84,7 @@ from vantum_pipeline.frames import (
     InterruptionFrame,
     LLMContextFrame,
     StartFrame,
-    TextFrame,
+    TranscriptionFrame,
     TTSWordTimestampsFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -120,14 +119,16 @@ _FUNCTION_FRAMES = (
 )
 
 
-class _Shim(PipecatFrameProcessor):  # type: ignore[misc]
+class _Shim(PipecatFrameProcessor):
     """Stands on one side of the hosted processor: what it receives leaves the adapter."""
 
     def __init__(self, adapter: PipecatProcessor, side: str) -> None:
         super().__init__(name=f"{adapter.name}:{side}")
         self._adapter = adapter
 
-    async def queue_frame(self, frame: pc.Frame, direction: PipecatDirection = PipecatDirection.DOWNSTREAM, callback: Any = None) -> None:  # noqa: E501
+    async def queue_frame(
+        self, frame: pc.Frame, direction: PipecatDirection = PipecatDirection.DOWNSTREAM, callback: Any = None
+    ) -> None:
         await self._adapter._emerge(frame, _DOWN if direction is PipecatDirection.DOWNSTREAM else _UP)
 
 
@@ -191,7 +192,7 @@ class PipecatProcessor(FrameProcessor):
         self._head.link(processor)
         processor.link(self._tail)
         self._task_manager: TaskManager | None = None
-        self._clock = SystemClock()
+        self._clock = SystemClock()  # type: ignore[no-untyped-call]
         self._started = False
         self._finished = False  # pipecat's EndFrame came out, or we cancelled it
         self._out_epoch = 0
@@ -206,7 +207,7 @@ class PipecatProcessor(FrameProcessor):
         self._turn_deadline: asyncio.Task[None] | None = None
         self._context: LLMContext | None = None
         self._round: ToolRound | None = None
-        if self._llm:
+        if isinstance(processor, LLMService):
             for tool in self.tools.values():
                 processor.register_function(tool.name, self._run_tool)
 
@@ -249,7 +250,7 @@ class PipecatProcessor(FrameProcessor):
         await self._send(theirs, direction)
 
     async def _send(self, frame: pc.Frame, direction: FrameDirection) -> None:
-        if not self._started or self._finished and not isinstance(frame, pc.CancelFrame):
+        if not self._started or (self._finished and not isinstance(frame, pc.CancelFrame)):
             logger.debug("{}: {} not sent, the hosted processor is not running", self.name, frame)
             return
         to = PipecatDirection.DOWNSTREAM if direction is _DOWN else PipecatDirection.UPSTREAM
@@ -258,11 +259,11 @@ class PipecatProcessor(FrameProcessor):
     async def _start(self, frame: StartFrame) -> None:
         self._out_epoch = frame.epoch
         self._task_manager = TaskManager(loop=asyncio.get_running_loop())
-        self._clock.start()
+        self._clock.start()  # type: ignore[no-untyped-call]
         setup = FrameProcessorSetup(
             clock=self._clock,
             task_manager=self._task_manager,
-            pipeline_worker=_Worker(),
+            pipeline_worker=_Worker(),  # type: ignore[arg-type]  # what processors read of one
             audio_in_sample_rate=frame.audio_in_sample_rate,
             audio_out_sample_rate=frame.audio_out_sample_rate,
             enable_metrics=self.enable_metrics,
@@ -334,7 +335,7 @@ class PipecatProcessor(FrameProcessor):
             if self._tts and isinstance(frame, pc.TTSStoppedFrame | pc.TTSAudioRawFrame):
                 await self._speech_progress(frame, direction)
             await self.push_frame(ours, direction)
-            if self._stt and type(ours).__name__ == "TranscriptionFrame" and direction is _DOWN:
+            if self._stt and isinstance(ours, TranscriptionFrame) and direction is _DOWN:
                 await self._transcript(ours, bool(getattr(frame, "finalized", False)))
 
     def _epoch_of(self, frame: pc.Frame) -> int:
@@ -383,7 +384,9 @@ class PipecatProcessor(FrameProcessor):
         stamps.epoch = speech.epoch
         await self.push_frame(stamps, direction)
 
-    async def _speech_progress(self, frame: pc.Frame, direction: FrameDirection) -> None:
+    async def _speech_progress(
+        self, frame: pc.TTSAudioRawFrame | pc.TTSStoppedFrame, direction: FrameDirection
+    ) -> None:
         context_id = frame.context_id
         if context_id is None:
             return
@@ -514,7 +517,7 @@ class PipecatProcessor(FrameProcessor):
                     self._finished = True
                     await self.hosted.queue_frame(pc.CancelFrame(reason="pipeline stopped"))
                     await asyncio.sleep(0)
-                await self.hosted.cleanup()
+                await self.hosted.cleanup()  # type: ignore[no-untyped-call]
         except TimeoutError:
             logger.warning("{}: the hosted processor's cleanup took over {:.2f}s", self.name, self.stop_timeout * 0.7)
         except Exception as exc:

@@ -121,6 +121,11 @@ def _language(value: Any) -> str | None:
     return None if value is None else str(getattr(value, "value", value))
 
 
+def _error_to_pipecat(frame: vp.ErrorFrame) -> pc.ErrorFrame:
+    exception = frame.exception if isinstance(frame.exception, Exception) else None
+    return pc.ErrorFrame(frame.error, fatal=frame.fatal, exception=exception)
+
+
 def _error_to_ours(frame: pc.ErrorFrame) -> vp.ErrorFrame:
     processor = getattr(frame.processor, "name", None)
     return vp.ErrorFrame(str(frame.error), fatal=bool(frame.fatal), processor=processor, exception=frame.exception)
@@ -196,10 +201,12 @@ TABLE: tuple[Translation, ...] = (
     ),
     Translation(
         vp.ErrorFrame, pc.ErrorFrame,
-        lambda f: pc.ErrorFrame(f.error, fatal=f.fatal, exception=f.exception if isinstance(f.exception, Exception) else None),
-        _error_to_ours,
+        _error_to_pipecat, _error_to_ours,
     ),
-    Translation(vp.MetricsFrame, pc.MetricsFrame, None, _metrics_to_ours, "TTFB, processing time, LLM tokens, TTS characters"),
+    Translation(
+        vp.MetricsFrame, pc.MetricsFrame, None, _metrics_to_ours,
+        "TTFB, processing time, LLM tokens, TTS characters; ours cross carried",
+    ),
     Translation(
         vp.UserStartedSpeakingFrame, pc.VADUserStartedSpeakingFrame, lambda f: pc.VADUserStartedSpeakingFrame(),
         lambda f: vp.UserStartedSpeakingFrame(source="pipecat"),
@@ -233,7 +240,9 @@ TABLE: tuple[Translation, ...] = (
     ),
     Translation(
         vp.TTSAudioRawFrame, pc.TTSAudioRawFrame,
-        lambda f: pc.TTSAudioRawFrame(audio=_pcm(f), sample_rate=f.sample_rate, num_channels=f.num_channels, context_id=f.context_id),
+        lambda f: pc.TTSAudioRawFrame(
+            audio=_pcm(f), sample_rate=f.sample_rate, num_channels=f.num_channels, context_id=f.context_id
+        ),
         lambda f: vp.TTSAudioRawFrame(f.audio, f.sample_rate, f.num_channels, context_id=f.context_id),
         "a context's audio carries the epoch of the turn that opened it",
     ),
@@ -248,7 +257,9 @@ TABLE: tuple[Translation, ...] = (
     ),
     Translation(vp.LLMTextFrame, pc.LLMTextFrame, lambda f: pc.LLMTextFrame(f.text), lambda f: vp.LLMTextFrame(f.text)),
     Translation(vp.TextFrame, pc.TextFrame, lambda f: pc.TextFrame(f.text), lambda f: vp.TextFrame(f.text)),
-    Translation(vp.TTSSpeakFrame, pc.TTSSpeakFrame, lambda f: pc.TTSSpeakFrame(f.text), lambda f: vp.TTSSpeakFrame(f.text)),
+    Translation(
+        vp.TTSSpeakFrame, pc.TTSSpeakFrame, lambda f: pc.TTSSpeakFrame(f.text), lambda f: vp.TTSSpeakFrame(f.text),
+    ),
     Translation(
         vp.TranscriptionFrame, pc.TranscriptionFrame,
         lambda f: pc.TranscriptionFrame(f.text, f.user_id, _iso(f.timestamp)), _transcription,
