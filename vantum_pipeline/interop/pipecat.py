@@ -78,11 +78,13 @@ from loguru import logger
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
     CancelFrame,
+    EndFrame,
     EndOfTurnFrame,
     EndTaskFrame,
     Frame,
     InterruptionFrame,
     LLMContextFrame,
+    MetricsFrame,
     StartFrame,
     TranscriptionFrame,
     TTSWordTimestampsFrame,
@@ -91,6 +93,7 @@ from vantum_pipeline.frames import (
 )
 from vantum_pipeline.interop.pipecat_context import ToolRound, to_pipecat_context
 from vantum_pipeline.interop.pipecat_frames import (
+    TTFB,
     Carried,
     CarriedKept,
     CarriedSystem,
@@ -99,6 +102,7 @@ from vantum_pipeline.interop.pipecat_frames import (
     to_ours,
     to_pipecat,
 )
+from vantum_pipeline.observability.metrics import LATENCY_LLM_TTFT, LATENCY_STT_FINAL, LATENCY_TTS_TTFB
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.processors.context import FunctionCall, LLMContext
 from vantum_pipeline.processors.tools import Tool, ToolResult, decode_arguments, result_text
@@ -198,10 +202,21 @@ class PipecatProcessor(FrameProcessor):
         self._out_epoch = 0
         self._interrupted: asyncio.Event | None = None
         self._own_interruption = False
+        self._broadcast_seen: int | None = None
+        self._stopped = asyncio.Event()  # pipecat's EndFrame or CancelFrame came out: it has stopped
         self._speech: OrderedDict[str, _Speech] = OrderedDict()
         self._stt = isinstance(processor, STTService)
         self._llm = isinstance(processor, LLMService)
         self._tts = isinstance(processor, TTSService)
+        self._ttfb_metric = (
+            LATENCY_STT_FINAL
+            if self._stt
+            else LATENCY_LLM_TTFT
+            if self._llm
+            else LATENCY_TTS_TTFB
+            if self._tts
+            else TTFB
+        )
         self._segments: list[str] = []
         self._user_speaking = False
         self._turn_deadline: asyncio.Task[None] | None = None
@@ -311,16 +326,24 @@ class PipecatProcessor(FrameProcessor):
             if isinstance(origin, InterruptionFrame):
                 if self._interrupted is not None:
                     self._interrupted.set()
-            elif not isinstance(origin, StartFrame | CancelFrame):  # those were passed on at once
+            elif isinstance(origin, CancelFrame):
+                self._stopped.set()  # passed on at once when it came in
+            elif not isinstance(origin, StartFrame):  # passed on at once when it came in
+                if isinstance(origin, EndFrame):
+                    self._stopped.set()
                 await self.push_frame(origin, direction)
             return
         if isinstance(frame, pc.InterruptionFrame | pc.InterruptionWorkerFrame):
             await self._hosted_interruption(frame)
             return
-        if isinstance(frame, pc.StartFrame | pc.CancelFrame):
+        if isinstance(frame, pc.StartFrame):
+            return
+        if isinstance(frame, pc.CancelFrame):
+            self._stopped.set()
             return
         if isinstance(frame, pc.EndFrame):
             self._finished = True
+            self._stopped.set()
         if self._llm and await self._function_frame(frame, direction):
             return
         if isinstance(frame, pc.TTSTextFrame):
@@ -332,6 +355,10 @@ class PipecatProcessor(FrameProcessor):
             converted = ForeignSystemFrame(frame) if isinstance(frame, pc.SystemFrame) else ForeignFrame(frame)
         for ours in converted if isinstance(converted, tuple) else (converted,):
             ours.epoch = self._epoch_of(frame)
+            if isinstance(ours, MetricsFrame) and ours.metric == TTFB:
+                ours.metric = self._ttfb_metric
+            elif self._stt and isinstance(ours, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
+                self._track_user(ours)
             if self._tts and isinstance(frame, pc.TTSStoppedFrame | pc.TTSAudioRawFrame):
                 await self._speech_progress(frame, direction)
             await self.push_frame(ours, direction)
@@ -353,8 +380,9 @@ class PipecatProcessor(FrameProcessor):
         return speech
 
     async def _hosted_interruption(self, frame: pc.Frame) -> None:
-        if frame.broadcast_sibling_id is not None and self._own_interruption:
+        if frame.broadcast_sibling_id is not None and frame.broadcast_sibling_id == self._broadcast_seen:
             return  # the other half of a broadcast already handled
+        self._broadcast_seen = frame.id
         self._own_interruption = True
         try:
             await self.push_interruption()
@@ -507,19 +535,26 @@ class PipecatProcessor(FrameProcessor):
     # ------------------------------------------------------------- teardown
 
     async def cleanup(self) -> None:
+        """Stop the hosted processor: let it see a CancelFrame (unless it ended),
+        run its ``cleanup()``, then cancel what its task manager still holds,
+        within ``stop_timeout`` in all."""
         if not self._started:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stop_timeout
         try:
-            async with asyncio.timeout(self.stop_timeout * 0.7):
+            async with asyncio.timeout(self.stop_timeout * 0.4):
                 if not self._finished:
                     self._finished = True
                     await self.hosted.queue_frame(pc.CancelFrame(reason="pipeline stopped"))
-                    await asyncio.sleep(0)
+                await self._stopped.wait()  # it closed its connections
+        except TimeoutError:
+            logger.warning("{}: the hosted processor did not stop within {:.2f}s", self.name, self.stop_timeout * 0.4)
+        try:
+            async with asyncio.timeout(max(0.01, deadline - loop.time()) * 0.7):
                 await self.hosted.cleanup()  # type: ignore[no-untyped-call]
         except TimeoutError:
-            logger.warning("{}: the hosted processor's cleanup took over {:.2f}s", self.name, self.stop_timeout * 0.7)
+            logger.warning("{}: the hosted processor's cleanup did not finish in time", self.name)
         except Exception as exc:
             logger.opt(exception=exc).error("{}: the hosted processor's cleanup failed: {}", self.name, exc)
         await self._sweep(max(0.01, deadline - loop.time()))

@@ -32,15 +32,23 @@ from pipecat.frames import frames as pc
 from pipecat.metrics.metrics import (
     LLMUsageMetricsData,
     ProcessingMetricsData,
+    STTUsageMetricsData,
     TTFBMetricsData,
     TTSUsageMetricsData,
 )
 
 from vantum_pipeline import frames as vp
 from vantum_pipeline.audio.mulaw import ulaw2lin
+from vantum_pipeline.observability.metrics import (
+    USAGE_LLM_COMPLETION_TOKENS,
+    USAGE_LLM_PROMPT_TOKENS,
+    USAGE_STT_SECONDS,
+    USAGE_TTS_CHARACTERS,
+)
 
 __all__ = [
     "TABLE",
+    "TTFB",
     "Carried",
     "CarriedKept",
     "CarriedSystem",
@@ -131,21 +139,33 @@ def _error_to_ours(frame: pc.ErrorFrame) -> vp.ErrorFrame:
     return vp.ErrorFrame(str(frame.error), fatal=bool(frame.fatal), processor=processor, exception=frame.exception)
 
 
+#: Pipecat's TTFB is the first output of a request; what it measures depends on the service.
+TTFB = "latency.ttfb"
+
+
 def _metrics_to_ours(frame: pc.MetricsFrame) -> tuple[vp.Frame, ...]:
+    """One of ours per measurement we name; ``TTFB`` is renamed by the adapter per role."""
     out: list[vp.Frame] = []
     for data in frame.data:
-        labels = {"source": "pipecat"}
+        labels = {"via": "pipecat"}
         if isinstance(data, TTFBMetricsData):
-            out.append(vp.MetricsFrame("ttfb", float(data.value), "s", data.processor, labels))
+            out.append(vp.MetricsFrame(TTFB, float(data.value), "s", data.processor, labels))
         elif isinstance(data, ProcessingMetricsData):
-            out.append(vp.MetricsFrame("processing", float(data.value), "s", data.processor, labels))
+            out.append(vp.MetricsFrame("latency.processing", float(data.value), "s", data.processor, labels))
         elif isinstance(data, LLMUsageMetricsData):
-            out.append(vp.MetricsFrame("llm.prompt_tokens", float(data.value.prompt_tokens), "tokens", data.processor))
+            usage = data.value
             out.append(
-                vp.MetricsFrame("llm.completion_tokens", float(data.value.completion_tokens), "tokens", data.processor)
+                vp.MetricsFrame(USAGE_LLM_PROMPT_TOKENS, float(usage.prompt_tokens), "tokens", data.processor, labels)
+            )
+            out.append(
+                vp.MetricsFrame(
+                    USAGE_LLM_COMPLETION_TOKENS, float(usage.completion_tokens), "tokens", data.processor, labels
+                )
             )
         elif isinstance(data, TTSUsageMetricsData):
-            out.append(vp.MetricsFrame("tts.characters", float(data.value), "chars", data.processor, labels))
+            out.append(vp.MetricsFrame(USAGE_TTS_CHARACTERS, float(data.value), "characters", data.processor, labels))
+        elif isinstance(data, STTUsageMetricsData):
+            out.append(vp.MetricsFrame(USAGE_STT_SECONDS, float(data.value.audio_seconds), "s", data.processor, labels))
     return tuple(out) if out else (ForeignSystemFrame(frame),)
 
 
@@ -205,7 +225,8 @@ TABLE: tuple[Translation, ...] = (
     ),
     Translation(
         vp.MetricsFrame, pc.MetricsFrame, None, _metrics_to_ours,
-        "TTFB, processing time, LLM tokens, TTS characters; ours cross carried",
+        "TTFB (per role: latency.stt_final, latency.llm_ttft, latency.tts_ttfb), processing time, "
+        "usage (LLM tokens, TTS characters, STT seconds); ours cross carried",
     ),
     Translation(
         vp.UserStartedSpeakingFrame, pc.VADUserStartedSpeakingFrame, lambda f: pc.VADUserStartedSpeakingFrame(),
