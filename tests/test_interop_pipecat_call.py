@@ -165,3 +165,27 @@ async def test_a_whole_call_through_pipecat_services_with_barge_in(monkeypatch):
     # Every hosted service's sockets and tasks are gone.
     assert deepgram.connections and cartesia.open_connections == 0
     assert all(adapter.pipecat_tasks == [] for adapter in hosted.adapters)
+
+
+async def test_a_hang_up_mid_sentence_closes_every_pipecat_service_and_task(monkeypatch):
+    from vantum_pipeline.testing.callee import BargeIn, HangUp, Listen, Say
+    from vantum_pipeline.testing.signals import speech
+    from vantum_pipeline.testing.twilio import CalleeBehaviour
+
+    example = load_example()
+    hosted = Hosted()
+    monkeypatch.setattr(example, "build_pipeline", pipecat_pipeline(example, hosted))
+    async with example.fakes() as (twilio, services, stand_ins):
+        stand_ins["twilio"].default = CalleeBehaviour(
+            script=[Listen(quiet=0.4), Say(speech(0.6), sample_rate=16000), BargeIn(b"", after=0.5), HangUp()]
+        )
+        record, _contexts = await example.run_call(twilio, services, "+14155550123", host="127.0.0.1", port=0)
+        deepgram, cartesia = stand_ins["deepgram"], stand_ins["cartesia"]
+        for connection in deepgram.connections:
+            await connection.wait_closed(2.0)
+        assert deepgram.connections and cartesia.open_connections == 0
+        callee = next(iter(stand_ins["twilio"].calls.values())).callee
+    assert callee.end_reason == "callee hung up" and callee.clears == []
+    assert record.outcome is CallOutcome.COMPLETED
+    assert len(hosted.adapters) == 3
+    assert all(adapter.pipecat_tasks == [] for adapter in hosted.adapters)
