@@ -197,3 +197,90 @@ def test_without_pipecat_the_import_names_the_extra():
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "pip install vantum-pipeline[pipecat]" in result.stdout
+
+
+class SelfInterrupting(PipecatFrameProcessor):
+    """Raises pipecat's own interruption (both ways, as pipecat broadcasts it) on "stop"."""
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, pc.TextFrame) and frame.text.startswith("stop"):
+            await self.broadcast_interruption()
+            return
+        await self.push_frame(frame, direction)
+
+
+async def test_an_interruption_raised_by_the_hosted_processor_interrupts_the_pipeline_once():
+    hosted = PipecatProcessor(SelfInterrupting())
+    after = Tagger()
+    async with PipelineHarness([Tagger(), hosted, after]) as harness:
+        from vantum_pipeline.frames import InterruptionFrame
+
+        interrupted = asyncio.Event()
+
+        async def saw(frame, direction):
+            await after.push_frame(frame, direction)
+            if isinstance(frame, InterruptionFrame):
+                interrupted.set()
+            elif isinstance(frame, TextFrame):
+                frame.text += "+"
+
+        after.process_frame = saw
+        await harness.send(TextFrame("before"))
+        await harness.wait_for(TextFrame)
+        await harness.send(TextFrame("stop"))
+        await asyncio.wait_for(interrupted.wait(), 5)
+        await harness.send(TextFrame("after"))  # a frame of the new turn: it passes
+        await harness.wait_for(TextFrame, count=2)
+    assert harness.task.state.interruptions == 1
+    assert [f.text for f in harness.collected.of_type(TextFrame)] == ["before++", "after++"]
+
+
+class StuckOnCleanup(PipecatFrameProcessor):
+    """Starts a task that ignores nothing, and never finishes its cleanup."""
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, pc.StartFrame):
+            self.create_task(asyncio.sleep(3600), "forever")
+        await self.push_frame(frame, direction)
+
+    async def cleanup(self):
+        await super().cleanup()
+        await asyncio.sleep(3600)
+
+
+async def test_teardown_stays_within_the_shutdown_bound_when_the_hosted_processor_hangs():
+    hosted = PipecatProcessor(StuckOnCleanup())
+    loop = asyncio.get_running_loop()
+    async with PipelineHarness([hosted]) as harness:
+        await harness.send(TextFrame("x"))
+        await harness.wait_for(TextFrame)
+        assert hosted.pipecat_tasks
+        started = loop.time()
+    stopped = loop.time() - started
+    assert harness.task.finish_reason == "end"
+    assert stopped < 5.0  # the bound is stop_timeout (0.9 s); an hour without it
+    assert hosted.pipecat_tasks == []
+    assert pipecat_tasks() == []
+
+
+class Broken(PipecatFrameProcessor):
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, pc.TextFrame) and frame.text == "boom":
+            raise ValueError("bad text 'boom'")
+        await self.push_frame(frame, direction)
+
+
+async def test_an_exception_in_the_hosted_processor_becomes_our_error_and_the_run_goes_on():
+    from vantum_pipeline.frames import ErrorFrame
+
+    hosted = PipecatProcessor(Broken())
+    async with PipelineHarness([hosted]) as harness:
+        await harness.send(TextFrame("boom"))
+        error = await harness.wait_for(ErrorFrame, direction=FrameDirection.UPSTREAM)
+        await harness.send(TextFrame("fine"))
+        await harness.wait_for(TextFrame)
+    assert "bad text 'boom'" in error.error and not error.fatal
+    assert [f.text for f in harness.collected.of_type(TextFrame)] == ["fine"]
