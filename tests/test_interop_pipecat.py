@@ -19,6 +19,7 @@ from pipecat.processors.frame_processor import FrameProcessor as PipecatFramePro
 from vantum_pipeline.frames import (
     EndOfTurnFrame,
     InputAudioRawFrame,
+    InterruptionFrame,
     LLMTextFrame,
     TextFrame,
     TTSAudioRawFrame,
@@ -38,11 +39,18 @@ def pipecat_tasks() -> list[asyncio.Task]:
 
 
 class Tagger(FrameProcessor):
-    """A native processor that tags every TextFrame it passes on."""
+    """A native processor that tags every TextFrame it passes on, and notes interruptions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = asyncio.Event()
 
     async def process_frame(self, frame, direction):
         if isinstance(frame, TextFrame) and direction is FrameDirection.DOWNSTREAM:
             frame.text += "+"
+        if isinstance(frame, InterruptionFrame):
+            self.interrupted.set()
+            return
         await self.push_frame(frame, direction)
 
 
@@ -214,22 +222,10 @@ async def test_an_interruption_raised_by_the_hosted_processor_interrupts_the_pip
     hosted = PipecatProcessor(SelfInterrupting())
     after = Tagger()
     async with PipelineHarness([Tagger(), hosted, after]) as harness:
-        from vantum_pipeline.frames import InterruptionFrame
-
-        interrupted = asyncio.Event()
-
-        async def saw(frame, direction):
-            await after.push_frame(frame, direction)
-            if isinstance(frame, InterruptionFrame):
-                interrupted.set()
-            elif isinstance(frame, TextFrame):
-                frame.text += "+"
-
-        after.process_frame = saw
         await harness.send(TextFrame("before"))
         await harness.wait_for(TextFrame)
         await harness.send(TextFrame("stop"))
-        await asyncio.wait_for(interrupted.wait(), 5)
+        await asyncio.wait_for(after.interrupted.wait(), 5)
         await harness.send(TextFrame("after"))  # a frame of the new turn: it passes
         await harness.wait_for(TextFrame, count=2)
     assert harness.task.state.interruptions == 1
