@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from pipecat.frames import frames as pc
 from pipecat.metrics.metrics import (
@@ -55,6 +55,7 @@ __all__ = [
     "ForeignFrame",
     "ForeignSystemFrame",
     "Translation",
+    "markdown_table",
     "to_ours",
     "to_pipecat",
 ]
@@ -194,7 +195,10 @@ class Translation:
     to_ours: ToOurs | None
     note: str = ""
 
-    ADAPTER: ClassVar[str] = "adapter"
+    @property
+    def by_adapter(self) -> bool:
+        """The adapter translates this pair itself (it needs the adapter's state)."""
+        return self.note.startswith("adapter:")
 
 
 TABLE: tuple[Translation, ...] = (
@@ -314,6 +318,24 @@ TABLE: tuple[Translation, ...] = (
         "adapter: pipecat's function calls run our tools and land in our LLMContext",
     ),
 )  # fmt: skip
+
+
+def markdown_table() -> str:
+    """``TABLE`` as the Markdown table of ``docs/pipecat.md``."""
+
+    def name(cls: type[Any] | None) -> str:
+        return "—" if cls is None else f"`{cls.__name__}`"
+
+    def way(row: Translation, converter: Any) -> str:
+        return "adapter" if row.by_adapter else "✓" if converter is not None else "—"
+
+    lines = ["| ours | pipecat's | into pipecat | out to ours | notes |", "|---|---|---|---|---|"]
+    for row in TABLE:
+        note = row.note.removeprefix("adapter:").strip()
+        lines.append(
+            f"| {name(row.ours)} | {name(row.theirs)} | {way(row, row.to_theirs)} | {way(row, row.to_ours)} | {note} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _index_theirs() -> dict[type[Any], ToPipecat]:
