@@ -22,6 +22,7 @@ from vantum_pipeline.frames import (
     InterruptionFrame,
     LLMTextFrame,
     TextFrame,
+    TranscriptionFrame,
     TTSAudioRawFrame,
     UserStartedSpeakingFrame,
 )
@@ -128,7 +129,7 @@ class Slow(PipecatFrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, pc.InterruptionFrame):
             self.interruptions += 1
-        if isinstance(frame, pc.TextFrame):
+        if type(frame) is pc.TextFrame:
             for _ in range(20):
                 await asyncio.sleep(0.02)
                 await self.push_frame(pc.TTSAudioRawFrame(b"\x00\x00" * 160, 16000, 1, context_id=frame.text))
@@ -280,3 +281,69 @@ async def test_an_exception_in_the_hosted_processor_becomes_our_error_and_the_ru
         await harness.wait_for(TextFrame)
     assert "bad text 'boom'" in error.error and not error.fatal
     assert [f.text for f in harness.collected.of_type(TextFrame)] == ["fine"]
+
+
+class LateChunks(PipecatFrameProcessor):
+    """A TTS-like processor whose cancelled context still sends a chunk after the interruption,
+    as a provider's socket does with audio already in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late_sent = asyncio.Event()
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, pc.TextFrame):
+            await self.push_frame(pc.TTSStartedFrame(context_id=frame.text))
+            await self.push_frame(pc.TTSAudioRawFrame(b"\x00\x00" * 160, 16000, 1, context_id=frame.text))
+            return
+        await self.push_frame(frame, direction)
+        if isinstance(frame, pc.InterruptionFrame):
+            self.create_task(self._late(), "late")
+
+    async def _late(self):
+        await asyncio.sleep(0.05)
+        await self.push_frame(pc.TTSAudioRawFrame(b"\x00\x00" * 160, 16000, 1, context_id="old"))
+        await self.push_frame(pc.TTSStoppedFrame(context_id="old"))
+        self.late_sent.set()
+
+
+async def test_late_audio_of_a_context_cut_by_an_interruption_is_dropped():
+    late = LateChunks()
+    hosted = PipecatProcessor(late)
+    async with PipelineHarness([Interrupter(), hosted]) as harness:
+        await harness.send(TextFrame("old"))
+        await harness.wait_for(TTSAudioRawFrame)
+        await harness.send(UserStartedSpeakingFrame())
+        await asyncio.wait_for(late.late_sent.wait(), 5)
+        await harness.send(TextFrame("new"))
+        await harness.wait_for(TTSAudioRawFrame, count=2)
+    assert [f.context_id for f in harness.collected.of_type(TTSAudioRawFrame)] == ["old", "new"]
+    assert harness.task.state.stale_dropped >= 2  # the late chunk and its TTSStoppedFrame
+
+
+class NeverReady(PipecatFrameProcessor):
+    async def setup(self, setup):
+        await super().setup(setup)
+        await asyncio.sleep(3600)
+
+
+async def test_a_setup_that_never_finishes_ends_the_run_with_an_error():
+    hosted = PipecatProcessor(NeverReady(), setup_timeout=0.2)
+    async with PipelineHarness([hosted]) as harness:
+        await harness.wait_finished(5)
+    assert harness.task.finish_reason == "error"
+    assert "did not finish its setup within 0.2s" in harness.task.error.error
+    assert hosted.pipecat_tasks == []
+
+
+async def test_transcripts_queued_in_the_hosted_processor_survive_an_interruption():
+    slow = Slow()
+    hosted = PipecatProcessor(slow)
+    async with PipelineHarness([Interrupter(), hosted]) as harness:
+        await harness.send(TextFrame("busy"))  # keeps pipecat's process task busy
+        await harness.wait_for(TTSAudioRawFrame)
+        await harness.send(TranscriptionFrame("yes please"))  # queued behind it inside pipecat
+        await harness.send(UserStartedSpeakingFrame())
+        transcript = await harness.wait_for(TranscriptionFrame)
+    assert transcript.text == "yes please"

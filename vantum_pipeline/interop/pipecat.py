@@ -75,7 +75,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from loguru import logger
 
-from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.frames import (
     CancelFrame,
     EndFrame,
@@ -172,6 +172,7 @@ class PipecatProcessor(FrameProcessor):
         tools: Sequence[Tool] = (),
         max_tool_rounds: int = 3,
         turn_timeout: float = 1.0,
+        setup_timeout: float = 10.0,
         interruption_timeout: float = 0.5,
         stop_timeout: float = 0.6,
         enable_metrics: bool = True,
@@ -185,12 +186,15 @@ class PipecatProcessor(FrameProcessor):
         self.tools = {tool.name: tool for tool in tools}
         self.max_tool_rounds = max_tool_rounds
         self.turn_timeout = turn_timeout
+        self.setup_timeout = setup_timeout
         self.interruption_timeout = interruption_timeout
         self.stop_timeout = stop_timeout
         self.enable_metrics = enable_metrics
         #: Frames that crossed without a row in the table, by class name.
         self.unmapped_in: Counter[str] = Counter()
         self.unmapped_out: Counter[str] = Counter()
+        #: Frames that arrived while the hosted processor was not running (setup failed, or it ended).
+        self.not_delivered = 0
         self._head = _Shim(self, "in")
         self._tail = _Shim(self, "out")
         self._head.link(processor)
@@ -260,19 +264,36 @@ class PipecatProcessor(FrameProcessor):
                     converted = CarriedKept(frame=frame)
                 else:
                     converted = Carried(frame=frame)
+            elif frame.survives_interruption:
+                converted.interruptible = False  # pipecat's interruption must not flush it either
             theirs = converted
         setattr(theirs, _ORIGIN, frame)
         await self._send(theirs, direction)
 
     async def _send(self, frame: pc.Frame, direction: FrameDirection) -> None:
         if not self._started or (self._finished and not isinstance(frame, pc.CancelFrame)):
-            logger.debug("{}: {} not sent, the hosted processor is not running", self.name, frame)
+            self.not_delivered += 1
+            logger.warning("{}: {} not delivered: the hosted processor is not running", self.name, frame)
             return
         to = PipecatDirection.DOWNSTREAM if direction is _DOWN else PipecatDirection.UPSTREAM
         await self.hosted.queue_frame(frame, to)
 
     async def _start(self, frame: StartFrame) -> None:
         self._out_epoch = frame.epoch
+        # Set up in a task of ours: the tasks pipecat starts inherit its context, that of a
+        # long-lived task (what they push is stamped when pushed), not that of this handler.
+        setup = self.create_task(self._setup(frame), "setup", essential=True)
+        try:
+            await asyncio.wait_for(asyncio.shield(setup), self.setup_timeout)
+        except TimeoutError:
+            setup.cancel()
+            raise ServiceError(
+                f"{self.hosted} did not finish its setup within {self.setup_timeout:.1f}s",
+                service=self.hosted.name,
+                retryable=True,
+            ) from None
+
+    async def _setup(self, frame: StartFrame) -> None:
         self._task_manager = TaskManager(loop=asyncio.get_running_loop())
         self._clock.start()  # type: ignore[no-untyped-call]
         setup = FrameProcessorSetup(
@@ -296,8 +317,7 @@ class PipecatProcessor(FrameProcessor):
         await self.hosted.queue_frame(start, PipecatDirection.DOWNSTREAM)
 
     async def _interrupt(self, frame: InterruptionFrame, direction: FrameDirection) -> None:
-        self._close_turn()
-        self._speech.clear()
+        # The TTS contexts keep their epochs: late audio of a cut context must still be dropped.
         self._round = None
         if self._own_interruption or not self._started or self._finished:
             self._out_epoch = frame.epoch
@@ -359,7 +379,7 @@ class PipecatProcessor(FrameProcessor):
                 ours.metric = self._ttfb_metric
             elif self._stt and isinstance(ours, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
                 self._track_user(ours)
-            if self._tts and isinstance(frame, pc.TTSStoppedFrame | pc.TTSAudioRawFrame):
+            if isinstance(frame, pc.TTSStoppedFrame | pc.TTSAudioRawFrame):
                 await self._speech_progress(frame, direction)
             await self.push_frame(ours, direction)
             if self._stt and isinstance(ours, TranscriptionFrame) and direction is _DOWN:
@@ -367,7 +387,7 @@ class PipecatProcessor(FrameProcessor):
 
     def _epoch_of(self, frame: pc.Frame) -> int:
         context_id = getattr(frame, "context_id", None)
-        if not self._tts or context_id is None:
+        if context_id is None:
             return self._out_epoch
         return self._speech_of(context_id).epoch
 
@@ -467,9 +487,6 @@ class PipecatProcessor(FrameProcessor):
         text = " ".join(self._segments)
         self._segments.clear()
         await self.push_frame(EndOfTurnFrame(text))
-
-    def _close_turn(self) -> None:
-        """An interruption does not end the user's turn: only the bot's state resets."""
 
     # ------------------------------------------------------------ LLM tools
 
