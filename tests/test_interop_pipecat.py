@@ -8,6 +8,8 @@ import sys
 import textwrap
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("pipecat")
 
@@ -347,3 +349,52 @@ async def test_transcripts_queued_in_the_hosted_processor_survive_an_interruptio
         await harness.send(UserStartedSpeakingFrame())
         transcript = await harness.wait_for(TranscriptionFrame)
     assert transcript.text == "yes please"
+
+
+def test_bad_settings_are_configuration_errors_naming_the_value():
+    from vantum_pipeline.errors import ConfigurationError
+    from vantum_pipeline.processors.tools import end_call_tool
+
+    with pytest.raises(ConfigurationError, match="hosts a pipecat FrameProcessor, got 'not a processor'"):
+        PipecatProcessor("not a processor")
+    with pytest.raises(ConfigurationError, match="turn_timeout must be > 0 seconds, got 0"):
+        PipecatProcessor(FunctionFilter(lambda f: True), turn_timeout=0)
+    with pytest.raises(ConfigurationError, match="tools need a pipecat LLM service"):
+        PipecatProcessor(FunctionFilter(lambda f: True), tools=[end_call_tool()])
+
+
+FRAME_KINDS = {
+    "text": lambda i: TextFrame(f"t{i}"),
+    "llm": lambda i: LLMTextFrame(f"l{i}"),
+    "tts_audio": lambda i: TTSAudioRawFrame(bytes([i % 256]) * 4, 16000, context_id="c"),
+    "end_of_turn": lambda i: EndOfTurnFrame(f"e{i}"),  # unmapped: carried
+    "transcription": lambda i: TranscriptionFrame(f"s{i}"),
+    "input_audio": lambda i: InputAudioRawFrame(bytes([i % 256]) * 4, 16000),
+}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from(sorted(FRAME_KINDS)), min_size=1, max_size=40))
+def test_any_sequence_of_our_frames_crosses_a_hosted_pass_through_unchanged(kinds):
+    async def run():
+        hosted = PipecatProcessor(FunctionFilter(_keep_all))
+        sent = [FRAME_KINDS[kind](i) for i, kind in enumerate(kinds)]
+        collected = await run_pipeline([hosted], sent, timeout=10)
+        return hosted, sent, collected
+
+    hosted, sent, collected = asyncio.run(run())
+    ours = {id(f) for f in sent}
+    out = [f for f in collected.downstream if id(f) in ours]
+    # Every frame arrives, as itself; input audio (a system frame in pipecat) keeps its
+    # order among input audio, every other frame among the others.
+    assert sorted(id(f) for f in out) == sorted(ours)
+    for audio in (True, False):
+        assert [f.id for f in out if isinstance(f, InputAudioRawFrame) is audio] == [
+            f.id for f in sent if isinstance(f, InputAudioRawFrame) is audio
+        ]
+    assert hosted.unmapped_in["EndOfTurnFrame"] == kinds.count("end_of_turn")
+    assert hosted.pipecat_tasks == []
+
+
+async def _keep_all(frame: pc.Frame) -> bool:
+    return True

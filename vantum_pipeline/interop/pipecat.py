@@ -123,6 +123,17 @@ _FUNCTION_FRAMES = (
 )
 
 
+def _ttfb_metric(processor: PipecatFrameProcessor) -> str:
+    """Our name for what pipecat's TTFB measures in ``processor``."""
+    if isinstance(processor, STTService):
+        return LATENCY_STT_FINAL
+    if isinstance(processor, LLMService):
+        return LATENCY_LLM_TTFT
+    if isinstance(processor, TTSService):
+        return LATENCY_TTS_TTFB
+    return TTFB
+
+
 class _Shim(PipecatFrameProcessor):
     """Stands on one side of the hosted processor: what it receives leaves the adapter."""
 
@@ -181,6 +192,16 @@ class PipecatProcessor(FrameProcessor):
             raise ConfigurationError(f"PipecatProcessor hosts a pipecat FrameProcessor, got {processor!r}")
         if tools and not isinstance(processor, LLMService):
             raise ConfigurationError(f"tools need a pipecat LLM service, {processor} is not one")
+        for what, value in (
+            ("turn_timeout", turn_timeout),
+            ("setup_timeout", setup_timeout),
+            ("interruption_timeout", interruption_timeout),
+            ("stop_timeout", stop_timeout),
+        ):
+            if not value > 0:
+                raise ConfigurationError(f"PipecatProcessor {what} must be > 0 seconds, got {value!r}")
+        if max_tool_rounds < 0:
+            raise ConfigurationError(f"PipecatProcessor max_tool_rounds must be >= 0, got {max_tool_rounds!r}")
         super().__init__(name=name or f"Pipecat[{processor.name}]")
         self.hosted = processor
         self.tools = {tool.name: tool for tool in tools}
@@ -211,16 +232,7 @@ class PipecatProcessor(FrameProcessor):
         self._speech: OrderedDict[str, _Speech] = OrderedDict()
         self._stt = isinstance(processor, STTService)
         self._llm = isinstance(processor, LLMService)
-        self._tts = isinstance(processor, TTSService)
-        self._ttfb_metric = (
-            LATENCY_STT_FINAL
-            if self._stt
-            else LATENCY_LLM_TTFT
-            if self._llm
-            else LATENCY_TTS_TTFB
-            if self._tts
-            else TTFB
-        )
+        self._ttfb_metric = _ttfb_metric(processor)
         self._segments: list[str] = []
         self._user_speaking = False
         self._turn_deadline: asyncio.Task[None] | None = None
@@ -574,6 +586,11 @@ class PipecatProcessor(FrameProcessor):
             logger.warning("{}: the hosted processor's cleanup did not finish in time", self.name)
         except Exception as exc:
             logger.opt(exception=exc).error("{}: the hosted processor's cleanup failed: {}", self.name, exc)
+        finally:
+            # Cut short by the pipeline's own bound, the sweep below may never run: cancel now.
+            for task in self.pipecat_tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
         await self._sweep(max(0.01, deadline - loop.time()))
 
     async def _sweep(self, timeout: float) -> None:
