@@ -33,6 +33,7 @@ from vantum_pipeline.processors.sentence import SentenceAggregator
 from vantum_pipeline.processors.tools import end_call_tool
 from vantum_pipeline.processors.vad import VADProcessor
 from vantum_pipeline.telephony.outcome import CallOutcome
+from vantum_pipeline.testing.grammar import GrammarChecker
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -58,6 +59,12 @@ class Hosted:
 
     def __init__(self) -> None:
         self.adapters: list[PipecatProcessor] = []
+        #: Stream-grammar checkers: after the STT, after the LLM, after the TTS, after the output.
+        self.checkers: list[GrammarChecker] = []
+
+    @property
+    def violations(self) -> list[str]:
+        return [v for checker in self.checkers for v in checker.violations]
 
 
 def pipecat_pipeline(example: Any, hosted: Hosted):
@@ -89,6 +96,8 @@ def pipecat_pipeline(example: Any, hosted: Hosted):
             )
         )
         hosted.adapters += [stt, llm, tts]
+        checkers = [GrammarChecker() for _ in range(4)]
+        hosted.checkers += checkers
         transport = call.transport
         task = PipelineTask(
             Pipeline(
@@ -96,11 +105,15 @@ def pipecat_pipeline(example: Any, hosted: Hosted):
                     transport.input(),
                     VADProcessor(VADParams(start_secs=0.06, stop_secs=0.3), detector_factory=EnergyDetector),
                     stt,
+                    checkers[0],
                     UserAggregator(context),
                     llm,
+                    checkers[1],
                     SentenceAggregator(),
                     tts,
+                    checkers[2],
                     transport.output(),
+                    checkers[3],
                     AssistantAggregator(context),
                 ]
             ),
@@ -161,6 +174,9 @@ async def test_a_whole_call_through_pipecat_services_with_barge_in(monkeypatch):
     assert cut.content and cut.content in {heard_by(played - 0.06), heard_by(played + 0.06)}
     # ... and the model never saw our `interrupted` flag.
     assert all("interrupted" not in m for r in requests for m in r.body["messages"])
+
+    # The stream grammar holds after each hosted service and after the transport.
+    assert hosted.violations == []
 
     # Every hosted service's sockets and tasks are gone.
     assert deepgram.connections and cartesia.open_connections == 0

@@ -247,7 +247,18 @@ class PipecatProcessor(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, StartFrame):
             await self._start(frame)
+            # Ours goes on first: nothing the hosted processor pushes may precede it.
             await self.push_frame(frame, direction)
+            if self._started:
+                start = pc.StartFrame(
+                    audio_in_sample_rate=frame.audio_in_sample_rate,
+                    audio_out_sample_rate=frame.audio_out_sample_rate,
+                    enable_metrics=self.enable_metrics,
+                    enable_usage_metrics=self.enable_metrics,
+                )
+                setattr(start, _ORIGIN, frame)
+                # From a task of ours, like the setup: pipecat's tasks start here.
+                await self.create_task(self.hosted.queue_frame(start, PipecatDirection.DOWNSTREAM), "start")
             return
         if isinstance(frame, InterruptionFrame):
             await self._interrupt(frame, direction)
@@ -319,14 +330,6 @@ class PipecatProcessor(FrameProcessor):
         )
         await self.hosted.setup(setup)
         self._started = True
-        start = pc.StartFrame(
-            audio_in_sample_rate=frame.audio_in_sample_rate,
-            audio_out_sample_rate=frame.audio_out_sample_rate,
-            enable_metrics=self.enable_metrics,
-            enable_usage_metrics=self.enable_metrics,
-        )
-        setattr(start, _ORIGIN, frame)
-        await self.hosted.queue_frame(start, PipecatDirection.DOWNSTREAM)
 
     async def _interrupt(self, frame: InterruptionFrame, direction: FrameDirection) -> None:
         # The TTS contexts keep their epochs: late audio of a cut context must still be dropped.
@@ -496,9 +499,10 @@ class PipecatProcessor(FrameProcessor):
     async def _end_turn(self) -> None:
         if not self._segments:
             return
-        text = " ".join(self._segments)
+        turn = EndOfTurnFrame(" ".join(self._segments))
+        turn.epoch = self.epoch  # a new user turn belongs to the current epoch
         self._segments.clear()
-        await self.push_frame(EndOfTurnFrame(text))
+        await self.push_frame(turn)
 
     # ------------------------------------------------------------ LLM tools
 
@@ -529,16 +533,22 @@ class PipecatProcessor(FrameProcessor):
                     theirs = pc.LLMContextFrame(to_pipecat_context(self._context, self.tools.values()))
                     await self._send(theirs, _DOWN)
                 elif round_.end_call:
-                    await self.push_frame(EndTaskFrame(reason="end_call"), _UP)
+                    await self._end_call()
             return True
         if isinstance(frame, pc.LLMFullResponseEndFrame) and self._round is not None and self._round.ending():
             ours = to_ours(frame)
             assert isinstance(ours, Frame)
             ours.epoch = self._out_epoch
             await self.push_frame(ours)
-            await self.push_frame(EndTaskFrame(reason="end_call"), _UP)
+            await self._end_call()
             return True
         return False
+
+    async def _end_call(self) -> None:
+        """``end_call`` was called: the task ends the call once what is queued has played."""
+        request = EndTaskFrame(reason="end_call")
+        request.epoch = self._out_epoch
+        await self.push_frame(request, _UP)
 
     async def _run_tool(self, params: FunctionCallParams) -> None:
         """A pipecat function handler running one of our tools."""
