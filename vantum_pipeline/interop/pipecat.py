@@ -34,9 +34,11 @@ Roles, detected from the hosted processor's class:
   pipecat's ``LLMContext`` (``pipecat_context.py``), and ``tools`` (our
   ``Tool``\\ s) are registered as pipecat functions whose calls and results land
   in our ``LLMContext``; ``end_call`` ends the call after the reply;
-- a TTS service's word frames (``TTSTextFrame``) become our ``TextFrame``\\ s
-  and ``TTSWordTimestampsFrame``\\ s (a word ends where the next begins; the
-  last one with the context's audio), so the transport knows what was heard.
+- a TTS service passes on the text it was given (our assistant aggregator
+  reads it, as with our TTS services); its spoken words (``TTSTextFrame``)
+  become ``TTSWordTimestampsFrame``\\ s (a word ends where the next begins,
+  the last one with the context's audio), so the transport knows what the
+  callee heard.
 
 Teardown: ``cleanup()`` cancels the hosted processor (unless it ended), runs
 its ``cleanup()`` and cancels any task its task manager still holds, all
@@ -173,6 +175,11 @@ class PipecatProcessor(FrameProcessor):
     ``tools``: our tools offered to a hosted LLM service (with the context's own
     ``tools`` schemas, which the model sees but which run nowhere here).
     ``max_tool_rounds`` bounds the model's tool rounds per turn.
+    ``turn_timeout``: an STT service's turn ends this long after its last final
+    transcript when nothing else ends it. ``setup_timeout`` bounds the hosted
+    processor's setup (a failure there ends the run); ``interruption_timeout``
+    how long an interruption waits for it; ``stop_timeout`` its teardown.
+    ``enable_metrics``: pipecat's TTFB, processing and usage metrics.
     """
 
     def __init__(
