@@ -15,7 +15,10 @@ Per frame, in the same run, rounds interleaved:
   ``enable_direct_mode=True`` (no queues: it runs in the caller's task): the
   difference is the adapter's own cost, nearly;
 - pipecat, 10 and 20 pass-through processors: the difference divided by 10 is
-  pipecat's own cost per hop.
+  pipecat's own cost per hop;
+- the adapter alone: a direct-mode pipecat pass-through called by pipecat's
+  ``queue_frame`` and through the adapter, no event loop round trips: the
+  difference is what the adapter itself adds per frame.
 
 Latency: one frame at a time, queued at the task, timed when it reaches the
 sink (text frames, which pipecat queues; input audio, which pipecat handles as
@@ -186,6 +189,62 @@ def translation_cost(frames: int) -> tuple[float, float]:
     return inbound, (time.perf_counter() - start) / frames
 
 
+async def adapter_alone(frames: int) -> tuple[float, float]:
+    """Seconds per frame: a direct-mode pipecat pass-through called by pipecat's own
+    ``queue_frame``, and the same called through the adapter (both into a sink that
+    does nothing; ours is a native processor, so a native hop is included). The
+    difference is the adapter's own cost: translation, shims, identity and epoch
+    bookkeeping."""
+    from pipecat.clocks.system_clock import SystemClock
+    from pipecat.frames import frames as pc
+    from pipecat.processors.frame_processor import FrameProcessor as PipecatFrameProcessor
+    from pipecat.processors.frame_processor import FrameProcessorSetup
+    from pipecat.utils.asyncio.task_manager import TaskManager
+
+    from vantum_pipeline import FrameProcessor
+    from vantum_pipeline import frames as F
+    from vantum_pipeline.interop.pipecat import PipecatProcessor, _Worker
+    from vantum_pipeline.processor import FrameDirection
+
+    class PipecatPass(PipecatFrameProcessor):
+        async def process_frame(self, frame: Any, direction: Any) -> None:
+            await super().process_frame(frame, direction)
+            await self.push_frame(frame, direction)
+
+    class Drop(PipecatFrameProcessor):
+        async def queue_frame(self, frame: Any, direction: Any = None, callback: Any = None) -> None:
+            pass
+
+    alone = PipecatPass(enable_direct_mode=True)
+    alone.link(Drop())
+    clock = SystemClock()
+    clock.start()
+    await alone.setup(FrameProcessorSetup(clock=clock, task_manager=TaskManager(), pipeline_worker=_Worker()))
+    await alone.queue_frame(pc.StartFrame())
+    theirs = [pc.TextFrame("x") for _ in range(frames)]
+    start = time.perf_counter()
+    for frame in theirs:
+        await alone.queue_frame(frame)
+    pipecat_only = (time.perf_counter() - start) / frames
+
+    class Sink(FrameProcessor):
+        async def process_frame(self, frame: Any, direction: Any) -> None:
+            pass
+
+    hosted = PipecatProcessor(PipecatPass(enable_direct_mode=True), enable_metrics=False)
+    hosted.link(Sink())
+    await hosted.process_frame(F.StartFrame(), FrameDirection.DOWNSTREAM)
+    ours = [F.TextFrame("x") for _ in range(frames)]
+    for frame in ours:
+        frame.epoch = 0
+    start = time.perf_counter()
+    for frame in ours:
+        await hosted.process_frame(frame, FrameDirection.DOWNSTREAM)
+    through_adapter = (time.perf_counter() - start) / frames
+    await hosted.cleanup()
+    return pipecat_only, through_adapter
+
+
 def us(seconds: float) -> str:
     return f"{seconds * 1e6:8.1f} us"
 
@@ -197,6 +256,7 @@ async def main(quick: bool) -> None:
     bulk = 5000 if quick else 20000
     print(f"python {sys.version.split()[0]}; {rounds} interleaved rounds per workload\n")
 
+    text_hop = 0.0
     for kind in ("text", "audio"):
         figures: dict[str, list[float]] = {"native10": [], "hosted10": [], "direct10": [], "pc10": [], "pc20": []}
         for _ in range(rounds):
@@ -209,6 +269,8 @@ async def main(quick: bool) -> None:
         hosting_cost = m["hosted10"] - m["native10"]
         direct_cost = m["direct10"] - m["native10"]
         pipecat_hop = (m["pc20"] - m["pc10"]) / 10
+        if kind == "text":
+            text_hop = pipecat_hop
         print(f"latency, one {kind} frame at a time (median of medians)")
         print(f"  vantum, 10 native processors               {us(m['native10'])}")
         print(f"  vantum, 9 native + 1 hosted pipecat pass   {us(m['hosted10'])}")
@@ -235,6 +297,15 @@ async def main(quick: bool) -> None:
     print(f"  hosting cost per frame                     {us(hosting_cost)}")
     print(f"  pipecat's own cost per hop                 {us(pipecat_hop)}")
     print(f"  ratio (pipecat hop / hosting)              {pipecat_hop / hosting_cost:8.2f}x\n")
+
+    samples = [await adapter_alone(20_000) for _ in range(rounds)]
+    pipecat_only = statistics.median(p for p, _ in samples)
+    through = statistics.median(a for _, a in samples)
+    own = through - pipecat_only
+    print("the adapter alone: a direct-mode pipecat pass-through, called directly and through the adapter")
+    print(f"  pipecat's call / through the adapter       {us(pipecat_only)} / {us(through).strip()}")
+    print(f"  the adapter's own cost per frame           {us(own)}")
+    print(f"  ratio, pipecat hop (text latency) / own    {text_hop / own:8.2f}x\n")
 
     inbound, outbound = translation_cost(100_000)
     print("the translation table alone (TTS audio frame)")
