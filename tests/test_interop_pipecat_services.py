@@ -132,3 +132,19 @@ async def test_a_pipecat_llm_answers_our_aggregators_and_runs_our_tools():
     assert {t["function"]["name"] for t in requests[0].body["tools"]} == {"book_demo", "end_call"}
     metrics = {f.metric for f in harness.collected.of_type(MetricsFrame)}
     assert {"latency.llm_ttft", "usage.llm_prompt_tokens", "usage.llm_completion_tokens"} <= metrics, metrics
+
+
+async def test_a_context_that_is_not_a_conversation_is_an_error_not_a_silent_turn():
+    from vantum_pipeline.frames import ErrorFrame
+
+    async with FakeOpenAI(api_key="sk-key") as fake:
+        llm = PipecatProcessor(
+            OpenAILLMService(
+                api_key="sk-key", base_url=fake.base_url, settings=OpenAILLMService.Settings(model="gpt-4o")
+            )
+        )
+        async with PipelineHarness([llm]) as harness:
+            await harness.send(LLMContextFrame({"messages": []}))
+            error = await harness.wait_for(ErrorFrame, direction=FrameDirection.UPSTREAM)
+        assert list(fake.requests) == []
+    assert "LLMContextFrame.context must be an LLMContext, got dict" in error.error

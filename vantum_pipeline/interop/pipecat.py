@@ -63,6 +63,7 @@ from typing import Any
 try:
     from pipecat.clocks.system_clock import SystemClock
     from pipecat.frames import frames as pc
+    from pipecat.processors.aggregators.llm_context import LLMContext as PipecatLLMContext
     from pipecat.processors.frame_processor import FrameDirection as PipecatDirection
     from pipecat.processors.frame_processor import FrameProcessor as PipecatFrameProcessor
     from pipecat.processors.frame_processor import FrameProcessorSetup
@@ -278,10 +279,19 @@ class PipecatProcessor(FrameProcessor):
         if isinstance(frame, ForeignFrame | ForeignSystemFrame):
             await self._send(frame.frame, direction)  # a pipecat frame from a hosted processor upstream
             return
-        if self._llm and isinstance(frame, LLMContextFrame) and isinstance(frame.context, LLMContext):
-            self._context = frame.context
-            self._round = ToolRound(self.max_tool_rounds)
-            theirs: pc.Frame = pc.LLMContextFrame(to_pipecat_context(frame.context, self.tools.values()))
+        if self._llm and isinstance(frame, LLMContextFrame):
+            if isinstance(frame.context, LLMContext):
+                self._context = frame.context
+                self._round = ToolRound(self.max_tool_rounds)
+                theirs: pc.Frame = pc.LLMContextFrame(to_pipecat_context(frame.context, self.tools.values()))
+            elif isinstance(frame.context, PipecatLLMContext):
+                self._context = self._round = None  # pipecat's own context: its tools are pipecat's
+                theirs = pc.LLMContextFrame(frame.context)
+            else:
+                await self.push_error(
+                    f"{self.name}: LLMContextFrame.context must be an LLMContext, got {type(frame.context).__name__}"
+                )
+                return
         else:
             if self._stt:
                 self._track_user(frame)
