@@ -367,7 +367,10 @@ class PipecatProcessor(FrameProcessor):
                 self.name,
                 self.interruption_timeout,
             )
-        self._out_epoch = frame.epoch
+        finally:
+            # Even when the pipeline's own bound cuts this wait short: what the hosted
+            # processor pushes from now on answers the new turn.
+            self._out_epoch = frame.epoch
 
     # ------------------------------------------------------------ frames out
 
