@@ -10,6 +10,7 @@ the conversation holds exactly what was heard.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,11 @@ async def test_a_whole_call_through_pipecat_services_with_barge_in(monkeypatch):
         return " ".join(w for w, _start, end in words if end <= seconds)
 
     assert cut.content and cut.content in {heard_by(played - 0.06), heard_by(played + 0.06)}
+    # Pipecat's word timings became ours: the pitch's words, in order, each ending where the next starts.
+    pitch = "Great! Vantum answers every call your team misses, day and night, and books the meetings for you."
+    assert [w for w, _s, _e in words] == pitch.split()[: len(words)]
+    assert all(end == next_start for (_w, _s, end), (_n, next_start, _e) in pairwise(words))
+    assert all(start < end for _w, start, end in words)
     # ... and the model never saw our `interrupted` flag.
     assert all("interrupted" not in m for r in requests for m in r.body["messages"])
 
