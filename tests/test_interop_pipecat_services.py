@@ -13,6 +13,7 @@ from vantum_pipeline.frames import (
     EndOfTurnFrame,
     EndTaskFrame,
     InputAudioRawFrame,
+    InterimTranscriptionFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMTextFrame,
@@ -58,6 +59,9 @@ async def test_a_local_vad_stop_finalizes_and_ends_the_turn():
     assert turn.text == "Sounds good."
     assert connection.received_of_type("Finalize")  # pipecat's Deepgram service finalized on our VAD's stop
     assert [f.text for f in harness.collected.of_type(TranscriptionFrame)] == ["Sounds good."]
+    interims = harness.collected.of_type(InterimTranscriptionFrame)
+    assert interims and all("sounds good".startswith(f.text.lower().rstrip(".")) for f in interims)
+    assert {f.metric for f in harness.collected.of_type(MetricsFrame)} >= {"usage.stt_seconds"}
     assert len(harness.collected.of_type(EndOfTurnFrame)) == 1
     assert stt.pipecat_tasks == []
 
