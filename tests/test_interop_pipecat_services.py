@@ -152,3 +152,16 @@ async def test_a_context_that_is_not_a_conversation_is_an_error_not_a_silent_tur
             error = await harness.wait_for(ErrorFrame, direction=FrameDirection.UPSTREAM)
         assert list(fake.requests) == []
     assert "LLMContextFrame.context must be an LLMContext, got dict" in error.error
+
+
+async def test_a_rejected_key_ends_the_run_with_an_error_without_the_key():
+    from vantum_pipeline.frames import ErrorFrame
+
+    async with FakeDeepgram(api_key="dg-key") as fake:
+        stt = PipecatProcessor(DeepgramSTTService(api_key="wrong-key-123", base_url=fake.ws_url, sample_rate=RATE))
+        async with PipelineHarness([stt]) as harness:
+            error = await harness.wait_for(ErrorFrame, direction=FrameDirection.UPSTREAM, timeout=15)
+            await harness.wait_finished(5)
+    assert "401" in error.error and "wrong-key-123" not in error.error
+    assert error.fatal and harness.task.finish_reason == "error"  # a deaf call ends
+    assert stt.pipecat_tasks == []

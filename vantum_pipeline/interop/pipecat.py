@@ -40,6 +40,10 @@ Roles, detected from the hosted processor's class:
   the last one with the context's audio), so the transport knows what the
   callee heard.
 
+Errors: pipecat's ``ErrorFrame`` becomes ours; it is fatal (the call ends) when
+pipecat marked it so or when the hosted processor is no longer usable (pipecat
+gave up on its service: a rejected key, reconnects exhausted).
+
 Teardown: ``cleanup()`` cancels the hosted processor (unless it ended), runs
 its ``cleanup()`` and cancels any task its task manager still holds, all
 within ``stop_timeout`` (under the pipeline's own shutdown bound).
@@ -84,6 +88,7 @@ from vantum_pipeline.frames import (
     EndFrame,
     EndOfTurnFrame,
     EndTaskFrame,
+    ErrorFrame,
     Frame,
     InterruptionFrame,
     LLMContextFrame,
@@ -412,6 +417,10 @@ class PipecatProcessor(FrameProcessor):
             ours.epoch = self._epoch_of(frame)
             if isinstance(ours, MetricsFrame) and ours.metric == TTFB:
                 ours.metric = self._ttfb_metric
+            elif isinstance(ours, ErrorFrame) and not self.hosted.is_usable:
+                # Pipecat gave up on the service (e.g. a rejected key): going on would leave
+                # the call deaf or mute, so the error ends it, as an essential task's does.
+                ours.fatal = True
             elif self._stt and isinstance(ours, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
                 self._track_user(ours)
             if isinstance(frame, pc.TTSStoppedFrame | pc.TTSAudioRawFrame):
