@@ -398,3 +398,28 @@ def test_any_sequence_of_our_frames_crosses_a_hosted_pass_through_unchanged(kind
 
 async def _keep_all(frame: pc.Frame) -> bool:
     return True
+
+
+def test_the_table_converts_fields_faithfully():
+    from vantum_pipeline.audio.mulaw import lin2ulaw
+    from vantum_pipeline.frames import MULAW, ErrorFrame, MetricsFrame
+    from vantum_pipeline.interop.pipecat_frames import to_ours, to_pipecat
+
+    said = TranscriptionFrame("hello", user_id="callee", timestamp=1_700_000_000.25)
+    theirs = to_pipecat(said)
+    assert (theirs.text, theirs.user_id) == ("hello", "callee")
+    back = to_ours(theirs)
+    assert back.text == "hello" and back.timestamp == pytest.approx(said.timestamp, abs=0.001)
+
+    pcm = b"\x10\x00\xf0\xff" * 80
+    phone = InputAudioRawFrame(lin2ulaw(pcm), 8000, encoding=MULAW)
+    converted = to_pipecat(phone)
+    assert (converted.sample_rate, len(converted.audio)) == (8000, len(pcm))  # μ-law became 16-bit PCM
+
+    failure = to_ours(pc.ErrorFrame("it broke", fatal=True))
+    assert isinstance(failure, ErrorFrame) and failure.fatal and failure.error == "it broke"
+
+    from pipecat.metrics.metrics import TTFBMetricsData
+
+    [ttfb] = to_ours(pc.MetricsFrame(data=[TTFBMetricsData(processor="llm", value=0.25)]))
+    assert isinstance(ttfb, MetricsFrame) and (ttfb.value, ttfb.unit, ttfb.processor) == (0.25, "s", "llm")

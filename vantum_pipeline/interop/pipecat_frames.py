@@ -24,6 +24,7 @@ Importing this module imports pipecat: only ``interop/pipecat.py`` does.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,15 +112,11 @@ def _pcm(frame: vp.AudioRawFrame) -> bytes:
 
 
 def _iso(timestamp: float) -> str:
-    import datetime
-
     moment = timestamp if timestamp > 0 else 0.0
     return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(timespec="milliseconds")
 
 
 def _seconds(iso: str) -> float:
-    import datetime
-
     try:
         return datetime.datetime.fromisoformat(iso).timestamp()
     except (TypeError, ValueError):
