@@ -423,3 +423,16 @@ def test_the_table_converts_fields_faithfully():
 
     [ttfb] = to_ours(pc.MetricsFrame(data=[TTFBMetricsData(processor="llm", value=0.25)]))
     assert isinstance(ttfb, MetricsFrame) and (ttfb.value, ttfb.unit, ttfb.processor) == (0.25, "s", "llm")
+
+
+def test_only_the_adapter_modules_import_pipecat():
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "vantum_pipeline"
+    importers = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if re.search(r"^\s*(from|import)\s+pipecat\b", path.read_text(), flags=re.M)
+    )
+    assert importers == ["interop/pipecat.py", "interop/pipecat_context.py", "interop/pipecat_frames.py"]
