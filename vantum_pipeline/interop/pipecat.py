@@ -76,9 +76,9 @@ try:
     from pipecat.services.tts_service import TTSService
     from pipecat.utils.asyncio.task_manager import TaskManager
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-    raise ImportError(
-        "vantum_pipeline.interop.pipecat needs pipecat-ai, which is not installed: pip install vantum-pipeline[pipecat]"
-    ) from exc
+    from vantum_pipeline.interop import PIPECAT_MISSING
+
+    raise ImportError(PIPECAT_MISSING) from exc
 
 from loguru import logger
 

@@ -19,9 +19,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
-from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.processors.aggregators.llm_context import LLMContext as PipecatLLMContext
+try:
+    from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+    from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+    from pipecat.processors.aggregators.llm_context import LLMContext as PipecatLLMContext
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    from vantum_pipeline.interop import PIPECAT_MISSING
+
+    raise ImportError(PIPECAT_MISSING) from exc
 
 from vantum_pipeline.processors.context import LLMContext
 from vantum_pipeline.processors.tools import Tool, ToolResult

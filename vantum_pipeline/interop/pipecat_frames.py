@@ -29,14 +29,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipecat.frames import frames as pc
-from pipecat.metrics.metrics import (
-    LLMUsageMetricsData,
-    ProcessingMetricsData,
-    STTUsageMetricsData,
-    TTFBMetricsData,
-    TTSUsageMetricsData,
-)
+try:
+    from pipecat.frames import frames as pc
+    from pipecat.metrics.metrics import (
+        LLMUsageMetricsData,
+        ProcessingMetricsData,
+        STTUsageMetricsData,
+        TTFBMetricsData,
+        TTSUsageMetricsData,
+    )
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    from vantum_pipeline.interop import PIPECAT_MISSING
+
+    raise ImportError(PIPECAT_MISSING) from exc
 
 from vantum_pipeline import frames as vp
 from vantum_pipeline.audio.mulaw import ulaw2lin
