@@ -423,8 +423,10 @@ def test_the_table_converts_fields_faithfully():
     converted = to_pipecat(phone)
     assert (converted.sample_rate, len(converted.audio)) == (8000, len(pcm))  # μ-law became 16-bit PCM
 
-    failure = to_ours(pc.ErrorFrame("it broke", fatal=True))
-    assert isinstance(failure, ErrorFrame) and failure.fatal and failure.error == "it broke"
+    failure = to_ours(pc.ErrorFrame("it broke"))
+    assert isinstance(failure, ErrorFrame) and not failure.fatal and failure.error == "it broke"
+    fatal = ErrorFrame("ours", fatal=True)
+    assert not to_pipecat(fatal).fatal  # pipecat deprecated the flag; ours crosses as itself
 
     from pipecat.metrics.metrics import TTFBMetricsData
 

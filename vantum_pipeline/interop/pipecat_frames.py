@@ -133,8 +133,9 @@ def _language(value: Any) -> str | None:
 
 
 def _error_to_pipecat(frame: vp.ErrorFrame) -> pc.ErrorFrame:
+    # Pipecat deprecated ``fatal`` (1.8); ours keeps it: the original comes out the other side.
     exception = frame.exception if isinstance(frame.exception, Exception) else None
-    return pc.ErrorFrame(frame.error, fatal=frame.fatal, exception=exception)
+    return pc.ErrorFrame(frame.error, exception=exception)
 
 
 def _error_to_ours(frame: pc.ErrorFrame) -> vp.ErrorFrame:
