@@ -444,3 +444,18 @@ def test_only_the_adapter_modules_import_pipecat():
         if re.search(r"^\s*(from|import)\s+pipecat\b", path.read_text(), flags=re.M)
     )
     assert importers == ["interop/pipecat.py", "interop/pipecat_context.py", "interop/pipecat_frames.py"]
+
+
+async def test_a_whole_pipecat_pipeline_is_hosted_as_one_processor():
+    from pipecat.pipeline.pipeline import Pipeline as PipecatPipeline
+
+    def without(text: str):
+        async def keep(frame: pc.Frame) -> bool:
+            return not (isinstance(frame, pc.TextFrame) and frame.text == text)
+
+        return keep
+
+    hosted = PipecatProcessor(PipecatPipeline([FunctionFilter(without("a")), FunctionFilter(without("b"))]))
+    collected = await run_pipeline([hosted, Tagger()], [TextFrame("a"), TextFrame("x"), TextFrame("b"), TextFrame("c")])
+    assert [f.text for f in collected.of_type(TextFrame)] == ["x+", "c+"]
+    assert collected.finish_reason == "end" and hosted.pipecat_tasks == []
