@@ -165,3 +165,20 @@ async def test_a_rejected_key_ends_the_run_with_an_error_without_the_key():
     assert "401" in error.error and "wrong-key-123" not in error.error
     assert error.fatal and harness.task.finish_reason == "error"  # a deaf call ends
     assert stt.pipecat_tasks == []
+
+
+async def test_fake_cartesia_checks_the_x_api_key_header_pipecat_sends():
+    import websockets
+
+    from vantum_pipeline.testing.cartesia import FakeCartesia
+
+    async with FakeCartesia(api_key="sk_car_key") as fake:
+        url = f"{fake.ws_url}/tts/websocket"
+        async with websockets.connect(
+            url, additional_headers={"X-API-Key": "sk_car_key", "Cartesia-Version": "2025-04-16"}
+        ):
+            pass
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(url, additional_headers={"X-API-Key": "wrong", "Cartesia-Version": "2025-04-16"})
+    assert refused.value.response.status_code == 401
+    assert [upgrade["status"] for upgrade in fake.upgrades] == [200, 401]
