@@ -71,7 +71,11 @@ class Hosted:
 def pipecat_pipeline(example: Any, hosted: Hosted):
     """examples/twilio_outbound.py's build_pipeline, with pipecat's services."""
 
-    def build(call: Any, services: Any, transcript: Any) -> tuple[PipelineTask, LLMContext]:
+    def build(
+        call: Any, services: Any, transcript: Any, features: Any = None, dnc: Any = None
+    ) -> tuple[PipelineTask, LLMContext]:
+        # No answering-machine detection, keypad or transfers here (the example's
+        # ``features`` and ``dnc`` are None for these calls): the four services only.
         context = LLMContext(example.SYSTEM_PROMPT)
         stt = PipecatProcessor(
             DeepgramSTTService(

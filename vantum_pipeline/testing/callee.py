@@ -233,6 +233,10 @@ class Callee:
         self.protocol_errors: list[str] = []
         #: When a BargeIn step started talking over the bot.
         self.barge_in_at: float | None = None
+        #: Set by an answering machine's script once its greeting (and beep)
+        #: is over, when that was: FakeTwilio's AMD reports machine_end_* then.
+        self.greeting_over = asyncio.Event()
+        self.greeting_ended_at: float | None = None
         #: Why the stream ended: "callee hung up", "dropped", "server closed (code)", "api hang-up", ...
         self.end_reason: str | None = None
         self.close_code: int | None = None

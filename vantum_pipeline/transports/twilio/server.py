@@ -14,6 +14,25 @@ Routes (under the configured public base URL):
     call's ``PipelineTask`` and the server runs it until the call ends.
 ``POST /twilio/status?call=<token>``
     status callbacks: they drive the call's state machine to its outcome.
+``POST /twilio/amd?call=<token>``
+    the asynchronous answering-machine detection verdict (``AnsweredBy``):
+    handed to the call's pipeline through ``OutboundCall.machine_detection``.
+    A missing ``AnsweredBy`` is answered 400 and logged; an unknown value is
+    read as ``unknown``; a second verdict is ignored.
+``POST /twilio/dial?call=<token>``
+    the ``action`` callback of a transfer's ``<Dial>``: the rep answered (the
+    call ends when the bridge does: outcome ``transferred``), or did not
+    (``DialCallStatus`` busy, no-answer, failed, canceled), and the call
+    comes back to the bot through a new ``<Connect><Stream>`` (the pipeline
+    factory sees ``call.resumed_after == "transfer_failed"``) or ends with
+    the end line, as ``TransferSettings.on_no_answer`` says.
+
+Features (``features=CallFeatureSettings``): calls are placed with
+asynchronous AMD when ``features.amd.mode`` is set; a transfer asked for by
+the pipeline (``OutboundCall.request_transfer``) is carried out when the
+pipeline has ended, by redirecting the live call to a TwiML ``<Dial>``
+instead of hanging up; ``dnc`` (a ``DncChecker``) refuses to place calls to
+listed numbers (outcome ``do_not_call``, no request to Twilio).
 
 Every request, the websocket upgrade included, must carry a valid
 ``X-Twilio-Signature`` for the public URL it was sent to (the public base
@@ -49,11 +68,14 @@ from loguru import logger
 from vantum_pipeline.errors import ConfigurationError, ProtocolError, ServiceError
 from vantum_pipeline.observability.retry import RetryExhausted
 from vantum_pipeline.task import PipelineTask
+from vantum_pipeline.telephony.amd import MachineDetection
 from vantum_pipeline.telephony.calls import CallRegistry, OutboundCall, place_call
 from vantum_pipeline.telephony.client import TwilioRestClient
+from vantum_pipeline.telephony.control import RESUMED_AFTER_TRANSFER, TransferRequest
+from vantum_pipeline.telephony.dnc import DncChecker, DoNotCallError
 from vantum_pipeline.telephony.numbers import InvalidNumberError, mask_number, validate_e164
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord, outcome_for_status
-from vantum_pipeline.telephony.settings import TwilioSettings
+from vantum_pipeline.telephony.settings import TRANSFER_RESUME, CallFeatureSettings, TwilioSettings
 from vantum_pipeline.telephony.state import CallState, state_for_status
 from vantum_pipeline.transports.twilio.serializer import TwilioSerializer, TwilioStartFrame
 from vantum_pipeline.transports.twilio.transport import TwilioTransport, TwilioTransportParams
@@ -92,6 +114,8 @@ class ServerPaths:
     answer: str = "/twilio/answer"
     media: str = "/twilio/media"
     status: str = "/twilio/status"
+    amd: str = "/twilio/amd"
+    dial: str = "/twilio/dial"
 
 
 @dataclass(slots=True)
@@ -134,6 +158,8 @@ class TwilioServer:
         start_timeout: float = 10.0,
         factory_timeout: float = 10.0,
         outcome_timeout: float = 15.0,
+        features: CallFeatureSettings | None = None,
+        dnc: DncChecker | None = None,
     ) -> None:
         self.settings = settings
         self.public_base_url = settings.public_base_url
@@ -149,6 +175,9 @@ class TwilioServer:
         self.start_timeout = start_timeout
         self.factory_timeout = factory_timeout
         self.outcome_timeout = outcome_timeout
+        #: None: no AMD from here (``settings.machine_detection`` still applies), no transfers.
+        self.features = features
+        self.dnc = dnc
         self.active: dict[str, _ActiveCall] = {}
         #: Media sockets accepted and not closed yet, started or not: what ``max_calls`` bounds.
         self.streams = 0
@@ -163,6 +192,8 @@ class TwilioServer:
         self.app.router.add_post(self.paths.answer, self._answer)
         self.app.router.add_post(self.paths.status, self._status)
         self.app.router.add_get(self.paths.media, self._media)
+        self.app.router.add_post(self.paths.amd, self._amd)
+        self.app.router.add_post(self.paths.dial, self._dial_action)
 
     # ----------------------------------------------------------- lifecycle
 
@@ -227,6 +258,26 @@ class TwilioServer:
     def status_url(self, call: OutboundCall) -> str:
         return f"{self.public_base_url}{self.paths.status}?call={call.token}"
 
+    def amd_url(self, call: OutboundCall) -> str:
+        return f"{self.public_base_url}{self.paths.amd}?call={call.token}"
+
+    def dial_url(self, call: OutboundCall) -> str:
+        return f"{self.public_base_url}{self.paths.dial}?call={call.token}"
+
+    def dial_twiml(self, call: OutboundCall, request: TransferRequest) -> str:
+        """``<Dial>`` the rep, with caller id and ring timeout; its action comes back to us."""
+        from twilio.twiml.voice_response import VoiceResponse
+
+        response = VoiceResponse()
+        dial = response.dial(
+            caller_id=request.caller_id or self.settings.from_number,
+            timeout=request.timeout,
+            action=self.dial_url(call),
+            method="POST",
+        )
+        dial.number(request.number)
+        return str(response)
+
     @property
     def media_url(self) -> str:
         scheme, _, rest = self.public_base_url.partition("://")
@@ -267,6 +318,10 @@ class TwilioServer:
             campaign_id=campaign_id,
             prospect_id=prospect_id,
         )
+        amd = self.features.amd if self.features is not None else None
+        detection = machine_detection or (amd.mode if amd is not None else None)
+        if amd is not None and detection is not None:
+            call.machine_detection = MachineDetection()
         try:
             validate_e164(to, field="to")
             placed = await place_call(
@@ -276,9 +331,16 @@ class TwilioServer:
                 url=None if inline_twiml else self.answer_url(call),
                 twiml=self.twiml_for(call) if inline_twiml else None,
                 status_callback=self.status_url(call),
-                machine_detection=machine_detection or self.settings.machine_detection,
+                machine_detection=detection or self.settings.machine_detection,
+                amd_callback=self.amd_url(call) if call.machine_detection is not None else None,
+                machine_detection_timeout=amd.machine_detection_timeout if amd is not None else None,
                 ring_timeout=self.settings.ring_timeout,
+                dnc=self.dnc,
             )
+        except DoNotCallError as exc:
+            logger.warning("call to {} not placed: {}", mask_number(to), exc)
+            call.finish(CallOutcome.DO_NOT_CALL, "not placed")
+            return call
         except (InvalidNumberError, ServiceError) as exc:
             cause = exc.__cause__ if isinstance(exc, RetryExhausted) else exc
             logger.warning("call to {} not placed: {}", mask_number(to), exc)
@@ -450,7 +512,10 @@ class TwilioServer:
         finally:
             active.finished.set()
             self.active.pop(call.token, None)
-            if (not transport.ended.is_set() or transport.violation is not None) and not active.hung_up:
+            if call.transfer_pending and not call.ended and transport.violation is None:
+                # The handover line has played: the call goes to the rep, not down.
+                await self._transfer(call, transport)
+            elif (not transport.ended.is_set() or transport.violation is not None) and not active.hung_up:
                 # Our side ended the call (goodbye, error, the far end's protocol violation): hang up, then close.
                 active.hung_up = await self.hang_up(call)
             await transport.close(WSCloseCode.OK, "call ended")
@@ -472,6 +537,7 @@ class TwilioServer:
             await task.run()
         finally:
             logger.info("call {}: pipeline finished ({})", call.sid, task.finish_reason)
+            call.pipeline_finished(task.finish_reason)
             if task.finish_reason == "error":
                 call.note_failure(f"pipeline error: {task.error.error if task.error else 'unknown'}")
 
@@ -479,13 +545,18 @@ class TwilioServer:
         """Make sure the call gets its record, even if the last callback is lost."""
         if call.ended:
             return
-        task = asyncio.get_running_loop().create_task(self._await_outcome(call), name=f"outcome:{call.sid}")
+        timeout = self.outcome_timeout
+        if call.transfer_status in ("dialing", "answered") and self.features is not None:
+            # The prospect talks with the rep: the final callback comes when they are done.
+            transfer = self.features.transfer
+            timeout = transfer.timeout + transfer.max_bridge_seconds
+        task = asyncio.get_running_loop().create_task(self._await_outcome(call, timeout), name=f"outcome:{call.sid}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _await_outcome(self, call: OutboundCall) -> CallRecord:
+    async def _await_outcome(self, call: OutboundCall, timeout: float | None = None) -> CallRecord:
         try:
-            async with asyncio.timeout(self.outcome_timeout):
+            async with asyncio.timeout(self.outcome_timeout if timeout is None else timeout):
                 return await call.wait()
         except TimeoutError:
             pass
@@ -499,4 +570,82 @@ class TwilioServer:
             except (ServiceError, ConfigurationError, ValueError) as exc:
                 logger.warning("call {}: status could not be fetched: {}", call.sid, exc)
         outcome = outcome_for_status(status) or CallOutcome.ERROR
+        if outcome is CallOutcome.COMPLETED and call.conclusion is not None:
+            outcome = call.conclusion
         return call.finish(outcome, status)
+
+    # ---------------------------------------------------- AMD and transfers
+
+    async def _amd(self, request: web.Request) -> web.StreamResponse:
+        """The asynchronous AMD verdict of a call we placed."""
+        params = await self._verified(request)
+        if params is None:
+            return web.Response(status=403, text="invalid Twilio signature")
+        call = self.registry.get(request.query.get("call"))
+        if call is None:
+            logger.debug("AMD callback for a finished or unknown call {}", str(params.get("CallSid"))[:40])
+            return web.Response(status=204)
+        sid = params.get("CallSid")
+        if sid and call.sid is not None and sid != call.sid:
+            logger.warning("call {}: AMD callback names another call {!r}; refused", call.sid, sid[:40])
+            return web.Response(status=400, text="CallSid does not match the call")
+        try:
+            call.on_amd(params)
+        except ProtocolError as exc:
+            logger.warning("call {}: malformed AMD callback refused: {}", call.sid, exc)
+            return web.Response(status=400, text=str(exc))
+        return web.Response(status=204)
+
+    async def _transfer(self, call: OutboundCall, transport: TwilioTransport) -> None:
+        """Redirect the live call to ``<Dial>`` the rep (the AI leg is over)."""
+        request = call.transfer
+        assert request is not None and call.sid is not None
+        if transport.ended.is_set():
+            logger.warning("call {}: the callee hung up before the transfer", call.sid)
+            call.transfer_status = "not_answered"
+            return
+        try:
+            await self.client.redirect(call.sid, self.dial_twiml(call, request))
+        except (ServiceError, ConfigurationError) as exc:
+            logger.error("call {}: the transfer could not start: {}; hanging up", call.sid, exc)
+            call.transfer_status = "not_answered"
+            call.note_failure(f"transfer failed: {exc}")
+            await self.hang_up(call)
+            return
+        call.transfer_status = "dialing"
+        logger.info("call {}: transferring to {}", call.sid, mask_number(request.number))
+
+    async def _dial_action(self, request: web.Request) -> web.StreamResponse:
+        """The end of a transfer's ``<Dial>``: what the call does next, as TwiML."""
+        params = await self._verified(request)
+        if params is None:
+            return web.Response(status=403, text="invalid Twilio signature")
+        hang_up = '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
+        call = self.registry.get(request.query.get("call"))
+        if call is None or call.transfer is None:
+            logger.warning("Dial action for an unknown call {}: hanging up", str(params.get("CallSid"))[:40])
+            return web.Response(text=hang_up, content_type="text/xml")
+        status = params.get("DialCallStatus", "")
+        if status in ("completed", "answered"):
+            call.transfer_status = "answered"
+            call.conclude(CallOutcome.TRANSFERRED)
+            self._follow_outcome(call)
+            return web.Response(text=hang_up, content_type="text/xml")
+        if status not in ("busy", "no-answer", "failed", "canceled"):
+            logger.warning("call {}: unknown DialCallStatus {!r}: the rep was not reached", call.sid, status[:40])
+        call.transfer_status = "not_answered"
+        logger.info("call {}: the rep did not answer ({})", call.sid, status[:40] or "no status")
+        if call.ended or params.get("CallStatus") in ("completed", "canceled", "failed", "busy", "no-answer"):
+            return web.Response(text=hang_up, content_type="text/xml")
+        transfer = self.features.transfer if self.features is not None else None
+        if transfer is None or transfer.on_no_answer == TRANSFER_RESUME:
+            # Back to the bot: a new stream, which the same token may claim once more.
+            call.resumed_after = RESUMED_AFTER_TRANSFER
+            call.stream_claimed = False
+            return web.Response(text=self.twiml_for(call), content_type="text/xml")
+        from twilio.twiml.voice_response import VoiceResponse
+
+        response = VoiceResponse()
+        response.say(transfer.end_line)
+        response.hangup()
+        return web.Response(text=str(response), content_type="text/xml")
