@@ -129,7 +129,10 @@ class WarningCount:
 
     def _loguru(self, message: Any) -> None:
         text = str(message.record["message"])
-        self.counts[" ".join(text.split()[:6])[:70]] += 1
+        key = " ".join(text.split()[:6])[:70]
+        self.counts[key] += 1
+        if os.environ.get("DENSITY_DEBUG") and self.counts[key] == 1:
+            print(f"[{os.getpid()}] {text[:2000]}", file=sys.stderr, flush=True)
 
 
 def _twilio_settings(urls: dict[str, str]) -> Any:
@@ -277,7 +280,7 @@ def one_round(library: str, k: int, options: dict[str, Any]) -> dict[str, Any]:
             profiler = _py_spy(process.pid, f"{options['profile']}-{library}-k{k}")
         result = _recv(pipe, ROUND_TIMEOUT + 60)
         process.join(30)
-        lead = 0.1 if library == "vantum" else 0.02
+        lead = 0.1 if library == "vantum" else 0.04
         twilio_pipe.send(("collect", lead))
         result.update(_recv(twilio_pipe, 60))
         services_pipe.send("cpu")
@@ -379,7 +382,7 @@ def main() -> int:
                 except Exception as exc:  # one failed round must not lose the others
                     row = {"library": library, "k": k, "error": f"{type(exc).__name__}: {exc}"}
                 print(f"round {library} K={k}: {time.monotonic() - started:.0f}s "
-                      f"{ {key: row.get(key) for key in ('cpu', 'late', 'chunks', 'completed', 'error', 'end_reasons', 'spoke', 'wall')} }",
+                      f"{ {key: row.get(key) for key in ('cpu', 'late', 'chunks', 'completed', 'error', 'end_reasons', 'outcomes', 'warnings', 'wall')} }",
                       flush=True)
                 rows.append(row)
     report(rows)

@@ -195,6 +195,7 @@ def call_figures(fake: Any, *, lead: float) -> dict[str, Any]:
     for call in fake.calls.values():
         callee = call.callee
         if callee is None:
+            reasons[f"no stream: status {call.stream_status}, error {call.error_code}"] += 1
             continue
         ended += callee.ended.is_set()
         completed += callee.end_reason == "callee hung up"
@@ -227,7 +228,6 @@ def call_figures(fake: Any, *, lead: float) -> dict[str, Any]:
         "latency_mean": statistics.fmean(latencies) if latencies else None,
         "call_seconds": sum(durations),
         "end_reasons": dict(reasons),
-        "spoke": [list(map(round, s, (2, 2))) for s in callee.spoke] if fake.calls else [],
     }
 
 
