@@ -117,6 +117,7 @@ from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.services.cartesia_messages import ServerMessage, parse_server_message
 from vantum_pipeline.services.fallback_audio import fallback_audio, fallback_text
+from vantum_pipeline.services.shared_clients import shared_client
 from vantum_pipeline.services.tts_cache import CachedAudio, TTSCache, TTSCacheKey
 from vantum_pipeline.settings import Secret, load_env, optional_env, require_secret
 
@@ -352,21 +353,20 @@ class CartesiaTTSService(FrameProcessor):
     async def cleanup(self) -> None:
         self._stopping = True
         await self._close_socket()
-        if self._client is not None:
-            try:
-                await self._client.close()
-            except Exception as exc:  # closing an HTTP pool must not fail a shutdown
-                logger.debug("{}: closing the Cartesia client: {}", self.name, exc)
-            self._client = None
+        self._client = None  # shared with the process's other calls: not ours to close
 
     async def _start(self) -> None:
         from cartesia import AsyncCartesia
 
-        self._client = AsyncCartesia(
-            api_key=self.settings.api_key.reveal(),
-            base_url=self.settings.base_url,
-            websocket_base_url=self.settings.websocket_base_url,
-            max_retries=0,
+        key = self.settings.api_key.reveal()
+        self._client = shared_client(
+            ("cartesia", key, self.settings.base_url, self.settings.websocket_base_url),
+            lambda: AsyncCartesia(
+                api_key=key,
+                base_url=self.settings.base_url,
+                websocket_base_url=self.settings.websocket_base_url,
+                max_retries=0,
+            ),
         )
         self.create_task(self._watchdog(), "watchdog")
         self.create_task(self._connect_early(), "connect")

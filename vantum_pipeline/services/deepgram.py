@@ -74,6 +74,7 @@ from vantum_pipeline.frames import (
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.services.deepgram_turns import TurnAssembler, number
+from vantum_pipeline.services.shared_clients import shared_client
 from vantum_pipeline.services.stt import STTService
 from vantum_pipeline.settings import Secret, load_env, optional_env, require_secret
 
@@ -402,8 +403,10 @@ class DeepgramSTTService(STTService):
     def _open(self) -> None:
         if self._task is not None:
             return
-        self._client = AsyncDeepgramClient(
-            api_key=self.settings.api_key.reveal(), environment=self.settings.environment()
+        key = self.settings.api_key.reveal()
+        self._client = shared_client(
+            ("deepgram", key, self.settings.url),
+            lambda: AsyncDeepgramClient(api_key=key, environment=self.settings.environment()),
         )
         self._task = self.create_task(self._run(), "connection")
 
