@@ -233,7 +233,12 @@ def library_main(library: str, urls: dict[str, str], k: int, options: dict[str, 
     warnings.filterwarnings("ignore")
     logs = WarningCount()
     logs.install()
-    if library == "vantum":
+    if library in ("vantum", "base"):
+        if library == "base":  # the same program on an older checkout of the library
+            sys.path.insert(0, options["baseline"])
+        import vantum_pipeline
+
+        result_root = str(Path(vantum_pipeline.__file__).parent.parent)
         runner = run_vantum
     else:
         import density_pipecat
@@ -242,6 +247,8 @@ def library_main(library: str, urls: dict[str, str], k: int, options: dict[str, 
         density_pipecat.quiet_logs(logs)
     try:
         result = asyncio.run(runner(urls, k, options))
+        if library != "pipecat":
+            result["root"] = result_root
     except BaseException as exc:  # report, never hang the orchestrator
         result = {"error": f"{type(exc).__name__}: {exc}"}
     result["warnings"] = dict(logs.counts.most_common(4))
@@ -280,7 +287,7 @@ def one_round(library: str, k: int, options: dict[str, Any]) -> dict[str, Any]:
             profiler = _py_spy(process.pid, f"{options['profile']}-{library}-k{k}")
         result = _recv(pipe, ROUND_TIMEOUT + 60)
         process.join(30)
-        lead = 0.1 if library == "vantum" else 0.04
+        lead = 0.04 if library == "pipecat" else 0.1
         twilio_pipe.send(("collect", lead))
         result.update(_recv(twilio_pipe, 60))
         services_pipe.send("cpu")
@@ -347,6 +354,10 @@ def report(rows: list[dict[str, Any]]) -> None:
             by_k.setdefault(r["k"], {}).setdefault(r["library"], []).append(_per_call(r))
     print()
     for k, libs in sorted(by_k.items()):
+        if "vantum" in libs and "base" in libs:
+            ours = statistics.median(p["cpu_pct"] for p in libs["vantum"])
+            base = statistics.median(p["cpu_pct"] for p in libs["base"])
+            print(f"K={k}: base CPU per call / vantum's = {base / ours:.2f}x")
         if "vantum" in libs and "pipecat" in libs:
             ours = statistics.median(p["cpu_pct"] for p in libs["vantum"])
             theirs = statistics.median(p["cpu_pct"] for p in libs["pipecat"])
@@ -366,11 +377,20 @@ def main() -> int:
     parser.add_argument("--ks", default="10,50,100,200", help="concurrent calls per round, comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per K and library (alternating)")
     parser.add_argument("--only", choices=("vantum", "pipecat"), help="run one library only")
+    parser.add_argument(
+        "--baseline", help="also run 'base': vantum from this directory (e.g. a `git archive` of an older commit)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="vantum server processes (0: one per core)")
     parser.add_argument("--profile", help="py-spy raw output prefix (one file per round)")
     args = parser.parse_args()
     libraries = [args.only] if args.only else ["vantum", "pipecat"]
-    options = {"workers": args.workers or os.cpu_count() or 1, "profile": args.profile}
+    if args.baseline:
+        libraries.insert(1, "base")
+    options = {
+        "workers": args.workers or os.cpu_count() or 1,
+        "profile": args.profile,
+        "baseline": str(Path(args.baseline).resolve()) if args.baseline else None,
+    }
     rows = []
     for k in (int(x) for x in args.ks.split(",")):
         for i in range(args.repeat):
@@ -382,7 +402,7 @@ def main() -> int:
                 except Exception as exc:  # one failed round must not lose the others
                     row = {"library": library, "k": k, "error": f"{type(exc).__name__}: {exc}"}
                 print(f"round {library} K={k}: {time.monotonic() - started:.0f}s "
-                      f"{ {key: row.get(key) for key in ('cpu', 'late', 'chunks', 'completed', 'error', 'end_reasons', 'outcomes', 'warnings', 'wall')} }",
+                      f"{ {key: row.get(key) for key in ('cpu', 'late', 'chunks', 'completed', 'error', 'end_reasons', 'outcomes', 'warnings', 'wall', 'root')} }",
                       flush=True)
                 rows.append(row)
     report(rows)
