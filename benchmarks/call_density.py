@@ -61,11 +61,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import density_standins as standins  # noqa: E402
+import density_standins as standins
 
 #: How long to spread the calls' start over (seconds per call), like a dialer does.
 STAGGER = 0.02
 ROUND_TIMEOUT = 150.0
+#: What each round prints as it ends.
+ROUND_KEYS = ("cpu", "late", "chunks", "completed", "error", "end_reasons", "outcomes", "warning_count", "wall", "root")
 
 
 # ------------------------------------------------------------------ library side
@@ -204,9 +206,7 @@ async def run_vantum(urls: dict[str, str], k: int, options: dict[str, Any]) -> d
     from vantum_pipeline.transports.twilio.server import TwilioServer
 
     usage = Usage()
-    server = TwilioServer(
-        _twilio_settings(urls), vantum_factory(urls), host="127.0.0.1", port=0, max_calls=k + 10
-    )
+    server = TwilioServer(_twilio_settings(urls), vantum_factory(urls), host="127.0.0.1", port=0, max_calls=k + 10)
     async with server:
         server.public_base_url = server.local_url
         usage.start()
@@ -311,8 +311,20 @@ def _py_spy(pid: int, out: str) -> Any:
     import subprocess
 
     return subprocess.Popen(
-        ["py-spy", "record", "--pid", str(pid), "--rate", "200", "--subprocesses", "--format", "raw",
-         "--output", f"{out}.txt", "--nonblocking"],
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--subprocesses",
+            "--format",
+            "raw",
+            "--output",
+            f"{out}.txt",
+            "--nonblocking",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -335,8 +347,10 @@ def _fmt_ms(value: float | None) -> str:
 
 def report(rows: list[dict[str, Any]]) -> None:
     print()
-    print("| K | library | CPU/call (% core) | late % | eroded % | worst late ms | turn p50 ms | turn p99 ms "
-          "| MiB/call | done | warnings | stand-ins CPU s |")
+    print(
+        "| K | library | CPU/call (% core) | late % | eroded % | worst late ms | turn p50 ms | turn p99 ms "
+        "| MiB/call | done | warnings | stand-ins CPU s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r and "cpu" not in r:
@@ -401,9 +415,8 @@ def main() -> int:
                     row = one_round(library, k, options)
                 except Exception as exc:  # one failed round must not lose the others
                     row = {"library": library, "k": k, "error": f"{type(exc).__name__}: {exc}"}
-                print(f"round {library} K={k}: {time.monotonic() - started:.0f}s "
-                      f"{ {key: row.get(key) for key in ('cpu', 'late', 'chunks', 'completed', 'error', 'end_reasons', 'outcomes', 'warnings', 'wall', 'root')} }",
-                      flush=True)
+                shown = {key: row.get(key) for key in ROUND_KEYS}
+                print(f"round {library} K={k}: {time.monotonic() - started:.0f}s {shown}", flush=True)
                 rows.append(row)
     report(rows)
     return 0

@@ -130,7 +130,6 @@ async def _bot(websocket: Any, urls: dict[str, str], done: Any) -> None:
 async def run_pipecat(urls: dict[str, str], k: int, options: dict[str, Any]) -> dict[str, Any]:
     import aiohttp
     import uvicorn
-
     from call_density import Usage  # the orchestrator's module, imported by the spawned process
 
     app = FastAPI()
@@ -150,8 +149,9 @@ async def run_pipecat(urls: dict[str, str], k: int, options: dict[str, Any]) -> 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", ws="websockets"))
     serving = asyncio.ensure_future(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
+    async with asyncio.timeout(30.0):
+        while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
+            await asyncio.sleep(0.05)
     twiml = f'<Response><Connect><Stream url="ws://127.0.0.1:{port}/ws"/></Connect></Response>'
     usage = Usage()
     usage.start()

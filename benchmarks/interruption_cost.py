@@ -107,8 +107,10 @@ def main() -> int:
         rss = statistics.median(r["rss"] for r in runs) / 1024
         heap = statistics.median(r["heap"] for r in runs) / 1024
         spread = [round(r["per_processor"] * 1e6, 2) for r in runs]
-        print(f"{name}: interruption {per:.2f} us per processor (rounds {spread}), {fixed:.1f} us for 2 processors; "
-              f"memory at rest per pipeline of 6: {heap:.1f} KiB of Python heap, {rss:.1f} KiB RSS")
+        print(
+            f"{name}: interruption {per:.2f} us per processor (rounds {spread}), {fixed:.1f} us for 2 processors; "
+            f"memory at rest per pipeline of 6: {heap:.1f} KiB of Python heap, {rss:.1f} KiB RSS"
+        )
     return 0
 
 

@@ -79,9 +79,7 @@ _UP = FrameDirection.UPSTREAM
 
 #: Epoch of the frame being handled in this context; None outside handlers
 #: and in long-lived tasks.
-_handling_epoch: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "vantum_handling_epoch", default=None
-)
+_handling_epoch: contextvars.ContextVar[int | None] = contextvars.ContextVar("vantum_handling_epoch", default=None)
 
 _current_task = asyncio.current_task
 _names = itertools.count(1)
@@ -186,9 +184,11 @@ class PipelineState:
                     current.cancel()  # the interrupter was itself a stale turn task
                     break
 
-
     async def _deliver(
-        self, frame: InterruptionFrame, order: list[tuple[FrameProcessor, FrameDirection]], pending: list[FrameProcessor]
+        self,
+        frame: InterruptionFrame,
+        order: list[tuple[FrameProcessor, FrameDirection]],
+        pending: list[FrameProcessor],
     ) -> None:
         """Phase 2: each processor handles the interruption in ``order``.
 

@@ -37,7 +37,7 @@ def shared_client(key: Hashable, make: Callable[[], ClientT]) -> ClientT:
     client = clients.get(key)
     if client is None:
         client = clients[key] = make()
-    return client  # type: ignore[no-any-return]
+    return client
 
 
 def shared_client_count() -> int:
