@@ -10,7 +10,7 @@ places it and plays a scripted callee (about 20 s: it answers the greeting,
 talks three times, barges in once, hangs up), and the bot is
 
 - **vantum**: ``TwilioServer`` with the Deepgram, OpenAI and Cartesia services
-  on their SDKs (``--workers N``: N server processes on one port);
+  on their SDKs;
 - **pipecat**: pipecat-ai's Twilio serializer behind its FastAPI websocket
   transport (uvicorn), its Deepgram, OpenAI and Cartesia services, run lean
   (no metrics, no VAD model, no smart-turn model: the turn ends on Deepgram's
@@ -18,8 +18,9 @@ talks three times, barges in once, hangs up), and the bot is
 
 Both talk to the same stand-ins (Deepgram, OpenAI, Cartesia at zero latency;
 FakeTwilio and the callees), which run in two other processes so that their
-CPU is not counted. Both use 16 kHz linear PCM with the services and the same
-Deepgram endpointing. Rounds alternate between the two libraries, each in a
+CPU is not counted. Both use 16 kHz linear PCM with the services (``--audio
+phone``: 8 kHz, vantum passing μ-law through untouched) and the same Deepgram
+endpointing. Rounds alternate between the two libraries, each in a
 fresh process. Per K and library:
 
 - **CPU/call**: the library process's CPU time (all its threads and worker
@@ -131,6 +132,8 @@ class WarningCount:
 
     def _loguru(self, message: Any) -> None:
         text = str(message.record["message"])
+        if "finishing: cancel (call ended: stop)" in text:
+            return  # the callee hung up: every call ends so
         key = " ".join(text.split()[:6])[:70]
         self.counts[key] += 1
         if os.environ.get("DENSITY_DEBUG") and self.counts[key] == 1:
@@ -150,7 +153,7 @@ def _twilio_settings(urls: dict[str, str]) -> Any:
     )
 
 
-def vantum_factory(urls: dict[str, str]) -> Callable[[Any], Any]:
+def vantum_factory(urls: dict[str, str], options: dict[str, Any]) -> Callable[[Any], Any]:
     """The production pipeline of examples/twilio_outbound.py, pointed at the stand-ins."""
     from vantum_pipeline import Pipeline, PipelineTask
     from vantum_pipeline.frames import TTSSpeakFrame
@@ -163,8 +166,12 @@ def vantum_factory(urls: dict[str, str]) -> Callable[[Any], Any]:
     from vantum_pipeline.services.openai import OpenAILLMService, OpenAISettings
     from vantum_pipeline.settings import Secret
 
+    phone = options.get("audio") == "phone"
     deepgram = DeepgramSettings(
-        api_key=Secret(standins.API_KEYS["deepgram"]), url=urls["deepgram_ws"], endpointing=standins.ENDPOINTING_MS
+        api_key=Secret(standins.API_KEYS["deepgram"]),
+        url=urls["deepgram_ws"],
+        endpointing=standins.ENDPOINTING_MS,
+        **({"encoding": "mulaw", "sample_rate": 8000} if phone else {}),
     )
     openai = OpenAISettings(
         api_key=Secret(standins.API_KEYS["openai"]), base_url=urls["openai"], retry=RetryPolicy(base_delay=0.1)
@@ -173,6 +180,7 @@ def vantum_factory(urls: dict[str, str]) -> Callable[[Any], Any]:
         api_key=Secret(standins.API_KEYS["cartesia"]),
         base_url=urls["cartesia_http"],
         websocket_base_url=urls["cartesia_ws"],
+        **({"encoding": "pcm_mulaw", "sample_rate": 8000} if phone else {}),
     )
 
     async def factory(call: Any) -> Any:
@@ -204,9 +212,19 @@ def vantum_factory(urls: dict[str, str]) -> Callable[[Any], Any]:
 
 async def run_vantum(urls: dict[str, str], k: int, options: dict[str, Any]) -> dict[str, Any]:
     from vantum_pipeline.transports.twilio.server import TwilioServer
+    from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
 
     usage = Usage()
-    server = TwilioServer(_twilio_settings(urls), vantum_factory(urls), host="127.0.0.1", port=0, max_calls=k + 10)
+    # Phone audio: μ-law from Twilio straight to Deepgram, and from Cartesia straight back.
+    params = TwilioTransportParams(passthrough_input=options.get("audio") == "phone")
+    server = TwilioServer(
+        _twilio_settings(urls),
+        vantum_factory(urls, options),
+        host="127.0.0.1",
+        port=0,
+        max_calls=k + 10,
+        transport_params=params,
+    )
     async with server:
         server.public_base_url = server.local_url
         usage.start()
@@ -394,14 +412,20 @@ def main() -> int:
     parser.add_argument(
         "--baseline", help="also run 'base': vantum from this directory (e.g. a `git archive` of an older commit)"
     )
-    parser.add_argument("--workers", type=int, default=1, help="vantum server processes (0: one per core)")
+    parser.add_argument(
+        "--audio",
+        choices=("wideband", "phone"),
+        default="wideband",
+        help="wideband: 16 kHz PCM with the services (both libraries); phone: 8 kHz "
+        "(vantum: μ-law end to end, no conversion; pipecat: 8 kHz PCM, as its Twilio example)",
+    )
     parser.add_argument("--profile", help="py-spy raw output prefix (one file per round)")
     args = parser.parse_args()
     libraries = [args.only] if args.only else ["vantum", "pipecat"]
     if args.baseline:
         libraries.insert(1, "base")
     options = {
-        "workers": args.workers or os.cpu_count() or 1,
+        "audio": args.audio,
         "profile": args.profile,
         "baseline": str(Path(args.baseline).resolve()) if args.baseline else None,
     }

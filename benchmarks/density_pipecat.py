@@ -36,7 +36,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _bot(websocket: Any, urls: dict[str, str], done: Any) -> None:
+async def _bot(websocket: Any, urls: dict[str, str], done: Any, rate: int) -> None:
     from pipecat.frames.frames import TTSSpeakFrame
     from pipecat.pipeline.pipeline import Pipeline
     from pipecat.pipeline.runner import PipelineRunner
@@ -106,8 +106,8 @@ async def _bot(websocket: Any, urls: dict[str, str], done: Any) -> None:
         task = PipelineTask(
             pipeline,
             params=PipelineParams(
-                audio_in_sample_rate=16000,
-                audio_out_sample_rate=16000,
+                audio_in_sample_rate=rate,
+                audio_out_sample_rate=rate,
                 enable_metrics=False,
                 enable_usage_metrics=False,
             ),
@@ -144,7 +144,7 @@ async def run_pipecat(urls: dict[str, str], k: int, options: dict[str, Any]) -> 
     @app.websocket("/ws")
     async def media(websocket: WebSocket) -> None:
         await websocket.accept()
-        await _bot(websocket, urls, done)
+        await _bot(websocket, urls, done, 8000 if options.get("audio") == "phone" else 16000)
 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", ws="websockets"))
