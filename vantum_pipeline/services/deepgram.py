@@ -20,6 +20,14 @@ comes back into frames:
 Times (``TranscriptionFrame.timestamp``, word times) are seconds of the
 call's audio as received by this processor, across reconnections.
 
+Audio goes out frame by frame while speech is heard (from ``SpeechStarted``,
+or a local VAD's ``UserStartedSpeakingFrame``, to the end of the turn), so
+the end of a turn is never delayed; in between, in ``quiet_send_seconds``
+sends (100 ms: a fifth of the websocket messages). Everything held is sent
+before ``Finalize`` and ``CloseStream``. The SDK's websocket offers
+permessage-deflate and gives no way to turn it off: if the service accepts
+it, the audio is compressed for nothing.
+
 Connection lifecycle, one websocket per call: opened at ``StartFrame``;
 ``KeepAlive`` whenever no audio was sent for ``keepalive_interval``;
 ``Finalize`` on a local VAD's ``UserStoppedSpeakingFrame``; ``CloseStream``
