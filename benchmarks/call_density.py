@@ -348,6 +348,10 @@ def _py_spy(pid: int, out: str) -> Any:
     )
 
 
+def _measured(result: dict[str, Any]) -> bool:
+    return "cpu" in result and result.get("call_seconds", 0.0) > 0 and result.get("chunks", 0) > 0
+
+
 def _per_call(result: dict[str, Any]) -> dict[str, float]:
     seconds = max(result.get("call_seconds", 0.0), 1e-9)
     chunks = max(result.get("chunks", 0), 1)
@@ -374,6 +378,9 @@ def report(rows: list[dict[str, Any]]) -> None:
         if "error" in r and "cpu" not in r:
             print(f"| {r['k']} | {r['library']} | error: {r['error']} |")
             continue
+        if not _measured(r):
+            print(f"| {r['k']} | {r['library']} | no call got through: {r.get('end_reasons')} |")
+            continue
         p = _per_call(r)
         print(
             f"| {r['k']} | {r['library']} | {p['cpu_pct']:.2f} | {p['late_pct']:.2f} | {p['eroded_pct']:.2f} "
@@ -382,7 +389,7 @@ def report(rows: list[dict[str, Any]]) -> None:
         )
     by_k: dict[int, dict[str, list[dict[str, float]]]] = {}
     for r in rows:
-        if "cpu" in r:
+        if _measured(r):
             by_k.setdefault(r["k"], {}).setdefault(r["library"], []).append(_per_call(r))
     print()
     for k, libs in sorted(by_k.items()):
