@@ -442,7 +442,7 @@ class DeepgramSTTService(STTService):
             ("deepgram", key, self.settings.url),
             lambda: AsyncDeepgramClient(api_key=key, environment=self.settings.environment()),
         )
-        self._task = self.create_task(self._run(), "connection")
+        self._task = self.create_task(self._run(), "connection", essential=True)
 
     async def _close_gracefully(self) -> None:
         """CloseStream, then the last results, all within ``close_timeout``."""
