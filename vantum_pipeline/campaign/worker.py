@@ -126,6 +126,8 @@ class CampaignWorker:
         self._dnc_writes: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(maxsize=10_000)
         self._arq: Any = None
         self._active: set[str] = set()
+        self._main: asyncio.Task[None] | None = None
+        self._stopping = False
         self.redis_ok = False
         #: Counters for the health endpoint.
         self.started_at = time.time()
@@ -167,8 +169,11 @@ class CampaignWorker:
             loop.create_task(self._keep_alive(), name="worker-alive"),
         ]
         logger.info("worker {} taking jobs from {} (max {} at once)", self.worker_id, self.queue_name, self.max_jobs)
+        # arq keeps a job "in progress" for its whole timeout; here only while this worker renews
+        # it (_keep_alive), so the job of a worker that died runs again within a few lease ttls.
+        self._arq.in_progress_timeout_s = max(3 * self.lease_ttl, 5.0)
         try:
-            await self._arq.main()
+            await self._poll()
         finally:
             for helper in helpers:
                 helper.cancel()
@@ -176,18 +181,62 @@ class CampaignWorker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._redis.delete(Keys.worker(self.worker_id)), timeout=2.0)
             await self._arq.close()
-            for manager, _, _ in self._dialers.values():
-                try:
-                    await asyncio.wait_for(manager.__aexit__(None, None, None), timeout=10.0)
-                except Exception as exc:
-                    logger.warning("worker {}: closing a dialer failed: {}", self.worker_id, exc)
-            self._dialers.clear()
+            for campaign_id in list(self._dialers):
+                await self._close_dialer(campaign_id)
             await self._redis.aclose()
 
+    async def _poll(self) -> None:
+        """arq's poll loop, started again after Redis went away (arq's own loop ends on the first error)."""
+        from redis.exceptions import RedisError
+
+        failures = 0
+        while True:
+            loop = asyncio.get_running_loop()
+            main = loop.create_task(self._arq.main(), name="worker-poll")
+            self._main = main
+            started = loop.time()
+            try:
+                await main
+                return
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not self._stopping or (current is not None and current.cancelling()):
+                    raise
+                running = [task for task in self._arq.tasks.values() if not task.done()]
+                if running:
+                    logger.info("worker {}: waiting for {} job(s) in progress", self.worker_id, len(running))
+                    await asyncio.wait(running, timeout=self.job_timeout)
+                return
+            except (RedisError, OSError) as exc:
+                failures = 1 if loop.time() - started > 30.0 else failures + 1
+                self.redis_ok = False
+                delay = min(0.25 * 2**failures, 5.0)
+                logger.warning(
+                    "worker {}: Redis went away ({}: {}); polling again in {:.1f}s",
+                    self.worker_id,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                self._repair_arq()
+                await asyncio.sleep(delay)
+                if failures > 1000:
+                    raise
+
+    def _repair_arq(self) -> None:
+        """Give back the job places arq took for jobs it never started (its poll died in between)."""
+        running = sum(1 for task in self._arq.tasks.values() if not task.done())
+        while self._arq.job_counter > running:
+            self._arq.job_counter -= 1
+            with contextlib.suppress(ValueError):
+                self._arq.sem.release()
+
     def stop(self) -> None:
-        """Take no new job; the calls in progress finish (arq waits for them, bounded by the job timeout)."""
-        if self._arq is not None and self._arq.main_task is not None:
-            self._arq.main_task.cancel()
+        """Take no new job; :meth:`run` returns once the calls in progress ended (bounded by
+        the job timeout). Cancelling ``run()`` instead abandons them (their jobs run again elsewhere)."""
+        self._stopping = True
+        if self._main is not None:
+            self._main.cancel()
 
     def health(self) -> dict[str, Any]:
         """What ``/health`` answers, and what the worker's Redis key holds (``vantum campaign status`` sums it)."""
@@ -282,7 +331,10 @@ class CampaignWorker:
         if state == "done":
             logger.info("job {} ran before: its result is on the stream", job_id)
             return "done before"
-        dialer, dnc = await self._dialer(job.attempt.campaign_id)
+        opened = await self._dialer(job.attempt.campaign_id)
+        if opened is None:
+            return self.lease_ttl
+        dialer, dnc = opened
         if state in ("dialing", "placed"):
             owner = marker.get(b"worker", b"").decode()
             if owner != self.worker_id and await self._redis.exists(Keys.worker(owner)):
@@ -443,21 +495,47 @@ class CampaignWorker:
 
     # ------------------------------------------------------------------ per campaign
 
-    async def _dialer(self, campaign_id: str) -> tuple[Dialer, RedisDoNotCall]:
+    async def _dialer(self, campaign_id: str) -> tuple[Dialer, RedisDoNotCall] | None:
+        """The campaign's dialer, opened on first use. None: not now (another campaign's calls
+        hold this worker's server, or the dialer could not open): the job waits in the queue.
+
+        A worker serves one campaign at a time (its Twilio server has one port and one public
+        URL): a job of another campaign waits until this worker's calls of the current one ended.
+        """
         async with self._dialer_lock:
             if campaign_id in self._dialers:
                 _, dialer, dnc = self._dialers[campaign_id]
                 return dialer, dnc
+            busy = {job_id.split(":", 1)[0] for job_id in self._active} & set(self._dialers)
+            if busy:
+                return None
+            for other in list(self._dialers):
+                await self._close_dialer(other)
             raw = await self._redis.get(Keys(campaign_id).config)
             if raw is None:
                 raise BadJob(f"campaign {campaign_id!r} has no configuration in Redis (no coordinator started it)")
-            data = json.loads(raw)
-            config = parse_campaign(data["text"], Path(data.get("path", "campaign.toml")))
+            try:
+                data = json.loads(raw)
+                config = parse_campaign(data["text"], Path(data.get("path", "campaign.toml")))
+            except (ValueError, KeyError, TypeError, ConfigurationError) as exc:
+                raise BadJob(f"campaign {campaign_id!r}: its configuration in Redis is not valid: {exc}") from None
             dnc = RedisDoNotCall(self, campaign_id)
             manager = self.dialer_factory(config, dnc)
-            dialer = await manager.__aenter__()
+            try:
+                dialer = await manager.__aenter__()
+            except ConfigurationError as exc:
+                # This worker's setup, not the job's data: the job stays queued for a worker that can dial.
+                logger.error("worker {}: cannot dial for campaign {}: {}", self.worker_id, campaign_id, exc)
+                return None
             self._dialers[campaign_id] = (manager, dialer, dnc)
             return dialer, dnc
+
+    async def _close_dialer(self, campaign_id: str) -> None:
+        manager, _, _ = self._dialers.pop(campaign_id)
+        try:
+            await asyncio.wait_for(manager.__aexit__(None, None, None), timeout=10.0)
+        except Exception as exc:
+            logger.warning("worker {}: closing the dialer of campaign {} failed: {}", self.worker_id, campaign_id, exc)
 
     async def _flush_dnc(self) -> None:
         while True:
