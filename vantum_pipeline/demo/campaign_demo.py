@@ -8,6 +8,7 @@ behaving as the file's ``[simulation]`` table says::
     [simulation]
     start = "2026-03-10T10:30:00-04:00"   # the simulated clock starts here (optional)
     voices = true                          # espeak-ng voices when installed, else tones
+    speech_rate = 1.0                      # > 1: the bot's tones speak faster (short simulated calls)
     default = "books_meeting"              # persona of numbers not listed
     [simulation.personas]
     "+14155550101" = "busy_then_meeting"
@@ -55,7 +56,7 @@ vantum campaign demo: 20 simulated prospects, offline (no keys, no network)
 
 def _personas(config: CampaignConfig) -> tuple[dict[str, Persona], Persona]:
     simulation = config.simulation
-    known = {"start", "voices", "default", "personas"}
+    known = {"start", "voices", "default", "personas", "speech_rate"}
     for key in simulation:
         if key not in known:
             raise config.error(f"simulation.{key}", f"unknown setting (known here: {', '.join(sorted(known))})")
@@ -70,7 +71,14 @@ def _personas(config: CampaignConfig) -> tuple[dict[str, Persona], Persona]:
         if name not in PERSONAS:
             raise config.error(f"simulation.personas.{number}", f"unknown persona {name!r} ({', '.join(PERSONAS)})")
         personas[number] = PERSONAS[name]
+    rate = simulation.get("speech_rate", 1.0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.25 <= rate <= 10:
+        raise config.error("simulation.speech_rate", f"must be a number from 0.25 to 10, got {rate!r}")
     return personas, PERSONAS[default_name]
+
+
+def _speech_rate(config: CampaignConfig) -> float:
+    return float(config.simulation.get("speech_rate", 1.0))
 
 
 def _clock(config: CampaignConfig) -> Clock:
@@ -103,7 +111,7 @@ async def run_fake(
         config: CampaignConfig, dnc: StoreDoNotCall, clock: Clock, on_event: EventCallback
     ) -> AsyncIterator[Dialer]:
         used = {**{number: p for number, p in personas.items()}, "(default)": default}
-        async with SimulatedWorld(used, voices=voices) as world:
+        async with SimulatedWorld(used, voices=voices, speech_rate=_speech_rate(config)) as world:
             services = world.services(config.caller_id)
             recordings = config.resolved_folder() / "recordings"
             phone = PhoneDialer(
@@ -143,7 +151,8 @@ def fake_worker_dialers(
         personas, default = _personas(config)
         voices = config.simulation.get("voices", True)
         used = {**personas, "(default)": default}
-        async with SimulatedWorld(used, voices=bool(voices), shared_twilio=shared) as world:
+        world = SimulatedWorld(used, voices=bool(voices), shared_twilio=shared, speech_rate=_speech_rate(config))
+        async with world:
             services = world.services(config.caller_id)
             phone = PhoneDialer(
                 config,

@@ -280,10 +280,18 @@ class SimulatedWorld:
         voices: bool = True,
         ring_seconds: float = 1.0,
         shared_twilio: TwilioSettings | None = None,
+        linger: float = 8.0,
+        speech_rate: float = 1.0,
     ) -> None:
+        if speech_rate <= 0:
+            raise ValueError(f"speech_rate must be > 0, got {speech_rate}")
         self.personas = dict(personas)
         self.voices = voices
         self.ring_seconds = ring_seconds
+        #: Seconds an answered prospect stays on the line after its last words (unless the bot hangs up first).
+        self.linger = linger
+        #: How much faster than the tones' natural pace the bot speaks (tones only, not espeak-ng voices).
+        self.speech_rate = speech_rate
         self.shared_twilio = shared_twilio
         everyone = [*PERSONAS.values(), *self.personas.values()]
         texts = [line.text for p in everyone for line in p.lines]
@@ -296,7 +304,7 @@ class SimulatedWorld:
         self.cartesia: Any = None
 
     async def __aenter__(self) -> SimulatedWorld:
-        from vantum_pipeline.testing.cartesia import FakeCartesia
+        from vantum_pipeline.testing.cartesia import FakeCartesia, ToneSynthesizer
         from vantum_pipeline.testing.deepgram import FakeDeepgram
         from vantum_pipeline.testing.openai import FakeOpenAI
         from vantum_pipeline.testing.twilio import CalleeBehaviour, FakeTwilio
@@ -305,7 +313,10 @@ class SimulatedWorld:
         synthesizer = await asyncio.to_thread(_bot_synthesizer, self.voices)
         self.deepgram = FakeDeepgram(recognizer=MarkedLineRecognizer(self.catalog))
         self.openai = FakeOpenAI(responder=CampaignResponder())
-        self.cartesia = FakeCartesia(synthesizer=synthesizer) if synthesizer is not None else FakeCartesia()
+        if synthesizer is None:
+            rate = self.speech_rate
+            synthesizer = ToneSynthesizer(seconds_per_char=0.065 / rate, word_gap=0.08 / rate, sentence_gap=0.25 / rate)
+        self.cartesia = FakeCartesia(synthesizer=synthesizer)
         fakes = [self.deepgram, self.openai, self.cartesia]
         if self.shared_twilio is None:
             self.twilio = FakeTwilio(default=CalleeBehaviour(outcome="no-answer", ring_seconds=self.ring_seconds))
@@ -364,7 +375,7 @@ class SimulatedWorld:
                 steps += [Listen(quiet=0.5, timeout=20.0), Say(audio)]
             else:
                 steps.append(BargeIn(audio, after=line.over_bot, timeout=20.0))
-        steps += [Listen(quiet=0.8, timeout=20.0), Pause(8.0), HangUp()]
+        steps += [Listen(quiet=0.8, timeout=20.0), Pause(self.linger), HangUp()]
         self.twilio.behave(number, outcome=None, ring_seconds=self.ring_seconds, script=steps, max_seconds=90.0)
 
 
