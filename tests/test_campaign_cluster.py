@@ -188,3 +188,52 @@ async def test_a_poison_job_fails_alone(redis_server: Any, tmp_path: Path) -> No
         attempts = {a["prospect_id"]: a for a in store.attempts(config.id)}
         assert attempts[numbers[1]]["outcome"] == "error" and "bad job" in attempts[numbers[1]]["notes"]
         assert attempts[numbers[0]]["outcome"] == "completed"
+
+
+async def test_a_coordinator_stopped_mid_campaign_resumes_without_a_second_dial(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    """The coordinator is cancelled with jobs queued, running and with results unread; a new one
+    on the same store adopts them: every attempt is dialled once and recorded once."""
+    numbers = [f"+1415555{i:04d}" for i in range(40)]
+    path = write_campaign(tmp_path, numbers)
+    config = load_campaign(path)
+    dials: list[tuple[str, str]] = []
+    line = ScriptedLine(dials, hold=0.2)
+
+    def dispatcher() -> RedisDispatcher:
+        return RedisDispatcher(
+            redis_server.url, campaign_id=config.id, config_text=path.read_text(), config_path=str(path),
+            max_outstanding=8,
+        )  # fmt: skip
+
+    def runner_for(store: CampaignStore, remote: RedisDispatcher) -> CampaignRunner:
+        runner = CampaignRunner(
+            config, store, line, clock=FrozenClock(TUESDAY_MORNING), dispatcher=remote, poll_interval=0.05,
+            idle_exit=0.0, write_records=False,
+        )  # fmt: skip
+        remote.bind(runner, dnc=runner.dnc)
+        return runner
+
+    async with workers(redis_server.url, line, 2):
+        with CampaignStore(tmp_path / "store.db") as store:
+            prepare_campaign(config, store)
+            async with dispatcher() as first:
+                run = asyncio.get_running_loop().create_task(runner_for(store, first).run())
+                async with asyncio.timeout(30):
+                    while len(dials) < 12:  # noqa: ASYNC110 - the dials are a plain list
+                        await asyncio.sleep(0.01)
+                run.cancel()  # abandoned: jobs with the workers, results on the stream unread
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+            left_open = len(store.open_attempts(config.id))
+            assert left_open > 0, "the coordinator stopped with nothing open: the test tested nothing"
+        with CampaignStore(tmp_path / "store.db") as store:
+            async with dispatcher() as second:
+                summary = await asyncio.wait_for(runner_for(store, second).run(), 60)
+            assert summary.reason == "finished"
+            attempts = store.attempts(config.id)
+    job_ids = [job_id for job_id, _ in dials]
+    assert len(job_ids) == len(set(job_ids)), "an attempt was dialled twice"
+    assert len(attempts) == len(dials) == 40
+    assert all(a["state"] == "ended" for a in attempts)

@@ -30,8 +30,8 @@ import pytest
 
 pytest.importorskip("arq", reason="the redis extra is not installed")
 
-from vantum_pipeline.campaign import CampaignStore  # noqa: E402
-from vantum_pipeline.demo.campaign_world import PERSONAS, SimulatedWorld  # noqa: E402
+from vantum_pipeline.campaign import CampaignStore
+from vantum_pipeline.demo.campaign_world import PERSONAS, SimulatedWorld
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
@@ -73,7 +73,7 @@ def write_campaign(folder: Path) -> tuple[Path, dict[str, str]]:
     (folder / "prospects.csv").write_text("\n".join(rows) + "\n")
     path = folder / "campaign.toml"
     path.write_text(
-        f"""
+        """
 [campaign]
 name = "Cluster"
 id = "cluster"
@@ -93,8 +93,8 @@ calls_per_second = 20
 max_call_seconds = 60
 
 [rules.outcomes]
-busy = {{ action = "retry", delay_seconds = 1, max_attempts = 2 }}
-no_answer = {{ action = "retry", delay_seconds = 1, max_attempts = 2 }}
+busy = { action = "retry", delay_seconds = 1, max_attempts = 2 }
+no_answer = { action = "retry", delay_seconds = 1, max_attempts = 2 }
 
 [simulation]
 start = "2026-12-08T10:30:00-05:00"
@@ -132,6 +132,15 @@ async def wait_for(predicate: Any, within: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``vantum ARGS`` in a process of its own, its output in ``log``."""
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "vantum_pipeline", *args, "--log-level", "WARNING"],
+            env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
 def health(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
         return dict(json.load(response))
@@ -155,26 +164,20 @@ async def test_a_campaign_on_three_workers_survives_a_killed_worker_and_a_redis_
             "TWILIO_AUTH_TOKEN": twilio.auth_token,
             "REDIS_URL": redis_server.url,
         }
-        logs = [(tmp_path / f"worker{i}.log").open("w") for i in range(WORKERS)]
         ports = [free_port() for _ in range(WORKERS)]
         health_ports = [free_port() for _ in range(WORKERS)]
         workers = [
-            subprocess.Popen(
-                [
-                    sys.executable, "-m", "vantum_pipeline", "worker", "--fake",
-                    "--port", str(ports[i]), "--health-port", str(health_ports[i]), "--worker-id", f"w{i}",
-                    "--max-jobs", str(JOBS_PER_WORKER), "--max-calls", str(CALL_CAP), "--calls-per-second", "20",
-                    "--lease-ttl", str(LEASE_TTL), "--log-level", "WARNING",
-                ],
-                env=env, cwd=tmp_path, stdout=logs[i], stderr=subprocess.STDOUT,
+            spawn(
+                ["worker", "--fake", "--port", str(ports[i]), "--health-port", str(health_ports[i]),
+                 "--worker-id", f"w{i}", "--max-jobs", str(JOBS_PER_WORKER), "--max-calls", str(CALL_CAP),
+                 "--calls-per-second", "20", "--lease-ttl", str(LEASE_TTL)],
+                env, tmp_path / f"worker{i}.log",
             )
             for i in range(WORKERS)
         ]  # fmt: skip
-        coordinator_log = (tmp_path / "coordinator.log").open("w")
-        coordinator = subprocess.Popen(
-            [sys.executable, "-m", "vantum_pipeline", "campaign", "run", str(path), "--fake", "--redis",
-             "--plain", "--exit-when-idle", "60", "--log-level", "WARNING"],
-            env=env, cwd=tmp_path, stdout=coordinator_log, stderr=subprocess.STDOUT,
+        coordinator = spawn(
+            ["campaign", "run", str(path), "--fake", "--redis", "--plain", "--exit-when-idle", "60"],
+            env, tmp_path / "coordinator.log",
         )  # fmt: skip
         killed: int | None = None
         try:
@@ -199,7 +202,7 @@ async def test_a_campaign_on_three_workers_survives_a_killed_worker_and_a_redis_
             await twilio.wait_ended(within=60)
             survivors = [health(health_ports[i]) for i in range(WORKERS) if i != killed]
         finally:
-            for i, worker in enumerate(workers):
+            for worker in workers:
                 if worker.poll() is None:
                     worker.send_signal(signal.SIGTERM)
             for worker in workers:
@@ -209,8 +212,6 @@ async def test_a_campaign_on_three_workers_survives_a_killed_worker_and_a_redis_
                     worker.kill()
             if coordinator.poll() is None:
                 coordinator.kill()
-            for log in [*logs, coordinator_log]:
-                log.close()
         output = (tmp_path / "coordinator.log").read_text()
         assert code == 0, output[-3000:]
         calls = list(twilio.calls.values())

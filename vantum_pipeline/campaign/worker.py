@@ -399,14 +399,6 @@ class CampaignWorker:
             record = AttemptRecord(outcome="error", notes=f"{type(exc).__name__}: {exc}"[:200])
         finally:
             self.running -= 1
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hincrby(keys.metrics, f"outcome:{record.outcome}", 1)
-                pipe.hincrby(keys.metrics, "calls", 1)
-                pipe.hincrbyfloat(keys.metrics, "spend_usd", float(record.cost))
-                await pipe.execute()
-        except Exception as exc:  # counters only: the result itself is reported with retries
-            logger.warning("job {}: metrics not counted: {}", job_id, exc)
         return record
 
     async def _report_finished(self, keys: Keys, job_id: str, job_text: str, record: AttemptRecord) -> None:
@@ -422,6 +414,14 @@ class CampaignWorker:
         # Lost only if Redis stays away past the policy: the marker then still says dialing/placed,
         # and the job's next run reconciles the call through Twilio.
         await with_redis(write, what="result")
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hincrby(keys.metrics, f"outcome:{record.outcome}", 1)
+                pipe.hincrbyfloat(keys.metrics, "spend_usd", float(record.cost))
+                pipe.set(Keys.worker(self.worker_id), json.dumps(self.health()), px=int(self.lease_ttl * 1000))
+                await pipe.execute()
+        except Exception as exc:  # counters only: the result itself is on the stream
+            logger.warning("job {}: metrics not counted: {}", job_id, exc)
 
     async def _recover(self, job: CallJob, marker: dict[bytes, bytes], dialer: Dialer) -> AttemptRecord | None:
         """The attempt's last worker died: settle it through Twilio. None: it was never placed."""
