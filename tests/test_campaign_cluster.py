@@ -231,7 +231,7 @@ async def test_a_coordinator_stopped_mid_campaign_resumes_without_a_second_dial(
         with CampaignStore(tmp_path / "store.db") as store:
             async with dispatcher() as second:
                 summary = await asyncio.wait_for(runner_for(store, second).run(), 60)
-            assert summary.reason == "finished"
+            assert summary.reason in ("finished", "waiting")  # waiting: busy numbers retry in 15 minutes
             attempts = store.attempts(config.id)
     job_ids = [job_id for job_id, _ in dials]
     assert len(job_ids) == len(set(job_ids)), "an attempt was dialled twice"

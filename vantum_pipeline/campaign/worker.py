@@ -298,15 +298,23 @@ class CampaignWorker:
             except BadJob as exc:
                 await self._refuse(job_id, exc)
                 raise
+            except ServiceError as exc:  # Twilio cannot say what became of the last worker's call
+                logger.warning("job {}: reconciliation failed ({}); back to the queue, not dialled", job_id, exc)
+                raise Retry(defer=30.0) from None
             except Exception as exc:
-                if not is_connection_error(exc):
-                    raise
-                logger.warning("job {}: Redis unreachable before the dial ({}); back to the queue", job_id, exc)
-                raise Retry(defer=1.0) from None
-            if isinstance(prepared, float):
-                raise Retry(defer=prepared)
+                if is_connection_error(exc):
+                    logger.warning("job {}: Redis unreachable before the dial ({}); back to the queue", job_id, exc)
+                    raise Retry(defer=1.0) from None
+                # Our bug, not the job's: logged, and reported so that the coordinator is not left waiting.
+                logger.opt(exception=exc).error("worker {}: job {} failed before its dial", self.worker_id, job_id)
+                note = f"worker error before the dial: {type(exc).__name__}: {exc}"
+                record = AttemptRecord("error", notes=note[:300])
+                await self._report_finished(Keys(job.attempt.campaign_id), job_id, encode_job(job), record)
+                raise
             if isinstance(prepared, str):
                 return prepared
+            if not isinstance(prepared, tuple):
+                raise Retry(defer=float(prepared))
             lease, dialer, dnc = prepared
             keys = Keys(job.attempt.campaign_id)
             async with self._leases_of().keep(lease):
