@@ -214,13 +214,15 @@ class RedisDispatcher:
 
     async def _consume(self) -> None:
         """Read the result stream for as long as the dispatcher lives; cancel to stop."""
-        backlog = True  # first what this consumer read and did not acknowledge before a restart
+        # First what this consumer read and did not acknowledge before a restart (from ``cursor``
+        # on, so that an entry that cannot be recorded is passed over, not read in a loop).
+        backlog, cursor = True, "0"
         while True:
             try:
                 reply = await self._pool.xreadgroup(
                     GROUP,
                     self.consumer,
-                    {self.keys.results: "0" if backlog else ">"},
+                    {self.keys.results: cursor if backlog else ">"},
                     count=100,
                     block=None if backlog else int(self.read_block * 1000),
                 )
@@ -238,16 +240,27 @@ class RedisDispatcher:
                 if "NOGROUP" in str(exc):  # the stream went away with a Redis that lost its data
                     with contextlib.suppress(Exception):
                         await self._ensure_group()
-                backlog = True  # read again what was delivered and not acknowledged
+                backlog, cursor = True, "0"  # read again what was delivered and not acknowledged
                 continue
             entries = reply[0][1] if reply else []
-            if backlog and not entries:
-                backlog = False
-                continue
-            for entry_id, fields in entries:
-                await self._handle(entry_id, fields)
+            if backlog:
+                if not entries:
+                    backlog = False
+                    continue
+                last = entries[-1][0]
+                cursor = last.decode() if isinstance(last, bytes) else str(last)
+            done = [entry_id for entry_id, fields in entries if await self._handle(entry_id, fields)]
+            if done:
+                await self._ack(done)
 
-    async def _handle(self, entry_id: Any, fields: dict[Any, Any]) -> None:
+    async def _ack(self, entry_ids: list[Any]) -> None:
+        try:
+            await with_redis(functools.partial(self._pool.xack, self.keys.results, GROUP, *entry_ids), what="ack")
+        except Exception as exc:  # read again later: the store ignores a result recorded twice
+            logger.warning("campaign {}: {} result(s) not acknowledged: {}", self.keys.campaign_id, len(entry_ids), exc)
+
+    async def _handle(self, entry_id: Any, fields: dict[Any, Any]) -> bool:
+        """Record one result; False when it must stay unacknowledged (read again after a restart)."""
         self.events_read += 1
         try:
             kind, event = decode_event(fields)
@@ -255,13 +268,9 @@ class RedisDispatcher:
         except BadJob as exc:
             logger.error("campaign {}: result {} refused: {}", self.keys.campaign_id, entry_id, exc)
         except Exception as exc:
-            # Not acknowledged: read again after a restart. Logged, and the loop goes on.
             logger.opt(exception=exc).error("campaign {}: recording result {} failed", self.keys.campaign_id, entry_id)
-            return
-        try:
-            await with_redis(lambda: self._pool.xack(self.keys.results, GROUP, entry_id), what="ack")
-        except Exception as exc:  # read again later: the store ignores a result recorded twice
-            logger.warning("campaign {}: result {} not acknowledged: {}", self.keys.campaign_id, entry_id, exc)
+            return False
+        return True
 
     async def _apply(self, kind: str, event: dict[str, str]) -> None:
         if self.sink is None:
