@@ -237,3 +237,38 @@ async def test_a_coordinator_stopped_mid_campaign_resumes_without_a_second_dial(
     assert len(job_ids) == len(set(job_ids)), "an attempt was dialled twice"
     assert len(attempts) == len(dials) == 40
     assert all(a["state"] == "ended" for a in attempts)
+
+
+def test_worker_options_flags_win_over_the_environment() -> None:
+    from vantum_pipeline.campaign.cluster_command import WorkerOptions, parse_service_limits
+    from vantum_pipeline.errors import ConfigurationError
+
+    env = {"CLUSTER_MAX_CALLS": "40", "CLUSTER_CALLS_PER_SECOND": "2.5", "WORKER_MAX_JOBS": "7"}
+    options = WorkerOptions.from_env(
+        "redis://r:6379/0", env, max_calls=None, max_jobs=3, service_limits=parse_service_limits(["cartesia=20"])
+    )
+    assert (options.max_calls, options.max_jobs, options.calls_per_second) == (40, 3, 2.5)
+    assert options.limits == {"calls": 40, "deepgram": 50, "cartesia": 20}  # Deepgram's 50 by default
+    with pytest.raises(ConfigurationError, match="'deepgram=none'"):
+        parse_service_limits(["deepgram=none"])
+    with pytest.raises(ConfigurationError, match="CLUSTER_MAX_CALLS"):
+        WorkerOptions.from_env("redis://r:6379/0", {"CLUSTER_MAX_CALLS": "lots"})
+
+
+def test_vantum_worker_names_what_is_missing(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TWILIO_API_BASE_URL")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    run = subprocess.run(
+        [sys.executable, "-m", "vantum_pipeline", "worker"], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2 and "REDIS_URL" in run.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "vantum_pipeline", "worker", "--fake", "--redis", "redis://127.0.0.1:1/0"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2 and "TWILIO_API_BASE_URL" in run.stderr

@@ -201,6 +201,11 @@ async def test_a_campaign_on_three_workers_survives_a_killed_worker_and_a_redis_
             code = await asyncio.to_thread(coordinator.wait, 400)
             await twilio.wait_ended(within=60)
             survivors = [health(health_ports[i]) for i in range(WORKERS) if i != killed]
+            status = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "vantum_pipeline", "campaign", "status", str(path), "--fake", "--redis"],
+                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
         finally:
             for worker in workers:
                 if worker.poll() is None:
@@ -250,6 +255,11 @@ async def test_a_campaign_on_three_workers_survives_a_killed_worker_and_a_redis_
     peak = peak_concurrency(calls)
     assert peak <= CALL_CAP, f"{peak} calls in progress at once; the cluster's cap is {CALL_CAP}"
     assert peak >= CALL_CAP - 2, f"the workers never came near the cap ({peak}): the test did not load it"
+
+    # `campaign status --redis`: the store's counts, and the live workers' summed.
+    assert status.returncode == 0, status.stderr
+    assert f"workers       {WORKERS - 1} alive" in status.stdout, status.stdout
+    assert "in progress   0" in status.stdout
 
     # The killed worker's call was settled by another worker through Twilio, not redialled.
     assert sum(h["reconciled"] for h in survivors) >= 1, survivors

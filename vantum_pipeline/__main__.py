@@ -255,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         except KeyboardInterrupt:
             return 130
+        except Exception as exc:
+            from vantum_pipeline.campaign.redis_link import is_connection_error
+
+            if not is_connection_error(exc):
+                raise
+            print(f"vantum worker: cannot reach Redis: {exc}", file=sys.stderr)
+            return 1
     if args.command == "campaign":
         try:
             return _campaign(args)

@@ -126,6 +126,13 @@ async def run_fake(
     )
 
 
+_SHARED_TWILIO_NEEDED = (
+    "a simulated cluster needs one FakeTwilio that the coordinator and every worker share: start one "
+    "(python -m vantum_pipeline.testing twilio --port 8099) and set TWILIO_API_BASE_URL, "
+    "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN for all of them"
+)
+
+
 def _shared_twilio(env: Mapping[str, str] | None = None) -> TwilioSettings | None:
     """The FakeTwilio every machine of a simulated cluster shares, when ``TWILIO_API_BASE_URL`` names one."""
     if optional_env(load_env(env), "TWILIO_API_BASE_URL") is None:
@@ -140,11 +147,12 @@ def fake_worker_dialers(
 
     Deepgram, OpenAI and Cartesia are stand-ins in this process. Twilio is the
     FakeTwilio that ``TWILIO_API_BASE_URL`` (with ``TWILIO_ACCOUNT_SID`` and
-    ``TWILIO_AUTH_TOKEN``) names, shared with the coordinator and the other
-    workers, whose phones behave as it was told; without it, a FakeTwilio of
-    this worker's own whose phones follow the campaign's ``[simulation]`` table.
+    ``TWILIO_AUTH_TOKEN``) names, shared with the coordinator (which reconciles
+    through it) and the other workers; its phones behave as it was told.
     """
     shared = _shared_twilio(env)
+    if shared is None:
+        raise ConfigurationError(_SHARED_TWILIO_NEEDED)
 
     @contextlib.asynccontextmanager
     async def factory(config: CampaignConfig, dnc: DoNotCall) -> AsyncIterator[Dialer]:
@@ -182,11 +190,7 @@ async def run_fake_coordinator(
     """``vantum campaign run --fake --redis URL``: the simulated campaign's coordinator; its
     workers (``vantum worker --fake``) place the calls on the FakeTwilio all of them share."""
     if _shared_twilio(env) is None:
-        raise ConfigurationError(
-            "--fake with --redis needs the FakeTwilio the workers share: start one "
-            "(python -m vantum_pipeline.testing twilio --port 8099) and set TWILIO_API_BASE_URL, "
-            "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN for the coordinator and every worker"
-        )
+        raise ConfigurationError(_SHARED_TWILIO_NEEDED)
     _personas(config)  # the [simulation] table is checked before anything starts
     config = simulated(config)
     return await run_campaign(
