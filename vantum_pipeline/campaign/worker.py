@@ -64,6 +64,8 @@ DialerFactory = Callable[[CampaignConfig, "RedisDoNotCall"], AbstractAsyncContex
 #: A retry because the cluster is full is not a failure: the job may wait a long time.
 _MAX_TRIES = 1_000_000
 _MARKER_TTL = 7 * 24 * 3600
+#: Seconds after a dial marker within which its worker may still be placing the call (REST retries included).
+_PLACING_WINDOW = 60.0
 
 
 class RedisDoNotCall:
@@ -349,7 +351,11 @@ class CampaignWorker:
                 logger.info("job {}: worker {} is still on it; waiting", job_id, owner)
                 return self.lease_ttl
             recovered = await self._recover(job, marker, dialer)
+            if isinstance(recovered, float):
+                return recovered
             if recovered is not None:
+                if await self._reported_by_owner(keys, job_id):
+                    return "done by its worker"
                 self.reconciled += 1
                 await self._report_finished(keys, job_id, encode_job(job), recovered)
                 return recovered.outcome
@@ -431,17 +437,37 @@ class CampaignWorker:
         except Exception as exc:  # counters only: the result itself is on the stream
             logger.warning("job {}: metrics not counted: {}", job_id, exc)
 
-    async def _recover(self, job: CallJob, marker: dict[bytes, bytes], dialer: Dialer) -> AttemptRecord | None:
-        """The attempt's last worker died: settle it through Twilio. None: it was never placed."""
+    async def _reported_by_owner(self, keys: Keys, job_id: str) -> bool:
+        """Whether the worker that placed the call reports it after all, within a few lease ttls.
+
+        A worker cut off from Redis for longer than its lease ttl (a slow restart) looks dead
+        but may still run its call: its own result (the conversation's) beats a reconciled one.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3 * self.lease_ttl
+        while loop.time() < deadline:
+            if await self._redis.hget(keys.dial(job_id), "state") == b"done":
+                logger.info("job {}: its worker reported the call itself", job_id)
+                return True
+            await asyncio.sleep(min(0.5, self.lease_ttl / 3))
+        return False
+
+    async def _recover(self, job: CallJob, marker: dict[bytes, bytes], dialer: Dialer) -> AttemptRecord | float | None:
+        """The attempt's last worker died: settle it through Twilio. None: it was never placed
+        (dial now); a float: too early to say (wait that long)."""
         job_id = job.job_id
         sid = marker.get(b"sid", b"").decode() or None
         if sid is None:
-            since = float(marker.get(b"at", b"0") or 0) - 60.0
+            at = float(marker.get(b"at", b"0") or 0)
+            since = at - 60.0
             found = await self._ask(lambda: dialer.find_calls(job.number, since))
             # Calls of the prospect's earlier attempts may be in the window too: they are not this one.
             earlier = await self._earlier_sids(job)
             found = [call for call in found if call.sid not in earlier]
             if not found:
+                if time.time() - at < _PLACING_WINDOW:
+                    # A worker cut off from Redis may still be placing it (REST retries): not yet.
+                    return _PLACING_WINDOW / 4
                 logger.info("job {}: its last worker died before placing the call: dialling now", job_id)
                 return None
             sid = found[-1].sid
