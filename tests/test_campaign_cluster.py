@@ -272,3 +272,70 @@ def test_vantum_worker_names_what_is_missing(tmp_path: Path) -> None:
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert run.returncode == 2 and "TWILIO_API_BASE_URL" in run.stderr
+
+
+@pytest.mark.parametrize("owner_finishes", [True, False], ids=["owner-alive", "owner-dead"])
+async def test_a_job_another_worker_placed_is_never_redialled(
+    redis_server: Any, tmp_path: Path, owner_finishes: bool
+) -> None:
+    """A job whose marker says another worker placed the call (its job ran again, as after an
+    in-progress key lapsed): while that worker lives, the job waits and the worker's own result
+    is recorded; once it is dead, Twilio is asked (the call completed → interrupted) and the
+    retry is a new attempt. Attempt 1 is never dialled again."""
+    import redis.asyncio as redis_asyncio
+
+    from vantum_pipeline.campaign.jobs import encode_event, encode_record
+
+    number = "+14155550105"
+    path = write_campaign(tmp_path, [number])
+    config = load_campaign(path)
+    dials: list[tuple[str, str]] = []
+    line = ScriptedLine(dials)
+    with CampaignStore(tmp_path / "store.db") as store:
+        prepare_campaign(config, store)
+        claimed = store.claim(config.id, number, TUESDAY_MORNING.timestamp())
+        assert claimed is not None
+        store.placed(claimed, "CA" + "1" * 32)
+        client = redis_asyncio.Redis.from_url(redis_server.url)
+        keys = Keys(config.id)
+        await client.hset(keys.dial(claimed.job_id), mapping={"state": "placed", "sid": "CA" + "1" * 32,
+                                                               "worker": "ghost", "at": "0"})  # fmt: skip
+        await client.set(Keys.worker("ghost"), "{}", px=30_000 if owner_finishes else 1500)
+
+        async def ghost_finishes() -> None:
+            await asyncio.sleep(8.0)  # later than a reconciliation would wait for a worker that looks dead
+            record = AttemptRecord("meeting_booked", call_sid="CA" + "1" * 32, duration=30.0)
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.xadd(keys.results, encode_event("finished", claimed.job_id, "", record=encode_record(record)))
+                pipe.hset(keys.dial(claimed.job_id), mapping={"state": "done"})
+                await pipe.execute()
+
+        async with RedisDispatcher(
+            redis_server.url, campaign_id=config.id, config_text=path.read_text(), max_outstanding=4
+        ) as dispatcher:
+            from arq import create_pool
+            from arq.connections import RedisSettings
+
+            pool = await create_pool(RedisSettings.from_dsn(redis_server.url))
+            await pool.enqueue_job("place_call", encode_job(CallJob(claimed)), _job_id=claimed.job_id,
+                                   _queue_name=Keys.QUEUE)  # fmt: skip
+            await pool.aclose()
+            async with workers(redis_server.url, line, 1):
+                runner = CampaignRunner(config, store, line, clock=FrozenClock(TUESDAY_MORNING), dispatcher=dispatcher,
+                                        poll_interval=0.05, idle_exit=0.0, write_records=False)  # fmt: skip
+                dispatcher.bind(runner, dnc=runner.dnc)
+                async with asyncio.TaskGroup() as group:
+                    if owner_finishes:
+                        group.create_task(ghost_finishes())
+                    summary = await asyncio.wait_for(runner.run(), 60)
+        await client.aclose()
+        attempts = sorted(store.attempts(config.id), key=lambda a: a["attempt"])
+    assert summary.reconciled == 0  # adopted: the workers settled it, not the coordinator
+    assert attempts[0]["call_sid"] == "CA" + "1" * 32
+    if owner_finishes:
+        assert dials == [], "a call was placed while the worker that owned the attempt was alive"
+        assert [a["outcome"] for a in attempts] == ["meeting_booked"]
+    else:
+        assert [job_id for job_id, _ in dials] == [f"{config.id}:{number}:2"], "attempt 1 was dialled again"
+        assert attempts[0]["outcome"] == "interrupted" and "worker was lost" in attempts[0]["notes"]
+        assert attempts[1]["outcome"] == "completed"
