@@ -30,6 +30,10 @@ reconciles it. Redis unreachable (a restart): connections reconnect, and the
 writes that matter are retried under the shared retry policy
 (:mod:`.redis_link`); a job that cannot reach Redis before it dials goes back
 to the queue.
+
+Built on arq 0.28's ``Worker``: besides its public options, this module sets
+its in-progress timeout and, when arq's poll loop died on a Redis error, gives
+back the job places the loop had taken for jobs it never started.
 """
 
 from __future__ import annotations
