@@ -44,6 +44,7 @@ from vantum_pipeline.campaign.phone import PhoneDialer, ServiceSettings
 from vantum_pipeline.campaign.store import AttemptRecord
 from vantum_pipeline.services.offline.word_accuracy import normalize_words
 from vantum_pipeline.settings import Secret
+from vantum_pipeline.telephony.settings import TwilioSettings
 from vantum_pipeline.testing.callee import BargeIn, Dtmf, HangUp, Listen, Pause, Say
 from vantum_pipeline.testing.offline import ScriptedResponder
 from vantum_pipeline.testing.openai_wire import Reply, ToolCall
@@ -298,7 +299,14 @@ def _callback_time(words: str, description: str) -> str | None:
 
 
 class SimulatedWorld:
-    """The stand-ins and the prospects' phones; ``async with``."""
+    """The stand-ins and the prospects' phones; ``async with``.
+
+    With ``shared_twilio`` (the settings of a FakeTwilio that several
+    machines share, as the workers of a campaign on many machines do), no
+    FakeTwilio is started here and the phones behave as that one was told;
+    the callee lines' marker tones are the same in every process (the
+    catalog holds every persona's lines, in ``PERSONAS`` order).
+    """
 
     def __init__(
         self,
@@ -306,13 +314,24 @@ class SimulatedWorld:
         *,
         voices: bool = True,
         ring_seconds: float = 1.0,
+        shared_twilio: TwilioSettings | None = None,
         rep_seconds: float = 4.0,
+        linger: float = 8.0,
+        speech_rate: float = 1.0,
     ) -> None:
+        if speech_rate <= 0:
+            raise ValueError(f"speech_rate must be > 0, got {speech_rate}")
         self.personas = dict(personas)
         self.voices = voices
         self.ring_seconds = ring_seconds
+        #: Seconds an answered prospect stays on the line after its last words (unless the bot hangs up first).
+        self.linger = linger
+        #: How much faster than the tones' natural pace the bot speaks (tones only, not espeak-ng voices).
+        self.speech_rate = speech_rate
+        self.shared_twilio = shared_twilio
         self.rep_seconds = rep_seconds
-        texts = [line.text for p in self.personas.values() for line in p.lines if not line.keys]
+        everyone = [*PERSONAS.values(), *self.personas.values()]
+        texts = [line.text for p in everyone for line in p.lines if not line.keys]
         self.catalog: LineCatalog | None = None
         self._texts = texts
         self._stack: list[Any] = []
@@ -322,7 +341,7 @@ class SimulatedWorld:
         self.cartesia: Any = None
 
     async def __aenter__(self) -> SimulatedWorld:
-        from vantum_pipeline.testing.cartesia import FakeCartesia
+        from vantum_pipeline.testing.cartesia import FakeCartesia, ToneSynthesizer
         from vantum_pipeline.testing.deepgram import FakeDeepgram
         from vantum_pipeline.testing.openai import FakeOpenAI
         from vantum_pipeline.testing.twilio import CalleeBehaviour, FakeTwilio
@@ -331,17 +350,25 @@ class SimulatedWorld:
         synthesizer = await asyncio.to_thread(_bot_synthesizer, self.voices)
         self.deepgram = FakeDeepgram(recognizer=MarkedLineRecognizer(self.catalog))
         self.openai = FakeOpenAI(responder=CampaignResponder())
-        self.cartesia = FakeCartesia(synthesizer=synthesizer) if synthesizer is not None else FakeCartesia()
-        self.twilio = FakeTwilio(default=CalleeBehaviour(outcome="no-answer", ring_seconds=self.ring_seconds))
-        for fake in (self.deepgram, self.openai, self.cartesia, self.twilio):
+        if synthesizer is None:
+            rate = self.speech_rate
+            synthesizer = ToneSynthesizer(seconds_per_char=0.065 / rate, word_gap=0.08 / rate, sentence_gap=0.25 / rate)
+        self.cartesia = FakeCartesia(synthesizer=synthesizer)
+        fakes = [self.deepgram, self.openai, self.cartesia]
+        if self.shared_twilio is None:
+            self.twilio = FakeTwilio(default=CalleeBehaviour(outcome="no-answer", ring_seconds=self.ring_seconds))
+            fakes.append(self.twilio)
+        for fake in fakes:
             await fake.__aenter__()
             self._stack.append(fake)
         self.add_rep(REP_NUMBER)
         return self
 
     def add_rep(self, number: str) -> None:
-        """A sales rep at ``number``: answers a transfer, talks ``rep_seconds``, hangs up."""
-        self.twilio.behave(number, outcome=None, ring_seconds=0.5, script=None, max_seconds=self.rep_seconds)
+        """A sales rep at ``number``: answers a transfer, talks ``rep_seconds``, hangs up
+        (with a shared Twilio: the rep behaves as that one was told)."""
+        if self.shared_twilio is None:
+            self.twilio.behave(number, outcome=None, ring_seconds=0.5, script=None, max_seconds=self.rep_seconds)
 
     async def __aexit__(self, *exc_info: object) -> None:
         while self._stack:
@@ -359,13 +386,14 @@ class SimulatedWorld:
         from vantum_pipeline.telephony.settings import TwilioSettings
 
         key = Secret("simulated")
+        shared = self.shared_twilio
         return ServiceSettings(
             twilio=TwilioSettings(
-                account_sid=self.twilio.account_sid,
-                auth_token=Secret(self.twilio.auth_token),
+                account_sid=shared.account_sid if shared is not None else self.twilio.account_sid,
+                auth_token=shared.auth_token if shared is not None else Secret(self.twilio.auth_token),
                 from_number=caller_id,
                 public_base_url="http://127.0.0.1:1",  # set once the dialer's server has its port
-                api_base_url=self.twilio.base_url,
+                api_base_url=shared.api_base_url if shared is not None else self.twilio.base_url,
                 ring_timeout=5,
             ),
             deepgram=DeepgramSettings(api_key=key, url=self.deepgram.ws_url).for_phone(),
@@ -376,10 +404,12 @@ class SimulatedWorld:
         )
 
     def prepare_phone(self, number: str, persona: Persona, attempt: int) -> None:
-        """How ``number`` behaves for this attempt."""
+        """How ``number`` behaves for this attempt (with a shared Twilio: as that one was told)."""
         from vantum_pipeline.testing.twilio import AnsweringMachine
 
         assert self.catalog is not None
+        if self.shared_twilio is not None:
+            return
         phone = persona.phone_on(attempt)
         ring = self.ring_seconds
         if phone is not None:
@@ -412,7 +442,7 @@ class SimulatedWorld:
                 steps += [Listen(quiet=0.5, timeout=20.0), Say(audio)]
             else:
                 steps.append(BargeIn(audio, after=line.over_bot, timeout=20.0))
-        steps += [Listen(quiet=0.8, timeout=20.0), Pause(8.0), HangUp()]
+        steps += [Listen(quiet=0.8, timeout=20.0), Pause(self.linger), HangUp()]
         self.twilio.behave(
             number,
             outcome=None,

@@ -13,7 +13,8 @@ pointed at it::
 What it serves
 --------------
 ``GET /tts/websocket`` (websocket)
-    Auth by headers (``Authorization: Bearer <key>`` and ``cartesia-version``)
+    Auth by headers (``Authorization: Bearer <key>``, or the older
+    ``X-API-Key: <key>`` the service still takes, and ``cartesia-version``)
     or by query (``api_key`` and ``cartesia_version``): 401 without a key (or
     with a key other than ``api_key`` when one is set), 400 without a
     version. Several contexts run at once on one socket, told apart by
@@ -373,7 +374,10 @@ class FakeCartesia:
 
     def _check_auth(self, request: web.Request) -> tuple[int, str]:
         header = request.headers.get("Authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else request.query.get("api_key", "")
+        if header.lower().startswith("bearer "):
+            key = header[7:].strip()
+        else:
+            key = request.headers.get("X-API-Key") or request.query.get("api_key", "")
         version = request.headers.get("cartesia-version") or request.query.get("cartesia_version")
         if not key or (self.api_key is not None and key != self.api_key):
             return 401, "Invalid API key"
