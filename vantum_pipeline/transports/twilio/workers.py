@@ -60,6 +60,8 @@ from dataclasses import dataclass, field, fields
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 from loguru import logger
 
 from vantum_pipeline.errors import ConfigurationError, PipelineError, ProtocolError, ServiceError
@@ -285,6 +287,19 @@ async def _receive(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
     return message
 
 
+@web.middleware
+async def _one_request_per_connection(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``Connection: close`` on every answer but a websocket's: the pool routes connections, not requests."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    if not isinstance(response, web.WebSocketResponse):
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"
+    return response
+
+
 def _worker_main(spec: _WorkerSpec, handoff: socket.socket, control: socket.socket) -> None:
     """The worker process's entry point."""
     try:
@@ -312,14 +327,10 @@ class _Worker:
             **spec.server_options,
         )
         self.server.public_base_url = spec.public_base_url
-        self.server.app.on_response_prepare.append(self._close_after)
+        self.server.app.middlewares.append(_one_request_per_connection)
         self.placed = 0
         self.connections = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-
-    @staticmethod
-    async def _close_after(_request: Any, response: Any) -> None:
-        response.force_close()
 
     def _own(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -692,6 +703,12 @@ class TwilioWorkerPool:
         for call in calls.values():
             await self._end_lost_call(call)
         process.close()
+        if not handle.ready.done():
+            # It never came up: starting again would fail the same way.
+            handle.ready.set_exception(PipelineError(f"Twilio worker {handle.index} exited while starting"))
+            self.failure = f"worker {handle.index} exited while starting (exit code {process.exitcode})"
+            logger.critical("Twilio worker pool: {}", self.failure)
+            return
         if self._stopping:
             return
         if self.restarts >= self.max_restarts:
