@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -100,6 +100,13 @@ async def test_calls_placed_by_different_workers_are_served_by_their_own_worker(
     assert stats.unrouted == 0 and stats.routed >= 6 * 3  # answer, status callbacks, media
 
 
+async def until(condition: Callable[[], bool], timeout: float) -> None:
+    """Wait for what another process writes into the pool's shared counters."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - polling shared memory another process writes
+            await asyncio.sleep(0.05)
+
+
 def media_signature(token: str, url: str) -> str:
     return RequestValidator(token).compute_signature(url, {})
 
@@ -173,18 +180,15 @@ async def test_a_killed_worker_ends_its_calls_and_comes_back():
     async with pool_stack(workers=2) as (fake, pool):
         fake.default.script = [Listen(quiet=30.0), HangUp()]  # a long call
         doomed = await pool.place_call("+14155550100", worker=1)
-        async with asyncio.timeout(30):
-            while pool.stats().per_worker[1]["streams"] < 1:
-                await asyncio.sleep(0.1)
-        handle = pool._handles[1]
-        assert handle is not None
-        os.kill(handle.process.pid or 0, signal.SIGKILL)
+        await until(lambda: pool.stats().per_worker[1]["streams"] == 1, 30)
+        pid = pool.worker_pids()[1]
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
         async with asyncio.timeout(30):
             record = await doomed.wait()
         assert record.outcome is CallOutcome.ERROR and record.status == "worker exited"
-        async with asyncio.timeout(60):
-            while pool.restarts < 1 or pool._handles[1] is None or not pool._handles[1].ready.done():
-                await asyncio.sleep(0.1)
+        await until(lambda: pool.worker_pids()[1] not in (None, pid), 60)
+        assert pool.restarts == 1
         assert pool.stats()["streams"] == 0  # the dead worker's stream was given back
         fake.default.script = SCRIPT
         again = await pool.place_call("+14155550101", worker=1)
@@ -196,10 +200,8 @@ async def test_shutdown_leaves_no_process_behind():
     async with pool_stack(workers=2) as (fake, pool):
         fake.default.script = [Listen(quiet=30.0), HangUp()]
         await pool.place_call("+14155550102")
-        async with asyncio.timeout(30):
-            while pool.stats()["streams"] < 1:
-                await asyncio.sleep(0.1)
-        pids = [h.process.pid for h in pool._handles if h is not None]
+        await until(lambda: pool.stats()["streams"] == 1, 30)
+        pids = pool.worker_pids()
         loop = asyncio.get_running_loop()
         stopping = loop.time()
     # The pool stopped with a call in progress, within its bound.

@@ -666,6 +666,13 @@ class TwilioWorkerPool:
             await call._placed.wait()
         return call
 
+    def worker_pids(self) -> list[int | None]:
+        """Each worker's process id; None for one that is not running and ready (yet)."""
+        return [
+            h.process.pid if h is not None and h.alive and h.ready.done() and not h.ready.exception() else None
+            for h in self._handles
+        ]
+
     def stats(self) -> PoolStats:
         """Every worker's counters and their sums (read from the shared memory: no round trip)."""
         board = self._board
