@@ -750,7 +750,12 @@ class TwilioWorkerPool:
         pending: set[asyncio.Task[None]] = set()
         try:
             while True:
-                conn, _address = await loop.sock_accept(self._listener)
+                try:
+                    conn, _address = await loop.sock_accept(self._listener)
+                except OSError as exc:  # out of file descriptors, a connection reset while queued...
+                    logger.error("Twilio worker pool: accept failed: {}", exc)
+                    await asyncio.sleep(0.1)
+                    continue
                 conn.setblocking(False)
                 if len(pending) >= MAX_PENDING_PEEKS:
                     await self._hand_over(conn, None)
