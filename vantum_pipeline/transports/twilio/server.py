@@ -43,6 +43,12 @@ carry a valid signature here), is answered 403 before anything is processed,
 counted in ``rejected_signatures`` and logged in one line. ``validate_signatures=False``
 turns this off for local development, and says so loudly.
 
+Several processes (``workers.py``): ``listen=False`` opens no socket, and
+``adopt(sock)`` serves a connection another process accepted;
+``stream_limit`` (a ``StreamLimit``) adds a bound shared with other servers
+to ``max_calls``, taken at the accepted upgrade and given back when the
+socket is done with.
+
 Isolation: each call runs in its own request handler; an exception, a
 malformed stream or a failed service ends that call only. When a pipeline
 ends on our side (goodbye said, ``end_call``, budget, error) the call is hung
