@@ -606,6 +606,7 @@ class TwilioWorkerPool:
         if self._board is not None:
             board, self._board = self._board, None
             board.close(unlink=True)
+        self._handles = [None] * self.workers
 
     async def _join(self, handle: _Handle, deadline: float) -> None:
         """Wait for the worker to exit; terminate, then kill it if it does not."""
@@ -706,10 +707,14 @@ class TwilioWorkerPool:
         if handle.writer is not None:
             handle.writer.close()
         handle.handoff.close()
-        calls, handle.calls = dict(handle.calls), {}
-        for call in calls.values():
-            await self._end_lost_call(call)
-        process.close()
+        calls, handle.calls = list(handle.calls.values()), {}
+        if calls:
+            # Hung up side by side, bounded: a slow REST API must not hold the restart back for long.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.request_timeout + 5.0):
+                    await asyncio.gather(*(self._end_lost_call(call) for call in calls))
+            for call in calls:
+                call._finish(_lost_record(call, "worker exited"))
         if not handle.ready.done():
             # It never came up: starting again would fail the same way.
             handle.ready.set_exception(PipelineError(f"Twilio worker {handle.index} exited while starting"))
