@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
 from tests.twilio_scripted import ScriptedAgent, tone
@@ -62,6 +64,21 @@ async def pool_stack(workers: int = 2, max_calls: int = 20) -> AsyncIterator[tup
 def free_port() -> int:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         return int(probe.getsockname()[1])
+
+
+@given(head=st.binary(max_size=300), workers=st.integers(min_value=1, max_value=64))
+def test_any_bytes_route_to_a_running_worker_or_to_any(head: bytes, workers: int) -> None:
+    index = route(head, workers)
+    assert index is None or 0 <= index < workers
+
+
+@given(index=st.integers(min_value=0, max_value=9999), method=st.sampled_from(["GET", "POST"]), tail=st.text())
+def test_every_worker_path_routes_to_its_worker(index: int, method: str, tail: str) -> None:
+    paths = worker_paths(index)
+    for path in (paths.answer, paths.status, paths.amd, paths.dial, paths.media):
+        head = f"{method} {path}?call={tail} HTTP/1.1\r\n".encode()
+        assert route(head, index + 1) == index
+        assert route(head, index) is None  # no such worker: any worker answers
 
 
 def test_routing_reads_the_worker_prefix_only():
@@ -160,6 +177,17 @@ async def test_forged_and_unknown_requests_get_the_refusals_of_a_single_server()
         async with session.post(url, data=form, headers={"X-Twilio-Signature": signature}) as response:
             assert response.status == 200
             assert "<Hangup" in await response.text()
+        # A request line that arrives in pieces is still routed by its prefix: 403 from worker 1, not 404.
+        reader, writer = await asyncio.open_connection("127.0.0.1", pool.port)
+        writer.write(b"POST /w1/twi")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(b"lio/answer?call=nope HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+        assert answer.startswith(b"HTTP/1.1 403"), answer[:80]
+        writer.close()
         # Garbage and a silent connection do not wedge the pool.
         reader, writer = await asyncio.open_connection("127.0.0.1", pool.port)
         writer.write(b"\x00\x01 not http at all\r\n\r\n")
@@ -173,7 +201,7 @@ async def test_forged_and_unknown_requests_get_the_refusals_of_a_single_server()
             assert response.status == 403  # the upgrade has no signature
         _silent[1].close()
         await asyncio.sleep(0.3)
-        assert pool.stats()["rejected_signatures"] == 2
+        assert pool.stats()["rejected_signatures"] == 3
 
 
 async def test_a_killed_worker_ends_its_calls_and_comes_back():

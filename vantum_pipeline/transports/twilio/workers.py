@@ -45,32 +45,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import mmap
 import multiprocessing
 import os
-import pickle
 import re
 import socket
-import struct
-import tempfile
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
 from loguru import logger
 
-from vantum_pipeline.errors import ConfigurationError, PipelineError, ProtocolError, ServiceError
-from vantum_pipeline.settings import Secret
+from vantum_pipeline.errors import ConfigurationError, PipelineError, ServiceError
 from vantum_pipeline.telephony.client import TwilioRestClient
 from vantum_pipeline.telephony.numbers import mask_number
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord
 from vantum_pipeline.telephony.settings import TwilioSettings
-from vantum_pipeline.transports.twilio.server import PipelineFactory, ServerPaths, TwilioServer
+from vantum_pipeline.transports.twilio.pool_worker import (
+    MAX_MESSAGE,
+    STAT_FIELDS,
+    SharedBoard,
+    WorkerSpec,
+    receive_message,
+    send_message,
+    worker_main,
+)
+from vantum_pipeline.transports.twilio.server import PipelineFactory, ServerPaths
 
 __all__ = ["PEEK_BYTES", "PoolStats", "PooledCall", "TwilioWorkerPool", "route", "worker_paths"]
 
@@ -78,10 +78,7 @@ __all__ = ["PEEK_BYTES", "PoolStats", "PooledCall", "TwilioWorkerPool", "route",
 PEEK_BYTES = 2048
 #: Connections being peeked at once; beyond this they go to any worker unread.
 MAX_PENDING_PEEKS = 1024
-STAT_FIELDS = ("streams", "active_calls", "streams_accepted", "rejected_signatures", "calls_placed", "connections")
 _ROUTE = re.compile(rb"^[A-Z]{3,10} /w(\d{1,4})/")
-_LENGTH = struct.Struct("!I")
-_MAX_MESSAGE = 1 << 20
 
 
 def worker_paths(index: int, paths: ServerPaths | None = None) -> ServerPaths:
@@ -98,111 +95,6 @@ def route(head: bytes, workers: int) -> int | None:
         return None
     index = int(match.group(1))
     return index if index < workers else None
-
-
-# ------------------------------------------------------------ shared board
-
-
-class _Board:
-    """Per-worker stream counts and counters in a file-backed shared memory.
-
-    Each worker opens the file itself, so each has its own ``flock``, which
-    the kernel drops when the holder dies.
-    """
-
-    def __init__(self, path: str, workers: int) -> None:
-        self.path = path
-        self.workers = workers
-        self._fd = os.open(path, os.O_RDWR)
-        self._map = mmap.mmap(self._fd, self.size(workers))
-        self._cells = memoryview(self._map).cast("q")
-
-    @staticmethod
-    def size(workers: int) -> int:
-        return 8 * workers * (1 + len(STAT_FIELDS))
-
-    @classmethod
-    def create(cls, workers: int) -> _Board:
-        fd, path = tempfile.mkstemp(prefix="vantum-twilio-pool-")
-        try:
-            os.write(fd, bytes(cls.size(workers)))
-        finally:
-            os.close(fd)
-        return cls(path, workers)
-
-    @contextlib.contextmanager
-    def locked(self, timeout: float = 1.0) -> Iterator[bool]:
-        """Hold the exclusive lock; yields False if it could not be had within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(0.0002)
-        try:
-            yield True
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def take(self, index: int, limit: int) -> bool:
-        with self.locked() as held:
-            if not held or sum(self._cells[: self.workers]) >= limit:
-                return False
-            self._cells[index] += 1
-            return True
-
-    def give_back(self, index: int) -> None:
-        with self.locked(timeout=5.0):
-            # Given back even without the lock: a count stuck high would refuse calls forever.
-            self._cells[index] = max(0, self._cells[index] - 1)
-
-    def reset(self, index: int) -> None:
-        with self.locked(timeout=5.0):
-            self._cells[index] = 0
-            self.write_stats(index, [0] * len(STAT_FIELDS))
-
-    def in_use(self) -> int:
-        return sum(self._cells[: self.workers])
-
-    def write_stats(self, index: int, values: list[int]) -> None:
-        start = self.workers + index * len(STAT_FIELDS)
-        for offset, value in enumerate(values):
-            self._cells[start + offset] = value
-
-    def read_stats(self, index: int) -> dict[str, int]:
-        start = self.workers + index * len(STAT_FIELDS)
-        return {name: self._cells[start + i] for i, name in enumerate(STAT_FIELDS)}
-
-    def close(self, *, unlink: bool = False) -> None:
-        self._cells.release()
-        self._map.close()
-        os.close(self._fd)
-        if unlink:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-
-
-class _WorkerLimit:
-    """The ``StreamLimit`` a worker's server uses: the pool's global ``max_calls``."""
-
-    def __init__(self, board: _Board, index: int, max_calls: int) -> None:
-        self.board = board
-        self.index = index
-        self.max_calls = max_calls
-        self.accepted = 0
-
-    def acquire(self) -> bool:
-        if not self.board.take(self.index, self.max_calls):
-            return False
-        self.accepted += 1
-        return True
-
-    def release(self) -> None:
-        self.board.give_back(self.index)
 
 
 # ------------------------------------------------------------ public types
@@ -249,159 +141,6 @@ class PooledCall:
             self.record = record
             self._done.set()
             self._placed.set()
-
-
-# ------------------------------------------------------------ the worker
-
-
-@dataclass(slots=True, frozen=True)
-class _WorkerSpec:
-    index: int
-    settings: dict[str, Any]  # TwilioSettings' fields; the auth token revealed (Secret is not picklable)
-    pipeline_factory: PipelineFactory
-    public_base_url: str
-    paths: ServerPaths
-    max_calls: int
-    board_path: str
-    workers: int
-    server_options: dict[str, Any]
-
-
-async def _send(writer: asyncio.StreamWriter, message: tuple[Any, ...]) -> None:
-    data = pickle.dumps(message)
-    writer.write(_LENGTH.pack(len(data)) + data)
-    async with asyncio.timeout(10.0):
-        await writer.drain()
-
-
-async def _receive(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
-    """The next message from our own parent or child; None at the end of the stream."""
-    try:
-        (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-        if size > _MAX_MESSAGE:
-            raise ProtocolError(f"control message of {size} bytes (at most {_MAX_MESSAGE})")
-        message = pickle.loads(await reader.readexactly(size))  # our own child or parent, on our own socketpair
-    except (asyncio.IncompleteReadError, ConnectionError, ProtocolError):
-        return None
-    assert isinstance(message, tuple)
-    return message
-
-
-@web.middleware
-async def _one_request_per_connection(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``Connection: close`` on every answer but a websocket's: the pool routes connections, not requests."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        response = exc
-    if not isinstance(response, web.WebSocketResponse):
-        response.force_close()
-        response.headers[hdrs.CONNECTION] = "close"
-    return response
-
-
-def _worker_main(spec: _WorkerSpec, handoff: socket.socket, control: socket.socket) -> None:
-    """The worker process's entry point."""
-    try:
-        asyncio.run(_Worker(spec, handoff, control).run())
-    except KeyboardInterrupt:
-        pass
-
-
-class _Worker:
-    def __init__(self, spec: _WorkerSpec, handoff: socket.socket, control: socket.socket) -> None:
-        values = dict(spec.settings)
-        values["auth_token"] = Secret(values["auth_token"])
-        self.spec = spec
-        self.handoff = handoff
-        self.control = control
-        self.board = _Board(spec.board_path, spec.workers)
-        self.limit = _WorkerLimit(self.board, spec.index, spec.max_calls)
-        self.server = TwilioServer(
-            TwilioSettings(**values),
-            spec.pipeline_factory,
-            paths=spec.paths,
-            max_calls=spec.max_calls,
-            stream_limit=self.limit,
-            listen=False,
-            **spec.server_options,
-        )
-        self.server.public_base_url = spec.public_base_url
-        self.server.app.middlewares.append(_one_request_per_connection)
-        self.placed = 0
-        self.connections = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def _own(self, coro: Any, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.handoff.setblocking(False)
-        reader, writer = await asyncio.open_connection(sock=self.control)
-        async with self.server:
-            loop.add_reader(self.handoff.fileno(), self._adopt_ready)
-            self._own(self._report_stats(), "stats")
-            await _send(writer, ("ready", os.getpid()))
-            try:
-                while (message := await _receive(reader)) is not None and message[0] != "stop":
-                    if message[0] == "place":
-                        self._own(self._place(writer, message[1], message[2], message[3]), f"place:{message[1]}")
-            finally:
-                loop.remove_reader(self.handoff.fileno())
-                for task in self._tasks:
-                    task.cancel()
-        self._write_stats()
-        writer.close()
-        self.board.close()
-
-    def _adopt_ready(self) -> None:
-        while True:
-            try:
-                _message, fds, _flags, _address = socket.recv_fds(self.handoff, 16, 16)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                logger.error("worker {}: the hand-over socket failed: {}", self.spec.index, exc)
-                return
-            if not fds:
-                return
-            for fd in fds:
-                self.connections += 1
-                self._own(self._adopt(socket.socket(fileno=fd)), "adopt")
-
-    async def _adopt(self, sock: socket.socket) -> None:
-        try:
-            await self.server.adopt(sock)
-        except OSError as exc:
-            logger.warning("worker {}: a handed-over connection could not be served: {}", self.spec.index, exc)
-            sock.close()
-
-    async def _place(self, writer: asyncio.StreamWriter, call_id: int, to: str, options: dict[str, Any]) -> None:
-        call = await self.server.place_call(to, **options)
-        self.placed += 1
-        await _send(writer, ("placed", call_id, call.token, call.sid))
-        record = await call.wait()
-        await _send(writer, ("ended", call_id, record))
-
-    def _write_stats(self) -> None:
-        server = self.server
-        values = [
-            server.streams,
-            len(server.active),
-            self.limit.accepted,
-            server.rejected_signatures,
-            self.placed,
-            self.connections,
-        ]
-        self.board.write_stats(self.spec.index, values)
-
-    async def _report_stats(self) -> None:
-        while True:
-            self._write_stats()
-            await asyncio.sleep(0.1)
 
 
 # ------------------------------------------------------------ the pool
@@ -469,7 +208,7 @@ class TwilioWorkerPool:
         #: Set when a worker could not be kept running: the pool refuses new calls.
         self.failure: str | None = None
         self._handles: list[_Handle | None] = [None] * count
-        self._board: _Board | None = None
+        self._board: SharedBoard | None = None
         self._listener: socket.socket | None = None
         self._client: TwilioRestClient | None = None
         self._context = multiprocessing.get_context("spawn")
@@ -499,7 +238,7 @@ class TwilioWorkerPool:
         self.port = listener.getsockname()[1]
         if self.public_base_url is None:
             self.public_base_url = self.settings.public_base_url
-        self._board = _Board.create(self.workers)
+        self._board = SharedBoard.create(self.workers)
         self._client = TwilioRestClient(self.settings)
         try:
             for index in range(self.workers):
@@ -524,7 +263,7 @@ class TwilioWorkerPool:
         assert self._board is not None and self.public_base_url is not None
         values = {f.name: getattr(self.settings, f.name) for f in fields(TwilioSettings)}
         values["auth_token"] = self.settings.auth_token.reveal()
-        spec = _WorkerSpec(
+        spec = WorkerSpec(
             index=index,
             settings=values,
             pipeline_factory=self.pipeline_factory,
@@ -538,7 +277,7 @@ class TwilioWorkerPool:
         handoff, child_handoff = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         control, child_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         process = self._context.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(spec, child_handoff, child_control),
             name=f"twilio-worker-{index}",
             daemon=True,
@@ -551,7 +290,7 @@ class TwilioWorkerPool:
         handoff.setblocking(False)
         control.setblocking(False)
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=_MAX_MESSAGE, loop=loop)
+        reader = asyncio.StreamReader(limit=MAX_MESSAGE, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         handle = _Handle(index, process, handoff, reader, loop.create_future())
         self._handles[index] = handle
@@ -562,7 +301,7 @@ class TwilioWorkerPool:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, control)
         handle.writer = asyncio.StreamWriter(transport, protocol, handle.reader, loop)
-        while (message := await _receive(handle.reader)) is not None:
+        while (message := await receive_message(handle.reader)) is not None:
             kind = message[0]
             if kind == "ready" and not handle.ready.done():
                 handle.ready.set_result(message[1])
@@ -585,7 +324,7 @@ class TwilioWorkerPool:
             loop.remove_reader(handle.process.sentinel)
             if handle.writer is not None and handle.alive:
                 with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
-                    await _send(handle.writer, ("stop",))
+                    await send_message(handle.writer, ("stop",))
         deadline = loop.time() + self.stop_timeout
         for handle in handles:
             await self._join(handle, deadline)
@@ -662,7 +401,7 @@ class TwilioWorkerPool:
         chosen.calls[call_id] = call
         options = {"campaign_id": campaign_id, "prospect_id": prospect_id, "machine_detection": machine_detection}
         assert chosen.writer is not None
-        await _send(chosen.writer, ("place", call_id, to, options))
+        await send_message(chosen.writer, ("place", call_id, to, options))
         async with asyncio.timeout(self.settings.request_timeout * 4):
             await call._placed.wait()
         return call
