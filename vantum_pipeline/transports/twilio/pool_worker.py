@@ -32,6 +32,8 @@ from loguru import logger
 
 from vantum_pipeline.errors import ProtocolError
 from vantum_pipeline.settings import Secret
+from vantum_pipeline.telephony.numbers import mask_number
+from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord
 from vantum_pipeline.telephony.settings import TwilioSettings
 from vantum_pipeline.transports.twilio.server import PipelineFactory, ServerPaths, TwilioServer
 
@@ -261,13 +263,15 @@ class _Worker:
     def _adopt_ready(self) -> None:
         while True:
             try:
-                _message, fds, _flags, _address = socket.recv_fds(self.handoff, 16, 16)
+                message, fds, _flags, _address = socket.recv_fds(self.handoff, 16, 16)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 logger.error("worker {}: the hand-over socket failed: {}", self.spec.index, exc)
+                asyncio.get_running_loop().remove_reader(self.handoff.fileno())
                 return
-            if not fds:
+            if not message and not fds:  # the pool closed its end (every hand-over carries one byte)
+                asyncio.get_running_loop().remove_reader(self.handoff.fileno())
                 return
             for fd in fds:
                 self.connections += 1
@@ -281,7 +285,13 @@ class _Worker:
             sock.close()
 
     async def _place(self, writer: asyncio.StreamWriter, call_id: int, to: str, options: dict[str, Any]) -> None:
-        call = await self.server.place_call(to, **options)
+        try:
+            call = await self.server.place_call(to, **options)
+        except Exception as exc:  # place_call reports failures in the record; anything else is a bug, but one call's
+            logger.opt(exception=exc).error("worker {}: placing a call failed: {}", self.spec.index, exc)
+            record = CallRecord(None, mask_number(to), CallOutcome.ERROR, "not placed", 0.0, 0.0)
+            await send_message(writer, ("ended", call_id, record))
+            return
         self.placed += 1
         await send_message(writer, ("placed", call_id, call.token, call.sid))
         record = await call.wait()
