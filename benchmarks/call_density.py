@@ -4,6 +4,7 @@
     python benchmarks/call_density.py                       # K = 10, 50, 100, 200 (~6 minutes)
     python benchmarks/call_density.py --ks 50 --repeat 3    # one K, three alternating rounds
     python benchmarks/call_density.py --only vantum --profile /tmp/prof   # py-spy the library
+    python benchmarks/call_density.py --only vantum --workers 2   # TwilioWorkerPool: 2 processes, one port
 
 Each call is a whole faked phone call through the production path: FakeTwilio
 places it and plays a scripted callee (about 20 s: it answers the greeting,
@@ -210,10 +211,67 @@ def vantum_factory(urls: dict[str, str], options: dict[str, Any]) -> Callable[[A
     return factory
 
 
+class VantumFactory:
+    """``vantum_factory`` as a picklable object, for the worker processes of ``--workers``."""
+
+    def __init__(self, urls: dict[str, str], options: dict[str, Any]) -> None:
+        self.urls = urls
+        self.options = options
+        self._factory: Callable[[Any], Any] | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (VantumFactory, (self.urls, self.options))
+
+    def __call__(self, call: Any) -> Any:
+        if self._factory is None:
+            self._factory = vantum_factory(self.urls, self.options)
+        return self._factory(call)
+
+
+async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any]) -> dict[str, Any]:
+    """The same calls through ``TwilioWorkerPool``: ``options["workers"]`` server processes behind one port."""
+    import socket
+
+    from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
+    from vantum_pipeline.transports.twilio.workers import TwilioWorkerPool
+
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    params = TwilioTransportParams(passthrough_input=options.get("audio") == "phone")
+    pool = TwilioWorkerPool(
+        _twilio_settings(urls),
+        VantumFactory(urls, options),
+        workers=options["workers"],
+        port=port,
+        public_base_url=f"http://127.0.0.1:{port}",
+        max_calls=k + 10,
+        server_options={"transport_params": params},
+        stop_timeout=30.0,
+    )
+    usage = Usage()
+    async with pool:
+        usage.start()  # after the workers are up: their start-up is not the calls' cost
+        t0 = time.monotonic()
+
+        async def one(i: int) -> Any:
+            await asyncio.sleep(i * STAGGER)
+            call = await pool.place_call(f"+1415555{i:04d}")
+            return await call.wait()
+
+        async with asyncio.timeout(ROUND_TIMEOUT):
+            records = await asyncio.gather(*(one(i) for i in range(k)))
+        wall = time.monotonic() - t0
+        figures = usage.stop()
+    outcomes = Counter(r.outcome.value for r in records)
+    return {**figures, "wall": wall, "outcomes": dict(outcomes), "rss_base": usage.base_rss}
+
+
 async def run_vantum(urls: dict[str, str], k: int, options: dict[str, Any]) -> dict[str, Any]:
     from vantum_pipeline.transports.twilio.server import TwilioServer
     from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
 
+    if options.get("workers"):
+        return await run_vantum_pool(urls, k, options)
     usage = Usage()
     # Phone audio: μ-law from Twilio straight to Deepgram, and from Cartesia straight back.
     params = TwilioTransportParams(passthrough_input=options.get("audio") == "phone")
@@ -427,6 +485,12 @@ def main() -> int:
         "(vantum: μ-law end to end, no conversion; pipecat: 8 kHz PCM, as its Twilio example)",
     )
     parser.add_argument("--profile", help="py-spy raw output prefix (one file per round)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="vantum as a TwilioWorkerPool of this many server processes behind one port (0: one TwilioServer)",
+    )
     args = parser.parse_args()
     libraries = [args.only] if args.only else ["vantum", "pipecat"]
     if args.baseline:
@@ -434,6 +498,7 @@ def main() -> int:
     options = {
         "audio": args.audio,
         "profile": args.profile,
+        "workers": args.workers,
         "baseline": str(Path(args.baseline).resolve()) if args.baseline else None,
     }
     rows = []

@@ -43,6 +43,12 @@ carry a valid signature here), is answered 403 before anything is processed,
 counted in ``rejected_signatures`` and logged in one line. ``validate_signatures=False``
 turns this off for local development, and says so loudly.
 
+Several processes (``workers.py``): ``listen=False`` opens no socket, and
+``adopt(sock)`` serves a connection another process accepted;
+``stream_limit`` (a ``StreamLimit``) adds a bound shared with other servers
+to ``max_calls``, taken at the accepted upgrade and given back when the
+socket is done with.
+
 Isolation: each call runs in its own request handler; an exception, a
 malformed stream or a failed service ends that call only. When a pipeline
 ends on our side (goodbye said, ``end_call``, budget, error) the call is hung
@@ -58,9 +64,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket as socketlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
@@ -80,7 +87,7 @@ from vantum_pipeline.telephony.state import CallState, state_for_status
 from vantum_pipeline.transports.twilio.serializer import TwilioSerializer, TwilioStartFrame
 from vantum_pipeline.transports.twilio.transport import TwilioTransport, TwilioTransportParams
 
-__all__ = ["PipelineFactory", "ServerPaths", "TwilioCall", "TwilioServer"]
+__all__ = ["PipelineFactory", "ServerPaths", "StreamLimit", "TwilioCall", "TwilioServer"]
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
@@ -116,6 +123,19 @@ class ServerPaths:
     status: str = "/twilio/status"
     amd: str = "/twilio/amd"
     dial: str = "/twilio/dial"
+
+
+class StreamLimit(Protocol):
+    """A bound on media streams shared with other servers (see ``workers.py``).
+
+    ``acquire`` is called at the accepted upgrade, after the server's own
+    ``max_calls`` check, and must not block for long; ``release`` once for
+    every successful ``acquire``, whatever ends the stream.
+    """
+
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -160,6 +180,8 @@ class TwilioServer:
         outcome_timeout: float = 15.0,
         features: CallFeatureSettings | None = None,
         dnc: DncChecker | None = None,
+        stream_limit: StreamLimit | None = None,
+        listen: bool = True,
     ) -> None:
         self.settings = settings
         self.public_base_url = settings.public_base_url
@@ -178,6 +200,10 @@ class TwilioServer:
         #: None: no AMD from here (``settings.machine_detection`` still applies), no transfers.
         self.features = features
         self.dnc = dnc
+        #: A bound shared with other processes, on top of ``max_calls``; None: this server's alone.
+        self.stream_limit = stream_limit
+        #: False: ``start`` opens no socket; connections accepted elsewhere come in through ``adopt``.
+        self.listen = listen
         self.active: dict[str, _ActiveCall] = {}
         #: Media sockets accepted and not closed yet, started or not: what ``max_calls`` bounds.
         self.streams = 0
@@ -216,6 +242,9 @@ class TwilioServer:
             )
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
+        if not self.listen:
+            logger.info("Twilio server ready for adopted connections (public URL {})", self.public_base_url)
+            return
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         server = getattr(site, "_server", None)
@@ -223,6 +252,14 @@ class TwilioServer:
         if sockets:
             self.port = sockets[0].getsockname()[1]
         logger.info("Twilio server listening on {} (public URL {})", self.local_url, self.public_base_url)
+
+    async def adopt(self, sock: socketlib.socket) -> None:
+        """Serve a connection accepted by another process (handed over with ``SCM_RIGHTS``)."""
+        if self._runner is None or self._runner.server is None:
+            sock.close()
+            raise ConfigurationError("adopt() before start(): the server has no request handler yet")
+        sock.setblocking(False)
+        await asyncio.get_running_loop().connect_accepted_socket(self._runner.server, sock)
 
     async def stop(self) -> None:
         """Cancel every call's pipeline, close the sockets, stop listening. Bounded."""
@@ -450,6 +487,9 @@ class TwilioServer:
             # Refused before the upgrade, before 'start' is read: the call's token stays unused.
             logger.warning("refused a media stream: {} streams already open (max_calls)", self.streams)
             return web.Response(status=503, text="too many calls")
+        if self.stream_limit is not None and not self.stream_limit.acquire():
+            logger.warning("refused a media stream: the shared max_calls are all taken")
+            return web.Response(status=503, text="too many calls")
         # Counted from here (no await since the check) until the socket is done with, whatever ends it.
         self.streams += 1
         self._idle.clear()
@@ -457,6 +497,8 @@ class TwilioServer:
             return await self._serve_socket(request)
         finally:
             self.streams -= 1
+            if self.stream_limit is not None:
+                self.stream_limit.release()
             if not self.streams:
                 self._idle.set()
 
