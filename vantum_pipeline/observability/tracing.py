@@ -52,7 +52,6 @@ and ``finish(outcome=...)`` ends the call span at that time with its outcome.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -90,7 +89,7 @@ from vantum_pipeline.observability.redact import redact
 from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.settings import env_bool, load_env, optional_env
 from vantum_pipeline.task import PipelineTask
-from vantum_pipeline.telephony.numbers import mask_number
+from vantum_pipeline.telephony.numbers import mask_number, mask_numbers_in
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
@@ -117,7 +116,6 @@ _KIND_OF_METRIC: Final = {
     USAGE_TTS_CHARACTERS: "tts",
 }
 _SPAN_NAME: Final = {"stt": "stt.stream", "llm": "llm.request", "tts": "tts.context"}
-_PHONE = re.compile(r"\+?[0-9][0-9 ().-]{6,}[0-9]")
 #: Open TTS contexts kept per call; older ones are ended (a TTS that never stops).
 MAX_OPEN_CONTEXTS: Final = 32
 INSTRUMENTATION_NAME: Final = "vantum_pipeline"
@@ -134,7 +132,7 @@ def tracing_available() -> bool:
 
 def safe_attribute(value: str) -> str:
     """``value`` with keys redacted and phone numbers masked."""
-    return _PHONE.sub(lambda m: mask_number(re.sub(r"[^0-9+]", "", m.group(0))), redact(value))
+    return mask_numbers_in(redact(value))
 
 
 @dataclass(frozen=True, slots=True)
