@@ -317,3 +317,20 @@ def test_numbers_in_free_text_are_masked():
     assert mask_numbers_in("ring +14155550123 or (415) 555-0123, ext 12") == (
         "ring +141******23 or (4155****23, ext 12"
     )
+
+
+def test_the_twilio_server_keeps_the_registry_it_is_given_even_empty():
+    from vantum_pipeline.telephony.calls import CallRegistry
+    from vantum_pipeline.telephony.settings import TwilioSettings
+    from vantum_pipeline.transports.twilio.server import TwilioServer
+
+    hub = ConsoleHub()
+    registry = CallRegistry(on_record=hub.call_ended)
+    settings = TwilioSettings(
+        account_sid="AC" + "0" * 32,
+        auth_token=Secret("f" * 32),
+        from_number="+15005550006",
+        public_base_url="https://calls.example.com",
+    )
+    server = TwilioServer(settings, lambda call: None, registry=registry)  # type: ignore[arg-type,return-value]
+    assert server.registry is registry  # an empty registry is falsy: it must not be replaced
