@@ -88,7 +88,7 @@ def test_mkdocs_build_strict_passes(tmp_path: Path) -> None:
         text=True,
         timeout=280,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     site = tmp_path / "site"

@@ -120,6 +120,7 @@ class _Console:
         self._session = hmac.new(token, b"vantum-console-session", hashlib.sha256).hexdigest()
         self.viewers = 0
         self.refused = 0
+        self._last_campaigns: list[dict[str, Any]] = []
         self._assets = {name: _asset(name) for name in _STATIC}
         self._page = _asset("console.html").replace(b"{{PATH}}", settings.path.encode())
 
@@ -209,17 +210,18 @@ class _Console:
         return web.FileResponse(path, headers=headers)
 
     async def campaign_stats(self) -> list[dict[str, Any]]:
+        """The campaigns' figures; the last ones obtained when the provider fails or hangs."""
         if self.campaigns is None:
             return []
         try:
             async with asyncio.timeout(self.settings.campaign_timeout):
                 stats = await self.campaigns.campaign_stats()
-            return [campaign.as_dict() for campaign in stats]
+            self._last_campaigns = [campaign.as_dict() for campaign in stats]
         except TimeoutError:
             logger.warning("console: the campaign figures took over {:.1f}s", self.settings.campaign_timeout)
         except Exception as exc:
             logger.opt(exception=exc).error("console: the campaign figures failed: {}", exc)
-        return []
+        return self._last_campaigns
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         if self.viewers >= self.settings.max_viewers:

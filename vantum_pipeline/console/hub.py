@@ -119,7 +119,7 @@ class CallView:
             record = self.recorder.build()
         cost = dict((record.get("cost") or {}).get("by_service") or {})
         if self.line_cost is not None:
-            cost.setdefault("twilio", round(self.line_cost, 6))
+            cost["twilio"] = round(self.line_cost, 6)  # what Twilio bills: whole minutes
         turns = record.get("turns") or []
         view = {
             "call_id": self.call_id,
