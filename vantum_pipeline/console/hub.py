@@ -83,6 +83,9 @@ _CHANGES: Final = (
 )
 
 
+_WATCHED_TYPES: dict[type, bool] = {}
+
+
 def scrub(value: Any) -> Any:
     """``value`` (JSON-like) with keys redacted and phone numbers masked in every string."""
     if isinstance(value, str):
@@ -242,6 +245,12 @@ class ConsoleHub:
         recorder.attach(task)
 
         def observe(frame: Frame, direction: FrameDirection) -> None:
+            kind = type(frame)
+            watched = _WATCHED_TYPES.get(kind)
+            if watched is None:
+                watched = _WATCHED_TYPES[kind] = issubclass(kind, (*_CHANGES, EndFrame, CancelFrame, StartFrame))
+            if not watched:
+                return  # audio: one dict lookup
             if isinstance(frame, _CHANGES):
                 self._changed(call_id)
             elif isinstance(frame, EndFrame | CancelFrame) and direction is FrameDirection.DOWNSTREAM:
@@ -374,8 +383,10 @@ class ConsoleHub:
         return len(self._subscribers)
 
     def _changed(self, call_id: str) -> None:
+        if not self._subscribers:
+            return  # nobody watching: a new viewer starts from a snapshot
         self._dirty.add(call_id)
-        if self._timer is None and self._subscribers:
+        if self._timer is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:

@@ -116,6 +116,21 @@ _KIND_OF_METRIC: Final = {
     USAGE_TTS_CHARACTERS: "tts",
 }
 _SPAN_NAME: Final = {"stt": "stt.stream", "llm": "llm.request", "tts": "tts.context"}
+#: The frames spans are built from; every other frame is ignored after one lookup per class.
+_WATCHED: Final = (
+    MetricsFrame,
+    UserStoppedSpeakingFrame,
+    UserStartedSpeakingFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    TTSStoppedFrame,
+    LLMFullResponseEndFrame,
+    InterruptionFrame,
+    StartFrame,
+    EndFrame,
+    CancelFrame,
+)
+_WATCHED_TYPES: dict[type, bool] = {}
 #: Open TTS contexts kept per call; older ones are ended (a TTS that never stops).
 MAX_OPEN_CONTEXTS: Final = 32
 INSTRUMENTATION_NAME: Final = "vantum_pipeline"
@@ -285,21 +300,12 @@ class CallTracer:
     # ----------------------------------------------------------- observing
 
     def __call__(self, frame: Frame, direction: FrameDirection) -> None:
-        if not isinstance(
-            frame,
-            MetricsFrame
-            | UserStoppedSpeakingFrame
-            | UserStartedSpeakingFrame
-            | BotStartedSpeakingFrame
-            | BotStoppedSpeakingFrame
-            | TTSStoppedFrame
-            | LLMFullResponseEndFrame
-            | InterruptionFrame
-            | StartFrame
-            | EndFrame
-            | CancelFrame,
-        ):
-            return
+        kind = type(frame)
+        watched = _WATCHED_TYPES.get(kind)
+        if watched is None:
+            watched = _WATCHED_TYPES[kind] = issubclass(kind, _WATCHED)
+        if not watched:
+            return  # audio, text: one dict lookup
         if self._finished or self._ended_at is not None:
             return
         now = self._clock()

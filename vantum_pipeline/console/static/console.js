@@ -225,7 +225,11 @@
     const status = document.getElementById("connection");
     const source = new EventSource(`${base}/api/events`);
     source.addEventListener("open", () => { status.dataset.state = "live"; status.textContent = "live"; });
-    source.addEventListener("error", () => { status.dataset.state = "lost"; status.textContent = "reconnecting…"; });
+    source.addEventListener("error", () => {
+      status.dataset.state = "lost";
+      // A refused stream (a new token, an expired session) is not retried by the browser.
+      status.textContent = source.readyState === EventSource.CLOSED ? "disconnected: reopen with the token" : "reconnecting…";
+    });
     source.addEventListener("snapshot", (event) => {
       const snapshot = JSON.parse(event.data);
       live.clear();
