@@ -243,6 +243,11 @@ def test_a_slow_viewer_gets_a_fresh_snapshot_instead_of_an_unbounded_queue():
     assert subscription.queue.qsize() <= 4 and subscription.resyncs >= 1
     kinds = [subscription.queue.get_nowait()[0] for _ in range(subscription.queue.qsize())]
     assert "snapshot" in kinds
+    # The server's stopping is never lost behind a full queue.
+    for n in range(4):
+        subscription.offer("call", {"n": n})
+    subscription.offer("close", None)
+    assert [subscription.queue.get_nowait()[0] for _ in range(subscription.queue.qsize())][-1] == "close"
 
 
 async def test_viewers_are_bounded(tmp_path):

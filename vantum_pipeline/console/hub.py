@@ -115,8 +115,12 @@ class CallView:
     recorder: CallRecorder | None = None
     telephony: bool = True
     timer: asyncio.Handle | None = None
+    cached: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The view sent to the page (scrubbed); a finished call's is computed once."""
+        if self.cached is not None:
+            return self.cached
         record = self.record
         if self.recorder is not None:
             record = self.recorder.build()
@@ -142,6 +146,8 @@ class CallView:
             "recording": self.recording is not None and self.recording.is_file(),
         }
         scrubbed: dict[str, Any] = scrub(view)
+        if self.state == FINISHED:
+            self.cached = scrubbed
         return scrubbed
 
 
@@ -169,11 +175,11 @@ class Subscription:
         try:
             self.queue.put_nowait((kind, view))
         except asyncio.QueueFull:
-            # Behind: what it missed is replaced by one fresh snapshot.
+            # Behind: what it missed is replaced by one fresh snapshot (or the close).
             self.resyncs += 1
             while not self.queue.empty():
                 self.queue.get_nowait()
-            self.queue.put_nowait(("snapshot", None))
+            self.queue.put_nowait(("close" if kind == "close" else "snapshot", None))
 
 
 class ConsoleHub:
@@ -290,6 +296,7 @@ class ConsoleHub:
 
     @staticmethod
     def _apply(view: CallView, record: CallRecord) -> None:
+        view.cached = None
         view.outcome = record.outcome.value
         view.status = record.status
         view.line_cost = record.cost
