@@ -50,7 +50,7 @@ from vantum_pipeline.console.hub import ConsoleHub
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.settings import Secret, env_float, env_int, load_env, optional_env
 
-__all__ = ["ConsoleSettings", "mount_console"]
+__all__ = ["ConsoleSettings", "mount_console", "new_console_token"]
 
 COOKIE: Final = "vantum_console"
 MIN_TOKEN_LENGTH: Final = 16
