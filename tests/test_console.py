@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vantum_pipeline.audio.wav import WavWriter
 from vantum_pipeline.console import (
@@ -35,7 +37,7 @@ from vantum_pipeline.frames import (
 from vantum_pipeline.observability.record import CallRecorder, MemorySink
 from vantum_pipeline.processor import FrameProcessor
 from vantum_pipeline.settings import Secret
-from vantum_pipeline.telephony.numbers import mask_numbers_in
+from vantum_pipeline.telephony.numbers import mask_number, mask_numbers_in
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord
 from vantum_pipeline.testing import PipelineHarness
 
@@ -316,6 +318,18 @@ async def test_a_broken_campaign_provider_does_not_break_the_console(provider):
             async with asyncio.timeout(5), http.get(url + "/console/api/state", headers=auth()) as response:
                 assert response.status == 200
                 assert (await response.json())["campaigns"] == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    number=st.from_regex(r"\+[1-9][0-9]{7,14}", fullmatch=True),
+    before=st.text(max_size=12),
+    after=st.text(max_size=12),
+)
+def test_no_full_number_survives_masking_whatever_surrounds_it(number, before, after):
+    masked = mask_numbers_in(before + number + after)
+    assert number not in masked and number[1:] not in masked
+    assert mask_numbers_in(f"call {number}") == f"call {mask_number(number)}"
 
 
 def test_numbers_in_free_text_are_masked():

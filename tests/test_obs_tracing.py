@@ -20,9 +20,11 @@ from tests.twilio_scripted import load_example
 from vantum_pipeline import FrameDirection, FrameProcessor, Pipeline, PipelineTask
 from vantum_pipeline.frames import (
     BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     CancelFrame,
     EndFrame,
     Frame,
+    InterruptionFrame,
     MetricsFrame,
     StartFrame,
     TextFrame,
@@ -289,3 +291,32 @@ async def test_turns_that_the_user_resumes_are_not_answered_and_spans_end_at_the
     assert [t.attributes["vantum.turn.answered"] for t in turns] == [False, True]
     (tts,) = [s for (name, _), s in spans.items() if name == "tts.context"]
     assert tts.attributes["vantum.tts.ttfb_s"] == 0.1
+
+
+async def test_a_failed_request_is_an_error_span_and_a_barge_in_cuts_the_open_ones():
+    from opentelemetry.trace import StatusCode
+
+    exporter, provider = exporter_and_provider()
+    tracer = CallTracer(call_id="CA2", tracer_provider=provider)
+    harness = PipelineHarness([FrameProcessor()])
+    tracer.attach(harness.task)
+    llm, tts = {"service": "openai"}, {"service": "cartesia"}
+    async with harness:
+        await harness.send(UserStoppedSpeakingFrame())
+        await harness.send(MetricsFrame("service.request", 1, labels=llm))
+        await harness.send(MetricsFrame("service.error", 1, labels=llm))  # a 500: the attempt failed
+        await harness.send(MetricsFrame("service.request", 1, labels=llm))  # the retry
+        await harness.send(MetricsFrame("latency.llm_ttft", 0.3, labels=llm))
+        await harness.send(MetricsFrame("service.request", 1, labels=tts))
+        await harness.send(BotStartedSpeakingFrame())
+        await harness.task.queue_frame(InterruptionFrame())  # the callee talks over the reply
+        await harness.send(BotStoppedSpeakingFrame())  # the output transport stops the audio
+        await harness.wait_for(BotStoppedSpeakingFrame, timeout=2)
+    spans = exporter.get_finished_spans()
+    failed, retried = [s for s in spans if s.name == "llm.request"]
+    assert failed.status.status_code is StatusCode.ERROR and "vantum.llm.ttft_s" not in failed.attributes
+    assert retried.status.status_code is StatusCode.UNSET and retried.attributes["vantum.interrupted"] is True
+    (context,) = [s for s in spans if s.name == "tts.context"]
+    assert context.attributes["vantum.interrupted"] is True
+    (call,) = [s for s in spans if s.name == "call"]
+    assert [e.name for e in call.events] == ["interruption"]

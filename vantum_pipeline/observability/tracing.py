@@ -22,7 +22,9 @@ turns what leaves the pipeline into spans:
 
 Service spans that start during a turn are the turn's children; the others
 (the greeting, the STT stream) the call's. An interruption is an event of the
-call span, and ends the open LLM and TTS spans with ``vantum.interrupted = true``; a ``service.error`` marks the
+call span (timed by the first frame that leaves the pipeline after it; in a
+call, the output transport's ``BotStoppedSpeakingFrame`` as it stops the
+audio), and ends the open LLM and TTS spans with ``vantum.interrupted = true``; a ``service.error`` marks the
 open request of that service as an error.
 
 Timing: every frame the spans are built from except the TTS's end is a system
@@ -300,6 +302,10 @@ class CallTracer:
     # ----------------------------------------------------------- observing
 
     def __call__(self, frame: Frame, direction: FrameDirection) -> None:
+        task = self._task
+        if task is not None and task.state.epoch > self._epoch and self._recording():
+            # The InterruptionFrame itself never leaves the pipeline: the first frame after it does.
+            self._interrupted(task.state.epoch, self._clock())
         kind = type(frame)
         watched = _WATCHED_TYPES.get(kind)
         if watched is None:
@@ -309,9 +315,6 @@ class CallTracer:
         if self._finished or self._ended_at is not None:
             return
         now = self._clock()
-        task = self._task
-        if task is not None and task.state.epoch > self._epoch:
-            self._interrupted(task.state.epoch, now)
         if isinstance(frame, StartFrame):
             self._start(now)
         elif self._call is None:
@@ -356,6 +359,9 @@ class CallTracer:
         self._stt.clear()
         self._llm.clear()
         self._tts.clear()
+
+    def _recording(self) -> bool:
+        return self._call is not None and not self._finished and self._ended_at is None
 
     def _start(self, now: int) -> None:
         if self._call is not None:

@@ -15,9 +15,9 @@ from vantum_pipeline.errors import ConfigurationError
 __all__ = ["InvalidNumberError", "mask_number", "mask_numbers_in", "validate_e164"]
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-#: Eight or more digits, maybe spaced, dashed or bracketed, standing alone (not inside an id such as
-#: a call SID): what a phone number in free text looks like.
-_NUMBER_IN_TEXT = re.compile(r"(?<![0-9A-Za-z+])\+?[0-9][0-9 ().-]{6,}[0-9](?![0-9A-Za-z])")
+#: What a phone number in free text looks like: ``+`` and 8 or more digits, wherever it stands; or 8 or
+#: more digits (maybe spaced, dashed or bracketed) standing alone, not inside an id such as a call SID.
+_NUMBER_IN_TEXT = re.compile(r"\+[0-9][0-9 ().-]{6,}[0-9]|(?<![0-9A-Za-z+])[0-9][0-9 ().-]{6,}[0-9](?![0-9A-Za-z])")
 
 
 class InvalidNumberError(ConfigurationError):
