@@ -138,6 +138,25 @@ async def test_the_token_in_the_url_becomes_an_httponly_cookie_and_leaves_the_ur
             assert response.status == 404
 
 
+async def test_the_sign_in_form_takes_the_token_in_a_post_body(console):
+    _hub, _stats, url = console
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(url + "/console") as response:
+            assert response.status == 401
+            form = await response.text()
+            assert 'action="/console/login"' in form and 'type="password"' in form
+            assert "script" not in form and "form-action 'self'" in response.headers["Content-Security-Policy"]
+        async with http.post(url + "/console/login", data={"token": "not-the-token-xxxxxx"}) as response:
+            assert response.status == 403 and "console token refused" in await response.text()
+        async with http.post(url + "/console/login", data={}) as response:
+            assert response.status == 403
+        async with http.post(url + "/console/login", data={"token": TOKEN}, allow_redirects=False) as response:
+            assert response.status == 303 and response.headers["Location"] == "/console"
+            assert TOKEN not in str(response.headers)
+        async with http.get(url + "/console/api/state") as response:
+            assert response.status == 200
+
+
 async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, object]]:
     event = ""
     async for raw in response.content:

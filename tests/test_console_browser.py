@@ -300,20 +300,36 @@ async def test_the_browser_is_refused_without_the_token(browser):
     url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
     try:
 
-        def refused() -> tuple[str, str, int]:
+        def refused() -> dict[str, Any]:
+            seen: dict[str, Any] = {}
             browser.get(f"{url}/console")
-            page = browser.find_element(By.TAG_NAME, "body").text
-            browser.get(f"{url}/console?token=not-the-token-at-all")
-            wrong = browser.find_element(By.TAG_NAME, "body").text
-            status = browser.execute_async_script(
+            seen["page"] = browser.find_element(By.ID, "message").text
+            seen["console_shown"] = bool(browser.find_elements(By.ID, "live-calls"))
+            browser.get(f"{url}/console/api/state")
+            seen["api"] = browser.find_element(By.TAG_NAME, "body").text
+            seen["status"] = browser.execute_async_script(
                 "const done = arguments[arguments.length - 1];"
                 "fetch('/console/api/state').then(r => done(r.status), e => done(String(e)));"
             )
-            return page, wrong, status
+            browser.get(f"{url}/console?token=not-the-token-at-all")
+            seen["wrong_url"] = browser.find_element(By.TAG_NAME, "body").text
+            # The sign-in form: a wrong token, then the right one.
+            browser.get(f"{url}/console")
+            browser.find_element(By.NAME, "token").send_keys("not-the-token-at-all")
+            browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            seen["wrong_form"] = browser.find_element(By.ID, "message").text
+            browser.find_element(By.NAME, "token").send_keys(TOKEN)
+            browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            wait_until(browser, lambda d: d.find_elements(By.ID, "live-calls"), "the console after signing in")
+            seen["signed_in_url"] = browser.current_url
+            seen["source"] = browser.page_source
+            return seen
 
-        page, wrong, status = await in_browser(refused)
+        seen = await in_browser(refused)
     finally:
         await runner.cleanup()
-    assert page == "console token required"
-    assert wrong == "console token refused"
-    assert status == 401
+    assert seen["page"] == "console token required" and not seen["console_shown"]
+    assert seen["api"] == "console token required" and seen["status"] == 401
+    assert seen["wrong_url"] == "console token refused"
+    assert seen["wrong_form"] == "console token refused"
+    assert seen["signed_in_url"] == f"{url}/console" and TOKEN not in seen["source"]

@@ -3,7 +3,9 @@
 ``mount_console(app, hub, settings)`` adds, under ``settings.path``
 (``/console``):
 
-``GET /console``                         the page (plain HTML, CSS and JS from the package)
+``GET /console``                         the page (plain HTML, CSS and JS from the package);
+                                         without credentials, a sign-in form (401)
+``POST /console/login``                  the form's token: sets the session cookie
 ``GET /console/static/{file}``           its script and style sheet
 ``GET /console/api/state``               calls (live and finished) and campaigns, JSON
 ``GET /console/api/calls/{id}``          one call
@@ -16,9 +18,10 @@ characters). Without a token configured the routes are not mounted at all:
 path. With one, a request is let in when it carries
 
 - ``Authorization: Bearer <token>`` (scripts, curl), or
-- the console's session cookie, which ``GET /console?token=<token>`` sets
-  (HttpOnly, SameSite=Strict, path-scoped) before redirecting to the bare
-  URL, so the token leaves the address bar and the history at once.
+- the console's session cookie (HttpOnly, SameSite=Strict, path-scoped),
+  set by the sign-in form (the token in a POST body) or by
+  ``GET /console?token=<token>`` (for links; a proxy that logs query strings
+  sees it), both redirecting to the bare URL.
 
 The cookie holds an HMAC of the token, not the token: nothing the page can
 read or is sent reveals it. Every comparison is constant-time
@@ -68,6 +71,16 @@ _HEADERS: Final = {
         "media-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ),
 }
+
+#: Shown without credentials: a form that posts the token (no script, no style, nothing of the console).
+_LOGIN_PAGE: Final = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">
+<title>vantum console</title></head>
+<body><h1>vantum console</h1><p id="message">{{MESSAGE}}</p>
+<form method="post" action="{{ACTION}}"><label>token <input type="password" name="token" autocomplete="off"
+autofocus required></label> <button type="submit">open</button></form></body></html>
+"""
+_LOGIN_CSP: Final = "default-src 'none'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,20 +183,43 @@ class _Console:
         if given is not None:
             if not self._token_ok(given):
                 return self._refuse(request, 403, "wrong console token in the URL")
-            response = web.Response(status=303, headers={**_HEADERS, "Location": self.settings.path})
-            response.set_cookie(
-                COOKIE,
-                self._session,
-                path=self.settings.path,
-                httponly=True,
-                samesite="Strict",
-                secure=request.secure,
-            )
-            return response
+            return self._signed_in(request)
+        if "Authorization" not in request.headers and COOKIE not in request.cookies:
+            self._refuse(request, 401, "no console token")
+            return self._login_page(401, "console token required")
         refusal = self._check(request)
         if refusal is not None:
             return refusal
         return web.Response(body=self._page, content_type="text/html", charset="utf-8", headers=_HEADERS)
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        """The sign-in form's POST: the token in the body, never in a URL."""
+        form = await request.post()
+        given = form.get("token")
+        if not isinstance(given, str) or not self._token_ok(given):
+            self._refuse(request, 403, "wrong console token in the sign-in form")
+            return self._login_page(403, "console token refused")
+        return self._signed_in(request)
+
+    def _signed_in(self, request: web.Request) -> web.Response:
+        """Set the session cookie and send the browser to the bare page URL."""
+        response = web.Response(status=303, headers={**_HEADERS, "Location": self.settings.path})
+        response.set_cookie(
+            COOKIE,
+            self._session,
+            path=self.settings.path,
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+        return response
+
+    def _login_page(self, status: int, message: str) -> web.Response:
+        body = _LOGIN_PAGE.replace("{{MESSAGE}}", message).replace("{{ACTION}}", self.settings.path + "/login")
+        headers = {**_HEADERS, "Content-Security-Policy": _LOGIN_CSP}
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="vantum console"'
+        return web.Response(status=status, text=body, content_type="text/html", headers=headers)
 
     async def static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -289,6 +325,7 @@ def mount_console(
     console = _Console(hub, settings, campaigns)
     base = settings.path
     app.router.add_get(base, console.page)
+    app.router.add_post(base + "/login", console.login)
     app.router.add_get(base + "/static/{name}", console.guarded(console.static))
     app.router.add_get(base + "/api/state", console.guarded(console.state))
     app.router.add_get(base + "/api/events", console.guarded(console.events))
