@@ -212,7 +212,7 @@ class CallTracer:
     """Spans of one call from what leaves its pipeline; see the module docstring.
 
     A task observer: synchronous, and it ignores audio and text frames after
-    one ``isinstance`` check. ``clock`` returns nanoseconds since the epoch
+    one dict lookup. ``clock`` returns nanoseconds since the epoch
     (OpenTelemetry's time); tests may pass their own.
     """
 
@@ -282,12 +282,7 @@ class CallTracer:
             self._call.set_attribute("vantum.call.outcome", safe_attribute(outcome))
         self._finished = True
         now = end_time if end_time is not None else self._ended_at if self._ended_at is not None else self._clock()
-        self._end_turn(now, answered=False)
-        for request in [*self._stt.values(), *self._llm.values(), *self._tts]:
-            request.span.end(end_time=now)
-        self._stt.clear()
-        self._llm.clear()
-        self._tts.clear()
+        self._end_all_but_the_call(now)
         call = self._call
         call.set_attribute("vantum.call.turns", self._turns)
         call.set_attribute("vantum.call.interruptions", self._interruptions)
@@ -353,6 +348,9 @@ class CallTracer:
         if self._ended_at is not None:
             return
         self._ended_at = now
+        self._end_all_but_the_call(now)
+
+    def _end_all_but_the_call(self, now: int) -> None:
         self._end_turn(now, answered=False)
         for request in [*self._stt.values(), *self._llm.values(), *self._tts]:
             request.span.end(end_time=now)
