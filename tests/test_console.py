@@ -247,6 +247,18 @@ async def test_a_live_call_has_no_recording_yet_and_a_lost_outcome_is_not_waited
     assert hub.recording_path("CA9") == tmp_path / "CA9.wav"
 
 
+async def test_a_call_whose_pipeline_never_ends_is_finished_after_its_outcome_anyway():
+    hub = ConsoleHub(outcome_timeout=0.05)
+    recorder = CallRecorder(sink=MemorySink(), call_id="CA7")
+    harness = PipelineHarness([FrameProcessor()])
+    hub.watch(harness.task, recorder, call_id="CA7", to=NUMBER)  # never run: no End will ever come
+    hub.call_ended(CallRecord("CA7", "+141******23", CallOutcome.COMPLETED, "completed", 30.0, 0.014))
+    assert hub.call("CA7")["state"] == "live"
+    await asyncio.sleep(0.2)
+    view = hub.call("CA7")
+    assert view["state"] == "finished" and view["outcome"] == "completed" and view["cost"]["total"] == 0.014
+
+
 def test_calls_that_never_streamed_are_shown_finished_and_finished_calls_are_bounded():
     hub = ConsoleHub(max_finished=3)
     for n in range(5):

@@ -292,8 +292,10 @@ class _Console:
                     await self._send(response, "snapshot", self.hub.snapshot())
                 else:
                     await self._send(response, kind, view)
-        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             pass  # the viewer left
+        except TimeoutError:
+            logger.info("console: a viewer stopped reading for {:.0f}s: its stream is closed", self.settings.heartbeat)
         finally:
             self.viewers -= 1
             self.hub.unsubscribe(subscription)

@@ -277,7 +277,18 @@ class ConsoleHub:
         self._apply(view, record)
         if view.state == ENDED:
             self._move_to_finished(view)
+        elif view.state == LIVE and view.timer is None:
+            # The call is over; its pipeline should end any moment. If its End never shows, do not wait forever.
+            view.timer = asyncio.get_running_loop().call_later(self.outcome_timeout, self._pipeline_overdue, view)
         self._changed(view.call_id)
+
+    def _pipeline_overdue(self, view: CallView) -> None:
+        view.timer = None
+        if view.state == LIVE:
+            logger.warning("console: call {} is over but its pipeline never ended: shown as finished", view.call_id)
+            view.ended_at = self._clock()
+            self._move_to_finished(view)
+            self._changed(view.call_id)
 
     def _show_unstreamed(self, record: CallRecord) -> None:
         now = self._clock()
@@ -306,6 +317,8 @@ class ConsoleHub:
     def _pipeline_ended(self, view: CallView) -> None:
         if view.state != LIVE:
             return
+        if view.timer is not None:
+            view.timer.cancel()
         view.state = ENDED
         view.ended_at = self._clock()
         # The task notes how it finished right after its observers saw the End.
