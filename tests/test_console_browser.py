@@ -225,7 +225,7 @@ async def test_the_console_follows_a_faked_call_live_to_its_recording(browser, t
                 row_css = f'#finished-calls tr.call[data-call-id="{call.sid}"]'
                 wait_until(browser, lambda d: text_of(d, row_css + " .outcome") == "completed", "the finished call")
                 wait_until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#live-calls .call"), "no live call")
-                browser.find_element(By.CSS_SELECTOR, row_css).click()
+                browser.execute_script("document.querySelector(arguments[0]).click();", row_css)  # rows re-render
                 wait_until(
                     browser,
                     lambda d: d.find_element(By.ID, "detail").get_attribute("data-call-id") == call.sid,
@@ -313,13 +313,20 @@ async def test_the_browser_is_refused_without_the_token(browser):
             )
             browser.get(f"{url}/console?token=not-the-token-at-all")
             seen["wrong_url"] = browser.find_element(By.TAG_NAME, "body").text
+
             # The sign-in form: a wrong token, then the right one.
+            def sign_in(token: str) -> None:
+                from selenium.webdriver.support import expected_conditions
+
+                form = browser.find_element(By.TAG_NAME, "form")
+                browser.find_element(By.NAME, "token").send_keys(token)
+                browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+                wait_until(browser, expected_conditions.staleness_of(form), "the next page")
+
             browser.get(f"{url}/console")
-            browser.find_element(By.NAME, "token").send_keys("not-the-token-at-all")
-            browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            sign_in("not-the-token-at-all")
             seen["wrong_form"] = browser.find_element(By.ID, "message").text
-            browser.find_element(By.NAME, "token").send_keys(TOKEN)
-            browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            sign_in(TOKEN)
             wait_until(browser, lambda d: d.find_elements(By.ID, "live-calls"), "the console after signing in")
             seen["signed_in_url"] = browser.current_url
             seen["source"] = browser.page_source
