@@ -9,8 +9,10 @@ next word, the whole text at once). A run is exact when the emitted sentences
 equal the expected ones. Emit delay is counted in chunks: the index of the
 ``push`` that returned a sentence minus the index of the chunk holding its
 last character (sentences only complete at the end of the reply are emitted
-by ``flush`` and counted apart). The product's baseline rule (emit the buffer
-when it matches ``[.!?]\\s|[.!?]$``) is measured on the same runs.
+by ``flush`` and counted apart). A terminator at the end of a chunk waits for
+the next one (``?`` may become ``?!``), so a delay of one chunk is the norm.
+The product's baseline rule (emit the buffer when it matches
+``[.!?]\\s|[.!?]$``) is measured on the same runs.
 """
 
 from __future__ import annotations

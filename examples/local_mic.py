@@ -8,6 +8,9 @@ and the offline engines (pocketsphinx, the scripted agent, espeak-ng) for the
 others: with no keys at all it runs fully offline. Needs the ``local`` extra
 and PortAudio (``pip install 'vantum-pipeline[offline,local]'``; on
 Debian/Ubuntu also ``apt-get install libportaudio2``). Use headphones.
+The devices are the system's defaults, or those named by VANTUM_INPUT_DEVICE
+and VANTUM_OUTPUT_DEVICE (an index or part of a name: ``vantum devices``
+lists them).
 """
 
 import asyncio

@@ -8,7 +8,10 @@ A real call reads the keys and numbers from the environment or ``.env``
 server listens on ``--host``/``--port``, which ``PUBLIC_BASE_URL`` must reach
 from the internet (a reverse proxy or a tunnel). The bot greets, listens,
 answers, yields when the callee talks over it (barge-in), and hangs up when
-the model calls ``end_call``. The live transcript is printed as the call
+the model calls ``end_call``. The sales-call features come from the
+environment (``CallFeatureSettings.from_env()``: answering-machine detection
+and voicemail, transfer to a rep, opt-out, keypad; see the README); the
+do-not-call list of this example lives in memory only. The live transcript is printed as the call
 goes, then the conversation as the model will remember it (interrupted
 replies hold only what the callee heard) and the call's outcome.
 
@@ -40,14 +43,20 @@ from vantum_pipeline.services.deepgram import DeepgramSettings, DeepgramSTTServi
 from vantum_pipeline.services.openai import OpenAILLMService, OpenAISettings
 from vantum_pipeline.settings import Secret
 from vantum_pipeline.task import FrameObserver
+from vantum_pipeline.telephony.actions import CallActions
+from vantum_pipeline.telephony.dnc import InMemoryDncList
+from vantum_pipeline.telephony.keypad import KeypadProcessor, keypad_bindings
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord
-from vantum_pipeline.telephony.settings import TwilioSettings
+from vantum_pipeline.telephony.settings import CallFeatureSettings, TwilioSettings
+from vantum_pipeline.telephony.voicemail import MachineDetectionGate
 from vantum_pipeline.transports.twilio.server import TwilioCall, TwilioServer
 
 SYSTEM_PROMPT = (
     "You are Sarah, a friendly sales representative for Vantum, calling a small business owner. "
     "Be concise: one or two short sentences, one question at a time. If they are busy or not "
-    "interested, thank them and end the call with the end_call function."
+    "interested, thank them and end the call with the end_call function. If they ask to be removed "
+    "from your list or not to be called again, call do_not_call at once. If they ask to speak to a "
+    "person and you have the transfer_call function, call it."
 )
 GREETING = "Hi! This is Sarah from Vantum. Do you have a minute?"
 
@@ -78,18 +87,31 @@ class Transcript:
             self.say(f"bot:    {frame.text}")
 
 
-def build_pipeline(call: TwilioCall, services: Services, transcript: Transcript) -> tuple[PipelineTask, LLMContext]:
+def build_pipeline(
+    call: TwilioCall,
+    services: Services,
+    transcript: Transcript,
+    features: CallFeatureSettings | None = None,
+    dnc: InMemoryDncList | None = None,
+) -> tuple[PipelineTask, LLMContext]:
     """The call's pipeline: one per call, built when its media stream starts."""
+    features = features or CallFeatureSettings()
     context = LLMContext(SYSTEM_PROMPT)
     transport = call.transport
+    actions = CallActions(call.call, features, dnc=dnc, from_number=call.server.settings.from_number)
+    gate = MachineDetectionGate(call.call, features.amd, variables={"name": "there"})
     task = PipelineTask(
         Pipeline(
             [
                 transport.input(),
+                KeypadProcessor(keypad_bindings(features.keypad_bindings(), actions)),
                 DeepgramSTTService(services.deepgram),
+                gate.turn_guard(),
                 UserAggregator(context),
-                OpenAILLMService(services.openai),
+                OpenAILLMService(services.openai, tools=actions.tools()),
                 SentenceAggregator(),
+                actions,
+                gate,
                 CartesiaTTSService(services.cartesia),
                 transport.output(),
                 AssistantAggregator(context),
@@ -115,23 +137,27 @@ async def run_call(
     public_base_url: str | None = None,
     max_call_seconds: float = 600.0,
     observer: FrameObserver | None = None,
+    features: CallFeatureSettings | None = None,
+    dnc: InMemoryDncList | None = None,
 ) -> tuple[CallRecord, list[LLMContext]]:
     """Serve one outbound call to ``to`` and return its record and conversation.
 
     ``observer(frame, direction)`` also sees every frame leaving the call's pipeline.
+    ``features`` None: no answering-machine detection and no transfers.
     """
     transcript = Transcript()
     contexts: list[LLMContext] = []
 
     async def factory(call: TwilioCall) -> PipelineTask:
-        task, context = build_pipeline(call, services, transcript)
+        task, context = build_pipeline(call, services, transcript, features, dnc)
         if observer is not None:
             task.add_observer(observer)
         contexts.append(context)
-        await task.queue_frame(TTSSpeakFrame(GREETING, category="greeting"))
+        if call.call.resumed_after is None:
+            await task.queue_frame(TTSSpeakFrame(GREETING, category="greeting"))
         return task
 
-    async with TwilioServer(twilio, factory, host=host, port=port) as server:
+    async with TwilioServer(twilio, factory, host=host, port=port, features=features, dnc=dnc) as server:
         if public_base_url is not None:
             server.public_base_url = public_base_url
         elif "127.0.0.1" in twilio.public_base_url or "localhost" in twilio.public_base_url:
@@ -169,9 +195,12 @@ async def real_call(args: argparse.Namespace) -> int:
         openai=OpenAISettings.from_env(),
         cartesia=CartesiaSettings.from_env(),
     )
-    record, contexts = await run_call(twilio, services, args.to, host=args.host, port=args.port)
+    features = CallFeatureSettings.from_env()
+    record, contexts = await run_call(
+        twilio, services, args.to, host=args.host, port=args.port, features=features, dnc=InMemoryDncList()
+    )
     print_summary(record, contexts)
-    return 0 if record.outcome is CallOutcome.COMPLETED else 1
+    return 0 if record.outcome is not CallOutcome.ERROR else 1
 
 
 # ------------------------------------------------------------- against fakes

@@ -1,7 +1,9 @@
 """Frame movement: ordering, re-entrancy, backpressure, system frames, errors."""
 
 import asyncio
+import gc
 import random
+import warnings
 
 import pytest
 
@@ -187,9 +189,7 @@ async def test_nested_pipelines_pass_frames_both_ways_in_order():
                 await self.push_frame(TextFrame("up:" + frame.text), UP)
             await self.push_frame(frame, direction)
 
-    pipeline = Pipeline(
-        [FrameRecorder(), Pipeline([inner_recorders[0], Pipeline(inner_recorders[1:])]), Turnaround()]
-    )
+    pipeline = Pipeline([FrameRecorder(), Pipeline([inner_recorders[0], Pipeline(inner_recorders[1:])]), Turnaround()])
     result = await run_pipeline(pipeline, [TextFrame(str(i)) for i in range(10)])
     assert [f.text for f in result.of_type(TextFrame)] == [str(i) for i in range(10)]
     assert [f.text for f in result.of_type(TextFrame, UP)] == [f"up:{i}" for i in range(10)]
@@ -278,3 +278,49 @@ def test_a_subclass_cannot_shadow_the_framework_internals():
         class Clash(FrameProcessor):
             def _flush(self, epoch):  # a natural name for "flush my buffer"
                 pass
+
+
+async def test_an_essential_task_that_raises_ends_the_run_with_a_fatal_error():
+    class Reader(FrameProcessor):
+        async def process_frame(self, frame, direction):
+            await self.push_frame(frame, direction)
+            if isinstance(frame, StartFrame):
+                self.create_task(self.loop(), "receive", essential=True)
+
+        async def loop(self):
+            await asyncio.sleep(0)
+            raise KeyError("decoder state")
+
+    recorder = FrameRecorder()
+    task = PipelineTask(Pipeline([recorder, Reader(name="reader")]))  # nothing else would ever end it
+    await asyncio.wait_for(task.run(), 10)
+    assert task.finish_reason == "error"
+    assert task.error is not None and task.error.fatal and task.error.processor == "reader"
+    assert "decoder state" in task.error.error
+
+
+def test_a_turn_task_cancelled_before_it_started_leaves_no_never_awaited_warning():
+    class Speaker(FrameProcessor):
+        async def say(self) -> None:
+            await asyncio.sleep(1)
+
+    async def main() -> list[str]:
+        speaker = Speaker()
+        ran: list[asyncio.Task] = []
+        for _ in range(3):
+            turn = speaker.create_turn_task(speaker.say())
+            turn.cancel()  # an interruption before the task's first step
+            ran.append(turn)
+        long_lived = speaker.create_task(speaker.say())
+        long_lived.cancel()
+        ran.append(long_lived)
+        await asyncio.wait(ran, timeout=5)
+        return [t.get_name() for t in ran if t.cancelled()]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cancelled = asyncio.run(main())
+        gc.collect()
+    assert len(cancelled) == 4
+    never_awaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert never_awaited == []

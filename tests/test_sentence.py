@@ -51,13 +51,19 @@ def test_corpus_exact_split_every_chunking(merge_words: int) -> None:
     assert runs >= len(CORPUS) * len(CHUNKINGS)
 
 
-def test_corpus_emit_delay_is_at_most_one_chunk() -> None:
+def test_corpus_emit_delay_is_at_most_one_non_blank_chunk() -> None:
     for reply in CORPUS:
         text = str(reply["text"])
         for how in CHUNKINGS:
             chunks = chunk(text, how, 1)
-            lags = delays(text, chunks, split_stream(chunks, SentenceSplitter()))
-            assert all(0 <= lag <= 1 for lag in lags), (reply["id"], how, chunks, lags)
+            emitted = split_stream(chunks, SentenceSplitter())
+            lags = delays(text, chunks, emitted)
+            blank = [i for i, piece in enumerate(chunks) if not piece.strip()]
+            mid_stream = [i for i, _ in emitted if i != AT_END]
+            for index, lag in zip(mid_stream, lags, strict=True):
+                # A chunk of whitespace alone decides nothing: the next word does.
+                waited = lag - sum(1 for i in blank if index - lag < i < index)
+                assert 0 <= waited <= 1, (reply["id"], how, chunks, lags)
 
 
 def test_corpus_words_never_lost_duplicated_or_reordered() -> None:
@@ -78,12 +84,14 @@ def test_corpus_entries_are_consistent() -> None:
 
 
 def test_first_sentence_is_emitted_by_the_chunk_that_makes_it_certain() -> None:
-    # "?" and "!" are certain at once; "." waits for one more chunk.
+    # A terminator at the end of the text so far waits for the next chunk ("?" may become "?!").
     emitted = split_stream(["Do you", " have a", " minute?", " I'll", " be quick."], SentenceSplitter())
+    assert emitted[0] == (3, "Do you have a minute?")
+    emitted = split_stream(["Do you", " have a", " minute? I'll", " be quick."], SentenceSplitter())
     assert emitted[0] == (2, "Do you have a minute?")
     emitted = split_stream(["This is", " Sarah", ".", " Do you", " have", " a minute?"], SentenceSplitter())
     assert emitted[0] == (3, "This is Sarah.")
-    assert emitted[1] == (5, "Do you have a minute?")
+    assert emitted[1] == (AT_END, "Do you have a minute?")
 
 
 # ---------------------------------------------------------------- edge cases
@@ -127,7 +135,8 @@ def test_decimal_split_across_chunks_waits_one_chunk() -> None:
     assert splitter.push("It costs $3") == []
     assert splitter.push(".") == []
     assert splitter.push("50 a month.") == []
-    assert splitter.push(" Okay?") == ["It costs $3.50 a month.", "Okay?"]
+    assert splitter.push(" Okay?") == ["It costs $3.50 a month."]
+    assert splitter.flush() == ["Okay?"]
 
 
 def test_question_mark_in_a_url_is_not_a_boundary_at_chunk_end() -> None:
@@ -143,17 +152,48 @@ def test_open_quote_holds_a_question_mark_for_its_closing_quote() -> None:
     assert splitter.push('" Yes.') == ['People ask "is it worth it?"']
 
 
-def test_double_exclamation_split_by_a_chunk_boundary() -> None:
+def test_terminator_run_split_by_a_chunk_boundary_stays_whole() -> None:
     assert split(["Wow!!", " That's great."], merge_words=0) == ["Wow!!", "That's great."]
-    # The first "!" is certain at the end of its chunk; the late "!" is dropped.
-    assert split(["Wow!", "! That's great."], merge_words=0) == ["Wow!", "That's great."]
-    assert split(["Wow!", "!"], merge_words=0) == ["Wow!"]
+    assert split(["Wow!", "! That's great."], merge_words=0) == ["Wow!!", "That's great."]
+    assert split(["Wow!", "!"], merge_words=0) == ["Wow!!"]
+    assert split(["Really?", "! That", "'s wonderful news."]) == ["Really?!", "That's wonderful news."]
+    assert split(["Really", "?", "!", " That's", " wonderful news."]) == ["Really?!", "That's wonderful news."]
+    assert split(['He asked "really?', '" Yes.']) == ['He asked "really?"', "Yes."]
 
 
-def test_whitespace_only_chunk_ends_the_wait() -> None:
+def test_splitting_the_interrobang_case_loses_nothing() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.push("Really?") == []  # "?" at the end of the text so far may go on
+    assert splitter.push("! That") == ["Really?!"]
+    assert splitter.push("'s wonderful news.") == []
+    assert splitter.flush() == ["That's wonderful news."]
+
+
+def test_whitespace_only_chunk_decides_nothing() -> None:
     splitter = SentenceSplitter()
     assert splitter.push("We sell dialers, etc.") == []
-    assert splitter.push(" ") == ["We sell dialers, etc."]  # waited one chunk: default is a boundary
+    assert splitter.push(" ") == []  # "etc. and more" would go on: the next word decides
+    assert splitter.push("And") == ["We sell dialers, etc."]
+    splitter = SentenceSplitter()
+    assert splitter.push("We sell dialers, etc.") == []
+    assert splitter.push(" ") == []
+    assert splitter.push("and more.") == []
+    assert splitter.flush() == ["We sell dialers, etc. and more."]
+
+
+def test_a_long_run_of_whitespace_ends_the_wait() -> None:
+    splitter = SentenceSplitter(max_chars=40)
+    assert splitter.push("Okay.") == []
+    assert splitter.push(" " * 41) == ["Okay."]
+
+
+def test_a_time_zone_prefix_waits_for_its_whole_word() -> None:
+    assert split(["Call at 3 p.m. East", "ern. Bye."], merge_words=0) == ["Call at 3 p.m. Eastern.", "Bye."]
+    assert split(["Call at 3 p.m. East", "er is over. Bye."], merge_words=0) == [
+        "Call at 3 p.m.",
+        "Easter is over.",
+        "Bye.",
+    ]
 
 
 def test_empty_chunks_change_nothing() -> None:
@@ -179,6 +219,16 @@ def test_run_on_text_is_cut_at_a_clause_break() -> None:
     assert all(len(s) <= 120 for s in out)
     assert " ".join(out).split() == text.split()
     assert out[0].endswith(",")
+    assert split([text], max_chars=120) == out  # the cuts do not depend on the chunking
+
+
+def test_a_sentence_longer_than_max_chars_is_cut_in_every_chunking() -> None:
+    text = "We cover " + ", ".join(f"feature number {i}" for i in range(20)) + ". Thanks!"
+    results = split_all_ways(text, max_chars=80)
+    assert len(results) == 1
+    (out,) = results
+    assert all(len(s) <= 80 for s in out)
+    assert out[-1] == "Thanks!"
 
 
 def test_flush_returns_the_rest_and_starts_a_new_reply() -> None:
@@ -202,7 +252,8 @@ def test_expected_units_helper_merges_like_the_splitter() -> None:
     sentences = ["Hi there, friend.", "Ok.", "Got it now, thanks.", "Bye."]
     assert expected_units(text, sentences, 2) == ["Hi there, friend.", "Ok. Got it now, thanks.", "Bye."]
     assert split([text]) == expected_units(text, sentences, 2)
-    assert split_stream(["Hi!"], SentenceSplitter()) == [(0, "Hi!")]
+    assert split_stream(["Hi!", " Bye."], SentenceSplitter()) == [(1, "Hi!"), (AT_END, "Bye.")]
+    assert split_stream(["Hi!"], SentenceSplitter()) == [(AT_END, "Hi!")]
     assert split_stream(["Hi."], SentenceSplitter()) == [(AT_END, "Hi.")]
 
 

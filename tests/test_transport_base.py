@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+import aiohttp
 import pytest
 
 from vantum_pipeline.errors import ConfigurationError
@@ -14,17 +16,22 @@ from vantum_pipeline.frames import (
     HeardTextFrame,
     InputAudioRawFrame,
     InterruptionFrame,
+    StartFrame,
     TextFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSWordTimestampsFrame,
 )
+from vantum_pipeline.pipeline import Pipeline
 from vantum_pipeline.processor import FrameDirection
+from vantum_pipeline.task import PipelineTask
 from vantum_pipeline.testing import FrameRecorder, PipelineHarness, run_pipeline
 from vantum_pipeline.transports.base import AudioChunk, InputTransport, OutputTransport
 from vantum_pipeline.transports.heard import HeardTextTracker
 from vantum_pipeline.transports.playback import PlaybackTimeline, Segment
+from vantum_pipeline.transports.twilio.serializer import TwilioSerializer
+from vantum_pipeline.transports.twilio.transport import TwilioTransport, TwilioTransportParams
 
 RATE = 16000
 
@@ -300,3 +307,70 @@ async def test_input_frames_offered_after_the_end_never_follow_it():
         assert not source.offer(InputAudioRawFrame(b"\x02\x00", RATE))
     kinds = h.collected.types()
     assert kinds[-1] == "EndFrame" and kinds.count("InputAudioRawFrame") == 1
+
+
+# ------------------------------------------------------------ a dead input
+
+
+class DeadSource(InputTransport):
+    """A device whose receive loop delivers a little audio, then raises something unexpected."""
+
+    async def open_input(self, start: StartFrame) -> None:
+        self.create_task(self._read_device(), "receive", essential=True)
+
+    async def _read_device(self) -> None:
+        for _ in range(3):
+            self.offer(InputAudioRawFrame(pcm(0.02), RATE))
+            await asyncio.sleep(0.02)
+        raise RuntimeError("Concurrent call to receive() is not allowed")
+
+
+class FailingMediaSocket:
+    """A media socket (``MediaSocket``) whose ``receive`` breaks after two messages, as a bug would."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closed = False
+        self.received = 0
+
+    async def send_str(self, data: str) -> None:
+        self.sent.append(data)
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:
+        self.received += 1
+        if self.received > 2:
+            raise RuntimeError("WebSocket connection is closed.")
+        media = {"event": "media", "streamSid": "MZ1", "media": {"track": "inbound", "payload": "////"}}
+        return aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, json.dumps(media), None)
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        self.closed = True
+        return True
+
+
+async def test_a_receive_loop_that_raises_ends_its_call_at_once():
+    # Nothing else would end this pipeline: no idle timeout, no end frame.
+    task = PipelineTask(Pipeline([DeadSource(name="source"), FrameRecorder()]))
+    async with asyncio.timeout(10):
+        await task.run()
+    assert task.finish_reason == "error"
+    assert task.error is not None and task.error.fatal and "Concurrent call" in task.error.error
+
+
+async def test_a_twilio_receive_loop_that_raises_ends_its_call_at_once():
+    serializer = TwilioSerializer()
+    start = {
+        "accountSid": "ACx",
+        "streamSid": "MZ1",
+        "callSid": "CA1",
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    }
+    serializer.deserialize(json.dumps({"event": "start", "streamSid": "MZ1", "start": start}))
+    socket = FailingMediaSocket()
+    transport = TwilioTransport(socket, serializer, TwilioTransportParams(receive_timeout=60.0))
+    task = PipelineTask(Pipeline([transport.input(), FrameRecorder(), transport.output()]), audio_in_sample_rate=RATE)
+    async with asyncio.timeout(10):
+        await task.run()
+    assert task.finish_reason == "error"
+    assert task.error is not None and task.error.fatal and "WebSocket connection is closed" in task.error.error
+    assert socket.received == 3  # two messages, then the failure: nothing waited for the receive timeout

@@ -22,7 +22,13 @@ from vantum_pipeline.frames import (
 )
 from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.testing.pipeline import PipelineHarness
-from vantum_pipeline.transports.local import INSTALL_HINT, LocalAudioParams, LocalAudioTransport, load_sounddevice
+from vantum_pipeline.transports.local import (
+    INSTALL_HINT,
+    LocalAudioParams,
+    LocalAudioTransport,
+    load_sounddevice,
+    parse_device,
+)
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -43,9 +49,23 @@ def no_portaudio(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class FakeStream:
-    """A sound card stream: calls its callback every block from a thread, like PortAudio."""
+    """A sound card stream: calls its callback every block from a thread, like PortAudio.
 
-    def __init__(self, *, samplerate: int, blocksize: int, callback: Any, kind: str, card: FakeCard, **_: Any) -> None:
+    ``card.start_delay`` holds the first callbacks back (a device that starts late);
+    ``die()`` ends the stream the way PortAudio does when the device goes away.
+    """
+
+    def __init__(
+        self,
+        *,
+        samplerate: int,
+        blocksize: int,
+        callback: Any,
+        kind: str,
+        card: FakeCard,
+        finished_callback: Any = None,
+        **_: Any,
+    ) -> None:
         self.samplerate, self.blocksize, self.callback, self.kind, self.card = (
             samplerate,
             blocksize,
@@ -53,16 +73,20 @@ class FakeStream:
             kind,
             card,
         )
+        self.finished_callback = finished_callback
         self.latency = 0.01
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        card.streams.append(self)
 
     def start(self) -> None:
         self._thread.start()
 
     def _run(self) -> None:
         block = 0
-        while not self._stop.wait(self.blocksize / self.samplerate / 4):  # four times real time
+        if self.card.start_delay:
+            self._stop.wait(self.card.start_delay)
+        while not self._stop.wait(self.blocksize / self.samplerate / self.card.speed):
             if self.kind == "input":
                 tone = (3000 * np.sin(np.arange(self.blocksize) * 0.3 + block)).astype("<i2").tobytes()
                 self.callback(tone, self.blocksize, None, None)
@@ -71,8 +95,19 @@ class FakeStream:
                 self.callback(out, self.blocksize, None, None)
                 self.card.played.append(bytes(out))
             block += 1
+        if self.finished_callback is not None:
+            self.finished_callback()
 
-    def stop(self) -> None:
+    def die(self) -> None:
+        self._stop.set()
+
+    def abort(self) -> None:
+        self.card.ended.append(f"{self.kind} aborted")
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def stop(self) -> None:  # PortAudio plays what the device holds first
+        self.card.ended.append(f"{self.kind} stopped")
         self._stop.set()
         self._thread.join(timeout=2)
 
@@ -81,18 +116,44 @@ class FakeStream:
 
 
 class FakeCard(types.SimpleNamespace):
-    def __init__(self, *, devices: bool = True) -> None:
-        super().__init__(played=[], closed=0, devices=devices)
+    """A sound card that takes only ``rates`` (default: any) and runs ``speed`` times real time."""
+
+    def __init__(
+        self, *, devices: bool = True, rates: tuple[int, ...] = (), speed: float = 4.0, start_delay: float = 0.0
+    ) -> None:
+        super().__init__(
+            played=[],
+            closed=0,
+            ended=[],
+            devices=devices,
+            rates=rates,
+            speed=speed,
+            start_delay=start_delay,
+            streams=[],
+        )
 
     def query_devices(self, device: Any = None, kind: str | None = None) -> dict[str, Any]:
         if not self.devices:
             raise ValueError(f"No {kind} device matching {device!r}")
-        return {"name": "fake", "max_input_channels": 1, "max_output_channels": 1}
+        rate = self.rates[0] if self.rates else 44100
+        return {"name": "fake", "max_input_channels": 1, "max_output_channels": 1, "default_samplerate": rate}
+
+    def _check(self, samplerate: float, **_: Any) -> None:
+        if self.rates and samplerate not in self.rates:
+            raise ValueError(f"Invalid sample rate {samplerate}")
+
+    def check_input_settings(self, **kwargs: Any) -> None:
+        self._check(**kwargs)
+
+    def check_output_settings(self, **kwargs: Any) -> None:
+        self._check(**kwargs)
 
     def RawInputStream(self, **kwargs: Any) -> FakeStream:
+        self._check(kwargs["samplerate"])
         return FakeStream(kind="input", card=self, **kwargs)
 
     def RawOutputStream(self, **kwargs: Any) -> FakeStream:
+        self._check(kwargs["samplerate"])
         return FakeStream(kind="output", card=self, **kwargs)
 
 
@@ -155,3 +216,127 @@ async def test_microphone_frames_in_and_speaker_audio_out(monkeypatch: pytest.Mo
     # The bot's audio reached the speaker, in order (the card, faster than real time, ran dry in between).
     assert np.array_equal(played[played != 0], sent[sent != 0])
     assert card.closed == 2
+
+
+def _speech(seconds: float, rate: int = 16000) -> bytes:
+    return (5000 * np.sin(np.arange(int(rate * seconds)) * 0.1)).astype("<i2").tobytes()
+
+
+def _loud(chunks: list[bytes]) -> int:
+    played = np.frombuffer(b"".join(chunks), "<i2")
+    return int(np.count_nonzero(played))
+
+
+async def test_a_device_that_refuses_the_rate_is_opened_at_its_own_and_resampled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    card = FakeCard(rates=(48000,))
+    monkeypatch.setitem(sys.modules, "sounddevice", card)
+    transport = LocalAudioTransport()
+    async with PipelineHarness([transport.input(), transport.output()], end_timeout=5) as harness:
+        await harness.wait_for(InputAudioRawFrame, count=20, timeout=5)
+        await harness.send(TTSStartedFrame(context_id="c1"))
+        await harness.send(TTSAudioRawFrame(_speech(0.5), 16000, context_id="c1"))
+        await harness.send(TTSStoppedFrame(context_id="c1"))
+    assert [stream.samplerate for stream in card.streams] == [48000, 48000]
+    frames = harness.collected.of_type(InputAudioRawFrame)
+    assert all(f.sample_rate == 16000 for f in frames)
+    # 20 ms blocks of 960 samples at 48 kHz come out as 320 samples at 16 kHz (to the filter's delay).
+    total = sum(len(f.audio) for f in frames) // 2
+    assert abs(total - 320 * len(frames)) <= 320
+    # Half a second of 16 kHz speech played as half a second at 48 kHz.
+    assert abs(_loud(card.played) - 24000) < 200
+    assert harness.collected.finish_reason == "end"
+
+
+async def test_a_card_that_starts_late_still_plays_the_whole_goodbye(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The speaker's first callback comes a second late (a sound server waking up): the end of the call
+    # waits for the card to confirm playback, not for the clock, so nothing of the goodbye is cut.
+    card = FakeCard(speed=1.0, start_delay=1.0)
+    monkeypatch.setitem(sys.modules, "sounddevice", card)
+    transport = LocalAudioTransport()
+    goodbye = _speech(1.0)
+    async with PipelineHarness([transport.output()], end_timeout=10) as harness:
+        await harness.send(TTSStartedFrame(context_id="bye"))
+        await harness.send(TTSAudioRawFrame(goodbye, 16000, context_id="bye"))
+        await harness.send(TTSStoppedFrame(context_id="bye"))
+    assert harness.collected.finish_reason == "end"
+    assert _loud(card.played) == np.count_nonzero(np.frombuffer(goodbye, "<i2"))
+    assert card.ended == ["output stopped"]  # what the device still held was played too
+
+
+async def test_a_cancelled_call_cuts_the_speaker_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    card = FakeCard(speed=1.0)
+    monkeypatch.setitem(sys.modules, "sounddevice", card)
+    transport = LocalAudioTransport()
+    async with PipelineHarness([transport.input(), transport.output()], end_timeout=5) as harness:
+        await harness.send(TTSStartedFrame(context_id="c1"))
+        await harness.send(TTSAudioRawFrame(_speech(3.0), 16000, context_id="c1"))
+        await asyncio.sleep(0.3)
+        cancelled = asyncio.get_running_loop().time()
+        await harness.task.cancel("hung up")
+        await harness.wait_finished(3)
+    assert asyncio.get_running_loop().time() - cancelled < 1.0
+    assert sorted(card.ended) == ["input aborted", "output aborted"]
+    assert _loud(card.played) < 16000 * 1.5  # far from the three seconds queued
+
+
+async def test_a_device_that_goes_away_ends_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    card = FakeCard()
+    monkeypatch.setitem(sys.modules, "sounddevice", card)
+    transport = LocalAudioTransport()
+    async with PipelineHarness([transport.input(), transport.output()], end_timeout=5) as harness:
+        await harness.wait_for(InputAudioRawFrame, count=3, timeout=5)
+        card.streams[0].die()  # the microphone is unplugged
+        await harness.wait_finished(2)
+    errors = harness.collected.of_type(ErrorFrame, FrameDirection.UPSTREAM)
+    assert harness.collected.finish_reason == "error"
+    assert errors and errors[0].fatal and "the microphone is gone" in errors[0].error
+    assert card.closed == 2
+
+
+async def test_a_device_that_stops_calling_back_ends_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    card = FakeCard(start_delay=30.0)  # opened, then silent: a sound server that froze
+    monkeypatch.setitem(sys.modules, "sounddevice", card)
+    transport = LocalAudioTransport(LocalAudioParams(stall_timeout=0.3))
+    async with PipelineHarness([transport.output()], end_timeout=5) as harness:
+        await harness.wait_finished(3)
+    errors = harness.collected.of_type(ErrorFrame, FrameDirection.UPSTREAM)
+    assert errors and "the speaker is gone: no audio callback for 0.3s" in errors[0].error
+
+
+async def test_opening_a_device_that_hangs_fails_within_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    card = FakeCard()
+    release = threading.Event()
+    opened = card.RawInputStream
+
+    def slow_open(**kwargs: Any) -> FakeStream:
+        release.wait(5)  # PortAudio waiting for a sound server that does not answer
+        return opened(**kwargs)
+
+    card.RawInputStream = slow_open
+    monkeypatch.setitem(sys.modules, "sounddevice", card)
+    transport = LocalAudioTransport(LocalAudioParams(open_timeout=0.3))
+    async with PipelineHarness([transport.input()], end_timeout=5) as harness:
+        await harness.wait_finished(3)
+    errors = harness.collected.of_type(ErrorFrame, FrameDirection.UPSTREAM)
+    assert errors and "opening the microphone took more than 0.3s" in errors[0].error
+    release.set()
+    # The stream that opened after all is closed, never left running.
+    for _ in range(100):
+        if card.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert card.closed == 1 and not card.streams[0]._thread.is_alive()
+
+
+def test_devices_from_the_environment() -> None:
+    params = LocalAudioParams.from_env({"VANTUM_INPUT_DEVICE": "3", "VANTUM_OUTPUT_DEVICE": "USB headset"})
+    assert (params.input_device, params.output_device) == (3, "USB headset")
+    assert LocalAudioParams.from_env({}).input_device is None
+    assert LocalAudioParams.from_env({"VANTUM_INPUT_DEVICE": "pulse"}, input_device=1).input_device == 1
+    assert [parse_device(text) for text in ("", "  ", "0", " pulse ")] == [None, None, 0, "pulse"]
+    with pytest.raises(ConfigurationError, match="VANTUM_AUDIO_OPEN_TIMEOUT"):
+        LocalAudioParams.from_env({"VANTUM_AUDIO_OPEN_TIMEOUT": "soon"})
+    with pytest.raises(ConfigurationError, match="stall_timeout"):
+        LocalAudioParams(stall_timeout=0)

@@ -14,7 +14,7 @@ from tests.twilio_scripted import ScriptedAgent, phone_stack, tone
 from vantum_pipeline.frames import HeardTextFrame, MetricsFrame
 from vantum_pipeline.telephony.outcome import CallOutcome
 from vantum_pipeline.telephony.state import CallState
-from vantum_pipeline.testing.callee import BargeIn, Drop, HangUp, Listen, Say, SendRaw
+from vantum_pipeline.testing.callee import BargeIn, CloseSocket, Drop, HangUp, Listen, Say, SendRaw
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -260,3 +260,253 @@ async def test_a_stream_of_garbage_ends_that_call_with_an_error():
     assert len(malformed) == 6  # the limit (5) plus the one that ended the call
     assert record.outcome is CallOutcome.ERROR
     assert fake.calls[call.sid].callee.end_reason == "api hang-up"
+
+
+# ------------------------------------------------------------ hostile webhooks
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b'{"CallSid": "CA1", "CallStatus": "busy"}'),
+        ("text/plain", b"CallSid=CA1&CallStatus=busy"),
+        ("application/octet-stream", b"\xff\xfe\x00 not text"),
+        (None, b"CallSid=CA1"),
+    ],
+)
+async def test_a_webhook_body_that_is_not_a_form_is_refused_like_any_bad_signature(content_type, body):
+    messages: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: messages.append((m.record["level"].name, str(m))), level="WARNING")
+    try:
+        async with phone_stack(agent()) as (_fake, server):
+            call = server.registry.new_call(CALLEE, "+15005550006", price_per_minute=0.014)
+            headers = {"X-Twilio-Signature": "c2lnbmF0dXJl"}
+            if content_type is not None:
+                headers["Content-Type"] = content_type
+            async with aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as http:
+                for url in (server.status_url(call), server.answer_url(call)):
+                    async with http.post(url, data=body, headers=headers) as response:
+                        assert response.status == 403
+            assert server.rejected_signatures == 2
+    finally:
+        logger.remove(sink)
+    refusals = [text for level, text in messages if "refused POST" in text]
+    assert len(refusals) == 2 and all("not a form" in text for text in refusals)
+    assert not [text for level, text in messages if level in ("ERROR", "CRITICAL")]
+    assert not any("Traceback" in text for _, text in messages)
+    assert call.state is CallState.QUEUED and not call.ended  # nothing was processed
+
+
+# ------------------------------------------------------------- max_calls
+
+
+def _signed_headers(server, auth_token: str) -> dict[str, str]:
+    return {"X-Twilio-Signature": RequestValidator(auth_token).compute_signature(server.media_url, {})}
+
+
+def _start_message(token: str, call_sid: str, **parameters: str) -> str:
+    start = {
+        "accountSid": "ACx",
+        "streamSid": "MZ" + call_sid,
+        "callSid": call_sid,
+        "customParameters": {"call_token": token, **parameters},
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    }
+    return json.dumps({"event": "start", "streamSid": "MZ" + call_sid, "start": start})
+
+
+async def _upgrade(http, server, auth_token: str):
+    """The media socket, or the HTTP status the upgrade was refused with."""
+    try:
+        return await http.ws_connect(server.media_url, headers=_signed_headers(server, auth_token))
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status
+
+
+async def _until_media(socket) -> None:
+    """Wait for the bot's first audio: the call's pipeline is running."""
+    async with asyncio.timeout(10):
+        while True:
+            message = await socket.receive()
+            assert message.type is aiohttp.WSMsgType.TEXT, message
+            if json.loads(message.data)["event"] == "media":
+                return
+
+
+class CountingAgent:
+    """A pipeline factory that records how many of its pipelines are alive at each new one."""
+
+    def __init__(self) -> None:
+        self.bot = agent()
+        self.tasks = []
+        self.alive_at_build: list[int] = []
+        self.tokens: list[str] = []
+
+    def __call__(self, call):
+        if call.parameters.get("fail"):
+            raise RuntimeError("the factory refuses this call")
+        task = self.bot(call)
+        self.tasks.append(task)
+        self.tokens.append(call.parameters["call_token"])
+        self.alive_at_build.append(sum(not t.has_finished for t in self.tasks))
+        return task
+
+
+async def test_a_burst_of_upgrades_never_runs_more_than_max_calls_pipelines():
+    factory = CountingAgent()
+    async with phone_stack(factory, max_calls=2) as (fake, server):
+        calls = [server.registry.new_call(CALLEE, "+15005550006", price_per_minute=0.014) for _ in range(5)]
+        async with aiohttp.ClientSession() as http:
+            # Five simultaneous upgrades, none has sent 'start' yet.
+            results = await asyncio.gather(*(_upgrade(http, server, fake.auth_token) for _ in calls))
+            sockets = [r for r in results if not isinstance(r, int)]
+            assert len(sockets) == 2 and sorted(r for r in results if isinstance(r, int)) == [503, 503, 503]
+            assert server.streams == 2
+            for i, socket in enumerate(sockets):
+                await socket.send_str(_start_message(calls[i].token, f"CA{i}"))
+            for socket in sockets:
+                await _until_media(socket)
+            assert await _upgrade(http, server, fake.auth_token) == 503  # still full
+            for socket in sockets:
+                await socket.close()  # the callees hang up
+            async with asyncio.timeout(10):
+                await server.wait_idle()
+            # The refused upgrades never read 'start': their calls' tokens still open a stream.
+            for i in (2, 3, 4):
+                socket = await _upgrade(http, server, fake.auth_token)
+                assert not isinstance(socket, int), socket
+                await socket.send_str(_start_message(calls[i].token, f"CA{i}"))
+                await _until_media(socket)
+                await socket.close()
+                async with asyncio.timeout(10):
+                    await server.wait_idle()
+    assert sorted(factory.tokens) == sorted(call.token for call in calls)
+    assert max(factory.alive_at_build) <= 2
+
+
+async def test_calls_beyond_max_calls_are_refused_at_the_upgrade_and_end_as_errors():
+    factory = CountingAgent()
+    release = asyncio.Event()
+    on_the_line: dict[str, asyncio.Event] = {}
+
+    async def hold_the_line(callee) -> None:
+        on_the_line.setdefault(callee.call_sid, asyncio.Event()).set()
+        async with asyncio.timeout(30):
+            await release.wait()
+        await callee.hang_up()
+
+    async def settled(call) -> None:
+        """The call's stream is running, or the call is over."""
+        line = on_the_line.setdefault(call.sid, asyncio.Event())
+        waiters = {asyncio.ensure_future(line.wait()), asyncio.ensure_future(call.wait())}
+        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+
+    numbers = [f"+1415555020{i}" for i in range(4)]
+    async with phone_stack(factory, max_calls=2) as (fake, server):
+        for number in numbers:
+            fake.behave(number, script=hold_the_line)
+        calls = await asyncio.gather(*(server.place_call(n) for n in numbers))
+        async with asyncio.timeout(20):
+            await asyncio.gather(*(settled(c) for c in calls))
+        statuses = sorted(fake.calls[c.sid].stream_status for c in calls)
+        release.set()
+        records = await asyncio.gather(*(record_of(c, server) for c in calls))
+    assert statuses == [101, 101, 503, 503]  # the two lines still held the slots
+    assert max(factory.alive_at_build) <= 2 and len(factory.tokens) == 2
+    outcomes = sorted(r.outcome.value for r in records)
+    assert outcomes == sorted([CallOutcome.COMPLETED.value] * 2 + [CallOutcome.ERROR.value] * 2)
+
+
+async def test_every_way_a_stream_ends_gives_its_slot_back():
+    factory = CountingAgent()
+    async with phone_stack(factory, max_calls=1) as (fake, server):
+        calls = [server.registry.new_call(CALLEE, "+15005550006", price_per_minute=0.014) for _ in range(2)]
+        async with aiohttp.ClientSession() as http:
+
+            async def next_socket():
+                async with asyncio.timeout(10):
+                    await server.wait_idle()
+                socket = await _upgrade(http, server, fake.auth_token)
+                assert not isinstance(socket, int), f"the upgrade was refused with {socket}: a slot leaked"
+                return socket
+
+            # Closed before 'start'.
+            socket = await next_socket()
+            assert await _upgrade(http, server, fake.auth_token) == 503  # waiting for 'start' counts
+            await socket.close()
+            # An unknown call token.
+            socket = await next_socket()
+            await socket.send_str(_start_message("no-such-token", "CA9"))
+            assert (await socket.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSE
+            await socket.close()
+            # The pipeline factory fails.
+            socket = await next_socket()
+            await socket.send_str(_start_message(calls[0].token, "CA0", fail="1"))
+            assert (await socket.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSE
+            await socket.close()
+            # A whole call.
+            socket = await next_socket()
+            await socket.send_str(_start_message(calls[1].token, "CA1"))
+            await _until_media(socket)
+            await socket.close()
+            await (await next_socket()).close()
+    assert factory.tokens == [calls[1].token]
+
+
+# ------------------------------------------------------- hostile media streams
+
+OTHERS = ("+14155550101", "+14155550102")
+_MEDIA = {"event": "media", "streamSid": "MZ", "media": {"track": "inbound", "payload": "////"}}
+
+
+@pytest.mark.parametrize(
+    ("hostile", "reason"),
+    [
+        (SendRaw(json.dumps({**_MEDIA, "media": {"payload": "A" * 70_000}})), "closed with 1009"),
+        (SendRaw("{not json", times=6), "6 malformed messages"),
+        (CloseSocket(4000, "going rogue"), "code 4000 (going rogue)"),
+        (CloseSocket(1011, ""), "code 1011"),
+    ],
+    ids=["oversized", "malformed", "abnormal-close-4000", "abnormal-close-1011"],
+)
+async def test_a_hostile_media_stream_ends_that_call_with_an_error_while_others_go_on(hostile, reason):
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    bot = agent()
+    try:
+        async with phone_stack(bot) as (fake, server):
+            fake.behave(CALLEE, script=[Listen(quiet=0.3), hostile, Listen(quiet=5)])
+            for number in OTHERS:
+                # Still talking when the hostile call ends: they speak, and hear the bot's reply.
+                fake.behave(number, script=[Listen(quiet=0.3), Say(tone(0.4)), Listen(quiet=0.6), HangUp()])
+            calls = await asyncio.gather(*(server.place_call(n) for n in (CALLEE, *OTHERS)))
+            records = await asyncio.gather(*(record_of(c, server) for c in calls))
+            hostile_call, *other_calls = calls
+            fake_calls = {c.sid: fake.calls[c.sid] for c in calls}
+    finally:
+        logger.remove(sink)
+    assert records[0].outcome is CallOutcome.ERROR
+    assert bot.calls[hostile_call.sid].task.finish_reason == "error"
+    assert hostile_call.failure is not None and "protocol violation" in hostile_call.failure
+    warnings = [m for m in messages if "protocol violation, ending the call" in m and hostile_call.sid in m]
+    assert len(warnings) == 1 and reason in warnings[0], warnings
+    assert any(r.method == "POST" and r.params.get("Status") == ["completed"] for r in fake.requests)  # hung up
+    for call, record in zip(other_calls, records[1:], strict=True):
+        callee = fake_calls[call.sid].callee
+        assert record.outcome is CallOutcome.COMPLETED and callee.end_reason == "callee hung up"
+        assert bot.calls[call.sid].task.finish_reason == "cancel"
+        assert callee.heard_seconds(start=callee.spoke[0][1]) > 0.3  # the bot answered
+        assert not [m for m in messages if call.sid in m]
+
+
+@pytest.mark.parametrize("code", [1000, 1001])
+async def test_a_normal_close_without_stop_is_the_callee_going_away(code):
+    bot = agent()
+    async with phone_stack(bot) as (fake, server):
+        fake.behave(CALLEE, script=[Listen(quiet=0.3), CloseSocket(code)])
+        call = await server.place_call(CALLEE)
+        record = await record_of(call, server)
+    assert bot.calls[call.sid].task.finish_reason == "cancel"
+    assert record.outcome is CallOutcome.COMPLETED and call.failure is None

@@ -346,7 +346,7 @@ class TTSWordTimestampsFrame(DataFrame):
 @dataclass(slots=True, eq=False)
 class HeardTextFrame(DataFrame):
     """Bot text the user has actually heard, emitted by the output transport
-    as playback advances (Twilio mark echoes, the local audio clock) and
+    as playback advances (Twilio mark echoes, the sound card's playback) and
     mapped through TTS word timestamps. Cumulative: ``text`` is everything of
     the ``context_id`` turn heard so far, so a late or repeated frame is
     harmless. A record of the past, so it survives interruptions."""

@@ -42,7 +42,12 @@ Tasks
 receive loop); ``create_turn_task`` starts one bound to the current epoch,
 cancelled by the next interruption (an LLM stream). Both are cancelled and
 awaited, with a timeout, when the pipeline stops; an exception in either
-becomes an ``ErrorFrame`` pushed upstream.
+becomes an ``ErrorFrame`` pushed upstream. That error is fatal (the pipeline
+ends at once) for a task started with ``create_task(..., essential=True)``:
+one whose loss leaves the processor useless (a transport's receive loop, an
+STT connection), where going on would leave the call deaf or mute until a
+timeout. A turn task that is cancelled before it ever ran has its coroutine
+closed, so nothing warns that it was never awaited.
 """
 
 from __future__ import annotations
@@ -79,9 +84,7 @@ _UP = FrameDirection.UPSTREAM
 
 #: Epoch of the frame being handled in this context; None outside handlers
 #: and in long-lived tasks.
-_handling_epoch: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "vantum_handling_epoch", default=None
-)
+_handling_epoch: contextvars.ContextVar[int | None] = contextvars.ContextVar("vantum_handling_epoch", default=None)
 
 _current_task = asyncio.current_task
 _names = itertools.count(1)
@@ -306,17 +309,22 @@ class FrameProcessor:
         """Send an ErrorFrame upstream, towards the task."""
         await self.push_frame(ErrorFrame(error, fatal=fatal, processor=self.name, exception=exception), _UP)
 
-    def create_task(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+    def create_task(
+        self, coro: Coroutine[Any, Any, Any], name: str | None = None, *, essential: bool = False
+    ) -> asyncio.Task[Any]:
         """Start a long-lived task owned by this processor (e.g. a receive loop).
 
         Frames it pushes are stamped with the pipeline's epoch at push time.
-        It is cancelled when the pipeline stops.
+        It is cancelled when the pipeline stops. An exception it raises is
+        pushed upstream as an ``ErrorFrame``, a fatal one if ``essential``
+        (the processor is useless without this task: the call must end).
         """
         context = contextvars.copy_context()
         context.run(_handling_epoch.set, None)
         task = asyncio.get_running_loop().create_task(
-            self._guard(coro), name=f"{self.name}:{name or 'task'}", context=context
+            self._guard(coro, essential=essential), name=f"{self.name}:{name or 'task'}", context=context
         )
+        task.add_done_callback(lambda _: coro.close())
         self._vp_tasks.add(task)
         task.add_done_callback(self._vp_tasks.discard)
         return task
@@ -328,6 +336,9 @@ class FrameProcessor:
         interruption cancels it.
         """
         task = asyncio.get_running_loop().create_task(self._guard(coro), name=f"{self.name}:{name or 'turn'}")
+        # Cancelled before its first step (an interruption right away), the task never started
+        # ``coro``: closing it spares a "never awaited" warning; a no-op once it has run.
+        task.add_done_callback(lambda _: coro.close())
         self._vp_turn_tasks[task] = self.handling_epoch
         task.add_done_callback(self._forget_turn_task)
         return task
@@ -348,13 +359,13 @@ class FrameProcessor:
     def _forget_turn_task(self, task: asyncio.Task[Any]) -> None:
         self._vp_turn_tasks.pop(task, None)
 
-    async def _guard(self, coro: Coroutine[Any, Any, Any]) -> Any:
+    async def _guard(self, coro: Coroutine[Any, Any, Any], *, essential: bool = False) -> Any:
         try:
             return await coro
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await self._report(exc, None)
+            await self._report(exc, None, fatal=essential)
             return None
 
     async def _report(self, exc: Exception, frame: Frame | None, *, fatal: bool = False) -> None:

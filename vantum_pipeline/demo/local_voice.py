@@ -9,6 +9,10 @@ pocketsphinx; ``OPENAI_API_KEY`` → OpenAI, else the scripted sales agent;
 ``vantum demo --mic`` uses) ignores the keys. The bot speaks first, and the
 call ends when the agent says goodbye or on Ctrl-C.
 
+The devices are the system's default microphone and speaker, or those named
+by ``LocalAudioParams`` (``vantum demo --mic --input-device ... --output-device
+...``, or ``VANTUM_INPUT_DEVICE`` / ``VANTUM_OUTPUT_DEVICE``).
+
 The local transport has no echo cancellation: use headphones, or the bot
 hears itself and interrupts itself.
 """
@@ -28,7 +32,7 @@ from vantum_pipeline.processors.context import SALES_PROMPT, LLMContext
 from vantum_pipeline.processors.sentence import SentenceAggregator
 from vantum_pipeline.settings import load_env
 from vantum_pipeline.task import PipelineRunner, PipelineTask
-from vantum_pipeline.transports.local import LocalAudioTransport, check_local_audio
+from vantum_pipeline.transports.local import LocalAudioParams, LocalAudioTransport, probe_local_audio
 
 __all__ = ["build_local_voice", "choose_services", "run_local_voice"]
 
@@ -87,13 +91,17 @@ def _services(env: Mapping[str, str], chosen: Mapping[str, str]) -> tuple[FrameP
 
 
 def build_local_voice(
-    console: CallConsole, env: Mapping[str, str] | None = None, *, offline_only: bool = False
+    console: CallConsole,
+    env: Mapping[str, str] | None = None,
+    *,
+    offline_only: bool = False,
+    params: LocalAudioParams | None = None,
 ) -> tuple[PipelineTask, LLMContext, dict[str, str]]:
     """The voice loop's task (the greeting queued), its context and the engines chosen."""
     values = load_env(env)
     chosen = choose_services(values, offline_only=offline_only)
     stt, llm, tts = _services(values, chosen)
-    transport = LocalAudioTransport()
+    transport = LocalAudioTransport(params or LocalAudioParams.from_env(values))
     context = LLMContext.from_template(SALES_PROMPT, PROSPECT)
     pipeline = Pipeline(
         [
@@ -114,12 +122,21 @@ def build_local_voice(
 
 
 async def run_local_voice(
-    env: Mapping[str, str] | None = None, *, offline_only: bool = True, stream: TextIO = sys.stdout
+    env: Mapping[str, str] | None = None,
+    *,
+    offline_only: bool = True,
+    stream: TextIO = sys.stdout,
+    params: LocalAudioParams | None = None,
 ) -> int:
-    """Run the loop until the agent ends the call or Ctrl-C; 0 unless the pipeline failed."""
-    check_local_audio()  # a missing PortAudio or device is a clear message, not a failed pipeline
+    """Run the loop until the agent ends the call or Ctrl-C; 0 unless the pipeline failed.
+
+    ``params``: the devices (default: ``LocalAudioParams.from_env``). A missing
+    PortAudio, device or sound server raises ConfigurationError before the call starts.
+    """
+    params = params or LocalAudioParams.from_env(load_env(env))
+    await probe_local_audio(params)  # a clear message, not a failed pipeline (nor a hang)
     console = CallConsole(stream)
-    task, _, chosen = build_local_voice(console, env, offline_only=offline_only)
+    task, _, chosen = build_local_voice(console, env, offline_only=offline_only, params=params)
     console.note(
         f"talking through your microphone and speaker (stt: {chosen['stt']}, llm: {chosen['llm']}, "
         f"tts: {chosen['tts']}); use headphones; Ctrl-C to hang up"

@@ -109,7 +109,7 @@ class BudgetGuard(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, StartFrame):
-            self.create_task(self._wait_and_wrap_up(), "budget")
+            self.create_task(self._wait_and_wrap_up(), "budget", essential=True)
         elif (
             self.exceeded is not None
             and direction is FrameDirection.DOWNSTREAM

@@ -1,8 +1,8 @@
 """Sentences out of a streamed LLM reply, as early as they are certain.
 
 A TTS service speaks best (and soonest) sentence by sentence: the first
-sentence of a reply should reach it the moment its last character arrives,
-not when the reply ends. ``SentenceSplitter`` is the sans-I/O core (text in,
+sentence of a reply should reach it as soon as it is certain, not when the
+reply ends. ``SentenceSplitter`` is the sans-I/O core (text in,
 sentences out, no asyncio); ``SentenceAggregator`` is the processor around it.
 
 Where a sentence ends
@@ -23,25 +23,26 @@ characters after the run decide:
 - a newline: always a boundary; a line without terminal punctuation (a list
   item, "Here are the options:") is a sentence of its own.
 
-Latency: a sentence is emitted by the ``push`` that makes it certain. ``?`` and
-``!`` at the very end of the text so far are certain, unless a quote or bracket
-is open or closes right after them, or they may be a URL's query; ``.`` there
-is not (``$3.`` may become ``$3.50``), so it waits for the next chunk. A
-candidate never waits more than one chunk: if the chunk after it brought only
-whitespace, or cut a time zone short, the default decision is taken (a
-boundary, except before a time zone's prefix).
+Latency: a sentence is emitted by the ``push`` that makes it certain, which is
+the chunk bringing the first non-blank character after its candidate boundary
+(that character, or the word it starts, decides). A terminator at the very end
+of the text so far is never certain: ``$3.`` may become ``$3.50``, ``Really?``
+may become ``Really?!`` or ``Really?"``, ``pricing?`` a URL's query. So a
+sentence waits for one more chunk in the usual LLM stream, where a word comes
+with its leading space; a chunk of whitespace alone decides nothing. The wait is
+bounded: a time zone's prefix (``3 p.m. East``) waits only until its word is
+whole, and a run of whitespace longer than ``max_chars`` ends the sentence.
 
 Short fragments ("Great.", "Got it.") of at most ``merge_words`` words are held
 and spoken together with the next sentence, except the first sentence of a
 reply (holding it would delay the first audio) and lines ending at a newline.
-A ``!`` or ``?`` split from its sentence by a chunk boundary ("Wow!" then
-"! That's great") is dropped rather than spoken at the head of the next one.
-A run without any boundary is cut at a clause break (``, ; :``) once it
-exceeds ``max_chars``, so the buffer is bounded.
+A run without a boundary within ``max_chars`` characters is cut at a clause
+break (``, ; :``), else at its last space, else at ``max_chars``: the buffer is
+bounded and so is every sentence the splitter finds on its own.
 
-Text is never rewritten: the emitted sentences, joined with spaces, hold the
-same words in the same order as the input (only whitespace and such a stray
-``!`` may go).
+Text is never rewritten: the input is exactly the emitted sentences with
+whitespace between them (a merged fragment keeps its original whitespace), and
+the split depends on the text only, never on how it was chunked.
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ _TIME_ZONES: Final = frozenset(
 _ACRONYM: Final = re.compile(r"^(?:[A-Za-z]{1,2}\.)+[A-Za-z]{1,2}$")  # U.S, U.K, U.S.A, e.u
 _LIST_MARKER: Final = re.compile(r"^(?:\d{1,2}|[A-Za-z])$")
 _I_WORD: Final = re.compile(r"I(?:\b|'|’)")
-_ADDRESS: Final = re.compile(r"[/@=]|\w\.\w")  # a URL or e-mail: "?" may be its query
 _CLAUSE_BREAK: Final = re.compile(r"[,;:](?=\s)|\s[-–—](?=\s)")
 
 
@@ -124,12 +124,11 @@ class SentenceSplitter:
         self._held = ""
         self._emitted = False  # the reply's first sentence is out
         self._line_start = True  # the buffer starts at the beginning of a line
-        self._glued = False  # the last cut was at the very end of the text then received
 
     @property
     def pending(self) -> str:
         """Text received but not emitted yet (held fragment included)."""
-        return f"{self._held} {self._buf}".strip() if self._held else self._buf.strip()
+        return (self._held + self._buf).strip()
 
     def reset(self) -> None:
         """Forget everything: a new reply starts."""
@@ -137,55 +136,52 @@ class SentenceSplitter:
         self._held = ""
         self._emitted = False
         self._line_start = True
-        self._glued = False
 
     def push(self, text: str) -> list[str]:
         """Add a chunk; return the sentences it completed."""
         if not text:
-            return []  # an empty delta carries no information and does not count as a chunk
-        previous = len(self._buf)
+            return []
         self._buf += text
-        out: list[str] = []
-        while True:
-            cut = self._find_boundary(previous)
-            if cut is None:
-                break
-            end, resume, newline = cut
-            sentence = self._buf[:end].strip()
-            if self._glued:
-                # "Wow!" was cut at the end of a chunk and the next began "!":
-                # that "!" belongs to the sentence already out; drop it.
-                sentence = sentence.lstrip(".!?").strip()
-            self._glued = resume == len(self._buf) and not newline
-            consumed = self._buf[:resume]
-            self._buf = self._buf[resume:]
-            previous = max(0, previous - resume)
-            self._line_start = newline or consumed.endswith("\n")
-            out.extend(self._emit(sentence, hold_allowed=not newline))
-        if len(self._buf) > self.max_chars:
-            out.extend(self._cut_long())
-        return out
+        return self._split(final=False)
 
     def flush(self) -> list[str]:
         """Return what is left (the reply ended) and start a new reply."""
-        rest = self._buf.strip()
-        if self._glued:
-            rest = rest.lstrip(".!?").strip()
-        if self._held:
-            rest = f"{self._held} {rest}".strip()
+        out = self._split(final=True)
+        rest = (self._held + self._buf).strip()
         self.reset()
-        return [rest] if rest else []
+        return [*out, rest] if rest else out
 
     # ----------------------------------------------------------- internals
 
-    def _emit(self, sentence: str, *, hold_allowed: bool) -> list[str]:
-        text = f"{self._held} {sentence}" if self._held else sentence
+    def _split(self, *, final: bool) -> list[str]:
+        """Emit every sentence the buffer makes certain (``final``: nothing more will come)."""
+        out: list[str] = []
+        while True:
+            found = self._find_boundary(final=final)
+            if isinstance(found, tuple) and found[0] <= self.max_chars:
+                end, resume, newline = found
+                raw = self._buf[:end]
+                self._buf = self._buf[resume:]
+                self._line_start = newline or raw.endswith("\n")
+                out.extend(self._emit(raw, hold_allowed=not newline))
+            elif len(self._buf) > self.max_chars and not (isinstance(found, int) and found <= self.max_chars):
+                # No boundary within max_chars, and no candidate still waiting there to be decided.
+                out.extend(self._cut_long())
+            else:
+                return out
+
+    def _emit(self, raw: str, *, hold_allowed: bool) -> list[str]:
+        """Emit ``raw`` (with a held fragment before it, whitespace as it came), or hold it."""
+        text = self._held + raw
         self._held = ""
-        if self._emitted and hold_allowed and len(text.split()) <= self.merge_words:
+        sentence = text.strip()
+        if not sentence:
+            return []
+        if self._emitted and hold_allowed and len(sentence.split()) <= self.merge_words:
             self._held = text
             return []
         self._emitted = True
-        return [text]
+        return [sentence]
 
     def _cut_long(self) -> list[str]:
         """Bound the buffer: cut a run-on at its last clause break (or space)."""
@@ -198,14 +194,15 @@ class SentenceSplitter:
             cut = window.rfind(" ")
         if cut <= 0:
             cut = self.max_chars
-        sentence = self._buf[:cut].strip()
+        raw = self._buf[:cut]
         self._buf = self._buf[cut:]
         self._line_start = False
-        return self._emit(sentence, hold_allowed=False) if sentence else []
+        return self._emit(raw, hold_allowed=False)
 
-    def _find_boundary(self, previous: int) -> tuple[int, int, bool] | None:
-        """First certain boundary in the buffer: (end of sentence, where the
-        rest starts, ended by a newline), or None."""
+    def _find_boundary(self, *, final: bool) -> tuple[int, int, bool] | int | None:
+        """The first boundary in the buffer as (end of sentence, where the rest
+        starts, ended by a newline); or, if a candidate before it needs more
+        text to be decided, that candidate's end; or None."""
         buf = self._buf
         n = len(buf)
         i = 0
@@ -225,66 +222,61 @@ class SentenceSplitter:
             close_end = run_end
             while close_end < n and buf[close_end] in _CLOSERS:
                 close_end += 1
-            verdict, newline = self._judge(i, run_end, close_end, forced=close_end <= previous)
+            verdict, newline = self._judge(i, run_end, close_end, final=final)
             if verdict is _Verdict.UNDECIDED:
-                return None  # only possible at the end of the buffer
+                return close_end
             if verdict is _Verdict.BOUNDARY and _speakable(buf[:close_end]):
                 return close_end, close_end, newline
             i = close_end
         return None
 
-    def _judge(self, start: int, run_end: int, close_end: int, *, forced: bool) -> tuple[_Verdict, bool]:
+    def _judge(self, start: int, run_end: int, close_end: int, *, final: bool) -> tuple[_Verdict, bool]:
+        """Decide the candidate ``buf[start:close_end]``; UNDECIDED when what
+        decides it has not arrived yet (never when ``final``)."""
         buf = self._buf
         n = len(buf)
-        run = buf[start:run_end]
-        ellipsis = "…" in run or run.startswith("..")
-        question = not ellipsis and ("?" in run or "!" in run)
         if close_end == n:
-            if (
-                question
-                and close_end == run_end  # '"Really?" she asked': a closing quote may take a speech tag
-                and not _open_quote(buf[:close_end])
-                and not _ADDRESS.search(self._token_before(start))
-            ):
-                return _Verdict.BOUNDARY, False
-            return (_Verdict.BOUNDARY if forced else _Verdict.UNDECIDED), False
+            # The run, or its closers, may go on: "Really?" + "!", "$3." + "50".
+            return (_Verdict.BOUNDARY if final else _Verdict.UNDECIDED), False
         if not buf[close_end].isspace():
             return _Verdict.CONTINUE, False
         j = close_end
         while j < n and buf[j] in _INLINE_SPACE:
             j += 1
+        if j - close_end > self.max_chars:
+            return _Verdict.BOUNDARY, False  # bounds the wait for the next word
         if j < n and buf[j] == "\n":
             return _Verdict.BOUNDARY, True
+        if j == n and not final:
+            return _Verdict.UNDECIDED, False
         nxt = buf[j] if j < n else None
+        run = buf[start:run_end]
+        ellipsis = "…" in run or run.startswith("..")
         if ellipsis:
             if nxt is None:
-                return (_Verdict.BOUNDARY if forced else _Verdict.UNDECIDED), False
+                return _Verdict.BOUNDARY, False
+            if nxt == "I" and j + 1 == n and not final:
+                return _Verdict.UNDECIDED, False  # "Hmm... I" may become "Hmm... It's"
             if nxt.isupper() and not _I_WORD.match(buf, j):
                 return _Verdict.BOUNDARY, False
             return _Verdict.CONTINUE, False
-        if question:
-            if nxt is None:
-                undecided = close_end > run_end and not forced
-                return (_Verdict.UNDECIDED if undecided else _Verdict.BOUNDARY), False
-            return (_Verdict.CONTINUE if nxt.islower() else _Verdict.BOUNDARY), False
+        if "?" in run or "!" in run:
+            return (_Verdict.CONTINUE if nxt is not None and nxt.islower() else _Verdict.BOUNDARY), False
         kind = self._classify(start)
         if kind in (_Kind.NEVER_END, _Kind.LIST_MARKER):
             return _Verdict.CONTINUE, False
         if nxt is None:
-            if kind is _Kind.PLAIN or forced:
-                return _Verdict.BOUNDARY, False
-            return _Verdict.UNDECIDED, False
+            return _Verdict.BOUNDARY, False
         if nxt.islower():
             return _Verdict.CONTINUE, False
         if kind is _Kind.BEFORE_NUMBER and nxt.isdigit():
             return _Verdict.CONTINUE, False
         if kind is _Kind.TIME:
             word = _next_word(buf, j)
+            if j + len(word) == n and not final:
+                return _Verdict.UNDECIDED, False  # "3 p.m. East" may become "Eastern"
             if word in _TIME_ZONES:
                 return _Verdict.CONTINUE, False
-            if j + len(word) == n and any(zone.startswith(word) for zone in _TIME_ZONES):
-                # "3 p.m. East" may become "Eastern": decide when the word is whole.
-                return (_Verdict.CONTINUE if forced else _Verdict.UNDECIDED), False
         return _Verdict.BOUNDARY, False
 
     def _token_before(self, index: int) -> str:
@@ -315,16 +307,6 @@ class SentenceSplitter:
 
 def _speakable(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
-
-
-def _open_quote(text: str) -> bool:
-    """A quotation or bracket opened in ``text`` is still open at its end."""
-    return (
-        text.count('"') % 2 == 1
-        or text.count("“") > text.count("”")
-        or text.count("(") > text.count(")")
-        or text.count("[") > text.count("]")
-    )
 
 
 def _next_word(text: str, start: int) -> str:

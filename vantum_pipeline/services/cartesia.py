@@ -54,7 +54,9 @@ Cache
 ``TTSSpeakFrame`` phrases (greetings, fallbacks, "one moment please") are
 cached once synthesized cleanly, keyed by text + voice + model + format +
 speed (``TTSCache``, bounded); a cached phrase plays at once with no request.
-``settings.warm_phrases`` are synthesized into the cache at start.
+``settings.warm_phrases`` are synthesized into the cache at start. Pass one
+``cache=`` to the services of many calls to share it: a campaign's voicemail
+or greeting is then synthesized once for all of them.
 
 Metrics (MetricsFrame, labels ``service=cartesia``): ``latency.tts_ttfb`` per
 turn (first text sent to first audio byte), ``usage.tts_characters`` per
@@ -284,10 +286,10 @@ class UnspokenText:
 class CartesiaTTSService(FrameProcessor):
     """Cartesia websocket TTS; see the module docstring."""
 
-    def __init__(self, settings: CartesiaSettings, *, name: str | None = None) -> None:
+    def __init__(self, settings: CartesiaSettings, *, cache: TTSCache | None = None, name: str | None = None) -> None:
         super().__init__(name=name)
         self.settings = settings
-        self.cache = TTSCache(settings.cache_size, settings.cache_max_bytes)
+        self.cache = cache if cache is not None else TTSCache(settings.cache_size, settings.cache_max_bytes)
         self.unspoken: deque[UnspokenText] = deque(maxlen=100)
         self.characters_sent = 0
         self.stale_chunks_dropped = 0
@@ -676,7 +678,7 @@ class CartesiaTTSService(FrameProcessor):
             self._generation += 1
             self._conn = conn
             self.connections_opened += 1
-            self.create_task(self._read_socket(conn, self._generation), f"receive:{self._generation}")
+            self.create_task(self._read_socket(conn, self._generation), f"receive:{self._generation}", essential=True)
 
     def _lost(self, generation: int) -> None:
         """The socket of ``generation`` is gone: fail its live turns."""

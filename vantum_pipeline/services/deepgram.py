@@ -405,7 +405,7 @@ class DeepgramSTTService(STTService):
         self._client = AsyncDeepgramClient(
             api_key=self.settings.api_key.reveal(), environment=self.settings.environment()
         )
-        self._task = self.create_task(self._run(), "connection")
+        self._task = self.create_task(self._run(), "connection", essential=True)
 
     async def _close_gracefully(self) -> None:
         """CloseStream, then the last results, all within ``close_timeout``."""

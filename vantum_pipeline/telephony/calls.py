@@ -7,6 +7,11 @@ stream, and ends with exactly one :class:`CallRecord` (and one log line).
 ``CallRegistry`` holds the calls in flight by their one-time token: the
 token travels in our webhook URLs and as a ``<Parameter>`` of the media
 stream, and is how the server recognises a stream as one of ours.
+
+An ``OutboundCall`` is also the ``CallControl`` its pipeline talks to: the
+AMD verdict (``machine_detection``), what the call achieved (``conclude``:
+voicemail left, opted out, transferred) and a transfer to a rep
+(``request_transfer``, carried out by the server once the pipeline ended).
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from typing import Any
 
 from loguru import logger
 
-from vantum_pipeline.errors import ConfigurationError, PipelineError
+from vantum_pipeline.errors import ConfigurationError, PipelineError, ServiceError
+from vantum_pipeline.telephony.amd import AmdVerdict, MachineDetection, parse_amd_callback
 from vantum_pipeline.telephony.client import TwilioCallError, TwilioRestClient
+from vantum_pipeline.telephony.control import TransferRequest
+from vantum_pipeline.telephony.dnc import DncChecker, DoNotCallError
 from vantum_pipeline.telephony.numbers import mask_number, validate_e164
 from vantum_pipeline.telephony.outcome import (
     CallOutcome,
@@ -57,8 +65,11 @@ async def place_call(
     status_callback: str | None = None,
     status_events: Iterable[str] = STATUS_EVENTS,
     machine_detection: str | None = None,
+    amd_callback: str | None = None,
+    machine_detection_timeout: int | None = None,
     ring_timeout: int | None = None,
     time_limit: int | None = None,
+    dnc: DncChecker | None = None,
 ) -> PlacedCall:
     """Ask Twilio to call ``to`` from ``from_``.
 
@@ -66,12 +77,20 @@ async def place_call(
     answers) and ``twiml`` (inline) is required. Raises InvalidNumberError
     before any request for a number that is not E.164, and TwilioCallError
     when Twilio refuses (``.code`` 21211: invalid number, ...).
+    ``amd_callback`` (with ``machine_detection``) makes detection
+    asynchronous: the call connects at once and the verdict is POSTed there.
+    ``dnc``: a number on that do-not-call list raises DoNotCallError, and
+    no request is made.
     Cancel-safe, but a cancelled request may still have placed the call.
     """
     validate_e164(to, field="to")
     validate_e164(from_, field="from_")
     if (url is None) == (twiml is None):
         raise ConfigurationError("place_call needs exactly one of url= and twiml=")
+    if amd_callback is not None and machine_detection is None:
+        raise ConfigurationError("amd_callback needs machine_detection ('Enable' or 'DetectMessageEnd')")
+    if dnc is not None and await _listed(dnc, to):
+        raise DoNotCallError(to)
     parameters: dict[str, Any] = {"to": to, "from_": from_}
     if url is not None:
         parameters["url"] = url
@@ -86,12 +105,30 @@ async def place_call(
         parameters.update(status_callback=status_callback, status_callback_event=events, status_callback_method="POST")
     if machine_detection is not None:
         parameters["machine_detection"] = machine_detection
+        if machine_detection_timeout is not None:
+            parameters["machine_detection_timeout"] = machine_detection_timeout
+    if amd_callback is not None:
+        parameters.update(async_amd="true", async_amd_status_callback=amd_callback)
+        parameters["async_amd_status_callback_method"] = "POST"
     if ring_timeout is not None:
         parameters["timeout"] = ring_timeout
     if time_limit is not None:
         parameters["time_limit"] = time_limit
     call = await client.create_call(**parameters)
     return PlacedCall(sid=str(call.sid), status=str(call.status or "queued"))
+
+
+async def _listed(dnc: DncChecker, number: str, timeout: float = 5.0) -> bool:
+    """Whether ``number`` is on the DNC list; a list that cannot answer (an
+    error, or no answer within ``timeout``) is a retryable ServiceError: no
+    number is dialled unchecked."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await dnc.contains(number)
+    except Exception as exc:
+        raise ServiceError(
+            f"the do-not-call list could not be checked: {type(exc).__name__}: {exc}", service="dnc", retryable=True
+        ) from exc
 
 
 def _int(value: str | None) -> int | None:
@@ -134,6 +171,18 @@ class OutboundCall:
         #: Calls served by our media server must reach ``streaming`` to count as completed.
         self.expects_stream = True
         self.record: CallRecord | None = None
+        #: The AMD verdict holder when the call was placed with detection on.
+        self.machine_detection: MachineDetection | None = None
+        #: What the call achieved, when more than "completed" (see ``conclude``).
+        self.conclusion: CallOutcome | None = None
+        #: A conclusion that holds once the pipeline has ended cleanly.
+        self._provisional: CallOutcome | None = None
+        #: A transfer asked for by the pipeline, and how it went: None, then
+        #: "requested", "dialing", "answered" or "not_answered".
+        self.transfer: TransferRequest | None = None
+        self.transfer_status: str | None = None
+        #: Why the current media stream is not the call's first (see telephony.control).
+        self.resumed_after: str | None = None
         self._on_record = on_record
         self._done = asyncio.Event()
 
@@ -143,6 +192,68 @@ class OutboundCall:
     @property
     def state(self) -> CallState:
         return self.machine.state
+
+    @property
+    def call_sid(self) -> str | None:
+        return self.sid
+
+    # --------------------------------------------------- the CallControl side
+
+    def conclude(self, outcome: CallOutcome, *, needs_clean_end: bool = False) -> None:
+        """What the call achieved (``voicemail_left``, ``opted_out``, ...):
+        its record's outcome once Twilio reports it ``completed``. A later
+        conclusion replaces an earlier one (``machine`` → ``voicemail_left``).
+        ``needs_clean_end``: the outcome is provisional until the pipeline
+        ends by its EndFrame (everything played); a call cut off before keeps
+        the earlier conclusion, whichever of the hang-up's status callback
+        and the pipeline's end comes first."""
+        if self.record is not None:
+            return
+        if needs_clean_end:
+            self._provisional = outcome
+            return
+        self.conclusion = outcome
+        logger.info("call {}: concluded {}", self.sid, outcome.value)
+
+    def pipeline_finished(self, reason: str | None) -> None:
+        """The call's pipeline ended (``reason``: the task's finish_reason)."""
+        provisional, self._provisional = self._provisional, None
+        if provisional is None:
+            return
+        if reason == "end":
+            self.conclude(provisional)
+        else:
+            logger.info("call {}: {} did not hold: the pipeline ended by {}", self.sid, provisional.value, reason)
+
+    def request_transfer(self, request: TransferRequest) -> None:
+        """Transfer the callee to a rep once the pipeline has ended."""
+        if self.record is not None or self.transfer_status in ("requested", "dialing"):
+            logger.warning(
+                "call {}: transfer ignored: {}", self.sid, "call over" if self.record else "one is under way"
+            )
+            return
+        self.transfer = request
+        self.transfer_status = "requested"
+        logger.info("call {}: transfer requested to {}", self.sid, mask_number(request.number))
+
+    @property
+    def transfer_pending(self) -> bool:
+        """A transfer was requested and has not been dialled yet."""
+        return self.transfer_status == "requested"
+
+    def on_amd(self, params: Mapping[str, str]) -> AmdVerdict | None:
+        """An AMD status callback (already verified); the verdict if it is the first."""
+        verdict = parse_amd_callback(params)
+        self.answered_by = verdict.answered_by.value
+        if self.machine_detection is None:
+            self.machine_detection = MachineDetection()
+        if not self.machine_detection.decide(verdict):
+            logger.warning("call {}: a second AMD verdict ({}) ignored", self.sid, verdict.answered_by.value)
+            return None
+        logger.info(
+            "call {}: answered by {} (AMD took {} ms)", self.sid, verdict.answered_by.value, verdict.duration_ms
+        )
+        return verdict
 
     @property
     def parameters(self) -> dict[str, str]:
@@ -177,6 +288,8 @@ class OutboundCall:
             if duration is not None:
                 self.duration = float(duration)
             outcome = outcome_for_status(status) or CallOutcome.ERROR
+            if outcome is CallOutcome.COMPLETED and self.conclusion is not None:
+                return self.finish(self.conclusion, status)
             if outcome is CallOutcome.COMPLETED:
                 if self.failure is None and self.expects_stream and self.machine.entered(CallState.STREAMING) is None:
                     self.failure = "answered, but the media stream never started"

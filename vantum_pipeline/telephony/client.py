@@ -158,3 +158,12 @@ class TwilioRestClient:
         return await self._call(
             f"fetching {call_sid}", lambda: client.calls(call_sid).fetch_async(), retryable=_transient
         )
+
+    async def redirect(self, call_sid: str, twiml: str) -> Any:
+        """Replace what a live call is doing with ``twiml`` (e.g. a ``<Dial>``).
+
+        Not retried on a 5xx: the redirect may have been applied already."""
+        client = self._sdk()
+        return await self._call(
+            f"redirecting {call_sid}", lambda: client.calls(call_sid).update_async(twiml=twiml), retryable=_rate_limited
+        )

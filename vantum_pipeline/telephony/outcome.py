@@ -15,6 +15,15 @@ completed           completed        done (``answered_by`` says human or
 canceled            canceled         we canceled it before it was answered
 other errors        error            our side failed (auth, network, 5xx)
 ==================  ===============  =======================================
+
+A call that Twilio reports ``completed`` may have achieved something more
+specific, which the call's pipeline concludes (``OutboundCall.conclude``):
+``voicemail_left`` (a machine answered and the voicemail was played whole),
+``machine`` (a machine answered and no voicemail was left), ``fax``,
+``transferred`` (the prospect was connected to a rep), ``opted_out`` (the
+prospect asked to be put on the do-not-call list). ``do_not_call`` is the
+outcome of a call refused before any request because the number is on the
+do-not-call list.
 """
 
 from __future__ import annotations
@@ -42,6 +51,12 @@ class CallOutcome(enum.StrEnum):
     REMOVE = "remove"
     CANCELED = "canceled"
     ERROR = "error"
+    VOICEMAIL_LEFT = "voicemail_left"
+    MACHINE = "machine"
+    FAX = "fax"
+    TRANSFERRED = "transferred"
+    OPTED_OUT = "opted_out"
+    DO_NOT_CALL = "do_not_call"
 
 
 #: Twilio error codes that mean "this number will never work": drop it.

@@ -20,7 +20,7 @@ Twilio does it:
 A script is an ``async def script(callee)`` using the methods below, or a
 list of steps (:class:`Say`, :class:`Listen`, :class:`BargeIn`,
 :class:`Pause`, :class:`Dtmf`, :class:`HangUp`, :class:`Drop`,
-:class:`SendRaw`). Times are seconds since the stream started.
+:class:`SendRaw`, :class:`CloseSocket`). Times are seconds since the stream started.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ __all__ = [
     "BargeIn",
     "Callee",
     "CalleeScript",
+    "CloseSocket",
     "Drop",
     "Dtmf",
     "HangUp",
@@ -182,7 +183,18 @@ class SendRaw:
             await callee.send_raw(self.message)
 
 
-Step = Say | Listen | BargeIn | Pause | Dtmf | HangUp | Drop | SendRaw
+@dataclass(slots=True)
+class CloseSocket:
+    """Fault injection: the socket closes with ``code`` (and ``reason``), without ``stop``."""
+
+    code: int
+    reason: str = ""
+
+    async def run(self, callee: Callee) -> None:
+        await callee.close_socket(self.code, self.reason)
+
+
+Step = Say | Listen | BargeIn | Pause | Dtmf | HangUp | Drop | SendRaw | CloseSocket
 CalleeScript = Sequence[Step] | Callable[["Callee"], Awaitable[None]]
 
 
@@ -221,6 +233,10 @@ class Callee:
         self.protocol_errors: list[str] = []
         #: When a BargeIn step started talking over the bot.
         self.barge_in_at: float | None = None
+        #: Set by an answering machine's script once its greeting (and beep)
+        #: is over, when that was: FakeTwilio's AMD reports machine_end_* then.
+        self.greeting_over = asyncio.Event()
+        self.greeting_ended_at: float | None = None
         #: Why the stream ended: "callee hung up", "dropped", "server closed (code)", "api hang-up", ...
         self.end_reason: str | None = None
         self.close_code: int | None = None
@@ -332,6 +348,16 @@ class Callee:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(0.5):
                 await self.websocket.close()
+
+    async def close_socket(self, code: int, reason: str = "") -> None:
+        """Close the websocket with ``code``, no ``stop`` first."""
+        if self.ended.is_set():
+            return
+        # Close first: ending the stream first would let the default close (1000) overtake this one.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await self.websocket.close(code=code, message=reason.encode())
+        self._finish(f"closed with {code}")
 
     async def send_raw(self, message: str | bytes) -> None:
         async with self._send_lock:

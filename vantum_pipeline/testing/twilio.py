@@ -23,6 +23,32 @@ placing an outbound call:
    ``Status=completed`` hangs it up (the fake then sends ``stop``); the
    ``completed`` callback carries ``CallDuration``.
 
+Answering-machine detection: with ``MachineDetection`` and ``AsyncAmd=true``
+the call connects at once and the verdict (the number's ``answered_by``)
+is POSTed, signed, to ``AsyncAmdStatusCallback`` with ``CallSid``,
+``AccountSid``, ``AnsweredBy`` and ``MachineDetectionDuration`` (ms): for a
+human, fax or ``unknown`` after ``amd_seconds``; for a machine, with
+``DetectMessageEnd``, once its greeting and beep are over
+(``machine_end_beep``...), with ``Enable`` as ``machine_start`` after
+``amd_seconds``. Without ``AsyncAmd`` the verdict comes as ``AnsweredBy``
+on the answer webhook, as before. A machine's media stream plays its
+greeting, then a 1 kHz beep, then records (``callee.heard``) until it is hung
+up on or hears ``hang_up_after_silence`` seconds of silence after the bot
+spoke (:class:`AnsweringMachine`); a fax plays CNG tones.
+
+Redirecting a live call: ``POST …/Calls/{sid}.json`` with ``Twiml`` (or
+``Url``) stops what the call is doing (a media stream gets ``stop`` and is
+closed) and runs the new TwiML. ``<Dial>`` (with ``<Number>``, ``callerId``,
+``timeout``, ``action``) dials the number as a child call behaving as
+``fake.behave(number, ...)`` says (answers, then hangs up after
+``max_seconds``; ``busy``; ``no-answer``, also when it rings longer than the
+timeout), then POSTs the ``action`` callback (``DialCallStatus``,
+``DialCallSid``, ``DialCallDuration``, ``DialBridged``) and runs the TwiML it
+returns, e.g. a new ``<Connect><Stream>`` whose callee runs the number's
+next ``later_scripts`` entry. ``<Say>`` is recorded (``said``) and takes
+the time of its words. The callee sends ``dtmf`` messages with the ``Dtmf``
+script step.
+
 ``GET …/Calls/{sid}.json`` fetches a call. Every REST request is recorded
 (``requests``), every call keeps its callbacks, webhook response, and its
 callee's recordings (``calls[sid].callee.heard``: what the callee heard).
@@ -31,9 +57,12 @@ Faults: ``fake.fail_next(RestFault(...), times=n)`` for the REST API (an
 error status such as 429 with ``Retry-After``, 500 or 503; a delay; no
 answer at all). Per number (``fake.behave(number, ...)``) or for every number
 (``fake.default``): ``outcome`` ("busy", "no-answer", "failed"), a wrong
-signature on the webhook / stream upgrade / status callbacks
-(``bad_signature={"webhook", "stream", "status"}``), AMD's ``answered_by``,
+signature on the webhook / stream upgrade / status / AMD / Dial action callbacks
+(``bad_signature={"webhook", "stream", "status", "amd", "dial"}``), AMD's ``answered_by``,
 and the callee script's own faults (hang up mid-sentence, ``Drop``, ``SendRaw``).
+
+The behaviours, faults and records live in ``testing.twilio_calls`` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -47,20 +76,41 @@ import secrets
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import BasicAuth, ClientSession, ClientTimeout, TCPConnector, WSServerHandshakeError, web
 from loguru import logger
 
 from vantum_pipeline.testing.callee import Callee, CalleeScript
+from vantum_pipeline.testing.twilio_calls import (
+    API_VERSION,
+    AnsweringMachine,
+    CalleeBehaviour,
+    FakeCall,
+    FakeDial,
+    RestFault,
+    RestRequest,
+    beep,
+    fax_machine,
+    fax_tones,
+)
 
-__all__ = ["CalleeBehaviour", "FakeCall", "FakeTwilio", "RestFault", "RestRequest"]
+__all__ = [
+    "AnsweringMachine",
+    "CalleeBehaviour",
+    "FakeCall",
+    "FakeDial",
+    "FakeTwilio",
+    "RestFault",
+    "RestRequest",
+    "beep",
+    "fax_tones",
+]
 
 DEFAULT_ACCOUNT_SID = "AC" + "f" * 32
 DEFAULT_AUTH_TOKEN = "fake-twilio-auth-token"
 WRONG_KEY = "not-the-auth-token"
-API_VERSION = "2010-04-01"
 #: A number Twilio could dial: E.164 with a plausible length (7 to 15 digits).
 _DIALABLE = re.compile(r"\+[1-9][0-9]{6,14}")
 
@@ -72,127 +122,9 @@ MAGIC_TO = {
     "+15005550004": (21216, "Account not allowed to call {to}: the number is blocked."),
 }
 MAGIC_FROM = {"+15005550001": (21212, "The 'From' number {from_} is not a valid phone number.")}
+#: Seconds per word of ``<Say>`` (Twilio's voices speak about 150 words a minute).
+SAY_SECONDS_PER_WORD = 0.4
 FINAL_SIP = {"busy": 486, "no-answer": 487, "failed": 404, "completed": 200, "canceled": 487}
-
-
-@dataclass(slots=True)
-class CalleeBehaviour:
-    """How the far end of a number behaves."""
-
-    script: CalleeScript | None = None
-    #: None: answer. "busy", "no-answer" or "failed": end that way instead.
-    outcome: str | None = None
-    #: With MachineDetection: what AMD decides.
-    answered_by: str = "human"
-    ring_seconds: float = 0.05
-    #: Where to send a wrong X-Twilio-Signature: "webhook", "stream", "status".
-    bad_signature: frozenset[str] = frozenset()
-    #: The callee hangs up after this long on the line at most.
-    max_seconds: float = 600.0
-
-
-@dataclass(slots=True, frozen=True)
-class RestFault:
-    """How the next REST request(s) fail: an error status (Twilio's error JSON,
-    ``Retry-After`` when given), after ``delay`` seconds, or no answer at all."""
-
-    status: int = 500
-    code: int | None = None
-    message: str = "An internal server error occurred"
-    retry_after: float | None = None
-    delay: float = 0.0
-    stall: bool = False
-    #: Answer with the RFC 9457 problem shape newer Twilio APIs use, not the legacy one.
-    problem: bool = False
-
-    @classmethod
-    def rate_limited(cls, retry_after: float | None = 1.0) -> RestFault:
-        return cls(429, 20429, "Too Many Requests", retry_after=retry_after)
-
-    @classmethod
-    def unavailable(cls) -> RestFault:
-        return cls(503, 20503, "Service Unavailable")
-
-
-@dataclass(slots=True)
-class RestRequest:
-    method: str
-    path: str
-    params: dict[str, list[str]]
-    at: float
-
-
-@dataclass
-class FakeCall:
-    """One call placed through the fake, and everything observed about it."""
-
-    sid: str
-    account_sid: str
-    to: str
-    from_: str
-    params: dict[str, list[str]]
-    behaviour: CalleeBehaviour
-    status: str = "queued"
-    created_at: float = field(default_factory=time.monotonic)
-    answered_at: float | None = None
-    ended_at: float | None = None
-    answered_by: str | None = None
-    error_code: int | None = None
-    #: (CallStatus, HTTP status of our POST) of every status callback sent.
-    callbacks: list[tuple[str, int | None]] = field(default_factory=list)
-    webhook_status: int | None = None
-    twiml: str | None = None
-    stream_url: str | None = None
-    stream_status: int | None = None
-    callee: Callee | None = None
-    hangup_requested_at: float | None = None
-    answered: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    _hangup: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def param(self, name: str) -> str | None:
-        values = self.params.get(name)
-        return values[-1] if values else None
-
-    @property
-    def duration(self) -> int:
-        if self.answered_at is None:
-            return 0
-        end = self.ended_at if self.ended_at is not None else time.monotonic()
-        return max(0, round(end - self.answered_at))
-
-    def resource(self, base_url: str) -> dict[str, Any]:
-        uri = f"/{API_VERSION}/Accounts/{self.account_sid}/Calls/{self.sid}.json"
-        created = email.utils.format_datetime(email.utils.localtime(), usegmt=False)
-        ended = self.status in ("completed", "busy", "no-answer", "failed", "canceled")
-        return {
-            "sid": self.sid,
-            "account_sid": self.account_sid,
-            "to": self.to,
-            "to_formatted": self.to,
-            "from": self.from_,
-            "from_formatted": self.from_,
-            "status": self.status,
-            "direction": "outbound-api",
-            "api_version": API_VERSION,
-            "answered_by": self.answered_by,
-            "duration": str(self.duration) if ended else None,
-            "price": None,
-            "price_unit": "USD",
-            "date_created": created,
-            "date_updated": created,
-            "start_time": None,
-            "end_time": None,
-            "parent_call_sid": None,
-            "phone_number_sid": None,
-            "caller_name": None,
-            "forwarded_from": None,
-            "group_sid": None,
-            "queue_time": "0",
-            "trunk_sid": None,
-            "uri": uri,
-            "subresource_uris": {"recordings": uri.replace(".json", "/Recordings.json")},
-        }
 
 
 def _error(status: int, code: int, message: str) -> web.Response:
@@ -404,13 +336,15 @@ class FakeTwilio:
             return found
         status = params["Status"][-1] if params.get("Status") else None
         twiml = params["Twiml"][-1] if params.get("Twiml") else None
-        hang_up = status in ("completed", "canceled") or (twiml is not None and "<Hangup" in twiml)
+        url = params["Url"][-1] if params.get("Url") else None
         if status is not None and status not in ("completed", "canceled"):
             return _error(400, 21220, f"Invalid call state: Status must be completed or canceled, got {status}")
-        if not hang_up:
-            return _error(400, 21220, "This fake only supports hanging up (Status=completed|canceled)")
+        if status is None and twiml is None and url is None:
+            return web.json_response(found.resource(self.base_url))  # nothing to change
         if found.ended.is_set():
             return _error(400, 21220, "Call is not in-progress. Cannot redirect.")
+        if status is None:
+            return await self._redirect_call(found, twiml, url)
         if status == "canceled" and found.status == "in-progress":
             # Twilio: canceled only ends calls that are queued or ringing.
             return web.json_response(found.resource(self.base_url))
@@ -436,6 +370,27 @@ class FakeTwilio:
         finally:
             call.ended.set()
 
+    async def _redirect_call(self, call: FakeCall, twiml: str | None, url: str | None) -> web.Response:
+        """Replace the call's TwiML: what runs now stops (a stream gets ``stop``)."""
+        if call.status != "in-progress":
+            return _error(400, 21220, "Call is not in-progress. Cannot redirect.")
+        if twiml is None:
+            assert url is not None
+            status, body = await self._post(call, url, self._call_params(call, "in-progress"), "webhook")
+            if status != 200:
+                return _error(400, 21220, f"Unable to fetch TwiML from {url.split('?')[0]}")
+            twiml = body
+        try:
+            ElementTree.fromstring(twiml)
+        except ElementTree.ParseError:
+            return _error(400, 21220, "Invalid TwiML: not well-formed XML")
+        call.redirects.append(twiml)
+        call._pending_twiml = twiml
+        call._redirect.set()
+        if call.callee is not None and not call.callee.ended.is_set():
+            await call.callee.end("redirected")
+        return web.json_response(call.resource(self.base_url))
+
     async def _progress(self, call: FakeCall) -> None:
         behaviour = call.behaviour
         await self._callback(call, "initiated")
@@ -450,13 +405,58 @@ class FakeTwilio:
         call.status = "in-progress"
         call.answered_at = time.monotonic()
         call.answered.set()
-        if call.param("MachineDetection"):
-            call.answered_by = behaviour.answered_by
-        twiml = await self._twiml(call)
-        await self._callback(call, "answered")
-        if twiml is not None:
-            await self._run_twiml(call, twiml)
+        detection = call.param("MachineDetection")
+        async_amd = detection is not None and call.param("AsyncAmd") == "true"
+        if detection and not async_amd:
+            call.answered_by = self._amd_verdict(call)
+        amd: asyncio.Task[None] | None = None
+        if async_amd:
+            amd = asyncio.get_running_loop().create_task(self._async_amd(call), name=f"fake-amd:{call.sid}")
+        try:
+            twiml = await self._twiml(call)
+            await self._callback(call, "answered")
+            while twiml is not None:
+                twiml = await self._run_twiml(call, twiml)
+        finally:
+            if amd is not None:
+                amd.cancel()
+                await asyncio.wait({amd}, timeout=1.0)
         await self._final(call, "completed")
+
+    def _amd_verdict(self, call: FakeCall) -> str:
+        """What AMD reports for the callee: ``machine_start`` with ``Enable``."""
+        verdict = call.behaviour.answered_by
+        if verdict.startswith("machine_") and call.param("MachineDetection") == "Enable":
+            return "machine_start"
+        if verdict == "machine_start" and call.param("MachineDetection") == "DetectMessageEnd":
+            return "machine_end_other"
+        return verdict
+
+    async def _async_amd(self, call: FakeCall) -> None:
+        """Decide, then POST the verdict to ``AsyncAmdStatusCallback``."""
+        verdict = self._amd_verdict(call)
+        started = time.monotonic()
+        limit = float(call.param("MachineDetectionTimeout") or 30)
+        try:
+            if verdict.startswith("machine_end_") and self._plays_machine(call.behaviour):
+                async with asyncio.timeout(limit):
+                    await call._greeting_over.wait()
+            else:
+                await asyncio.sleep(call.behaviour.amd_seconds)
+        except TimeoutError:
+            verdict = "unknown"
+        call.answered_by = verdict
+        url = call.param("AsyncAmdStatusCallback")
+        if not url or call.ended_at is not None:
+            return
+        params = {
+            "AccountSid": call.account_sid,
+            "CallSid": call.sid,
+            "AnsweredBy": verdict,
+            "MachineDetectionDuration": str(round((time.monotonic() - started) * 1000)),
+        }
+        http_status, _ = await self._post(call, url, params, "amd")
+        call.amd_callbacks.append((params, http_status))
 
     async def _hung_up_within(self, call: FakeCall, seconds: float) -> bool:
         try:
@@ -541,30 +541,118 @@ class FakeTwilio:
         call.twiml = body
         return body
 
-    async def _run_twiml(self, call: FakeCall, twiml: str) -> None:
+    async def _run_twiml(self, call: FakeCall, twiml: str) -> str | None:
+        """Run one TwiML document; the next one to run (a redirect, a
+        ``<Dial>`` action's answer), or None: the call is over."""
         try:
             root = ElementTree.fromstring(twiml)
         except ElementTree.ParseError:
             call.error_code = 12100  # document parse failure
-            return
+            return None
         if root.tag != "Response":
             call.error_code = 12100
-            return
+            return None
         for verb in root:
+            if call._hangup.is_set():
+                return None
+            if call._redirect.is_set():
+                break
             if verb.tag == "Hangup":
-                return
+                return None
             if verb.tag == "Connect":
                 stream = verb.find("Stream")
                 if stream is None or not stream.get("url"):
                     call.error_code = 12200  # schema validation
-                    return
+                    return None
                 parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
                 await self._stream(call, stream.get("url", ""), parameters)
-                return
-            if verb.tag == "Pause":
+                if (
+                    not call._redirect.is_set()
+                    and call.callee is not None
+                    and call.callee.end_reason
+                    in (
+                        "callee hung up",
+                        "dropped",
+                        "api hang-up",
+                    )
+                ):
+                    return None  # the callee is gone: nothing after <Connect> runs
+            elif verb.tag == "Dial":
+                following = await self._dial(call, verb)
+                if following is not None:
+                    return following
+            elif verb.tag == "Say":
+                text = (verb.text or "").strip()
+                call.said.append(text)
+                if await self._hung_up_within(call, SAY_SECONDS_PER_WORD * max(1, len(text.split()))):
+                    return None
+            elif verb.tag == "Pause":
                 with contextlib.suppress(ValueError):
                     if await self._hung_up_within(call, float(verb.get("length", "1"))):
-                        return
+                        return None
+        if call._redirect.is_set():
+            call._redirect.clear()
+            following, call._pending_twiml = call._pending_twiml, None
+            return following
+        return None
+
+    async def _dial(self, call: FakeCall, verb: ElementTree.Element) -> str | None:
+        """``<Dial><Number>``: ring the number, bridge it, then the ``action``."""
+        number_element = verb.find("Number")
+        number = ((number_element.text if number_element is not None else verb.text) or "").strip()
+        try:
+            timeout = int(verb.get("timeout", "30"))
+        except ValueError:
+            timeout = 30
+        timeout = min(max(timeout, 5), 600)  # Twilio clamps the ring timeout
+        dial = FakeDial("CA" + secrets.token_hex(16), number, verb.get("callerId") or call.from_, timeout)
+        call.dials.append(dial)
+        rep = self.behaviours.get(number)
+        if not _DIALABLE.fullmatch(number) or rep is None:
+            dial.status = "failed"  # nobody at this number
+        elif rep.outcome in ("busy", "failed"):
+            dial.status = rep.outcome if not await self._interrupted(call, rep.ring_seconds) else "canceled"
+        elif rep.outcome == "no-answer" or rep.ring_seconds >= timeout:
+            dial.status = "no-answer" if not await self._interrupted(call, timeout) else "canceled"
+        elif await self._interrupted(call, rep.ring_seconds):
+            dial.status = "canceled"
+        else:
+            dial.answered_at = time.monotonic()
+            dial.status = "in-progress"
+            call.bridged.set()
+            await self._interrupted(call, rep.max_seconds)  # the conversation with the rep
+            call.bridged.clear()
+            dial.status = "completed"
+        dial.ended_at = time.monotonic()
+        action = verb.get("action")
+        if not action:
+            return None  # the document goes on after <Dial>
+        params = self._call_params(call, "completed" if call._hangup.is_set() else "in-progress")
+        params.update(
+            {
+                "DialCallSid": dial.sid,
+                "DialCallStatus": dial.status,
+                "DialBridged": str(dial.answered_at is not None).lower(),
+            }
+        )
+        if dial.answered_at is not None:
+            params["DialCallDuration"] = str(dial.duration)
+        status, body = await self._post(call, action, params, "dial")
+        dial.action_response = (status, body)
+        if call._hangup.is_set() or status != 200:
+            return None
+        return body or None
+
+    async def _interrupted(self, call: FakeCall, seconds: float) -> bool:
+        """Wait ``seconds``; True if the call was hung up or redirected meanwhile."""
+        hangup = asyncio.ensure_future(call._hangup.wait())
+        redirect = asyncio.ensure_future(call._redirect.wait())
+        try:
+            done, _ = await asyncio.wait({hangup, redirect}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hangup.cancel()
+            redirect.cancel()
+        return bool(done)
 
     async def _stream(self, call: FakeCall, url: str, parameters: dict[str, str]) -> None:
         assert self._session is not None
@@ -582,6 +670,7 @@ class FakeTwilio:
             call.error_code = 31920
             return
         call.stream_status = 101
+        script = self._script_for(call)
         callee = Callee(
             socket,
             stream_sid="MZ" + secrets.token_hex(16),
@@ -590,12 +679,33 @@ class FakeTwilio:
             parameters=parameters,
             max_seconds=call.behaviour.max_seconds,
         )
+        callee.greeting_over = call._greeting_over
         call.callee = callee
+        call.callees.append(callee)
         try:
-            if call._hangup.is_set():
+            if call._hangup.is_set() or call._redirect.is_set():
                 return
-            await callee.run(call.behaviour.script)
+            await callee.run(script)
         finally:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await socket.close()
+
+    @staticmethod
+    def _plays_machine(behaviour: CalleeBehaviour) -> bool:
+        """A machine answers: its greeting and beep (unless a script of its own was given)."""
+        machine = behaviour.answered_by.startswith("machine_")
+        return machine and (behaviour.machine is not None or behaviour.script is None)
+
+    def _script_for(self, call: FakeCall) -> CalleeScript | None:
+        """The script of the call's next media stream."""
+        behaviour = call.behaviour
+        streams = len(call.callees)
+        if streams > 0:
+            later = behaviour.later_scripts
+            return later[streams - 1] if streams - 1 < len(later) else None
+        if call.param("MachineDetection") and self._plays_machine(behaviour):
+            return behaviour.machine or AnsweringMachine()
+        if call.param("MachineDetection") and behaviour.answered_by == "fax" and behaviour.script is None:
+            return fax_machine
+        return behaviour.script

@@ -189,7 +189,7 @@ class InputTransport(FrameProcessor):
             await self.push_frame(frame, direction)
             if not self._started:
                 self._started = True
-                self.create_task(self._pump(), "input-pump")
+                self.create_task(self._pump(), "input-pump", essential=True)
             return
         if isinstance(frame, EndFrame) and direction is FrameDirection.DOWNSTREAM:
             # What the source gave so far goes first; nothing follows the end.
@@ -350,7 +350,7 @@ class OutputTransport(FrameProcessor):
             await self.open_output(frame)
             await self.push_frame(frame, direction)
             if self._playout is None:
-                self._playout = self.create_task(self._play(), "playout")
+                self._playout = self.create_task(self._play(), "playout", essential=True)
         elif isinstance(frame, EndFrame):
             await self._finish()
             await self.push_frame(frame, direction)

@@ -109,7 +109,7 @@ class WavInputTransport(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await self.push_frame(frame, direction)
         if isinstance(frame, StartFrame) and self._pump is None:
-            self._pump = self.create_task(self._play(), name="play")
+            self._pump = self.create_task(self._play(), name="play", essential=True)
 
     async def _play(self) -> None:
         pcm = await asyncio.to_thread(self._prepare)  # resampling a long file would stall the loop

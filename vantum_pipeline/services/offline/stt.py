@@ -198,7 +198,7 @@ class PocketsphinxSTTService(STTService):
 
     def _start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-decoder")
-        self._worker = self.create_task(self._run(), "decoder")
+        self._worker = self.create_task(self._run(), "decoder", essential=True)
 
     def _on_audio(self, frame: InputAudioRawFrame) -> None:
         if frame.num_channels != 1:

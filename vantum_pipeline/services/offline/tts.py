@@ -150,7 +150,7 @@ class EspeakTTSService(FrameProcessor):
         elif isinstance(frame, StartFrame):
             self._out_rate = self.settings.sample_rate or frame.audio_out_sample_rate
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-synth")
-            self.create_task(self._run(), "synthesis")
+            self.create_task(self._run(), "synthesis", essential=True)
         elif isinstance(frame, EndFrame):
             await self._close_open_turn()
             await self._drain_speech()

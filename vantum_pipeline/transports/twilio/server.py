@@ -14,12 +14,33 @@ Routes (under the configured public base URL):
     call's ``PipelineTask`` and the server runs it until the call ends.
 ``POST /twilio/status?call=<token>``
     status callbacks: they drive the call's state machine to its outcome.
+``POST /twilio/amd?call=<token>``
+    the asynchronous answering-machine detection verdict (``AnsweredBy``):
+    handed to the call's pipeline through ``OutboundCall.machine_detection``.
+    A missing ``AnsweredBy`` is answered 400 and logged; an unknown value is
+    read as ``unknown``; a second verdict is ignored.
+``POST /twilio/dial?call=<token>``
+    the ``action`` callback of a transfer's ``<Dial>``: the rep answered (the
+    call ends when the bridge does: outcome ``transferred``), or did not
+    (``DialCallStatus`` busy, no-answer, failed, canceled), and the call
+    comes back to the bot through a new ``<Connect><Stream>`` (the pipeline
+    factory sees ``call.resumed_after == "transfer_failed"``) or ends with
+    the end line, as ``TransferSettings.on_no_answer`` says.
+
+Features (``features=CallFeatureSettings``): calls are placed with
+asynchronous AMD when ``features.amd.mode`` is set; a transfer asked for by
+the pipeline (``OutboundCall.request_transfer``) is carried out when the
+pipeline has ended, by redirecting the live call to a TwiML ``<Dial>``
+instead of hanging up; ``dnc`` (a ``DncChecker``) refuses to place calls to
+listed numbers (outcome ``do_not_call``, no request to Twilio).
 
 Every request, the websocket upgrade included, must carry a valid
 ``X-Twilio-Signature`` for the public URL it was sent to (the public base
 URL plus the request's path and query: proxies and tunnels change the Host
-we see, so it is never read from the request). A bad or missing signature
-is answered 403 before anything is processed. ``validate_signatures=False``
+we see, so it is never read from the request). A bad or missing signature,
+or a webhook body that is not a form (Twilio posts forms; nothing else can
+carry a valid signature here), is answered 403 before anything is processed,
+counted in ``rejected_signatures`` and logged in one line. ``validate_signatures=False``
 turns this off for local development, and says so loudly.
 
 Isolation: each call runs in its own request handler; an exception, a
@@ -28,7 +49,9 @@ ends on our side (goodbye said, ``end_call``, budget, error) the call is hung
 up through the REST API (after the goodbye's last mark came back: the
 output transport waits for it before the EndFrame leaves), then the socket
 is closed. When the callee hangs up, the pipeline is cancelled and its
-processors close their service sockets.
+processors close their service sockets. When the far end breaks the media
+stream's protocol (see ``transport.py``), the pipeline ends with an error,
+the call is hung up and its outcome is ``error``, never ``completed``.
 """
 
 from __future__ import annotations
@@ -45,11 +68,15 @@ from loguru import logger
 from vantum_pipeline.errors import ConfigurationError, ProtocolError, ServiceError
 from vantum_pipeline.observability.retry import RetryExhausted
 from vantum_pipeline.task import PipelineTask
+from vantum_pipeline.telephony.amd import MachineDetection
 from vantum_pipeline.telephony.calls import CallRegistry, OutboundCall, place_call
 from vantum_pipeline.telephony.client import TwilioRestClient
+from vantum_pipeline.telephony.control import RESUMED_AFTER_TRANSFER, TransferRequest
+from vantum_pipeline.telephony.dnc import DncChecker, DoNotCallError
 from vantum_pipeline.telephony.numbers import InvalidNumberError, mask_number, validate_e164
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord, outcome_for_status
-from vantum_pipeline.telephony.settings import TwilioSettings
+from vantum_pipeline.telephony.settings import TRANSFER_RESUME, CallFeatureSettings, TwilioSettings
+from vantum_pipeline.telephony.state import CallState, state_for_status
 from vantum_pipeline.transports.twilio.serializer import TwilioSerializer, TwilioStartFrame
 from vantum_pipeline.transports.twilio.transport import TwilioTransport, TwilioTransportParams
 
@@ -87,6 +114,8 @@ class ServerPaths:
     answer: str = "/twilio/answer"
     media: str = "/twilio/media"
     status: str = "/twilio/status"
+    amd: str = "/twilio/amd"
+    dial: str = "/twilio/dial"
 
 
 @dataclass(slots=True)
@@ -95,6 +124,8 @@ class _ActiveCall:
     transport: TwilioTransport
     task: PipelineTask | None = None
     hung_up: bool = field(default=False)
+    #: Set once the pipeline has finished and our side's verdict (failure or not) is on the call.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class TwilioServer:
@@ -102,10 +133,14 @@ class TwilioServer:
 
     ``public_base_url`` (from the settings) is the URL Twilio uses to reach
     this server; tests that bind port 0 set it after ``start()``.
-    ``max_calls`` bounds concurrent media streams (more are refused with
-    503); ``start_timeout`` bounds the wait for a stream's ``start``;
+    ``max_calls`` bounds concurrent media streams, counted from the accepted
+    upgrade (before ``start``) until the socket is done with (more are
+    refused with 503, their call tokens unused); ``start_timeout`` bounds the wait for a stream's ``start``;
     ``outcome_timeout`` is how long after a stream ends the final status
-    callback may take before the call's status is fetched instead.
+    callback may take before the call's status is fetched instead, and how
+    long a final status callback that arrives while the call's pipeline is
+    still running waits for it to finish (so that the pipeline's failure
+    decides the outcome).
     """
 
     def __init__(
@@ -123,6 +158,8 @@ class TwilioServer:
         start_timeout: float = 10.0,
         factory_timeout: float = 10.0,
         outcome_timeout: float = 15.0,
+        features: CallFeatureSettings | None = None,
+        dnc: DncChecker | None = None,
     ) -> None:
         self.settings = settings
         self.public_base_url = settings.public_base_url
@@ -138,7 +175,12 @@ class TwilioServer:
         self.start_timeout = start_timeout
         self.factory_timeout = factory_timeout
         self.outcome_timeout = outcome_timeout
+        #: None: no AMD from here (``settings.machine_detection`` still applies), no transfers.
+        self.features = features
+        self.dnc = dnc
         self.active: dict[str, _ActiveCall] = {}
+        #: Media sockets accepted and not closed yet, started or not: what ``max_calls`` bounds.
+        self.streams = 0
         #: Requests refused for a bad or missing signature.
         self.rejected_signatures = 0
         self._runner: web.AppRunner | None = None
@@ -150,6 +192,8 @@ class TwilioServer:
         self.app.router.add_post(self.paths.answer, self._answer)
         self.app.router.add_post(self.paths.status, self._status)
         self.app.router.add_get(self.paths.media, self._media)
+        self.app.router.add_post(self.paths.amd, self._amd)
+        self.app.router.add_post(self.paths.dial, self._dial_action)
 
     # ----------------------------------------------------------- lifecycle
 
@@ -197,8 +241,8 @@ class TwilioServer:
             await self.client.aclose()
 
     async def wait_idle(self) -> None:
-        """Return once no call is being served (wrap in ``asyncio.timeout``)."""
-        while self.active:
+        """Return once no media stream is open (wrap in ``asyncio.timeout``)."""
+        while self.streams:
             self._idle.clear()
             await self._idle.wait()
 
@@ -213,6 +257,26 @@ class TwilioServer:
 
     def status_url(self, call: OutboundCall) -> str:
         return f"{self.public_base_url}{self.paths.status}?call={call.token}"
+
+    def amd_url(self, call: OutboundCall) -> str:
+        return f"{self.public_base_url}{self.paths.amd}?call={call.token}"
+
+    def dial_url(self, call: OutboundCall) -> str:
+        return f"{self.public_base_url}{self.paths.dial}?call={call.token}"
+
+    def dial_twiml(self, call: OutboundCall, request: TransferRequest) -> str:
+        """``<Dial>`` the rep, with caller id and ring timeout; its action comes back to us."""
+        from twilio.twiml.voice_response import VoiceResponse
+
+        response = VoiceResponse()
+        dial = response.dial(
+            caller_id=request.caller_id or self.settings.from_number,
+            timeout=request.timeout,
+            action=self.dial_url(call),
+            method="POST",
+        )
+        dial.number(request.number)
+        return str(response)
 
     @property
     def media_url(self) -> str:
@@ -254,6 +318,10 @@ class TwilioServer:
             campaign_id=campaign_id,
             prospect_id=prospect_id,
         )
+        amd = self.features.amd if self.features is not None else None
+        detection = machine_detection or (amd.mode if amd is not None else None)
+        if amd is not None and detection is not None:
+            call.machine_detection = MachineDetection()
         try:
             validate_e164(to, field="to")
             placed = await place_call(
@@ -263,9 +331,16 @@ class TwilioServer:
                 url=None if inline_twiml else self.answer_url(call),
                 twiml=self.twiml_for(call) if inline_twiml else None,
                 status_callback=self.status_url(call),
-                machine_detection=machine_detection or self.settings.machine_detection,
+                machine_detection=detection or self.settings.machine_detection,
+                amd_callback=self.amd_url(call) if call.machine_detection is not None else None,
+                machine_detection_timeout=amd.machine_detection_timeout if amd is not None else None,
                 ring_timeout=self.settings.ring_timeout,
+                dnc=self.dnc,
             )
+        except DoNotCallError as exc:
+            logger.warning("call to {} not placed: {}", mask_number(to), exc)
+            call.finish(CallOutcome.DO_NOT_CALL, "not placed")
+            return call
         except (InvalidNumberError, ServiceError) as exc:
             cause = exc.__cause__ if isinstance(exc, RetryExhausted) else exc
             logger.warning("call to {} not placed: {}", mask_number(to), exc)
@@ -291,17 +366,19 @@ class TwilioServer:
 
     async def _verified(self, request: web.Request) -> Mapping[str, str] | None:
         """The request's parameters if its signature is valid, else None."""
-        params: Any = {}
-        if request.method == "POST":
-            if request.content_type == "application/x-www-form-urlencoded":
-                params = await request.post()
-            else:
-                params = await request.text()
+        params: Mapping[str, str] = {}
+        form = request.method != "POST" or request.content_type == "application/x-www-form-urlencoded"
+        if request.method == "POST" and form:
+            params = await request.post()  # type: ignore[assignment]  # form fields are str
         if not self.settings.validate_signatures:
-            return params if isinstance(params, Mapping) else {}
+            return params
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
             self._reject(request, "no X-Twilio-Signature header")
+            return None
+        if not form:
+            # Twilio posts these webhooks as forms; any other body cannot carry a valid signature.
+            self._reject(request, f"the body is not a form ({request.content_type or 'no content type'})")
             return None
         from twilio.request_validator import get_signature_algorithm
 
@@ -310,13 +387,18 @@ class TwilioServer:
         if request.path == self.paths.media:
             base = self.media_url[: -len(self.paths.media)]
         url = base + request.raw_path
-        if not self._validator.validate(url, params, signature, algorithm):
+        try:
+            valid = bool(self._validator.validate(url, params, signature, algorithm))
+        except (TypeError, ValueError) as exc:  # the SDK's checks of what it was handed
+            self._reject(request, f"signature could not be checked: {type(exc).__name__}")
+            return None
+        if not valid:
             why = "signature does not match"
             if algorithm != "HMAC_SHA1":
                 why += f" ({algorithm} signatures need the webhook signing key, not the auth token)"
             self._reject(request, why)
             return None
-        return params if isinstance(params, Mapping) else {}
+        return params
 
     def _reject(self, request: web.Request, why: str) -> None:
         self.rejected_signatures += 1
@@ -347,6 +429,15 @@ class TwilioServer:
                 "status callback {} for a finished or unknown call {}", params.get("CallStatus"), params.get("CallSid")
             )
             return web.Response(status=204)
+        active = self.active.get(call.token)
+        if active is not None and state_for_status(params.get("CallStatus", "")) is CallState.ENDED:
+            # The final status often overtakes the end of the stream: let our side's verdict
+            # (a failed pipeline, the far end's protocol violation) reach the call first.
+            try:
+                async with asyncio.timeout(self.outcome_timeout):
+                    await active.finished.wait()
+            except TimeoutError:
+                logger.warning("call {}: final status {} before the pipeline finished", call.sid, params["CallStatus"])
         call.on_status(params)
         return web.Response(status=204)
 
@@ -355,18 +446,30 @@ class TwilioServer:
     async def _media(self, request: web.Request) -> web.StreamResponse:
         if await self._verified(request) is None:
             return web.Response(status=403, text="invalid Twilio signature")
-        if len(self.active) >= self.max_calls:
-            logger.warning("refused a media stream: {} calls already active", len(self.active))
+        if self.streams >= self.max_calls:
+            # Refused before the upgrade, before 'start' is read: the call's token stays unused.
+            logger.warning("refused a media stream: {} streams already open (max_calls)", self.streams)
             return web.Response(status=503, text="too many calls")
-        socket = web.WebSocketResponse(max_msg_size=MAX_REQUEST_BYTES, timeout=self.transport_params.io_timeout)
-        await socket.prepare(request)
+        # Counted from here (no await since the check) until the socket is done with, whatever ends it.
+        self.streams += 1
+        self._idle.clear()
         try:
+            return await self._serve_socket(request)
+        finally:
+            self.streams -= 1
+            if not self.streams:
+                self._idle.set()
+
+    async def _serve_socket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse(max_msg_size=MAX_REQUEST_BYTES, timeout=self.transport_params.io_timeout)
+        try:
+            await socket.prepare(request)
             await self._serve_stream(socket)
         except Exception as exc:
             # One call's failure must never reach the server or other calls.
             logger.opt(exception=exc).error("media stream failed: {}: {}", type(exc).__name__, exc)
         finally:
-            if not socket.closed:
+            if socket.prepared and not socket.closed:
                 try:
                     async with asyncio.timeout(self.transport_params.io_timeout):
                         await socket.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
@@ -404,18 +507,19 @@ class TwilioServer:
         transport = TwilioTransport(socket, serializer, params)
         active = _ActiveCall(call, transport)
         self.active[call.token] = active
-        self._idle.clear()
         try:
             await self._run_pipeline(active)
         finally:
+            active.finished.set()
             self.active.pop(call.token, None)
-            if not transport.ended.is_set() and not active.hung_up:
-                # Our side ended the call (goodbye, error): hang up, then close.
+            if call.transfer_pending and not call.ended and transport.violation is None:
+                # The handover line has played: the call goes to the rep, not down.
+                await self._transfer(call, transport)
+            elif (not transport.ended.is_set() or transport.violation is not None) and not active.hung_up:
+                # Our side ended the call (goodbye, error, the far end's protocol violation): hang up, then close.
                 active.hung_up = await self.hang_up(call)
             await transport.close(WSCloseCode.OK, "call ended")
             self._follow_outcome(call)
-            if not self.active:
-                self._idle.set()
 
     async def _run_pipeline(self, active: _ActiveCall) -> None:
         call, transport = active.call, active.transport
@@ -433,6 +537,7 @@ class TwilioServer:
             await task.run()
         finally:
             logger.info("call {}: pipeline finished ({})", call.sid, task.finish_reason)
+            call.pipeline_finished(task.finish_reason)
             if task.finish_reason == "error":
                 call.note_failure(f"pipeline error: {task.error.error if task.error else 'unknown'}")
 
@@ -440,13 +545,18 @@ class TwilioServer:
         """Make sure the call gets its record, even if the last callback is lost."""
         if call.ended:
             return
-        task = asyncio.get_running_loop().create_task(self._await_outcome(call), name=f"outcome:{call.sid}")
+        timeout = self.outcome_timeout
+        if call.transfer_status in ("dialing", "answered") and self.features is not None:
+            # The prospect talks with the rep: the final callback comes when they are done.
+            transfer = self.features.transfer
+            timeout = transfer.timeout + transfer.max_bridge_seconds
+        task = asyncio.get_running_loop().create_task(self._await_outcome(call, timeout), name=f"outcome:{call.sid}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _await_outcome(self, call: OutboundCall) -> CallRecord:
+    async def _await_outcome(self, call: OutboundCall, timeout: float | None = None) -> CallRecord:
         try:
-            async with asyncio.timeout(self.outcome_timeout):
+            async with asyncio.timeout(self.outcome_timeout if timeout is None else timeout):
                 return await call.wait()
         except TimeoutError:
             pass
@@ -460,4 +570,82 @@ class TwilioServer:
             except (ServiceError, ConfigurationError, ValueError) as exc:
                 logger.warning("call {}: status could not be fetched: {}", call.sid, exc)
         outcome = outcome_for_status(status) or CallOutcome.ERROR
+        if outcome is CallOutcome.COMPLETED and call.conclusion is not None:
+            outcome = call.conclusion
         return call.finish(outcome, status)
+
+    # ---------------------------------------------------- AMD and transfers
+
+    async def _amd(self, request: web.Request) -> web.StreamResponse:
+        """The asynchronous AMD verdict of a call we placed."""
+        params = await self._verified(request)
+        if params is None:
+            return web.Response(status=403, text="invalid Twilio signature")
+        call = self.registry.get(request.query.get("call"))
+        if call is None:
+            logger.debug("AMD callback for a finished or unknown call {}", str(params.get("CallSid"))[:40])
+            return web.Response(status=204)
+        sid = params.get("CallSid")
+        if sid and call.sid is not None and sid != call.sid:
+            logger.warning("call {}: AMD callback names another call {!r}; refused", call.sid, sid[:40])
+            return web.Response(status=400, text="CallSid does not match the call")
+        try:
+            call.on_amd(params)
+        except ProtocolError as exc:
+            logger.warning("call {}: malformed AMD callback refused: {}", call.sid, exc)
+            return web.Response(status=400, text=str(exc))
+        return web.Response(status=204)
+
+    async def _transfer(self, call: OutboundCall, transport: TwilioTransport) -> None:
+        """Redirect the live call to ``<Dial>`` the rep (the AI leg is over)."""
+        request = call.transfer
+        assert request is not None and call.sid is not None
+        if transport.ended.is_set():
+            logger.warning("call {}: the callee hung up before the transfer", call.sid)
+            call.transfer_status = "not_answered"
+            return
+        try:
+            await self.client.redirect(call.sid, self.dial_twiml(call, request))
+        except (ServiceError, ConfigurationError) as exc:
+            logger.error("call {}: the transfer could not start: {}; hanging up", call.sid, exc)
+            call.transfer_status = "not_answered"
+            call.note_failure(f"transfer failed: {exc}")
+            await self.hang_up(call)
+            return
+        call.transfer_status = "dialing"
+        logger.info("call {}: transferring to {}", call.sid, mask_number(request.number))
+
+    async def _dial_action(self, request: web.Request) -> web.StreamResponse:
+        """The end of a transfer's ``<Dial>``: what the call does next, as TwiML."""
+        params = await self._verified(request)
+        if params is None:
+            return web.Response(status=403, text="invalid Twilio signature")
+        hang_up = '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
+        call = self.registry.get(request.query.get("call"))
+        if call is None or call.transfer is None:
+            logger.warning("Dial action for an unknown call {}: hanging up", str(params.get("CallSid"))[:40])
+            return web.Response(text=hang_up, content_type="text/xml")
+        status = params.get("DialCallStatus", "")
+        if status in ("completed", "answered"):
+            call.transfer_status = "answered"
+            call.conclude(CallOutcome.TRANSFERRED)
+            self._follow_outcome(call)
+            return web.Response(text=hang_up, content_type="text/xml")
+        if status not in ("busy", "no-answer", "failed", "canceled"):
+            logger.warning("call {}: unknown DialCallStatus {!r}: the rep was not reached", call.sid, status[:40])
+        call.transfer_status = "not_answered"
+        logger.info("call {}: the rep did not answer ({})", call.sid, status[:40] or "no status")
+        if call.ended or params.get("CallStatus") in ("completed", "canceled", "failed", "busy", "no-answer"):
+            return web.Response(text=hang_up, content_type="text/xml")
+        transfer = self.features.transfer if self.features is not None else None
+        if transfer is None or transfer.on_no_answer == TRANSFER_RESUME:
+            # Back to the bot: a new stream, which the same token may claim once more.
+            call.resumed_after = RESUMED_AFTER_TRANSFER
+            call.stream_claimed = False
+            return web.Response(text=self.twiml_for(call), content_type="text/xml")
+        from twilio.twiml.voice_response import VoiceResponse
+
+        response = VoiceResponse()
+        response.say(transfer.end_line)
+        response.hangup()
+        return web.Response(text=str(response), content_type="text/xml")

@@ -9,11 +9,18 @@ of the call's pipeline and ``transport.output()`` after the TTS:
   (pcm16 at the pipeline's input rate, or μ-law pass-through), ``dtmf``
   becomes ``InputDTMFFrame``, both through the input base's bounded,
   never-blocking buffer; ``mark`` echoes go to the output. A malformed
-  message is logged and counted (``protocol.malformed``); more than
-  ``max_malformed`` of them end the call. ``stop``, a closed socket, or
+  message is logged and counted (``protocol.malformed``). ``stop``, a normal
+  close (1000, 1001, or no code), a connection that just goes away, or
   ``receive_timeout`` seconds without any message (Twilio sends media every
   20 ms) mean the callee is gone: the input reports ``usage.call_seconds``
   and cancels the pipeline, whose cleanup closes every service socket.
+- a protocol violation by the far end ends the call as a failure: more than
+  ``max_malformed`` malformed messages, a message aiohttp refuses (larger
+  than the socket's ``max_msg_size``: it closes with 1009; a bad frame), or
+  a close with any other code. The input logs a warning naming the call
+  and the reason, records it in ``TwilioTransport.violation`` and pushes a
+  fatal ``ErrorFrame``: the pipeline ends with an error, the server hangs
+  the call up and its outcome is ``error``.
 - output: the output base paces the audio; each chunk is sent as ``media``
   (pcm16 resampled to 8 kHz μ-law, or μ-law as is), a ``mark`` follows every
   ``marker_interval`` seconds of audio and the end of each TTS context, and
@@ -55,6 +62,8 @@ __all__ = ["TwilioTransport", "TwilioTransportParams"]
 
 _STOP = "stop"
 _GIVE_UP = "give up"
+#: Close codes that end a stream normally (no code at all included: 1005, or 0 from aiohttp).
+_NORMAL_CLOSE_CODES = frozenset({0, 1000, 1001, 1005})
 
 
 class MediaSocket(Protocol):
@@ -109,6 +118,8 @@ class TwilioTransport:
         self.name = name
         #: Why the stream ended (``"stop"``, ``"socket closed"``, ...); None while it runs.
         self.end_reason: str | None = None
+        #: The far end's protocol violation that ended the stream, if one did.
+        self.violation: str | None = None
         self.ended = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._input = TwilioInputTransport(self, name=f"{name}.input#{self.start.call_sid[-6:]}")
@@ -146,6 +157,13 @@ class TwilioTransport:
         self.ended.set()
         return True
 
+    def mark_violated(self, reason: str) -> bool:
+        """Record that the far end broke the protocol and the stream is over; False if it already was."""
+        if not self.mark_ended(reason):
+            return False
+        self.violation = reason
+        return True
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the socket (bounded); safe to call twice."""
         self.mark_ended(reason or "closed by us")
@@ -173,7 +191,7 @@ class TwilioInputTransport(InputTransport):
         if not self.transport.serializer.passthrough:
             self.transport.serializer.set_input_rate(start.audio_in_sample_rate)
         self._started_at = asyncio.get_running_loop().time()
-        self.create_task(self._read_socket(), "receive")
+        self.create_task(self._read_socket(), "receive", essential=True)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, EndFrame | CancelFrame) and direction is FrameDirection.DOWNSTREAM:
@@ -181,7 +199,7 @@ class TwilioInputTransport(InputTransport):
         await super().process_frame(frame, direction)
 
     async def _read_socket(self) -> None:
-        from aiohttp import WSMsgType
+        from aiohttp import WebSocketError, WSMsgType
 
         socket = self.transport.websocket
         timeout = self.transport.params.receive_timeout
@@ -198,11 +216,23 @@ class TwilioInputTransport(InputTransport):
                     reason = "stop"
                     break
                 if outcome == _GIVE_UP:
-                    return  # our decision: the pipeline ends with an error, the server hangs up
+                    limit = self.transport.params.max_malformed
+                    await self._violated(f"{self.malformed} malformed messages (at most {limit} allowed)")
+                    return
             elif message.type is WSMsgType.ERROR:
-                reason = f"socket error: {message.data}"
+                if isinstance(message.data, WebSocketError):
+                    # aiohttp refused a message (too big, bad frame) and closed the socket with its code.
+                    await self._violated(f"closed with {message.data.code}: {message.data}")
+                    return
+                reason = f"socket error: {message.data}"  # the connection went away
                 break
-            elif message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            elif message.type is WSMsgType.CLOSE:
+                if message.data not in _NORMAL_CLOSE_CODES:
+                    extra = f" ({str(message.extra)[:120]})" if message.extra else ""
+                    await self._violated(f"Twilio closed the socket with code {message.data}{extra}")
+                    return
+                break
+            elif message.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
                 break
         await self._stream_ended(reason)
 
@@ -225,7 +255,6 @@ class TwilioInputTransport(InputTransport):
                 MetricsFrame("protocol.malformed", 1, processor=self.name, labels={"service": "twilio"})
             )
             if self.malformed > limit:
-                await self.push_error(f"{self.malformed} malformed messages from Twilio; ending the call", fatal=True)
                 return _GIVE_UP
             return None
         for frame in frames:
@@ -243,6 +272,19 @@ class TwilioInputTransport(InputTransport):
         logger.info("{}: call {}: media stream ended ({})", self.name, self.transport.call_sid, reason)
         await self._report_usage()
         await self.push_frame(CancelFrame(reason=f"call ended: {reason}"), FrameDirection.UPSTREAM)
+
+    async def _violated(self, reason: str) -> None:
+        """The far end broke the protocol: end the call as a failure (the server hangs up)."""
+        if not self.transport.mark_violated(reason):
+            return
+        logger.warning(
+            "{}: call {}: media stream protocol violation, ending the call: {}",
+            self.name,
+            self.transport.call_sid,
+            reason,
+        )
+        await self._report_usage()
+        await self.push_error(f"media stream protocol violation: {reason}", fatal=True)
 
     async def _report_usage(self) -> None:
         if self._usage_reported or self._started_at is None:

@@ -1,0 +1,83 @@
+"""Suite-wide hooks."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Callable, Generator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+_PARSE = ast.parse.__code__
+
+
+class _DeferredUnraisableHook:
+    """Keeps an unraisable exception raised inside ``ast.parse`` for later.
+
+    CPython 3.11's AST constructor keeps its recursion counter in shared module
+    state, so it must not be re-entered. But the cyclic GC can run in the middle
+    of a parse, and when a collected object's ``__del__`` raises (a half-built
+    SDK client whose ``__init__`` failed does), pytest's unraisable hook formats
+    that traceback, and 3.11's traceback formatting parses source with ``ast``:
+    the outer parse then dies with "SystemError: AST constructor recursion depth
+    mismatch". pytest parses source while it formats a failure, so one failing
+    test took the whole run down with INTERNALERROR. This hook hands such an
+    exception on once the parse is over, and every other one at once.
+    """
+
+    def __init__(self, inner: Callable[[Any], object]) -> None:
+        self.inner = inner
+        self.pending: list[SimpleNamespace] = []
+
+    def __call__(self, unraisable: Any) -> None:
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code is _PARSE:
+                self.pending.append(
+                    SimpleNamespace(
+                        exc_type=unraisable.exc_type,
+                        exc_value=unraisable.exc_value,
+                        exc_traceback=unraisable.exc_traceback,
+                        err_msg=unraisable.err_msg,
+                        object=unraisable.object,
+                    )
+                )
+                return
+            frame = frame.f_back
+        self.flush()
+        self.inner(unraisable)
+
+    def flush(self) -> None:
+        while self.pending:
+            self.inner(self.pending.pop(0))
+
+
+_hook: _DeferredUnraisableHook | None = None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    global _hook
+    _hook = _DeferredUnraisableHook(sys.unraisablehook)
+    sys.unraisablehook = _hook
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport() -> Generator[None, object, object]:
+    try:
+        return (yield)
+    finally:
+        if _hook is not None:
+            _hook.flush()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _hook
+    if _hook is not None:
+        _hook.flush()
+        if sys.unraisablehook is _hook:
+            sys.unraisablehook = _hook.inner
+        _hook = None
