@@ -3,6 +3,7 @@
 vantum demo            a whole simulated outbound sales call, offline: no keys, no network
 vantum demo --mic      talk to the bot yourself, through your microphone and speaker
 vantum devices         the sound devices --input-device / --output-device can name
+vantum campaign ...    outbound campaigns: run (or run --fake), status, export, demo
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
-from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.errors import ConfigurationError, VantumError
 from vantum_pipeline.observability.redact import install_log_redaction
 from vantum_pipeline.transports.local import LocalAudioParams, list_devices, parse_device
 
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-interims", action="store_true", help="do not print interim transcripts")
     demo.add_argument("--log-level", default="ERROR", help="library log level on stderr (default ERROR)")
     commands.add_parser("devices", help="list the sound devices (for demo --mic --input-device/--output-device)")
+    _campaign_parser(commands)
     return parser
 
 
@@ -58,6 +61,73 @@ def _mic_params(args: argparse.Namespace) -> LocalAudioParams:
         if device is not None:
             overrides[option] = device
     return LocalAudioParams.from_env(None, **overrides)
+
+
+def _campaign_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    campaign = commands.add_parser("campaign", help="outbound campaigns: run, status, export, demo")
+    actions = campaign.add_subparsers(dest="action", required=True)
+    run = actions.add_parser(
+        "run",
+        help="dial a campaign's prospects under its rules",
+        description="Runs the campaign file until every prospect is settled (Ctrl-C: stop dialling, let calls "
+        "finish). Keys and Twilio settings come from the environment or .env; --fake runs it against local "
+        "stand-ins with simulated prospects instead.",
+    )
+    run.add_argument("file", type=Path, help="the campaign file (TOML)")
+    run.add_argument("--fake", action="store_true", help="simulated services and prospects: no keys, no network")
+    run.add_argument("--host", default="0.0.0.0", help="where the Twilio webhook server listens (default 0.0.0.0)")
+    run.add_argument("--port", type=int, default=8080, help="its port (default 8080)")
+    run.add_argument(
+        "--exit-when-idle",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="return when nothing is due for this long (retries, callbacks and closed calling hours wait; "
+        "default: run until every prospect is settled; 60 with --fake)",
+    )
+    for sub in (run,):
+        sub.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
+        sub.add_argument("--log-level", default="WARNING", help="library log level on stderr (default WARNING)")
+    status = actions.add_parser("status", help="counts by outcome, spend, calls in progress")
+    status.add_argument("target", type=Path, help="the campaign file or its folder")
+    export = actions.add_parser("export", help="the campaign's attempts or prospects as CSV or JSON lines")
+    export.add_argument("target", type=Path, help="the campaign file or its folder")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    export.add_argument("--rows", choices=("attempts", "prospects"), default="attempts")
+    export.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+    demo = actions.add_parser("demo", help="a simulated 20-prospect campaign showing every rule, offline")
+    demo.add_argument("--out", type=Path, default=Path("vantum-campaign-demo"), help="where to write its files")
+    demo.add_argument("--no-voices", action="store_true", help="prospects and bot speak in tones (faster)")
+    demo.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
+    demo.add_argument("--log-level", default="ERROR", help="library log level on stderr (default ERROR)")
+    for sub in (status, export):
+        sub.add_argument("--fake", action="store_true", help="the simulated run's results (run --fake)")
+        sub.add_argument("--log-level", default="WARNING", help="library log level on stderr")
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    from vantum_pipeline.campaign.command import export_command, phone_dialer, run_campaign, status_command
+    from vantum_pipeline.campaign.config import load_campaign
+
+    if args.action == "status":
+        return status_command(args.target, fake=args.fake)
+    if args.action == "export":
+        return export_command(args.target, args.format, args.rows, args.out, fake=args.fake)
+    if args.action == "demo":
+        from vantum_pipeline.demo.campaign_demo import run_demo
+
+        return asyncio.run(run_demo(args.out, plain=args.plain, voices=not args.no_voices))
+    config = load_campaign(args.file)
+    if args.fake:
+        from vantum_pipeline.demo.campaign_demo import run_fake
+
+        idle = 60.0 if args.exit_when_idle is None else args.exit_when_idle
+        return asyncio.run(run_fake(config, idle_exit=idle, plain=args.plain))
+
+    def dialer(*parts: Any) -> Any:
+        return phone_dialer(*parts, host=args.host, port=args.port)
+
+    return asyncio.run(run_campaign(config, dialer, idle_exit=args.exit_when_idle, plain=args.plain))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +141,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vantum devices: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "campaign":
+        try:
+            return _campaign(args)
+        except ConfigurationError as exc:
+            print(f"vantum campaign: {exc}", file=sys.stderr)
+            return 2
+        except VantumError as exc:
+            print(f"vantum campaign: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:  # `vantum campaign export ... | head`
+            return 0
     if args.command == "demo":
         try:
             if args.mic:

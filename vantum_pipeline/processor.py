@@ -57,7 +57,7 @@ import contextvars
 import enum
 import itertools
 from collections import deque
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, ClassVar, Protocol
 
 from loguru import logger
@@ -504,8 +504,17 @@ class FrameProcessor:
 
     # ------------------------------------------------------------- linking
 
+    def members(self) -> Sequence[FrameProcessor]:
+        """Processors this one drives itself, outside the chain (a failover's
+        providers). The task runs them with the pipeline: they share its
+        epoch, see its interruptions and are stopped with it. None by default."""
+        return ()
+
     def _leaves(self) -> list[FrameProcessor]:
-        return [self]
+        members = self.members()
+        if not members:
+            return [self]
+        return [self, *(leaf for member in members for leaf in member._leaves())]
 
     def _first_leaf(self) -> FrameProcessor:
         return self

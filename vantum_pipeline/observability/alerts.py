@@ -1,5 +1,7 @@
 """Alerts: daily cost over a threshold, a service's error rate over 5 % in a
-sliding window, a service rate-limiting us.
+sliding window, a service rate-limiting us, a provider's circuit breaker
+open for longer than ``provider_open_minutes`` (the failover services report
+their breakers as ``provider.state`` metrics).
 
 An alert fires once per condition: when the condition becomes true it is
 sent to every sink, and not again while it stays true; it re-arms when the
@@ -35,6 +37,7 @@ from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.settings import env_float, env_int, load_env
 
 __all__ = [
+    "PROVIDER_OPEN",
     "Alert",
     "AlertMonitor",
     "AlertSettings",
@@ -46,6 +49,7 @@ __all__ = [
 DAILY_COST: Final = "daily_cost"
 ERROR_RATE: Final = "error_rate"
 RATE_LIMITED: Final = "rate_limited"
+PROVIDER_OPEN: Final = "provider_open"
 
 #: Services tracked in the sliding windows; more are folded into "other".
 MAX_SERVICES: Final = 64
@@ -55,16 +59,21 @@ MAX_SERVICES: Final = 64
 class AlertSettings:
     """Thresholds, from ``ALERT_DAILY_COST_USD`` (unset: no cost alert),
     ``ALERT_ERROR_RATE`` (0.05), ``ALERT_ERROR_RATE_WINDOW_S`` (300),
-    ``ALERT_ERROR_RATE_MIN_REQUESTS`` (20) and ``ALERT_RATE_LIMIT_HITS``
-    (429s within the window that fire the rate-limit alert, 1; 0 disables it)."""
+    ``ALERT_ERROR_RATE_MIN_REQUESTS`` (20), ``ALERT_RATE_LIMIT_HITS``
+    (429s within the window that fire the rate-limit alert, 1; 0 disables it)
+    and ``ALERT_PROVIDER_OPEN_MINUTES`` (a provider's breaker open this long
+    fires, 5; unset in the environment keeps the default)."""
 
     daily_cost_threshold: float | None = None
     error_rate_threshold: float = 0.05
     error_rate_window: float = 300.0
     error_rate_min_requests: int = 20
     rate_limit_hits: int = 1
+    provider_open_minutes: float = 5.0
 
     def __post_init__(self) -> None:
+        if not self.provider_open_minutes > 0:
+            raise ConfigurationError(f"provider_open_minutes must be > 0, got {self.provider_open_minutes}")
         if not 0 <= self.error_rate_threshold < 1:
             raise ConfigurationError(f"error_rate_threshold must be in [0, 1), got {self.error_rate_threshold}")
         if not self.error_rate_window > 0:
@@ -82,13 +91,16 @@ class AlertSettings:
         window = env_float(env, "ALERT_ERROR_RATE_WINDOW_S", default.error_rate_window, minimum=1.0)
         min_requests = env_int(env, "ALERT_ERROR_RATE_MIN_REQUESTS", default.error_rate_min_requests, minimum=1)
         hits = env_int(env, "ALERT_RATE_LIMIT_HITS", default.rate_limit_hits, minimum=0)
+        minutes = env_float(env, "ALERT_PROVIDER_OPEN_MINUTES", default.provider_open_minutes, minimum=0.01)
         assert rate is not None and window is not None and min_requests is not None and hits is not None
+        assert minutes is not None
         return cls(
             daily_cost_threshold=env_float(env, "ALERT_DAILY_COST_USD", minimum=0.0),
             error_rate_threshold=rate,
             error_rate_window=window,
             error_rate_min_requests=min_requests,
             rate_limit_hits=hits,
+            provider_open_minutes=minutes,
         )
 
 
@@ -271,6 +283,7 @@ class AlertMonitor:
         self._active: dict[str, Alert] = {}
         self._day: datetime.date | None = None
         self._day_cost = 0.0
+        self._open_since: dict[str, float] = {}  # provider → clock time its breaker opened
         #: The most recent firings, oldest first.
         self.history: deque[Alert] = deque(maxlen=history)
 
@@ -313,12 +326,49 @@ class AlertMonitor:
     def record_rate_limited(self, service: str, count: int = 1) -> None:
         self._record(service, limited=count)
 
+    def record_provider_state(self, provider: str, state: int) -> None:
+        """A provider's breaker changed: 0 closed, 1 half-open, 2 open. The
+        alert fires once it has stayed open (or half-open, probing) for
+        ``provider_open_minutes``, and clears when it closes."""
+        if state == 0:
+            self._open_since.pop(provider, None)
+        elif provider not in self._open_since:
+            if len(self._open_since) >= MAX_SERVICES:
+                return
+            self._open_since[provider] = self._clock()
+        self._check_provider(provider)
+
     def evaluate(self) -> None:
-        """Re-check every condition now (lets quiet conditions clear)."""
+        """Re-check every condition now (lets quiet conditions clear, and
+        long-open providers fire: call it periodically)."""
         self._roll_day()
         self._check_daily_cost()
         for service in list(self._windows):
             self._check_service(service)
+        for provider in {*self._open_since, *(k.split(":", 1)[1] for k in self._active if k.startswith(PROVIDER_OPEN))}:
+            self._check_provider(provider)
+
+    def _check_provider(self, provider: str) -> None:
+        limit = self.settings.provider_open_minutes * 60
+        since = self._open_since.get(provider)
+        open_for = 0.0 if since is None else self._clock() - since
+        self._set(
+            f"{PROVIDER_OPEN}:{provider}",
+            firing=since is not None and open_for >= limit,
+            clear=since is None,
+            make=lambda: Alert(
+                kind=PROVIDER_OPEN,
+                key=f"{PROVIDER_OPEN}:{provider}",
+                message=(
+                    f"provider {provider} has been failing over to its backup for {open_for / 60:.1f} minutes "
+                    f"(its circuit breaker is not closed), more than {self.settings.provider_open_minutes:g}"
+                ),
+                value=open_for / 60,
+                threshold=self.settings.provider_open_minutes,
+                service=provider,
+                at=self._wall_clock(),
+            ),
+        )
 
     # ------------------------------------------------------------- figures
 

@@ -7,7 +7,10 @@ where the collector, attached to the task as an observer, reads them:
   registry counts the usage and ``cost.usd`` per service; the alert monitor
   adds the dollars to the day's total;
 - ``latency.*``: a histogram per (name, service);
-- anything else (``service.request``, ``service.error``,
+- ``provider.state`` (a failover's circuit breaker): fed to the alert
+  monitor (a provider open too long), keyed by ``labels["provider"]``;
+  not a counter;
+- anything else (``service.request``, ``provider.switch``, ``service.error``,
   ``service.rate_limited``, ``service.retry``, ``stt.low_confidence``,
   ``protocol.malformed``, …): a counter per (name, service), incremented by
   the frame's value; requests, errors and 429s also feed the alert monitor.
@@ -30,6 +33,7 @@ from vantum_pipeline.observability.cost import CostTracker
 from vantum_pipeline.observability.metrics import (
     COST_USD,
     LATENCY_PREFIX,
+    PROVIDER_STATE,
     SERVICE_ERROR,
     SERVICE_RATE_LIMITED,
     SERVICE_REQUEST,
@@ -93,6 +97,9 @@ class MetricsCollector:
                     self.alerts.add_cost(cost)
         elif name.startswith(LATENCY_PREFIX):
             registry.histogram(name, service).observe(value)
+        elif name == PROVIDER_STATE:
+            if self.alerts is not None:
+                self.alerts.record_provider_state(frame.labels.get("provider", service), round(value))
         else:
             if value < 0:
                 self.rejected += 1

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from loguru import logger
@@ -55,19 +55,33 @@ class Prices:
     """The product's prices in US dollars; override any from the environment
     (``PRICE_DEEPGRAM_PER_MINUTE``, ``PRICE_OPENAI_INPUT_PER_1M_TOKENS``,
     ``PRICE_OPENAI_OUTPUT_PER_1M_TOKENS``, ``PRICE_CARTESIA_PER_1K_CHARACTERS``,
-    ``PRICE_TWILIO_PER_MINUTE``)."""
+    ``PRICE_TWILIO_PER_MINUTE``, and for the backup voices
+    ``PRICE_DEEPGRAM_TTS_PER_1K_CHARACTERS``, ``PRICE_OPENAI_TTS_PER_1M_CHARACTERS``).
+
+    ``extra``: unit prices of other providers, by (service label, usage
+    metric), e.g. a second LLM endpoint labelled ``groq``:
+    ``{("groq", "usage.llm_prompt_tokens"): 0.59e-6, ...}``.
+    """
 
     deepgram_per_minute: float = 0.0043
     openai_input_per_million_tokens: float = 2.50
     openai_output_per_million_tokens: float = 10.00
     cartesia_per_thousand_characters: float = 0.10
     twilio_per_minute: float = 0.014
+    deepgram_tts_per_thousand_characters: float = 0.030
+    openai_tts_per_million_characters: float = 15.0
+    extra: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
+            if name == "extra":
+                continue
             value = getattr(self, name)
             if not value >= 0:
                 raise ConfigurationError(f"price {name} must be >= 0, got {value}")
+        for key, value in self.extra.items():
+            if not value >= 0:
+                raise ConfigurationError(f"price of {key} must be >= 0, got {value}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Prices:
@@ -91,6 +105,12 @@ class Prices:
                 "PRICE_CARTESIA_PER_1K_CHARACTERS", default.cartesia_per_thousand_characters
             ),
             twilio_per_minute=price("PRICE_TWILIO_PER_MINUTE", default.twilio_per_minute),
+            deepgram_tts_per_thousand_characters=price(
+                "PRICE_DEEPGRAM_TTS_PER_1K_CHARACTERS", default.deepgram_tts_per_thousand_characters
+            ),
+            openai_tts_per_million_characters=price(
+                "PRICE_OPENAI_TTS_PER_1M_CHARACTERS", default.openai_tts_per_million_characters
+            ),
         )
 
     def unit_prices(self) -> dict[tuple[str, str], float]:
@@ -101,6 +121,9 @@ class Prices:
             ("openai", USAGE_LLM_COMPLETION_TOKENS): self.openai_output_per_million_tokens / 1_000_000,
             ("cartesia", USAGE_TTS_CHARACTERS): self.cartesia_per_thousand_characters / 1_000,
             ("twilio", USAGE_CALL_SECONDS): self.twilio_per_minute / 60.0,
+            ("deepgram-tts", USAGE_TTS_CHARACTERS): self.deepgram_tts_per_thousand_characters / 1_000,
+            ("openai-tts", USAGE_TTS_CHARACTERS): self.openai_tts_per_million_characters / 1_000_000,
+            **self.extra,
         }
 
 

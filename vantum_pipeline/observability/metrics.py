@@ -52,6 +52,10 @@ SERVICE_RATE_LIMITED: Final = "service.rate_limited"
 SERVICE_RETRY: Final = "service.retry"
 STT_LOW_CONFIDENCE: Final = "stt.low_confidence"
 PROTOCOL_MALFORMED: Final = "protocol.malformed"
+#: A turn moved from one provider to another (labels ``from``, ``to``, ``kind``).
+PROVIDER_SWITCH: Final = "provider.switch"
+#: A provider's circuit breaker changed state: 0 closed, 1 half-open, 2 open.
+PROVIDER_STATE: Final = "provider.state"
 #: Cost in US dollars, per service (the collector adds it from usage).
 COST_USD: Final = "cost.usd"
 

@@ -69,7 +69,8 @@ class Message:
     """One message of the conversation, with our own flags.
 
     ``interrupted``: the bot was cut off; ``content`` holds what the callee
-    heard. It never reaches the API (see ``to_api``).
+    heard. ``provider``: the LLM provider that wrote an assistant message.
+    Neither reaches the API (see ``to_api``).
     """
 
     role: Role
@@ -79,6 +80,7 @@ class Message:
     name: str | None = None
     interrupted: bool = False
     created_at: float = field(default_factory=time.time)
+    provider: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The message as the API accepts it: only the fields it knows."""
@@ -190,6 +192,9 @@ class LLMContext:
             self.messages.append(Message("system", system_prompt))
         self.messages.extend(messages)
         self.tools: list[dict[str, Any]] = [dict(tool) for tool in tools]
+        #: The LLM provider that answered the latest turn (set by the LLM
+        #: service); the assistant messages added after it record it.
+        self.provider: str | None = None
 
     @classmethod
     def from_template(
@@ -230,13 +235,13 @@ class LLMContext:
         return self.add(Message("user", text))
 
     def add_assistant(self, text: str, *, interrupted: bool = False) -> Message:
-        return self.add(Message("assistant", text, interrupted=interrupted))
+        return self.add(Message("assistant", text, interrupted=interrupted, provider=self.provider))
 
     def add_tool_calls(self, calls: Sequence[FunctionCall], content: str | None = None) -> Message:
         """The assistant message asking for ``calls``; their results follow it."""
         if not calls:
             raise ValueError("add_tool_calls needs at least one call")
-        return self.add(Message("assistant", content, tool_calls=tuple(calls)))
+        return self.add(Message("assistant", content, tool_calls=tuple(calls), provider=self.provider))
 
     def add_tool_result(self, call_id: str, content: str) -> Message:
         """Record the result of call ``call_id`` right after the message

@@ -1,7 +1,9 @@
 """Cartesia streaming text-to-speech on the official SDK's websocket.
 
 ``CartesiaTTSService`` speaks the TextFrames of each assistant turn (the
-sentences from ``SentenceAggregator``) and every ``TTSSpeakFrame``.
+sentences from ``SentenceAggregator``) and every ``TTSSpeakFrame``. The turn
+skeleton (turns, output order, retry and fallback, cache) is ``TTSService``
+in ``services/tts.py``; this module is its Cartesia engine.
 
 How a call uses the socket
 --------------------------
@@ -76,50 +78,19 @@ socket itself (``conn.recv_bytes()``), parses with ``parse_server_message``
 from __future__ import annotations
 
 import asyncio
-import enum
-import itertools
-import time
-import uuid
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from loguru import logger
 
 from vantum_pipeline.errors import ConfigurationError, ProtocolError, ServiceError
-from vantum_pipeline.frames import (
-    MULAW,
-    PCM16,
-    CancelFrame,
-    EndFrame,
-    Frame,
-    InterruptionFrame,
-    LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    MetricsFrame,
-    StartFrame,
-    TextFrame,
-    TTSAudioRawFrame,
-    TTSSpeakFrame,
-    TTSStartedFrame,
-    TTSStoppedFrame,
-    TTSWordTimestampsFrame,
-)
-from vantum_pipeline.observability.metrics import (
-    LATENCY_TTS_TTFB,
-    PROTOCOL_MALFORMED,
-    SERVICE_ERROR,
-    SERVICE_RATE_LIMITED,
-    SERVICE_REQUEST,
-    SERVICE_RETRY,
-    USAGE_TTS_CHARACTERS,
-)
-from vantum_pipeline.observability.retry import RetryPolicy
-from vantum_pipeline.processor import FrameDirection, FrameProcessor
+from vantum_pipeline.frames import MULAW, PCM16
+from vantum_pipeline.observability.metrics import PROTOCOL_MALFORMED, SERVICE_ERROR, SERVICE_RATE_LIMITED
 from vantum_pipeline.services.cartesia_messages import ServerMessage, parse_server_message
-from vantum_pipeline.services.fallback_audio import fallback_audio, fallback_text
-from vantum_pipeline.services.tts_cache import CachedAudio, TTSCache, TTSCacheKey
+from vantum_pipeline.services.tts import TTSService, TTSTiming, TTSTurn, TurnState, UnspokenText
+from vantum_pipeline.services.tts_cache import TTSCache, TTSCacheKey
 from vantum_pipeline.settings import Secret, load_env, optional_env, require_secret
 
 if TYPE_CHECKING:
@@ -138,7 +109,6 @@ SERVICE = "cartesia"
 DEFAULT_VOICE_ID = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
 _SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 _ENCODINGS = {"pcm_s16le": PCM16, "pcm_mulaw": MULAW}
-_AUDIO_FRAME_SECONDS = 0.1  # cached / fallback audio is pushed in frames of this length
 
 
 # ------------------------------------------------------------------ settings
@@ -229,92 +199,39 @@ class CartesiaSettings:
         return audio_bytes / width / self.sample_rate
 
 
-# ------------------------------------------------------------------ turns
+# ------------------------------------------------------------------ service
 
 
-class _State(enum.Enum):
-    LIVE = "live"  # a context is running (or about to)
-    RECOVERING = "recovering"  # failed; waiting to retry or to fall back
-    FINISHED = "finished"  # done, fallen back, or played from the cache
-    CANCELLED = "cancelled"  # interrupted
-
-
-@dataclass(eq=False)
-class _Turn:
-    """One assistant turn (or TTSSpeakFrame): our context id over its attempts."""
-
-    turn_id: str
-    epoch: int
-    category: str | None = None
-    cache_key: TTSCacheKey | None = None
-    silent: bool = False  # a warm-up: audio goes to the cache only
-    sentences: list[str] = field(default_factory=list)
-    closing: bool = False  # the text is complete
-    state: _State = _State.LIVE
-    attempt: int = 0
-    context_id: str = ""  # the Cartesia context of the current attempt
-    generation: int = -1  # the socket the current context runs on
-    sent: int = 0  # sentences sent in the current context
-    resume_from: int = 0  # first sentence of the current context
-    close_sent: bool = False
-    first_sent_at: float = 0.0  # first text of the turn (TTFB)
-    attempt_sent_at: float = 0.0
-    last_event_at: float = 0.0
-    got_audio: bool = False  # in the current attempt
-    ttfb_reported: bool = False
-    started_out: bool = False  # TTSStartedFrame pushed
-    audio_seconds: float = 0.0  # audio pushed for the turn
-    attempt_offset: float = 0.0  # audio_seconds when the current attempt began
-    words_done: int = 0  # words of resume_from.. covered by timestamps
-    carry: bytes = b""  # odd byte of a pcm16 chunk
-    audio: bytearray = field(default_factory=bytearray)  # kept for the cache
-    words: list[tuple[str, float, float]] = field(default_factory=list)
-    backlog: list[Frame] = field(default_factory=list)  # frames waiting for earlier turns
-    recovery: asyncio.Task[None] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UnspokenText:
-    """Text of a turn that could not be synthesized (a fallback played instead)."""
-
-    context_id: str
-    text: str
-    reason: str
-    fallback: str
-
-
-class CartesiaTTSService(FrameProcessor):
+class CartesiaTTSService(TTSService):
     """Cartesia websocket TTS; see the module docstring."""
 
+    service: ClassVar[str] = SERVICE
+
     def __init__(self, settings: CartesiaSettings, *, cache: TTSCache | None = None, name: str | None = None) -> None:
-        super().__init__(name=name)
+        super().__init__(
+            timing=TTSTiming(
+                max_retries=settings.max_retries,
+                retry_delay=settings.retry_delay,
+                max_retry_wait=settings.max_retry_wait,
+                first_audio_timeout=settings.first_audio_timeout,
+                stall_timeout=settings.stall_timeout,
+                drain_timeout=settings.drain_timeout,
+            ),
+            cache_size=settings.cache_size,
+            cache_max_bytes=settings.cache_max_bytes,
+            cache=cache,
+            name=name,
+        )
         self.settings = settings
-        self.cache = cache if cache is not None else TTSCache(settings.cache_size, settings.cache_max_bytes)
-        self.unspoken: deque[UnspokenText] = deque(maxlen=100)
-        self.characters_sent = 0
         self.stale_chunks_dropped = 0
-        self.requests = 0
-        self.errors = 0
-        self.retries = 0
         self.malformed = 0
         self.connections_opened = 0
-        self._policy = RetryPolicy(max_retries=settings.max_retries, base_delay=settings.retry_delay)
-        self._ids = itertools.count(1)
-        self._prefix = uuid.uuid4().hex[:8]
         self._client: AsyncCartesia | None = None
         self._conn: Any = None  # the SDK's AsyncTTSResourceConnection
         self._generation = 0
         self._connect_lock = asyncio.Lock()
-        self._send_lock = asyncio.Lock()
-        self._out_lock = asyncio.Lock()
-        self._by_context: dict[str, _Turn] = {}
-        self._order: list[_Turn] = []  # turns with output pending, in speaking order
-        self._open: _Turn | None = None  # the LLM turn receiving sentences
-        self._in_response = False
+        self._by_context: dict[str, tuple[TTSTurn, int]] = {}  # context id → (turn, socket generation)
         self._forgotten: deque[str] = deque(maxlen=64)  # cancelled / failed context ids
-        self._quiet = asyncio.Event()
-        self._quiet.set()
-        self._stopping = False
 
     # ------------------------------------------------------------ public
 
@@ -323,36 +240,33 @@ class CartesiaTTSService(FrameProcessor):
         """What the characters sent so far cost at ``price_per_1k_chars``."""
         return self.characters_sent * self.settings.price_per_1k_chars / 1000
 
-    # ------------------------------------------------------------ frames
+    def output_format(self) -> tuple[int, str]:
+        return self.settings.sample_rate, self.settings.frame_encoding
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        if direction is FrameDirection.UPSTREAM:
-            await self.push_frame(frame, direction)
-            return
-        if isinstance(frame, TextFrame):
-            await self._on_text(frame)
-            return
-        if isinstance(frame, TTSSpeakFrame):
-            await self._on_speak(frame)
-            return
-        if isinstance(frame, LLMFullResponseStartFrame):
-            self._in_response = True
-        elif isinstance(frame, LLMFullResponseEndFrame):
-            self._in_response = False
-            await self._close_open_turn()
-        elif isinstance(frame, InterruptionFrame):
-            await self._interrupt()
-        elif isinstance(frame, StartFrame):
-            await self._start()
-        elif isinstance(frame, EndFrame):
-            await self._end_of_call()
-        elif isinstance(frame, CancelFrame):
-            self._stopping = True
-            self._cancel_all()
-        await self.push_frame(frame, direction)
+    def cache_key(self, text: str) -> TTSCacheKey:
+        s = self.settings
+        return TTSCacheKey(text.strip(), s.voice_id, s.model, s.encoding, s.sample_rate, s.speed)
 
-    async def cleanup(self) -> None:
-        self._stopping = True
+    # ------------------------------------------------------------ engine
+
+    async def engine_start(self) -> None:
+        from cartesia import AsyncCartesia
+
+        self.stopping = False
+        self._client = AsyncCartesia(
+            api_key=self.settings.api_key.reveal(),
+            base_url=self.settings.base_url,
+            websocket_base_url=self.settings.websocket_base_url,
+            max_retries=0,
+        )
+        self.create_task(self._connect_early(), "connect")
+
+    async def engine_stop(self) -> None:
+        self.stopping = True
+        await self._close_socket()
+
+    async def engine_close(self) -> None:
+        self.stopping = True
         await self._close_socket()
         if self._client is not None:
             try:
@@ -361,18 +275,6 @@ class CartesiaTTSService(FrameProcessor):
                 logger.debug("{}: closing the Cartesia client: {}", self.name, exc)
             self._client = None
 
-    async def _start(self) -> None:
-        from cartesia import AsyncCartesia
-
-        self._client = AsyncCartesia(
-            api_key=self.settings.api_key.reveal(),
-            base_url=self.settings.base_url,
-            websocket_base_url=self.settings.websocket_base_url,
-            max_retries=0,
-        )
-        self.create_task(self._watchdog(), "watchdog")
-        self.create_task(self._connect_early(), "connect")
-
     async def _connect_early(self) -> None:
         """Open the socket before the first turn needs it; warm the cache."""
         try:
@@ -380,91 +282,45 @@ class CartesiaTTSService(FrameProcessor):
         except ServiceError as exc:
             logger.warning("{}: could not connect at start ({}); the first turn will retry", self.name, exc)
             self.errors += 1
-            await self._metric(SERVICE_ERROR, 1)
+            await self.metric(SERVICE_ERROR, 1)
             if exc.status == 429:
-                await self._metric(SERVICE_RATE_LIMITED, 1)
+                await self.metric(SERVICE_RATE_LIMITED, 1)
             return
+        if self._host is not self:
+            return  # a failover's member: the failover owns the cache
         for phrase in self.settings.warm_phrases:
-            key = self._cache_key(phrase)
+            key = self.cache_key(phrase)
             if key in self.cache:
                 continue
-            turn = _Turn(self._new_id(), self.epoch, cache_key=key, silent=True, closing=True)
+            turn = self.new_turn(closing=True, cache_key=key, silent=True, epoch=self.epoch)
             turn.sentences.append(phrase)
             await self._begin(turn)
 
-    async def _on_text(self, frame: TextFrame) -> None:
-        if not frame.text.strip():
-            await self.push_frame(frame)
+    async def open_attempt(self, turn: TTSTurn) -> None:
+        """A new Cartesia context on a healthy socket."""
+        await self._ensure_connected()
+        if turn.state is not TurnState.LIVE:
             return
-        turn = self._open
-        if turn is None or turn.epoch != self.handling_epoch:
-            turn = _Turn(self._new_id(), self.handling_epoch, closing=not self._in_response)
-            if self._in_response:
-                self._open = turn
-            turn.sentences.append(frame.text)
-            await self._begin(turn)
-        elif turn.state is _State.FINISHED:
-            # The turn fell back to a pre-recorded phrase: the rest of the reply is not spoken either.
-            self.unspoken.append(UnspokenText(turn.turn_id, frame.text, "the turn had already failed", "none"))
-        else:
-            turn.sentences.append(frame.text)
-            if turn.state is _State.LIVE:
-                await self._pump(turn)
-        if not self.is_stale(frame):
-            await self.push_frame(frame)
+        context_id = turn.turn_id if turn.attempt == 0 else f"{turn.turn_id}-r{turn.attempt}"
+        turn.engine_ref = context_id
+        self._by_context[context_id] = (turn, self._generation)
 
-    async def _on_speak(self, frame: TTSSpeakFrame) -> None:
-        if not frame.text.strip():
+    async def send_text(self, turn: TTSTurn, transcript: str) -> None:
+        await self._send(turn, transcript, keep_going=True)
+
+    async def send_end(self, turn: TTSTurn) -> None:
+        await self._send(turn, "", keep_going=False)
+
+    def abandon_attempt(self, turn: TTSTurn, error: ServiceError | None) -> None:
+        context_id = turn.engine_ref
+        entry = self._by_context.pop(context_id, None) if isinstance(context_id, str) else None
+        if entry is None:
             return
-        key = self._cache_key(frame.text)
-        cached = self.cache.get(key)
-        turn = _Turn(self._new_id(), self.handling_epoch, category=frame.category, cache_key=key, closing=True)
-        turn.sentences.append(frame.text)
-        # The assistant aggregator takes the phrase from the TTSSpeakFrame
-        # itself; it must see it before the phrase's TTSStartedFrame.
-        await self.push_frame(frame)
-        if cached is None:
-            await self._begin(turn)
-            return
-        async with self._out_lock:
-            self._order.append(turn)
-        self._quiet.clear()
-        await self._emit(turn, TTSStartedFrame(context_id=turn.turn_id))
-        turn.started_out = True
-        await self._play(turn, turn.turn_id, cached)
-        await self._finish(turn)
-
-    async def _close_open_turn(self) -> None:
-        turn, self._open = self._open, None
-        if turn is not None and not turn.closing:
-            turn.closing = True
-            if turn.state is _State.LIVE:
-                await self._pump(turn)
-
-    async def _interrupt(self) -> None:
-        self._open = None
-        self._in_response = False
-        self._cancel_all()
-
-    def _cancel_all(self) -> None:
-        """Cancel every turn: server-side contexts, recoveries, held output.
-
-        Synchronous on purpose: the receive loop may be blocked pushing audio
-        into a full output transport (which sees the interruption after us),
-        holding the output lock; waiting for it here would stall the
-        interruption. The cancel messages go out from a task.
-        """
-        live = [t for t in {*self._by_context.values(), *self._order} if t.state is not _State.CANCELLED]
-        to_cancel = [t.context_id for t in live if t.state is _State.LIVE and t.generation == self._generation]
-        for turn in live:
-            turn.state = _State.CANCELLED
-            self._forget(turn)
-            if turn.recovery is not None and turn.recovery is not asyncio.current_task():
-                turn.recovery.cancel()
-        self._order.clear()
-        self._quiet.set()
-        if to_cancel and self._conn is not None:
-            self.create_task(self._send_cancels(self._conn, to_cancel), "cancel")
+        self._forgotten.append(context_id)
+        # A cancelled or stalled context must not speak later; a context the
+        # server failed, or a socket that is gone, needs no cancel.
+        if (error is None or error.status is None) and entry[1] == self._generation and self._conn is not None:
+            self.create_task(self._send_cancels(self._conn, [context_id]), "cancel")
 
     async def _send_cancels(self, conn: Any, context_ids: list[str]) -> None:
         for context_id in context_ids:
@@ -474,83 +330,12 @@ class CartesiaTTSService(FrameProcessor):
             except Exception as exc:  # best effort: the context is forgotten anyway
                 logger.debug("{}: cancel of {} not sent: {}", self.name, context_id, exc)
 
-    async def _end_of_call(self) -> None:
-        """At EndFrame: end the open turn and let queued speech finish (bounded)."""
-        await self._close_open_turn()
-        try:
-            async with asyncio.timeout(self.settings.drain_timeout):
-                await self._quiet.wait()
-        except TimeoutError:
-            logger.warning("{}: speech still pending after {:.1f}s at the end", self.name, self.settings.drain_timeout)
-            self._cancel_all()
-        self._stopping = True
-        await self._close_socket()
-
-    # ------------------------------------------------------------ attempts
-
-    def _new_id(self) -> str:
-        return f"{self._prefix}-{next(self._ids)}"
-
-    def _cache_key(self, text: str) -> TTSCacheKey:
+    async def _send(self, turn: TTSTurn, transcript: str, *, keep_going: bool) -> None:
         s = self.settings
-        return TTSCacheKey(text.strip(), s.voice_id, s.model, s.encoding, s.sample_rate, s.speed)
-
-    async def _begin(self, turn: _Turn) -> None:
-        """Open a new turn: TTSStartedFrame, then its first attempt."""
-        if not turn.silent:
-            async with self._out_lock:
-                self._order.append(turn)
-            self._quiet.clear()
-            await self._emit(turn, TTSStartedFrame(context_id=turn.turn_id))
-            turn.started_out = True
-        turn.first_sent_at = time.monotonic()
-        try:
-            await self._open_context(turn)
-        except ServiceError as exc:
-            self._fail(turn, exc)
-
-    async def _open_context(self, turn: _Turn) -> None:
-        """Start an attempt: a new Cartesia context on a healthy socket; send the text."""
-        await self._ensure_connected()
-        if turn.state is _State.CANCELLED:
-            return
-        turn.context_id = turn.turn_id if turn.attempt == 0 else f"{turn.turn_id}-r{turn.attempt}"
-        turn.generation = self._generation
-        turn.sent = turn.resume_from
-        turn.close_sent = False
-        turn.got_audio = False
-        turn.words_done = 0
-        turn.carry = b""
-        turn.attempt_offset = turn.audio_seconds
-        turn.attempt_sent_at = turn.last_event_at = time.monotonic()
-        turn.state = _State.LIVE
-        self._by_context[turn.context_id] = turn
-        self.requests += 1
-        await self._metric(SERVICE_REQUEST, 1)
-        await self._pump(turn)
-
-    async def _pump(self, turn: _Turn) -> None:
-        """Send the turn's unsent sentences, and its end once the text is complete."""
-        try:
-            async with self._send_lock:
-                while turn.sent < len(turn.sentences) and turn.state is _State.LIVE:
-                    text = turn.sentences[turn.sent]
-                    transcript = text if text.endswith((" ", "\n")) else text + " "
-                    await self._send(turn, transcript, keep_going=True)
-                    turn.sent += 1
-                    self.characters_sent += len(transcript)
-                    await self._metric(USAGE_TTS_CHARACTERS, len(transcript), unit="characters")
-                if turn.closing and not turn.close_sent and turn.state is _State.LIVE:
-                    await self._send(turn, "", keep_going=False)
-                    turn.close_sent = True
-                    turn.last_event_at = time.monotonic()
-        except ServiceError as exc:
-            self._fail(turn, exc)
-
-    async def _send(self, turn: _Turn, transcript: str, *, keep_going: bool) -> None:
-        s = self.settings
+        entry = self._by_context.get(turn.engine_ref or "")
+        generation = entry[1] if entry is not None else -1
         request: dict[str, Any] = {
-            "context_id": turn.context_id,
+            "context_id": turn.engine_ref,
             "model_id": s.model,
             "voice": {"id": s.voice_id},
             "output_format": s.output_format(),
@@ -562,100 +347,14 @@ class CartesiaTTSService(FrameProcessor):
             **s.speed_fields(),
         }
         conn = self._conn
-        if conn is None or turn.generation != self._generation:
+        if conn is None or generation != self._generation:
             raise ServiceError("the websocket closed", service=SERVICE, retryable=True)
         try:
             async with asyncio.timeout(s.connect_timeout):
                 await conn.send(request)
         except Exception as exc:
-            self._lost(turn.generation)
+            self._lost(generation)
             raise _service_error(exc) from exc
-
-    def _forget(self, turn: _Turn) -> None:
-        if turn.context_id and self._by_context.get(turn.context_id) is turn:
-            del self._by_context[turn.context_id]
-            self._forgotten.append(turn.context_id)
-
-    def _fail(self, turn: _Turn, error: ServiceError) -> None:
-        """A turn's attempt failed: recover in a task (retry or fall back)."""
-        if turn.state is not _State.LIVE:
-            return
-        turn.state = _State.RECOVERING
-        self._forget(turn)
-        turn.recovery = self.create_task(self._recover(turn, error), f"recover:{turn.turn_id}")
-
-    async def _recover(self, turn: _Turn, error: ServiceError) -> None:
-        while True:
-            self.errors += 1
-            logger.warning("{}: turn {} attempt {} failed: {}", self.name, turn.turn_id, turn.attempt + 1, error)
-            await self._metric(SERVICE_ERROR, 1)
-            if error.status == 429:
-                await self._metric(SERVICE_RATE_LIMITED, 1)
-            if turn.context_id and error.status is None and self._conn is not None:
-                if turn.generation == self._generation:  # a stalled context must not speak later
-                    await self._send_cancels(self._conn, [turn.context_id])
-            wait = self._policy.delay(turn.attempt + 1, error.retry_after)
-            if turn.silent or not error.retryable or turn.attempt >= self.settings.max_retries:
-                break
-            if error.retry_after is not None and error.retry_after > self.settings.max_retry_wait:
-                break
-            turn.attempt += 1
-            self.retries += 1
-            await self._metric(SERVICE_RETRY, 1)
-            await asyncio.sleep(min(wait, self.settings.max_retry_wait))
-            if turn.state is not _State.RECOVERING:
-                return
-            turn.resume_from = self._resume_point(turn)
-            turn.audio.clear()  # a stitched reply is not cached
-            turn.cache_key = None if turn.resume_from else turn.cache_key
-            try:
-                await self._open_context(turn)
-                return
-            except ServiceError as exc:
-                turn.state = _State.RECOVERING
-                error = exc
-        if turn.state is _State.RECOVERING:
-            await self._fall_back(turn, str(error))
-
-    def _resume_point(self, turn: _Turn) -> int:
-        """First sentence whose words were not all covered by timestamps."""
-        covered = turn.words_done
-        index = turn.resume_from
-        while index < turn.sent and covered >= len(turn.sentences[index].split()):
-            covered -= len(turn.sentences[index].split())
-            index += 1
-        return index
-
-    async def _fall_back(self, turn: _Turn, reason: str) -> None:
-        if turn.silent:
-            turn.state = _State.FINISHED
-            return
-        start = self._resume_point(turn) if turn.got_audio else turn.resume_from
-        text = " ".join(turn.sentences[start:]).strip()
-        category = turn.category if turn.category in ("greeting", "goodbye") else "error"
-        self.unspoken.append(UnspokenText(turn.turn_id, text, reason, category))
-        logger.error(
-            "{}: {} characters of {} not spoken ({}); playing the {!r} fallback",
-            self.name,
-            len(text),
-            turn.turn_id,
-            reason,
-            category,
-        )
-        await self.push_error(
-            f"{self.name}: text of {turn.turn_id} not spoken ({len(text)} characters): {reason}; "
-            f"played the pre-recorded {category!r} phrase"
-        )
-        audio = fallback_audio(category, self.settings.sample_rate, self.settings.frame_encoding)
-        if turn.started_out:
-            await self._emit(turn, TTSStoppedFrame(context_id=turn.turn_id))
-            turn.started_out = False
-        fallback_id = f"{turn.turn_id}-fallback"
-        await self._emit(turn, TTSSpeakFrame(fallback_text(category), category=category))
-        await self._emit(turn, TTSStartedFrame(context_id=fallback_id))
-        await self._play(turn, fallback_id, audio)
-        await self._emit(turn, TTSStoppedFrame(context_id=fallback_id))
-        await self._finish(turn)
 
     # ------------------------------------------------------------ socket
 
@@ -665,7 +364,7 @@ class CartesiaTTSService(FrameProcessor):
         async with self._connect_lock:
             if self._conn is not None:
                 return
-            if self._client is None or self._stopping:
+            if self._client is None or self.stopping:
                 raise ServiceError("the service is not running", service=SERVICE, retryable=False)
             manager = self._client.tts.websocket_connect(
                 websocket_connection_options={"open_timeout": self.settings.connect_timeout, "max_queue": 64}  # type: ignore[typeddict-unknown-key]
@@ -681,16 +380,16 @@ class CartesiaTTSService(FrameProcessor):
             self.create_task(self._read_socket(conn, self._generation), f"receive:{self._generation}", essential=True)
 
     def _lost(self, generation: int) -> None:
-        """The socket of ``generation`` is gone: fail its live turns."""
+        """The socket of ``generation`` is gone: fail its live attempts."""
         if generation != self._generation or self._conn is None:
             return
         conn, self._conn = self._conn, None
         self.create_task(_close_quietly(conn), "close")
         error = ServiceError("the websocket closed", service=SERVICE, retryable=True)
-        for turn in list(self._by_context.values()):
-            if turn.generation == generation:
-                self._fail(turn, error)
-        if not self._stopping:
+        for turn, turn_generation in list(self._by_context.values()):
+            if turn_generation == generation:
+                turn.host.tts_failed(turn, error)
+        if not self.stopping:
             self.create_task(self._reconnect_between_turns(), "reconnect")
 
     async def _reconnect_between_turns(self) -> None:
@@ -713,7 +412,7 @@ class CartesiaTTSService(FrameProcessor):
             try:
                 raw = await conn.recv_bytes()
             except ConnectionClosed as exc:
-                if not self._stopping and generation == self._generation:
+                if not self.stopping and generation == self._generation:
                     logger.warning("{}: websocket closed ({})", self.name, exc)
                 self._lost(generation)
                 return
@@ -722,145 +421,32 @@ class CartesiaTTSService(FrameProcessor):
             except ProtocolError as exc:
                 self.malformed += 1
                 logger.warning("{}: {} (raw: {!r})", self.name, exc, exc.raw)
-                await self._metric(PROTOCOL_MALFORMED, 1)
+                await self.metric(PROTOCOL_MALFORMED, 1)
                 continue
             await self._on_message(message)
 
     async def _on_message(self, message: ServerMessage) -> None:
-        turn = self._by_context.get(message.context_id or "")
-        if turn is None:
+        entry = self._by_context.get(message.context_id or "")
+        if entry is None:
             if message.type == "chunk" and message.context_id in self._forgotten:
                 self.stale_chunks_dropped += 1
             elif message.type == "error":
                 logger.warning("{}: error for {}: {}", self.name, message.context_id, message.error)
             return
-        turn.last_event_at = time.monotonic()
+        turn = entry[0]
+        host = turn.host
         if message.type == "chunk":
-            await self._on_chunk(turn, message.audio)
+            await host.tts_audio(turn, message.audio, self.settings.sample_rate, self.settings.frame_encoding)
         elif message.type == "timestamps" and message.words:
-            offset = turn.attempt_offset
-            words = tuple((w, round(s + offset, 4), round(e + offset, 4)) for w, s, e in message.words)
-            turn.words_done += len(words)
-            if turn.cache_key is not None:
-                turn.words.extend(words)
-            if not turn.silent:
-                await self._emit(turn, TTSWordTimestampsFrame(words=words, context_id=turn.turn_id))
+            await host.tts_words(turn, message.words)
         elif message.type == "done":
-            self._forget(turn)
-            self._store(turn)
-            await self._finish(turn)
+            self._by_context.pop(message.context_id or "", None)
+            self._forgotten.append(message.context_id or "")
+            await host.tts_done(turn)
         elif message.type == "error":
             status = message.status_code
             retryable = status is None or status == 429 or status >= 500
-            self._fail(turn, ServiceError(message.error, service=SERVICE, retryable=retryable, status=status))
-
-    async def _on_chunk(self, turn: _Turn, audio: bytes) -> None:
-        if not turn.got_audio:
-            turn.got_audio = True
-            if not turn.ttfb_reported and not turn.silent:
-                turn.ttfb_reported = True
-                await self._metric(LATENCY_TTS_TTFB, time.monotonic() - turn.first_sent_at, unit="s")
-        if self.settings.encoding == "pcm_s16le":
-            audio = turn.carry + audio
-            cut = len(audio) - len(audio) % 2
-            audio, turn.carry = audio[:cut], audio[cut:]
-        if not audio:
-            return
-        if turn.cache_key is not None:
-            if len(turn.audio) + len(audio) > self.cache.max_bytes // 4:
-                turn.cache_key = None  # too long to cache: stop keeping it
-                turn.audio = bytearray()
-            else:
-                turn.audio += audio
-        turn.audio_seconds += self.settings.seconds(len(audio))
-        if not turn.silent:
-            await self._emit(turn, self._audio_frame(audio, turn.turn_id))
-
-    def _store(self, turn: _Turn) -> None:
-        if turn.cache_key is None or turn.attempt_offset or not turn.audio:
-            return
-        s = self.settings
-        self.cache.put(
-            turn.cache_key, CachedAudio(bytes(turn.audio), s.sample_rate, s.frame_encoding, tuple(turn.words))
-        )
-        turn.audio = bytearray()
-
-    # ------------------------------------------------------------ output
-
-    def _audio_frame(self, audio: bytes, context_id: str) -> TTSAudioRawFrame:
-        s = self.settings
-        return TTSAudioRawFrame(audio, s.sample_rate, 1, s.frame_encoding, context_id=context_id)
-
-    async def _emit(self, turn: _Turn, frame: Frame) -> None:
-        """Push a frame of ``turn`` now if it is the turn being spoken, else hold it."""
-        if turn.silent:
-            return
-        frame.epoch = turn.epoch
-        async with self._out_lock:
-            if turn.state is _State.CANCELLED:  # checked under the lock: an interruption may come while waiting
-                return
-            if self._order and self._order[0] is not turn:
-                turn.backlog.append(frame)
-                return
-            await self.push_frame(frame)
-
-    async def _play(self, turn: _Turn, context_id: str, cached: CachedAudio) -> None:
-        """Cached or pre-recorded audio, with its word timings, in frames of 100 ms."""
-        width = 1 if cached.encoding == MULAW else 2
-        step = max(width, int(cached.sample_rate * _AUDIO_FRAME_SECONDS) * width)
-        if cached.words:
-            await self._emit(turn, TTSWordTimestampsFrame(words=cached.words, context_id=context_id))
-        for start in range(0, len(cached.audio), step):
-            await self._emit(turn, self._audio_frame(cached.audio[start : start + step], context_id))
-
-    async def _finish(self, turn: _Turn) -> None:
-        """The turn's output is complete: TTSStopped; if it was being spoken,
-        the turns after it speak (their held frames go out now)."""
-        if turn.state is _State.CANCELLED:
-            return
-        if turn.started_out:
-            await self._emit(turn, TTSStoppedFrame(context_id=turn.turn_id))
-            turn.started_out = False
-        turn.state = _State.FINISHED
-        if turn.silent:
-            return
-        async with self._out_lock:
-            if self._order and self._order[0] is turn:
-                self._order.pop(0)
-                while self._order:
-                    head = self._order[0]
-                    backlog, head.backlog = head.backlog, []
-                    for frame in backlog:
-                        await self.push_frame(frame)
-                    # An interruption may have cleared the order meanwhile.
-                    if head.state is not _State.FINISHED or not self._order or self._order[0] is not head:
-                        break
-                    self._order.pop(0)
-            if not self._order:
-                self._quiet.set()
-
-    # ------------------------------------------------------------ timers and metrics
-
-    async def _watchdog(self) -> None:
-        """Fail turns whose audio does not come: the wait on the peer has a timeout."""
-        s = self.settings
-        tick = max(0.02, min(s.first_audio_timeout, s.stall_timeout) / 8)
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            for turn in list(self._by_context.values()):
-                if turn.state is not _State.LIVE:
-                    continue
-                if not turn.got_audio and now - turn.attempt_sent_at > s.first_audio_timeout:
-                    message = f"no audio {s.first_audio_timeout:.1f}s after the text was sent"
-                elif turn.close_sent and now - turn.last_event_at > s.stall_timeout:
-                    message = f"no message for {s.stall_timeout:.1f}s before the end of the context"
-                else:
-                    continue
-                self._fail(turn, ServiceError(message, service=SERVICE, retryable=True))
-
-    async def _metric(self, name: str, value: float, *, unit: str = "") -> None:
-        await self.push_frame(MetricsFrame(name, float(value), unit, self.name, {"service": SERVICE}))
+            host.tts_failed(turn, ServiceError(message.error, service=SERVICE, retryable=retryable, status=status))
 
 
 def _service_error(exc: BaseException) -> ServiceError:

@@ -2,6 +2,12 @@
 
     LLMContextFrame → LLMFullResponseStartFrame, LLMTextFrame*, LLMFullResponseEndFrame
 
+An engine of the ``LLMService`` skeleton (``services/llm.py``: the turn task,
+the response bracket, fillers and fallback phrases, ``end_call``, outcomes,
+the answer cache). Any OpenAI-compatible chat endpoint (Azure OpenAI, Groq, a
+self-hosted vLLM) is this service with its ``base_url``, key and ``model``
+(and ``service_label`` and prices, so its costs are its own).
+
 Each ``LLMContextFrame`` starts a turn in a turn task (``create_turn_task``):
 a streaming request with the context's history window, every content delta
 pushed as an ``LLMTextFrame`` as soon as it arrives.
@@ -57,34 +63,19 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 from loguru import logger
 from openai import AsyncOpenAI
 
 from vantum_pipeline.errors import ConfigurationError, ServiceError
-from vantum_pipeline.frames import (
-    CancelFrame,
-    EndFrame,
-    EndTaskFrame,
-    Frame,
-    InterruptionFrame,
-    LLMContextFrame,
-    LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    LLMTextFrame,
-    MetricsFrame,
-    StartFrame,
-    TTSSpeakFrame,
-)
+from vantum_pipeline.frames import MetricsFrame
 from vantum_pipeline.observability.retry import RetryPolicy
-from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.processors.context import FunctionCall, LLMContext
 from vantum_pipeline.processors.phrases import FallbackPhrases
 from vantum_pipeline.processors.tools import (
     OutcomeCallback,
-    SalesOutcome,
     Tool,
     ToolResult,
     decode_arguments,
@@ -92,6 +83,8 @@ from vantum_pipeline.processors.tools import (
     record_outcome_tool,
     result_text,
 )
+from vantum_pipeline.services.answer_cache import AnswerCache
+from vantum_pipeline.services.llm import FirstTokenTimeout, LLMReply, LLMService
 from vantum_pipeline.settings import Secret, load_env, optional_env, require_secret
 
 __all__ = ["FirstTokenTimeout", "OpenAILLMService", "OpenAISettings"]
@@ -138,6 +131,9 @@ class OpenAISettings:
     close_timeout: float = 1.0
     input_price_per_million: float = 2.50
     output_price_per_million: float = 10.0
+    #: The metric label of this endpoint ("openai" when None): name another
+    #: OpenAI-compatible provider ("groq", "azure") so costs stay apart.
+    service_label: str | None = None
     fallback_phrases: FallbackPhrases = field(default_factory=FallbackPhrases)
 
     def __post_init__(self) -> None:
@@ -186,21 +182,6 @@ class OpenAISettings:
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """Dollars for that many tokens."""
         return (prompt_tokens * self.input_price_per_million + completion_tokens * self.output_price_per_million) / 1e6
-
-
-class FirstTokenTimeout(ServiceError):
-    """No first token within ``first_token_timeout``: the product gives up on
-    the request and speaks a fallback rather than retrying."""
-
-
-@dataclass(eq=False)
-class _Turn:
-    opening: bool
-    spoke: bool = False  # the model's text went out
-    output_started: bool = False
-    end_call: bool = False
-    said: set[str] = field(default_factory=set)  # fallback categories spoken
-    group_text: dict[str, str] = field(default_factory=dict)  # first call id → text said before it
 
 
 @dataclass(eq=False)
@@ -276,12 +257,15 @@ def _carries_output(chunk: Any) -> bool:
     )
 
 
-class OpenAILLMService(FrameProcessor):
-    """Streams replies from OpenAI; see the module docstring.
+class OpenAILLMService(LLMService):
+    """Streams replies from OpenAI (or any OpenAI-compatible endpoint: set
+    ``base_url``, ``api_key`` and ``model``); see the module docstring.
 
     ``tools``: extra functions for the model; ``call_tools`` registers
     ``end_call`` and ``record_outcome`` (``on_outcome`` hears each outcome).
     """
+
+    service: ClassVar[str] = SERVICE
 
     def __init__(
         self,
@@ -290,23 +274,27 @@ class OpenAILLMService(FrameProcessor):
         tools: Sequence[Tool] = (),
         call_tools: bool = True,
         on_outcome: OutcomeCallback | None = None,
+        answer_cache: AnswerCache | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(
+            fallback_phrases=settings.fallback_phrases,
+            thinking_after=settings.thinking_after,
+            turn_timeout=settings.turn_timeout,
+            answer_cache=answer_cache,
+            on_outcome=on_outcome,
+            name=name,
+        )
         self.settings = settings
+        self._labels = {"service": settings.service_label or SERVICE}
         self._tools: dict[str, Tool] = {}
-        self._on_outcome = on_outcome
-        self.outcomes: list[SalesOutcome] = []
         for tool in tools:
             self.register_tool(tool)
         if call_tools:
-            for tool in (end_call_tool(), record_outcome_tool(self._record_outcome)):
+            for tool in (end_call_tool(), record_outcome_tool(self.record_outcome)):
                 if tool.name not in self._tools:
                     self.register_tool(tool)
         self._client: AsyncOpenAI | None = None
-        self._turn_task: asyncio.Task[Any] | None = None
-        self._bracket_open = False
-        self._ending = False
         self.prompt_tokens = 0
         self.completion_tokens = 0
 
@@ -326,22 +314,28 @@ class OpenAILLMService(FrameProcessor):
         """Dollars spent by this service so far (from the usage chunks)."""
         return self.settings.cost(self.prompt_tokens, self.completion_tokens)
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        if isinstance(frame, LLMContextFrame):
-            await self._start_turn(frame.context)
-            return
-        if isinstance(frame, StartFrame):
-            self._client = self._client or self._make_client()
-        elif isinstance(frame, InterruptionFrame):
-            await self._stop_turn(cancel=True)
-            self._bracket_open = False  # the interruption closes it implicitly
-        elif isinstance(frame, CancelFrame):
-            await self._stop_turn(cancel=True)
-        elif isinstance(frame, EndFrame):
-            await self._stop_turn(cancel=False)
-        await self.push_frame(frame, direction)
+    async def metric(self, metric: str, value: float, unit: str = "") -> None:
+        frame = MetricsFrame(metric=metric, value=float(value), unit=unit, processor=self.name)
+        frame.labels = dict(self._labels)
+        await self._host.push_frame(frame)
 
-    async def cleanup(self) -> None:
+    async def engine_start(self) -> None:
+        self._client = self._client or self._make_client()
+
+    async def abandoned(self, context: LLMContext, reply: LLMReply) -> None:
+        """A hedged request we cancelled never got its usage chunk: the prompt
+        is billed anyway, so estimate it (four characters a token) and count it."""
+        characters = sum(len(str(m.get("content") or "")) for m in context.api_messages())
+        prompt = max(1, round(characters / 4))
+        completion = round(len(reply.content) / 4)
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        for metric, value in (("usage.llm_prompt_tokens", prompt), ("usage.llm_completion_tokens", completion)):
+            frame = MetricsFrame(metric=metric, value=float(value), unit="tokens", processor=self.name)
+            frame.labels = {**self._labels, "estimated": "true"}
+            await self._host.push_frame(frame)
+
+    async def engine_close(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -357,98 +351,26 @@ class OpenAILLMService(FrameProcessor):
             timeout=openai.Timeout(s.read_timeout, connect=s.connect_timeout),
         )
 
-    async def _start_turn(self, context: Any) -> None:
-        if not isinstance(context, LLMContext):
-            raise ConfigurationError(f"LLMContextFrame.context must be an LLMContext, got {type(context).__name__}")
-        if self._ending:
-            logger.debug("{}: the call is ending; context ignored", self.name)
-            return
-        await self._stop_turn(cancel=True)
-        if self._bracket_open:
-            # A newer context replaced a reply in progress: close its bracket.
-            self._bracket_open = False
-            await self.push_frame(LLMFullResponseEndFrame())
+    async def respond(self, context: LLMContext, reply: LLMReply) -> None:
         if self._client is None:
             self._client = self._make_client()
-        self._turn_task = self.create_turn_task(self._run_turn(context), "turn")
-
-    async def _stop_turn(self, *, cancel: bool) -> None:
-        task, self._turn_task = self._turn_task, None
-        if task is None or task.done():
-            return
-        if cancel:
-            task.cancel()
-        timeout = self.settings.close_timeout + 0.5 if cancel else self.settings.turn_timeout
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
-            logger.error("{}: turn did not stop within {:.1f}s; cancelling", self.name, timeout)
-            task.cancel()
-
-    async def _run_turn(self, context: LLMContext) -> None:
-        s = self.settings
-        turn = _Turn(opening=not context.has_conversation)
-        await self.push_frame(LLMFullResponseStartFrame())
-        self._bracket_open = True
-        filler = None
-        if s.thinking_after is not None and not turn.opening:
-            filler = self.create_turn_task(self._filler(turn, s.thinking_after), "thinking")
-        try:
-            async with asyncio.timeout(s.turn_timeout):
-                await self._converse(context, turn)
-        except FirstTokenTimeout as exc:
-            logger.warning("{}: {}", self.name, exc)
-            await self._fallback(turn, "timeout")
-        except (ServiceError, TimeoutError) as exc:
-            logger.error("{}: reply failed: {}", self.name, str(exc) or f"turn took over {s.turn_timeout:.1f}s")
-            await self._fallback(turn, "error")
-        except Exception as exc:
-            # A bug, not the service: still, the callee must not hear dead air.
-            logger.opt(exception=exc).error("{}: reply failed: {}: {}", self.name, type(exc).__name__, exc)
-            await self._fallback(turn, "error")
-        finally:
-            if filler is not None:
-                filler.cancel()
-        if turn.end_call and not turn.spoke:
-            await self._say(turn, "goodbye")
-        await self.push_frame(LLMFullResponseEndFrame())
-        self._bracket_open = False
-        if turn.end_call:
-            self._ending = True
-            await self.push_frame(EndTaskFrame(reason="end_call"), FrameDirection.UPSTREAM)
-
-    async def _converse(self, context: LLMContext, turn: _Turn) -> None:
         rounds = self.settings.max_tool_rounds
+        group_text: dict[str, str] = {}
         for round_no in range(rounds + 1):
-            allow_tools = round_no < rounds and not turn.end_call
-            calls = await self._round(context, turn, allow_tools)
+            allow_tools = round_no < rounds and not reply.end_call
+            calls = await self._round(context, reply, allow_tools, group_text)
             if not calls:
                 return
             if not allow_tools:
                 logger.warning("{}: the model called functions when it was told not to; ignored", self.name)
                 return
-            if not await self._run_tools(context, calls, turn):
+            await reply.wait_released()  # a hedged request runs functions only once it has won
+            if not await self._run_tools(context, calls, reply):
                 return
-
-    async def _filler(self, turn: _Turn, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if not turn.output_started:
-            await self._say(turn, "thinking")
-
-    async def _say(self, turn: _Turn, category: str) -> None:
-        turn.said.add(category)
-        text = self.settings.fallback_phrases.phrase(category)
-        await self.push_frame(TTSSpeakFrame(text, category=category))
-
-    async def _fallback(self, turn: _Turn, category: str) -> None:
-        if turn.spoke:
-            return  # a reply cut short ends where it is
-        if turn.opening:
-            category = "greeting"
-        await self._say(turn, category)
 
     # ------------------------------------------------------------ requests
 
-    def _params(self, context: LLMContext, turn: _Turn, allow_tools: bool) -> dict[str, Any]:
+    def _params(self, context: LLMContext, group_text: dict[str, str], allow_tools: bool) -> dict[str, Any]:
         s = self.settings
         messages = context.api_messages()
         for message in messages:
@@ -457,7 +379,7 @@ class OpenAILLMService(FrameProcessor):
                 # What the bot said in this turn before calling: the model
                 # must not say it again (the assistant aggregator records it
                 # with the rest of the reply).
-                said = turn.group_text.get(calls[0]["id"])
+                said = group_text.get(calls[0]["id"])
                 if said:
                     message["content"] = said
         params: dict[str, Any] = {
@@ -481,7 +403,7 @@ class OpenAILLMService(FrameProcessor):
                 params["tool_choice"] = "none"
         return params
 
-    async def _open_stream(self, params: dict[str, Any], turn: _Turn) -> tuple[Any, list[Any]]:
+    async def _open_stream(self, params: dict[str, Any], reply: LLMReply) -> tuple[Any, list[Any]]:
         """Send the request and wait for its first token, retrying as the
         policy says. Returns the stream and the chunks read so far."""
         s = self.settings
@@ -494,8 +416,8 @@ class OpenAILLMService(FrameProcessor):
             nonlocal attempts
             attempts += 1
             if attempts > 1:
-                await self._metric("service.retry", 1)
-            await self._metric("service.request", 1)
+                await self.metric("service.retry", 1)
+            await self.metric("service.request", 1)
             started = loop.time()
             stream: Any = None
             buffered: list[Any] = []
@@ -512,27 +434,27 @@ class OpenAILLMService(FrameProcessor):
                             break
             except TimeoutError:
                 await self._close(stream)
-                await self._metric("service.error", 1)
+                await self.metric("service.error", 1)
                 raise FirstTokenTimeout(
                     f"no first token within {s.first_token_timeout:.1f}s", service=SERVICE, retryable=False
                 ) from None
             except json.JSONDecodeError as exc:
                 await self._close(stream)
-                await self._metric("protocol.malformed", 1)
-                await self._metric("service.error", 1)
+                await self.metric("protocol.malformed", 1)
+                await self.metric("service.error", 1)
                 raise ServiceError(f"malformed event in stream: {exc}", service=SERVICE, retryable=True) from exc
             except openai.OpenAIError as exc:
                 await self._close(stream)
                 error = _service_error(exc)
-                await self._metric("service.error", 1)
+                await self.metric("service.error", 1)
                 if error.status == 429:
-                    await self._metric("service.rate_limited", 1)
+                    await self.metric("service.rate_limited", 1)
                 raise error from exc
             except BaseException:
                 await self._close(stream)
                 raise
-            turn.output_started = True
-            await self._metric("latency.llm_ttft", loop.time() - started, "s")
+            reply.started(self.name)
+            await self.metric("latency.llm_ttft", loop.time() - started, "s")
             return stream, buffered
 
         def on_retry(retry: int, exc: BaseException, wait: float) -> None:
@@ -540,14 +462,19 @@ class OpenAILLMService(FrameProcessor):
                 isinstance(exc, ServiceError)
                 and exc.status == 429
                 and wait >= s.announce_wait_after
-                and "rate_limited" not in turn.said
-                and not turn.spoke
+                and "rate_limited" not in reply.said
+                and not reply.spoke
             ):
-                turn.said.add("rate_limited")
-                self.create_turn_task(self._say(turn, "rate_limited"), "rate-limited")
+                reply.said.add("rate_limited")
+                reply.host.create_turn_task(reply.say("rate_limited"), "rate-limited")
+
+        def retryable(exc: BaseException) -> bool:
+            # Rate limited with the answer cached: the cache answers now, no waiting.
+            cached = reply.cache_ready and isinstance(exc, ServiceError) and exc.status == 429
+            return _retryable(exc) and not cached
 
         result: tuple[Any, list[Any]] = await s.retry.run(
-            attempt, retryable=_retryable, service=SERVICE, on_retry=on_retry
+            attempt, retryable=retryable, service=SERVICE, on_retry=on_retry
         )
         return result
 
@@ -561,10 +488,12 @@ class OpenAILLMService(FrameProcessor):
         except (TimeoutError, Exception) as exc:
             logger.debug("{}: closing the stream: {}", self.name, exc)
 
-    async def _round(self, context: LLMContext, turn: _Turn, allow_tools: bool) -> list[FunctionCall]:
+    async def _round(
+        self, context: LLMContext, reply: LLMReply, allow_tools: bool, group_text: dict[str, str]
+    ) -> list[FunctionCall]:
         """One request: stream its text out, return the calls it made."""
-        params = self._params(context, turn, allow_tools)
-        stream, buffered = await self._open_stream(params, turn)
+        params = self._params(context, group_text, allow_tools)
+        stream, buffered = await self._open_stream(params, reply)
         partial: dict[int, _PartialCall] = {}
         finish: str | None = None
         said = ""
@@ -583,22 +512,21 @@ class OpenAILLMService(FrameProcessor):
                             f"stream stalled for {self.settings.chunk_timeout:.1f}s", service=SERVICE, retryable=False
                         ) from None
                     except json.JSONDecodeError as exc:
-                        await self._metric("protocol.malformed", 1)
-                        await self._metric("service.error", 1)
+                        await self.metric("protocol.malformed", 1)
+                        await self.metric("service.error", 1)
                         raise ServiceError(
                             f"malformed event in stream: {exc}", service=SERVICE, retryable=False
                         ) from exc
                     except openai.OpenAIError as exc:
-                        await self._metric("service.error", 1)
+                        await self.metric("service.error", 1)
                         raise _service_error(exc) from exc
                 if chunk.usage is not None:
                     await self._usage(chunk.usage)
                 for choice in chunk.choices:
                     delta = choice.delta
                     if delta is not None and delta.content:
-                        turn.spoke = True
                         said += delta.content
-                        await self.push_frame(LLMTextFrame(delta.content))
+                        await reply.token(delta.content, self.name)
                     for call in (delta.tool_calls if delta is not None else None) or ():
                         part = partial.setdefault(call.index, _PartialCall())
                         part.id = part.id or (call.id or "")
@@ -611,8 +539,8 @@ class OpenAILLMService(FrameProcessor):
             await self._close(stream)
         if finish is None:
             logger.warning("{}: the stream ended without a finish_reason (closed early)", self.name)
-            await self._metric("service.error", 1)
-            if not turn.spoke:
+            await self.metric("service.error", 1)
+            if not reply.spoke:
                 raise ServiceError("the stream ended before a complete reply", service=SERVICE, retryable=False)
             return []
         if finish == "length":
@@ -623,7 +551,7 @@ class OpenAILLMService(FrameProcessor):
             if part.name
         ]
         if calls:
-            turn.group_text[calls[0].id] = said
+            group_text[calls[0].id] = said
         return calls
 
     async def _usage(self, usage: Any) -> None:
@@ -631,18 +559,15 @@ class OpenAILLMService(FrameProcessor):
         completion = int(usage.completion_tokens or 0)
         self.prompt_tokens += prompt
         self.completion_tokens += completion
-        await self._metric("usage.llm_prompt_tokens", prompt, "tokens")
-        await self._metric("usage.llm_completion_tokens", completion, "tokens")
-
-    async def _metric(self, metric: str, value: float, unit: str = "") -> None:
-        await self.push_frame(
-            MetricsFrame(metric=metric, value=float(value), unit=unit, processor=self.name, labels=dict(_LABELS))
-        )
+        await self.metric("usage.llm_prompt_tokens", prompt, "tokens")
+        await self.metric("usage.llm_completion_tokens", completion, "tokens")
 
     # ------------------------------------------------------------- tools
 
-    async def _run_tools(self, context: LLMContext, calls: list[FunctionCall], turn: _Turn) -> bool:
+    async def _run_tools(self, context: LLMContext, calls: list[FunctionCall], reply: LLMReply) -> bool:
         """Run the calls; True when the model should continue."""
+        reply.tool_calls += len(calls)
+        reply.started(self.name)
         context.add_tool_calls(calls)
         tasks = [self.create_task(self._invoke(context, call), f"tool:{call.name}") for call in calls]
         # Shielded: an interruption cancels this turn, not the functions
@@ -653,9 +578,9 @@ class OpenAILLMService(FrameProcessor):
         results: list[ToolResult | None] = await asyncio.shield(gathered)
         done = [result for result in results if result is not None]
         if any(result.end_call for result in done):
-            turn.end_call = True
-        if turn.end_call:
-            return not turn.spoke  # ask the model for a goodbye only if it said nothing yet
+            reply.end_call = True
+        if reply.end_call:
+            return not reply.spoke  # ask the model for a goodbye only if it said nothing yet
         wishes = [result.continue_model for result in done if result.continue_model is not None]
         return not wishes or any(wishes)
 
@@ -676,11 +601,3 @@ class OpenAILLMService(FrameProcessor):
             result = ToolResult({"error": str(exc)})
         context.add_tool_result(call.id, result_text(result.content))
         return result
-
-    async def _record_outcome(self, outcome: SalesOutcome) -> None:
-        self.outcomes.append(outcome)
-        logger.info("{}: call outcome recorded: {}", self.name, outcome.outcome)
-        if self._on_outcome is not None:
-            produced = self._on_outcome(outcome)
-            if asyncio.iscoroutine(produced):
-                await produced

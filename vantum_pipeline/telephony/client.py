@@ -167,3 +167,14 @@ class TwilioRestClient:
         return await self._call(
             f"redirecting {call_sid}", lambda: client.calls(call_sid).update_async(twiml=twiml), retryable=_rate_limited
         )
+
+    async def list_calls(self, *, to: str | None = None, started_after: Any = None, limit: int = 20) -> list[Any]:
+        """The most recent calls (newest first), to ``to`` when given; ``started_after``
+        (a datetime) narrows by date on Twilio's side: compare ``date_created`` for more."""
+        client = self._sdk()
+        options: dict[str, Any] = {"limit": limit, "page_size": min(limit, 50)}
+        if to is not None:
+            options["to"] = to
+        if started_after is not None:
+            options["start_time_after"] = started_after
+        return list(await self._call("listing calls", lambda: client.calls.list_async(**options), retryable=_transient))

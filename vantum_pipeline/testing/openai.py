@@ -5,7 +5,8 @@
         client = AsyncOpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0)
         stream = await client.chat.completions.create(model="gpt-4o", messages=[...], stream=True)
 
-It serves ``POST /v1/chat/completions``, streaming (server-sent events: the
+It serves ``POST /v1/audio/speech`` (text-to-speech, see ``openai_speech.py``)
+and ``POST /v1/chat/completions``, streaming (server-sent events: the
 role delta first, one content delta per token, tool-call deltas by index with
 the arguments in fragments, the finish_reason chunk, the usage chunk when
 ``stream_options.include_usage`` is set, then ``data: [DONE]``) and not
@@ -64,6 +65,7 @@ from aiohttp import web
 from loguru import logger
 
 from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.testing.openai_speech import SpeechEndpoint
 from vantum_pipeline.testing.openai_wire import (
     SSE_DONE,
     CompletionBuilder,
@@ -314,6 +316,8 @@ class FakeOpenAI:
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        #: ``POST /v1/audio/speech`` (see ``testing/openai_speech.py``).
+        self.speech = SpeechEndpoint(self)
 
     # ------------------------------------------------------------ public
 
@@ -368,6 +372,7 @@ class FakeOpenAI:
     async def start(self) -> FakeOpenAI:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/v1/chat/completions", self._handle_chat)
+        app.router.add_post("/v1/audio/speech", self.speech.handle)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         # Cancel a handler when its client disconnects: how the fake notices
         # a stream closed early.

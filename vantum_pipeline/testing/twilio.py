@@ -49,7 +49,10 @@ next ``later_scripts`` entry. ``<Say>`` is recorded (``said``) and takes
 the time of its words. The callee sends ``dtmf`` messages with the ``Dtmf``
 script step.
 
-``GET …/Calls/{sid}.json`` fetches a call. Every REST request is recorded
+``GET …/Calls/{sid}.json`` fetches a call; ``GET …/Calls.json`` lists calls,
+newest first, filtered by ``To``, ``From``, ``Status`` and ``StartTime`` /
+``StartTime<`` / ``StartTime>`` (compared by UTC date, as Twilio documents),
+in pages of ``PageSize`` (default 50) with ``next_page_uri``. Every REST request is recorded
 (``requests``), every call keeps its callbacks, webhook response, and its
 callee's recordings (``calls[sid].callee.heard``: what the callee heard).
 
@@ -69,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import email.utils
 import math
 import re
@@ -127,6 +131,19 @@ SAY_SECONDS_PER_WORD = 0.4
 FINAL_SIP = {"busy": 486, "no-answer": 487, "failed": 404, "completed": 200, "canceled": 487}
 
 
+def _filter_date(value: str) -> datetime.date | None:
+    """The UTC date of a ``StartTime`` filter value (``2026-03-10`` or an ISO 8601 date-time)."""
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(datetime.UTC)
+    return parsed.date()
+
+
+
+
 def _error(status: int, code: int, message: str) -> web.Response:
     body = {
         "code": code,
@@ -181,6 +198,7 @@ class FakeTwilio:
         app = web.Application(client_max_size=256 * 1024)
         prefix = f"/{API_VERSION}/Accounts/{{account}}/Calls"
         app.router.add_post(prefix + ".json", self._create)
+        app.router.add_get(prefix + ".json", self._list)
         app.router.add_get(prefix + "/{sid}.json", self._fetch)
         app.router.add_post(prefix + "/{sid}.json", self._update)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -312,6 +330,56 @@ class FakeTwilio:
         self._drivers.add(driver)
         driver.add_done_callback(self._drivers.discard)
         return web.json_response(call.resource(self.base_url), status=201)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        refused = self._authorized(request) or await self._injected()
+        if refused is not None:
+            return refused
+        query = request.query
+        try:
+            page_size = min(1000, max(1, int(query.get("PageSize", "50"))))
+            page = max(0, int(query.get("Page", "0")))
+        except ValueError:
+            return _error(400, 20001, "Invalid paging parameters")
+        bounds: dict[str, datetime.date] = {}
+        for name in ("StartTime", "StartTime<", "StartTime>"):
+            if name in query:
+                day = _filter_date(query[name])
+                if day is None:
+                    return _error(400, 20001, f"Invalid {name}: {query[name]}")
+                bounds[name] = day
+        selected = []
+        for call in sorted(self.calls.values(), key=lambda c: c.created_wall, reverse=True):
+            if call.account_sid != request.match_info["account"]:
+                continue
+            if any(query.get(name) not in (None, value) for name, value in (("To", call.to), ("From", call.from_))):
+                continue
+            if query.get("Status") not in (None, call.status):
+                continue
+            day = datetime.datetime.fromtimestamp(call.created_wall, datetime.UTC).date()
+            if "StartTime" in bounds and day != bounds["StartTime"]:
+                continue
+            if "StartTime<" in bounds and day > bounds["StartTime<"]:
+                continue
+            if "StartTime>" in bounds and day < bounds["StartTime>"]:
+                continue
+            selected.append(call)
+        chunk = selected[page * page_size : (page + 1) * page_size]
+        uri = f"/{API_VERSION}/Accounts/{request.match_info['account']}/Calls.json"
+        more = (page + 1) * page_size < len(selected)
+        body = {
+            "calls": [call.resource(self.base_url) for call in chunk],
+            "page": page,
+            "page_size": page_size,
+            "start": page * page_size,
+            "end": page * page_size + max(0, len(chunk) - 1),
+            "uri": f"{uri}?PageSize={page_size}&Page={page}",
+            "first_page_uri": f"{uri}?PageSize={page_size}&Page=0",
+            "previous_page_uri": f"{uri}?PageSize={page_size}&Page={page - 1}" if page > 0 else None,
+            "next_page_uri": f"{uri}?PageSize={page_size}&Page={page + 1}" if more else None,
+        }
+        return web.json_response(body)
 
     async def _lookup(self, request: web.Request) -> FakeCall | web.Response:
         refused = self._authorized(request) or await self._injected()

@@ -11,6 +11,7 @@ the ``<Dial>``s it ran.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import math
 import time
@@ -169,6 +170,8 @@ class FakeCall:
     behaviour: CalleeBehaviour
     status: str = "queued"
     created_at: float = field(default_factory=time.monotonic)
+    #: Wall-clock (Unix) creation time, for the resource's dates.
+    created_wall: float = field(default_factory=time.time)
     answered_at: float | None = None
     ended_at: float | None = None
     answered_by: str | None = None
@@ -210,9 +213,14 @@ class FakeCall:
         end = self.ended_at if self.ended_at is not None else time.monotonic()
         return max(0, round(end - self.answered_at))
 
+    @property
+    def ended_wall(self) -> float | None:
+        """Wall-clock (Unix) end time."""
+        return None if self.ended_at is None else self.created_wall + (self.ended_at - self.created_at)
+
     def resource(self, base_url: str) -> dict[str, Any]:
         uri = f"/{API_VERSION}/Accounts/{self.account_sid}/Calls/{self.sid}.json"
-        created = email.utils.format_datetime(email.utils.localtime(), usegmt=False)
+        created = _rfc2822(self.created_wall)
         ended = self.status in ("completed", "busy", "no-answer", "failed", "canceled")
         return {
             "sid": self.sid,
@@ -229,9 +237,9 @@ class FakeCall:
             "price": None,
             "price_unit": "USD",
             "date_created": created,
-            "date_updated": created,
-            "start_time": None,
-            "end_time": None,
+            "date_updated": _rfc2822(self.ended_wall) if self.ended_wall is not None else created,
+            "start_time": created,
+            "end_time": _rfc2822(self.ended_wall) if self.ended_wall is not None else None,
             "parent_call_sid": None,
             "phone_number_sid": None,
             "caller_name": None,
@@ -242,6 +250,11 @@ class FakeCall:
             "uri": uri,
             "subresource_uris": {"recordings": uri.replace(".json", "/Recordings.json")},
         }
+
+
+def _rfc2822(unix: float) -> str:
+    """Twilio's date format: ``Tue, 31 Aug 2010 20:36:28 +0000``."""
+    return email.utils.format_datetime(datetime.datetime.fromtimestamp(unix, datetime.UTC)).replace("-0000", "+0000")
 
 
 async def fax_machine(callee: Callee) -> None:

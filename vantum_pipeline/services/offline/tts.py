@@ -1,5 +1,9 @@
 """EspeakTTSService: local text-to-speech with the same frames as the Cartesia service.
 
+An engine of the ``TTSService`` skeleton (``services/tts.py``): turns, output
+order, fallback and cache are the same code as the Cartesia service's; the
+last resort of a ``FailoverTTSService``, since it needs no network.
+
     TextFrame / TTSSpeakFrame → TTSStartedFrame(cid), TTSWordTimestampsFrame(cid)*,
                                 TTSAudioRawFrame(cid)*, TTSStoppedFrame(cid)
 
@@ -30,40 +34,19 @@ free), ``service.request`` (per context).
 from __future__ import annotations
 
 import asyncio
-import itertools
-import threading
-import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from loguru import logger
-
-from vantum_pipeline.audio.resample import StreamResampler
-from vantum_pipeline.errors import ConfigurationError
-from vantum_pipeline.frames import (
-    CancelFrame,
-    EndFrame,
-    Frame,
-    InterruptionFrame,
-    LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    MetricsFrame,
-    StartFrame,
-    TextFrame,
-    TTSAudioRawFrame,
-    TTSSpeakFrame,
-    TTSStartedFrame,
-    TTSStoppedFrame,
-    TTSWordTimestampsFrame,
-)
-from vantum_pipeline.processor import FrameDirection, FrameProcessor
+from vantum_pipeline.errors import ConfigurationError, ServiceError
+from vantum_pipeline.frames import PCM16, StartFrame
 from vantum_pipeline.services.offline.espeak import BOT_VOICE, EspeakSynthesizer, EspeakVoice, Synthesis
+from vantum_pipeline.services.tts import TTSService, TTSTiming, TTSTurn, TurnState
+from vantum_pipeline.services.tts_cache import TTSCacheKey
 
 __all__ = ["EspeakSettings", "EspeakTTSService"]
 
 SERVICE = "espeak"
-_LABELS = {"service": SERVICE}
 
 
 @dataclass(frozen=True)
@@ -87,139 +70,74 @@ class EspeakSettings:
             raise ConfigurationError(f"EspeakSettings.max_pending must be >= 1, got {self.max_pending}")
 
 
-class _Turn:
-    """One TTS context: its id, the epoch that opened it, how far its audio got."""
-
-    __slots__ = ("cancelled", "context_id", "epoch", "first_text_at", "position", "started")
-
-    def __init__(self, context_id: str, epoch: int) -> None:
-        self.context_id = context_id
-        self.epoch = epoch
-        self.cancelled = threading.Event()  # read by the synthesis thread
-        self.started = False
-        self.position = 0.0  # seconds of audio pushed so far
-        self.first_text_at: float | None = None
-
-
 @dataclass(slots=True)
 class _Job:
-    turn: _Turn
+    turn: TTSTurn
+    attempt: int
     text: str | None  # None: the context is complete
-    received_at: float = 0.0
 
 
-class EspeakTTSService(FrameProcessor):
+class EspeakTTSService(TTSService):
     """Offline text-to-speech; see the module docstring."""
 
+    service: ClassVar[str] = SERVICE
+    speak_passed_as: ClassVar[str] = "text"
+
     def __init__(self, settings: EspeakSettings | None = None, *, name: str | None = None) -> None:
-        super().__init__(name=name)
         self.settings = settings or EspeakSettings()
+        # Local synthesis is never late and never fails for a retry to help.
+        timing = TTSTiming(max_retries=0, first_audio_timeout=None, stall_timeout=None,
+                           drain_timeout=self.settings.drain_timeout)  # fmt: skip
+        super().__init__(timing=timing, name=name)
         self._synthesizer = EspeakSynthesizer(self.settings.voice)
         self._executor: ThreadPoolExecutor | None = None
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue(maxsize=self.settings.max_pending)
-        self._turns: list[_Turn] = []
-        self._open: _Turn | None = None
-        self._in_response = False
         self._out_rate = self.settings.sample_rate or 16000
-        self._ids = itertools.count(1)
-        self._prefix = f"espeak-{uuid.uuid4().hex[:6]}"
-        self._idle = asyncio.Event()
-        self._idle.set()
-        #: Characters synthesized (what the product would pay for with a cloud TTS).
-        self.characters = 0
 
-    # ------------------------------------------------------------- frames
+    @property
+    def characters(self) -> int:
+        """Characters synthesized (what the product would pay for with a cloud TTS)."""
+        return self.characters_sent
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        if direction is FrameDirection.UPSTREAM:
-            await self.push_frame(frame, direction)
-            return
-        if isinstance(frame, TextFrame):
-            await self._on_text(frame)
-            return
-        if isinstance(frame, TTSSpeakFrame):
-            await self._on_speak(frame)
-            return
-        if isinstance(frame, LLMFullResponseStartFrame):
-            self._in_response = True
-        elif isinstance(frame, LLMFullResponseEndFrame):
-            self._in_response = False
-            await self._close_open_turn()
-        elif isinstance(frame, InterruptionFrame):
-            self._cancel_all()
-        elif isinstance(frame, StartFrame):
-            self._out_rate = self.settings.sample_rate or frame.audio_out_sample_rate
+    def output_format(self) -> tuple[int, str]:
+        return self._out_rate, PCM16
+
+    def audio_format(self) -> tuple[int, str]:
+        return self._synthesizer.sample_rate, PCM16
+
+    def cache_key(self, text: str) -> TTSCacheKey:
+        voice = self.settings.voice
+        return TTSCacheKey(text.strip(), repr(voice), "espeak-ng", PCM16, self._out_rate, 1.0)
+
+    async def on_start(self, frame: StartFrame) -> None:
+        self._out_rate = self.settings.sample_rate or frame.audio_out_sample_rate
+        await self.engine_start()
+
+    # ------------------------------------------------------------- engine
+
+    async def engine_start(self) -> None:
+        if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-synth")
             self.create_task(self._run(), "synthesis", essential=True)
-        elif isinstance(frame, EndFrame):
-            await self._close_open_turn()
-            await self._drain_speech()
-        elif isinstance(frame, CancelFrame):
-            self._cancel_all()
-        await self.push_frame(frame, direction)
 
-    async def cleanup(self) -> None:
-        self._cancel_all()
+    async def engine_close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    # -------------------------------------------------------------- turns
+    async def open_attempt(self, turn: TTSTurn) -> None:
+        if self._executor is None:
+            raise ServiceError("the synthesis worker is not running", service=SERVICE, retryable=False)
 
-    def _new_turn(self) -> _Turn:
-        turn = _Turn(f"{self._prefix}-{next(self._ids)}", self.handling_epoch)
-        self._turns.append(turn)
-        return turn
+    async def send_text(self, turn: TTSTurn, transcript: str) -> None:
+        await self._jobs.put(_Job(turn, turn.attempt, transcript.strip()))
 
-    async def _queue(self, turn: _Turn, text: str | None) -> None:
-        self._idle.clear()
-        await self._jobs.put(_Job(turn, text, time.monotonic()))
+    async def send_end(self, turn: TTSTurn) -> None:
+        await self._jobs.put(_Job(turn, turn.attempt, None))
 
-    async def _on_text(self, frame: TextFrame) -> None:
-        if frame.text.strip():
-            turn = self._open
-            if turn is None or turn.epoch != self.handling_epoch or turn.cancelled.is_set():
-                turn = self._new_turn()
-                if self._in_response:
-                    self._open = turn
-            await self._queue(turn, frame.text)
-            if turn is not self._open:
-                await self._queue(turn, None)
-        if not self.is_stale(frame):
-            await self.push_frame(frame)
-
-    async def _on_speak(self, frame: TTSSpeakFrame) -> None:
-        if not frame.text.strip():
-            return
-        turn = self._new_turn()
-        await self._queue(turn, frame.text)
-        await self._queue(turn, None)
-        if not self.is_stale(frame):
-            await self.push_frame(TextFrame(frame.text))
-
-    async def _close_open_turn(self) -> None:
-        turn, self._open = self._open, None
-        if turn is not None and not turn.cancelled.is_set():
-            await self._queue(turn, None)
-
-    def _cancel_all(self) -> None:
-        for turn in self._turns:
-            turn.cancelled.set()
-        self._turns.clear()
-        self._open = None
-        self._in_response = False
-        while not self._jobs.empty():
-            self._jobs.get_nowait()
-        if self._jobs.empty():
-            self._idle.set()
-
-    async def _drain_speech(self) -> None:
-        try:
-            async with asyncio.timeout(self.settings.drain_timeout):
-                await self._idle.wait()
-        except TimeoutError:
-            logger.warning("{}: speech still pending after {:.1f}s at the end", self.name, self.settings.drain_timeout)
-            self._cancel_all()
+    def abandon_attempt(self, turn: TTSTurn, error: ServiceError | None) -> None:
+        """Nothing to cancel remotely: the worker skips jobs of an abandoned attempt
+        and a synthesis in progress stops at its next 100 ms buffer."""
 
     # ------------------------------------------------------------- worker
 
@@ -229,61 +147,37 @@ class EspeakTTSService(FrameProcessor):
             job = await self._jobs.get()
             try:
                 await self._do(job, loop)
-            finally:
-                if self._jobs.empty():
-                    self._idle.set()
+            except ServiceError as exc:
+                job.turn.host.tts_failed(job.turn, exc)
+
+    def _current(self, job: _Job) -> bool:
+        turn = job.turn
+        return turn.state is TurnState.LIVE and turn.provider is self and turn.attempt == job.attempt
 
     async def _do(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
         turn = job.turn
-        if turn.cancelled.is_set() or turn.epoch < self.epoch:
+        if not self._current(job):
             return
-        if not turn.started:
-            turn.started = True
-            turn.first_text_at = job.received_at
-            await self._emit(turn, TTSStartedFrame(context_id=turn.context_id))
-            await self._metric("service.request", 1)
         if job.text is None:
-            await self._emit(turn, TTSStoppedFrame(context_id=turn.context_id))
-            if turn in self._turns:
-                self._turns.remove(turn)
+            await turn.host.tts_done(turn)
             return
         text = job.text
-        result: Synthesis = await loop.run_in_executor(self._executor, self._synthesize, text, turn)
-        self.characters += len(text)
-        await self._metric("usage.tts_characters", len(text), "characters")
-        if turn.cancelled.is_set():
+        try:
+            result: Synthesis = await loop.run_in_executor(self._executor, self._synthesize, text, job)
+        except RuntimeError as exc:  # espeak-ng failed, or the executor is shut down
+            raise ServiceError(f"espeak-ng failed: {exc}", service=SERVICE, retryable=False) from exc
+        if not self._current(job):
             return
-        audio = _resample(result.audio, result.sample_rate, self._out_rate)
-        offset = turn.position
+        position = turn.attempt_position
         if result.words:
-            words = tuple((w, round(offset + s, 3), round(offset + e, 3)) for w, s, e in result.words)
-            await self._emit(turn, TTSWordTimestampsFrame(words=words, context_id=turn.context_id))
-        step = 2 * int(self._out_rate * self.settings.frame_seconds)
-        for start in range(0, len(audio), step):
-            if turn.cancelled.is_set():
+            await turn.host.tts_words(turn, tuple((w, round(position + s, 3), round(position + e, 3))
+                                                  for w, s, e in result.words))  # fmt: skip
+        step = 2 * int(result.sample_rate * self.settings.frame_seconds)
+        for start in range(0, len(result.audio), step):
+            if not self._current(job):
                 return
-            piece = audio[start : start + step]
-            frame = TTSAudioRawFrame(piece, self._out_rate, context_id=turn.context_id)
-            await self._emit(turn, frame)
-            if turn.first_text_at is not None:
-                await self._metric("latency.tts_ttfb", time.monotonic() - turn.first_text_at, "s")
-                turn.first_text_at = None
-        turn.position = offset + len(audio) / (2 * self._out_rate)
+            await turn.host.tts_audio(turn, result.audio[start : start + step], result.sample_rate, PCM16)
+        turn.host.tts_sentence_done(turn)
 
-    def _synthesize(self, text: str, turn: _Turn) -> Synthesis:
-        return self._synthesizer.synthesize(text, should_stop=turn.cancelled.is_set)
-
-    async def _emit(self, turn: _Turn, frame: Frame) -> None:
-        # The worker belongs to no turn: its frames carry the epoch of the turn that opened the context.
-        frame.epoch = turn.epoch
-        await self.push_frame(frame)
-
-    async def _metric(self, metric: str, value: float, unit: str = "") -> None:
-        await self.push_frame(MetricsFrame(metric=metric, value=value, unit=unit, processor=self.name, labels=_LABELS))
-
-
-def _resample(audio: bytes, in_rate: int, out_rate: int) -> bytes:
-    if in_rate == out_rate or not audio:
-        return audio
-    resampler = StreamResampler(in_rate, out_rate)
-    return resampler.resample(audio) + resampler.flush()
+    def _synthesize(self, text: str, job: _Job) -> Synthesis:
+        return self._synthesizer.synthesize(text, should_stop=lambda: not self._current(job))

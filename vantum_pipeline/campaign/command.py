@@ -1,0 +1,224 @@
+"""``vantum campaign run | status | export``: the campaign from the command line.
+
+``run FILE`` imports the prospects (bad rows reported by line), checks the
+prompt's variables, takes the campaign folder's lock (one runner per
+campaign: the OS releases it when the process dies, even by SIGKILL),
+reconciles what a previous run left open, and dials with the live view.
+Ctrl-C (or SIGTERM) stops dialling and lets the calls in progress finish; a
+second one abandons them (the next run reconciles them through Twilio).
+
+The campaign folder (``[campaign] folder``, default ``runs/<id>`` next to
+the file) holds ``campaign.sqlite``, ``calls/`` (one JSON record per
+attempt), ``recordings/`` (stereo WAVs) and ``campaign.lock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import TextIO
+
+from loguru import logger
+
+from vantum_pipeline.campaign.clock import Clock, SystemClock
+from vantum_pipeline.campaign.config import CampaignConfig, load_campaign
+from vantum_pipeline.campaign.dispatch import CampaignEvent, Dialer, EventCallback
+from vantum_pipeline.campaign.results import RunTally, campaign_status, export, format_status
+from vantum_pipeline.campaign.runner import CampaignRunner, RunSummary, StoreDoNotCall, prepare_campaign
+from vantum_pipeline.campaign.store import CampaignStore
+from vantum_pipeline.campaign.view import make_view
+from vantum_pipeline.errors import ConfigurationError
+
+__all__ = [
+    "DialerFactory",
+    "campaign_lock",
+    "export_command",
+    "open_store",
+    "phone_dialer",
+    "run_campaign",
+    "simulated",
+    "status_command",
+]
+
+STORE_NAME = "campaign.sqlite"
+DialerFactory = Callable[[CampaignConfig, StoreDoNotCall, Clock, EventCallback], AbstractAsyncContextManager[Dialer]]
+
+
+@contextlib.contextmanager
+def campaign_lock(folder: Path) -> Iterator[None]:
+    """Hold the campaign folder's lock; ConfigurationError if another runner has it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "campaign.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigurationError(f"{folder}: another runner is running this campaign") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def simulated(config: CampaignConfig) -> CampaignConfig:
+    """The campaign as ``run --fake`` runs it: same file, its own folder (``<folder>-simulated``),
+    so a simulation never mixes with the real campaign's store."""
+    folder = config.resolved_folder()
+    return dataclasses.replace(config, folder=folder.with_name(folder.name + "-simulated"))
+
+
+def open_store(target: Path, *, fake: bool = False) -> tuple[CampaignStore, str]:
+    """The store and campaign id of a campaign file (its simulated run's with ``fake``) or folder."""
+    if target.is_dir():
+        path = target / STORE_NAME
+        if not path.exists():
+            raise ConfigurationError(f"{target}: no {STORE_NAME} here (has the campaign run?)")
+        store = CampaignStore(path)
+        campaigns = store.campaigns()
+        if len(campaigns) != 1:
+            store.close()
+            raise ConfigurationError(f"{path}: expected one campaign, found {len(campaigns)}")
+        return store, str(campaigns[0]["id"])
+    config = load_campaign(target)
+    if fake:
+        config = simulated(config)
+    path = config.resolved_folder() / STORE_NAME
+    if not path.exists():
+        raise ConfigurationError(f"{path}: the campaign has not run yet")
+    return CampaignStore(path), config.id
+
+
+def status_command(target: Path, stream: TextIO = sys.stdout, *, fake: bool = False) -> int:
+    store, campaign_id = open_store(target, fake=fake)
+    with store:
+        print(format_status(campaign_status(store, campaign_id)), file=stream)
+    return 0
+
+
+def export_command(
+    target: Path, fmt: str, rows: str, out: Path | None, stream: TextIO = sys.stdout, *, fake: bool = False
+) -> int:
+    store, campaign_id = open_store(target, fake=fake)
+    with store:
+        if out is None:
+            count = export(store, campaign_id, stream, fmt=fmt, rows=rows)
+        else:
+            with out.open("w", encoding="utf-8", newline="") as file:
+                count = export(store, campaign_id, file, fmt=fmt, rows=rows)
+            print(f"wrote {count} {rows} to {out}", file=sys.stderr)
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def phone_dialer(
+    config: CampaignConfig,
+    dnc: StoreDoNotCall,
+    clock: Clock,
+    on_event: EventCallback,
+    *,
+    host: str = "0.0.0.0",
+    port: int = 8080,
+) -> AsyncIterator[Dialer]:
+    """The production dialer: keys and Twilio settings from the environment (and ``.env``)."""
+    from vantum_pipeline.campaign.phone import PhoneDialer, services_from_env
+
+    services = services_from_env(config)
+    recordings = config.resolved_folder() / "recordings"
+    async with PhoneDialer(
+        config, services, dnc=dnc, clock=clock, on_event=on_event, host=host, port=port, recordings_dir=recordings
+    ) as dialer:
+        yield dialer
+
+
+async def run_campaign(
+    config: CampaignConfig,
+    make_dialer: DialerFactory,
+    *,
+    clock: Clock | None = None,
+    idle_exit: float | None = None,
+    plain: bool = False,
+    stream: TextIO = sys.stdout,
+    is_simulation: bool = False,
+) -> int:
+    """Run ``config`` to its end (or ``idle_exit`` seconds of nothing due); see the module docstring."""
+    clock = clock or SystemClock()
+    folder = config.resolved_folder()
+    with campaign_lock(folder), CampaignStore(folder / STORE_NAME) as store:
+        prepared = prepare_campaign(config, store)
+        total = len(prepared.prospects.prospects)
+        print(
+            f"campaign {config.id!r}: {total} prospects ({prepared.imported} new), "
+            f"{len(prepared.rejected)} rows rejected, {len(store.dnc_numbers())} numbers on the do-not-call list",
+            file=stream,
+        )
+        for row in prepared.rejected:
+            print(f"  skipped {config.prospects.name} {row}", file=stream)
+        for line in prepared.dnc_rejected:
+            print(f"  skipped {line}", file=stream)
+        view = make_view(store, config.id, title=f"campaign {config.name}", stream=stream, plain=plain)
+
+        tally = RunTally()
+
+        def on_event(event: CampaignEvent) -> None:
+            tally(event)
+            view(event)
+
+        dnc = StoreDoNotCall(store, on_event)
+        async with make_dialer(config, dnc, clock, on_event) as dialer, view:
+            runner = CampaignRunner(config, store, dialer, clock=clock, on_event=on_event, idle_exit=idle_exit, dnc=dnc)
+            summary = await _run_with_signals(runner)
+        print(
+            f"\n{summary.reason}: {summary.dialled} calls dialled this run, {summary.reconciled} reconciled, "
+            f"spend ${summary.spend:.4f}"
+            + (f"; next due {summary.next_due:%Y-%m-%d %H:%M} UTC" if summary.next_due else ""),
+            file=stream,
+        )
+        print(format_status(campaign_status(store, config.id)), file=stream)
+        dispatcher = runner.dispatcher
+        rules = tally.lines(
+            max_concurrent=config.max_concurrent_calls,
+            max_active_seen=getattr(dispatcher, "max_active_seen", None),
+            starts=list(getattr(dispatcher, "starts", ())),
+            calls_per_second=config.calls_per_second,
+            spend=store.spend(config.id),
+            budget=config.budget_usd,
+        )
+        print("\n".join(rules), file=stream)
+        hint = f"vantum campaign export {'--fake ' if is_simulation else ''}{config.path}"
+        print(f"records in {folder / 'calls'}; export: {hint}", file=stream)
+    return 0
+
+
+async def _run_with_signals(runner: CampaignRunner) -> RunSummary:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    presses = 0
+
+    def on_signal() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            logger.warning("stopping: no new calls; the calls in progress finish (again to abandon them)")
+            runner.stop()
+        elif main is not None:
+            main.cancel()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+    try:
+        return await runner.run()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,463 @@
+"""The real calls of a campaign: the Twilio server and one service pipeline per call.
+
+``PhoneDialer`` is the campaign's ``Dialer`` on the production path: it runs a
+``TwilioServer`` (webhooks and media streams), places each call through the
+REST API, and builds the call's pipeline when its media stream starts::
+
+    phone in → Deepgram STT → UserAggregator → OpenAI LLM → SentenceAggregator
+             → Cartesia TTS → phone out → AssistantAggregator
+
+The prompt is the campaign's template filled with the prospect's row. The
+model gets the campaign's tools: ``record_outcome`` and ``end_call`` (the
+service's), and ``schedule_callback`` (checked against the calling hours).
+A ``do_not_call`` outcome puts the number on the DNC list the moment the
+model records it. The attempt's record carries the outcome, Twilio's
+status, the cost by service, the transcript, what the callee heard, and the
+stereo recording's path when the campaign records calls.
+
+``services_from_env`` builds the four services' settings from the
+environment (keys, ``.env``) and the campaign file's ``[services.*]``
+tables, whose keys must be fields of the service's settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from vantum_pipeline.campaign.callbacks import schedule_callback_tool
+from vantum_pipeline.campaign.clock import Clock
+from vantum_pipeline.campaign.config import CampaignConfig
+from vantum_pipeline.campaign.dispatch import (
+    TWILIO_STATUS_OUTCOMES,
+    CallJob,
+    CallStatus,
+    CampaignEvent,
+    EventCallback,
+    PlacedCallback,
+)
+from vantum_pipeline.campaign.dnc import DoNotCall
+from vantum_pipeline.campaign.store import AttemptRecord
+from vantum_pipeline.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InterruptionFrame,
+    LLMContextFrame,
+    TextFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+)
+from vantum_pipeline.processor import FrameDirection, FrameProcessor
+from vantum_pipeline.processors.tools import SalesOutcome
+from vantum_pipeline.telephony.client import mask_numbers
+from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord
+
+if TYPE_CHECKING:
+    from vantum_pipeline.services.cartesia import CartesiaSettings
+    from vantum_pipeline.services.deepgram import DeepgramSettings
+    from vantum_pipeline.services.openai import OpenAISettings
+    from vantum_pipeline.task import PipelineTask
+    from vantum_pipeline.telephony.settings import TwilioSettings
+    from vantum_pipeline.transports.twilio.server import TwilioCall
+
+__all__ = ["PhoneDialer", "ServiceSettings", "services_from_env"]
+
+#: A refused call's telephony outcome as a campaign outcome.
+_REFUSED = {
+    CallOutcome.REMOVE: "invalid_number",
+    CallOutcome.RETRY_LATER: "rate_limited",
+    CallOutcome.UNREACHABLE: "no_answer",
+    CallOutcome.CANCELED: "canceled",
+    CallOutcome.ERROR: "error",
+    CallOutcome.COMPLETED: "completed",
+}
+#: The model's recorded result → campaign outcome (where the names differ).
+_SALES = {"do_not_call": "opted_out", "voicemail": "voicemail_left"}
+
+
+@dataclass(slots=True)
+class ServiceSettings:
+    """The four services a campaign's calls use, with the campaign's caller id and phone formats."""
+
+    twilio: TwilioSettings
+    deepgram: DeepgramSettings
+    openai: OpenAISettings
+    cartesia: CartesiaSettings
+
+
+def services_from_env(config: CampaignConfig, env: Mapping[str, str] | None = None) -> ServiceSettings:
+    """The services' settings: environment first, then the campaign file's ``[services.*]``."""
+    from vantum_pipeline.services.cartesia import CartesiaSettings
+    from vantum_pipeline.services.deepgram import DeepgramSettings
+    from vantum_pipeline.services.openai import OpenAISettings
+    from vantum_pipeline.telephony.settings import TwilioSettings
+
+    def overrides(name: str, cls: type) -> dict[str, Any]:
+        table = config.services.get(name, {})
+        names = {f.name for f in dataclasses.fields(cls)} - {"api_key", "auth_token", "account_sid"}
+        for key in table:
+            if key not in names:
+                raise config.error(
+                    f"services.{name}.{key}", f"not a {cls.__name__} setting ({', '.join(sorted(names))})"
+                )
+        return dict(table)
+
+    twilio = TwilioSettings.from_env(env)
+    twilio = dataclasses.replace(twilio, from_number=config.caller_id, **overrides("twilio", TwilioSettings))
+    return ServiceSettings(
+        twilio=twilio,
+        deepgram=DeepgramSettings.from_env(env, **overrides("deepgram", DeepgramSettings)).for_phone(),
+        openai=OpenAISettings.from_env(env, **overrides("openai", OpenAISettings)),
+        cartesia=CartesiaSettings.from_env(env, **overrides("cartesia", CartesiaSettings)).for_twilio(),
+    )
+
+
+@dataclass
+class _CallContext:
+    """What one call's pipeline shares with the dialer."""
+
+    job: CallJob
+    outcomes: list[SalesOutcome] = field(default_factory=list)
+    callback_at: dt.datetime | None = None
+    callback_note: str = ""
+    record: dict[str, Any] | None = None
+    recording: _LineTaps | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    started: bool = False
+
+
+class PhoneDialer:
+    """The campaign's dialer on Twilio; use ``async with``."""
+
+    def __init__(
+        self,
+        config: CampaignConfig,
+        services: ServiceSettings,
+        *,
+        dnc: DoNotCall,
+        clock: Clock,
+        on_event: EventCallback | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        public_base_url: str | None = None,
+        recordings_dir: Path | None = None,
+    ) -> None:
+        from vantum_pipeline.transports.twilio.server import TwilioServer
+        from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
+
+        self.config = config
+        self.services = services
+        self.dnc = dnc
+        self.clock = clock
+        self.on_event = on_event
+        self.recordings_dir = recordings_dir if config.record_calls else None
+        self._contexts: dict[str, _CallContext] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self.server = TwilioServer(
+            services.twilio,
+            self._build_pipeline,
+            host=host,
+            port=port,
+            transport_params=TwilioTransportParams(passthrough_input=True),
+            max_calls=max(config.max_concurrent_calls * 2, 10),
+        )
+        self._public_base_url = public_base_url
+
+    async def __aenter__(self) -> PhoneDialer:
+        await self.server.start()
+        if self._public_base_url is not None:
+            self.server.public_base_url = self._public_base_url
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.server.stop()
+        for watcher in self._watchers:
+            watcher.cancel()
+        if self._watchers:
+            await asyncio.wait(self._watchers, timeout=2.0)
+
+    def _emit(self, event: CampaignEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    # ------------------------------------------------------------- Dialer
+
+    async def call(self, job: CallJob, placed: PlacedCallback) -> AttemptRecord:
+        key = job.attempt.prospect_id
+        context = _CallContext(job)
+        self._contexts[key] = context
+        try:
+            return await self._call(job, context, placed)
+        finally:
+            self._contexts.pop(key, None)
+
+    async def _call(self, job: CallJob, context: _CallContext, placed: PlacedCallback) -> AttemptRecord:
+        call = await self.server.place_call(
+            job.number, campaign_id=job.attempt.campaign_id, prospect_id=job.attempt.prospect_id
+        )
+        if call.ended:
+            assert call.record is not None
+            outcome = _REFUSED.get(call.record.outcome, "error")
+            return AttemptRecord(outcome, twilio_status=call.record.status, notes=f"not placed: {call.record.status}")
+        assert call.sid is not None
+        await placed(call.sid)
+        limit = self.config.max_call_seconds + self.services.twilio.ring_timeout + 30.0
+        try:
+            async with asyncio.timeout(limit):
+                telephony = await call.wait()
+        except TimeoutError:
+            logger.warning("campaign call {}: still up after {:.0f}s: hanging up", call.sid, limit)
+            await self.server.hang_up(call)
+            try:
+                async with asyncio.timeout(30.0):
+                    telephony = await call.wait()
+            except TimeoutError:
+                telephony = call.finish(CallOutcome.ERROR, "timeout")
+        if context.started:
+            try:
+                async with asyncio.timeout(10.0):
+                    await context.finished.wait()
+            except TimeoutError:
+                logger.warning("campaign call {}: its pipeline did not report within 10 s", call.sid)
+        return self._attempt_record(call.sid, telephony, context)
+
+    def _attempt_record(self, sid: str, telephony: CallRecord, context: _CallContext) -> AttemptRecord:
+        sales = context.outcomes[-1] if context.outcomes else None
+        outcome = TWILIO_STATUS_OUTCOMES.get(telephony.status, "error")
+        if outcome == "completed":
+            if sales is not None:
+                outcome = _SALES.get(sales.outcome, sales.outcome)
+            elif telephony.outcome is CallOutcome.ERROR:
+                outcome = "error"
+            elif telephony.answered_by and telephony.answered_by.startswith("machine"):
+                outcome = "machine"
+        record = context.record or {}
+        cost = record.get("cost") or {}
+        by_service = {name: float(value) for name, value in (cost.get("by_service") or {}).items()}
+        by_service["twilio"] = telephony.cost
+        transcript = [
+            {key: turn.get(key) for key in ("role", "text", "heard", "interrupted", "at") if key in turn}
+            for turn in record.get("turns", [])
+        ]
+        heard = " ".join(
+            str(turn.get("heard") if turn.get("heard") is not None else turn.get("text", ""))
+            for turn in record.get("turns", [])
+            if turn.get("role") == "assistant"
+        ).strip()
+        recording = None
+        if context.recording is not None and self.recordings_dir is not None:
+            path = self.recordings_dir / f"{context.job.attempt.prospect_id}-{context.job.attempt.attempt}.wav"
+            if context.recording.write(path):
+                recording = str(path)
+        notes = sales.notes if sales is not None else ""
+        if sales is not None and sales.meeting_time:
+            notes = f"{notes} (meeting: {sales.meeting_time})".strip()
+        if context.callback_note:
+            notes = f"{notes} (callback: {context.callback_note})".strip()
+        return AttemptRecord(
+            outcome,
+            twilio_status=telephony.status,
+            call_sid=sid,
+            duration=telephony.duration,
+            cost=round(sum(by_service.values()), 6),
+            cost_by_service=by_service,
+            transcript=transcript,
+            heard=heard,
+            recording=recording,
+            notes=notes,
+            callback_at=context.callback_at.timestamp() if context.callback_at is not None else None,
+            answered_by=telephony.answered_by,
+        )
+
+    async def call_status(self, sid: str) -> CallStatus | None:
+        from vantum_pipeline.telephony.client import TwilioCallError
+
+        try:
+            call = await self.server.client.fetch(sid)
+        except TwilioCallError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return CallStatus(str(call.sid), str(call.status), float(call.duration or 0), call.answered_by)
+
+    async def find_calls(self, number: str, since: float) -> list[CallStatus]:
+        after = dt.datetime.fromtimestamp(since, dt.UTC)
+        calls = await self.server.client.list_calls(to=number, started_after=after)
+        # Twilio filters by date: keep the calls created since ``since``, oldest first.
+        recent = [c for c in calls if c.date_created is None or c.date_created >= after]
+        recent.sort(key=lambda c: c.date_created or after)
+        return [CallStatus(str(c.sid), str(c.status), float(c.duration or 0), c.answered_by) for c in recent]
+
+    async def hang_up(self, sid: str) -> None:
+        await self.server.client.hang_up(sid)
+
+    # ----------------------------------------------------------- pipeline
+
+    async def _build_pipeline(self, session: TwilioCall) -> PipelineTask:
+        from vantum_pipeline.observability.collector import MetricsCollector
+        from vantum_pipeline.observability.cost import CostTracker, Prices
+        from vantum_pipeline.observability.record import CallRecorder, MemorySink
+        from vantum_pipeline.pipeline import Pipeline
+        from vantum_pipeline.processors.aggregators import AssistantAggregator, UserAggregator
+        from vantum_pipeline.processors.context import LLMContext
+        from vantum_pipeline.processors.sentence import SentenceAggregator
+        from vantum_pipeline.services.cartesia import CartesiaTTSService
+        from vantum_pipeline.services.deepgram import DeepgramSTTService
+        from vantum_pipeline.services.openai import OpenAILLMService
+        from vantum_pipeline.task import PipelineTask
+
+        context = self._contexts.get(session.parameters.get("prospect_id", ""))
+        if context is None:
+            raise LookupError(f"no campaign call waits for prospect {session.parameters.get('prospect_id')!r}")
+        job = context.job
+        context.started = True
+
+        def scheduled(at: dt.datetime, note: str) -> None:
+            context.callback_at, context.callback_note = at, note
+            text = f"callback scheduled for {at:%Y-%m-%d %H:%M} UTC"
+            self._emit(CampaignEvent("line", job.job_id, job.attempt.prospect_id, text, "tool"))
+
+        def outcome(result: SalesOutcome) -> None:
+            context.outcomes.append(result)
+            if result.outcome == "do_not_call":
+                self.dnc.add(job.number, source=f"opt-out on call {session.call_sid}")
+
+        tools = [
+            schedule_callback_tool(
+                timezone=job.timezone, hours=self.config.calling_hours, clock=self.clock, on_scheduled=scheduled
+            )
+        ]
+        variables = {**self.config.prompt_variables, **job.variables}
+        llm_context = LLMContext.from_template(self.config.prompt, variables)
+        tracker = CostTracker(Prices())
+        recorder = CallRecorder(sink=MemorySink(), tracker=tracker, call_id=session.call_sid)
+        taps = _LineTaps() if self.recordings_dir is not None else None
+        context.recording = taps
+        processors: list[FrameProcessor] = [
+            session.transport.input(),
+            _CalleeTap(taps),
+            DeepgramSTTService(self.services.deepgram),
+            _TranscriptTap(self, job),
+            recorder.user_tap(),
+            UserAggregator(llm_context),
+            OpenAILLMService(self.services.openai, tools=tools, on_outcome=outcome),
+            SentenceAggregator(),
+            CartesiaTTSService(self.services.cartesia),
+            _BotTap(self, job, taps),
+            session.transport.output(),
+            AssistantAggregator(llm_context),
+        ]
+        task = PipelineTask(Pipeline(processors), audio_in_sample_rate=8000, audio_out_sample_rate=8000)
+        MetricsCollector(tracker=tracker).attach(task)
+        recorder.attach(task)
+
+        async def watch() -> None:
+            try:
+                while not task.has_finished():  # noqa: ASYNC110 - the server owns the run; no event to await
+                    await asyncio.sleep(0.1)
+                context.record = await recorder.finish()
+            finally:
+                context.finished.set()
+
+        watcher = asyncio.get_running_loop().create_task(watch(), name=f"campaign-record:{job.job_id}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        await task.queue_frame(LLMContextFrame(llm_context))  # outbound: the bot speaks first
+        return task
+
+
+class _LineTaps:
+    """The call as heard on the line, for a stereo WAV (callee left, bot right).
+
+    Callee audio is placed where it arrived (the line paces it); bot audio
+    arrives ahead of real time, so each chunk is placed where the previous
+    one ends, and a barge-in cuts what had not been played yet."""
+
+    MAX_SECONDS = 1800.0
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.callee: list[tuple[float, bytes]] = []
+        self.bot: list[tuple[float, bytes]] = []
+        self._cursor = 0.0
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def add_callee(self, frame: InputAudioRawFrame) -> None:
+        if frame.encoding == "mulaw" and self.now() < self.MAX_SECONDS:
+            self.callee.append((self.now(), frame.audio))
+
+    def add_bot(self, frame: TTSAudioRawFrame) -> None:
+        if frame.encoding != "mulaw" or frame.sample_rate != 8000 or self.now() > self.MAX_SECONDS:
+            return
+        at = max(self.now(), self._cursor)
+        self.bot.append((at, frame.audio))
+        self._cursor = at + len(frame.audio) / 8000
+
+    def interrupt(self) -> None:
+        now = self.now()
+        self.bot = [(at, audio[: max(0, round((now - at) * 8000))]) for at, audio in self.bot if at < now]
+        self._cursor = now
+
+    def write(self, path: Path) -> bool:
+        from vantum_pipeline.demo.recording import stereo_line_recording
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stereo_line_recording(path, self.callee, self.bot)
+        except OSError as exc:
+            logger.warning("the recording {} could not be written: {}", mask_numbers(str(path)), exc)
+            return False
+        return True
+
+
+class _CalleeTap(FrameProcessor):
+    def __init__(self, taps: _LineTaps | None) -> None:
+        super().__init__(name="campaign-callee-tap")
+        self.taps = taps
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if self.taps is not None and isinstance(frame, InputAudioRawFrame):
+            self.taps.add_callee(frame)
+        await self.push_frame(frame, direction)
+
+
+class _TranscriptTap(FrameProcessor):
+    def __init__(self, dialer: PhoneDialer, job: CallJob) -> None:
+        super().__init__(name="campaign-transcript-tap")
+        self.dialer = dialer
+        self.job = job
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if type(frame) is TranscriptionFrame and frame.text.strip():
+            job = self.job
+            self.dialer._emit(CampaignEvent("line", job.job_id, job.attempt.prospect_id, frame.text.strip(), "callee"))
+        await self.push_frame(frame, direction)
+
+
+class _BotTap(FrameProcessor):
+    def __init__(self, dialer: PhoneDialer, job: CallJob, taps: _LineTaps | None) -> None:
+        super().__init__(name="campaign-bot-tap")
+        self.dialer = dialer
+        self.job = job
+        self.taps = taps
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, TTSAudioRawFrame):
+            if self.taps is not None:
+                self.taps.add_bot(frame)
+        elif type(frame) is TextFrame and direction is FrameDirection.DOWNSTREAM and frame.text.strip():
+            job = self.job
+            self.dialer._emit(CampaignEvent("line", job.job_id, job.attempt.prospect_id, frame.text.strip(), "bot"))
+        elif isinstance(frame, InterruptionFrame) and self.taps is not None:
+            self.taps.interrupt()
+        await self.push_frame(frame, direction)
