@@ -81,3 +81,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         if sys.unraisablehook is _hook:
             sys.unraisablehook = _hook.inner
         _hook = None
+
+
+def require_program(program: str, package: str) -> None:
+    """Skip (loudly) outside CI when ``program`` is missing; fail in CI, which must install it."""
+    import os
+    import shutil
+
+    if shutil.which(program) is not None:
+        return
+    reason = f"{program} is not installed (Debian package {package}; .ci/run installs it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI: {reason}", pytrace=False)
+    pytest.skip(f"SERVICE MISSING: {reason}")
+
+
+@pytest.fixture
+def redis_server() -> Generator[Any, None, None]:
+    """A real redis-server on a free port, owned by the test (restart and kill it at will)."""
+    require_program("redis-server", "redis-server")
+    from vantum_pipeline.testing.redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server

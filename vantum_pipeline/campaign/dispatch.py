@@ -153,6 +153,11 @@ class Dispatcher(Protocol):
 
     async def submit(self, job: CallJob) -> None: ...
 
+    async def adopt(self, attempts: list[AttemptRow]) -> list[AttemptRow]:
+        """After a restart: keep the open attempts whose calls this dispatcher still
+        runs (their results will come); return the others, for reconciliation."""
+        ...
+
     async def aclose(self, *, graceful: bool = True, timeout: float = 60.0) -> None: ...
 
 
@@ -254,6 +259,10 @@ class InProcessDispatcher:
             await self.sink.placed(job, sid)
 
         return await self.dialer.call(job, placed)
+
+    async def adopt(self, attempts: list[AttemptRow]) -> list[AttemptRow]:
+        """A new process runs no call of an earlier one: every open attempt is reconciled."""
+        return attempts
 
     async def aclose(self, *, graceful: bool = True, timeout: float = 60.0) -> None:
         """Wait (bounded) for the calls in progress, or cancel them."""

@@ -1,0 +1,190 @@
+"""Campaign dispatch through a real Redis: the coordinator's RedisDispatcher and
+CampaignWorkers, with a scripted phone line standing in for Twilio (the whole
+calls through the fakes are in test_campaign_cluster_calls.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+pytest.importorskip("arq", reason="the redis extra is not installed")
+
+from vantum_pipeline.campaign import CampaignRunner, CampaignStore, FrozenClock, load_campaign, prepare_campaign
+from vantum_pipeline.campaign.dispatch import CallJob, CallStatus, PlacedCallback
+from vantum_pipeline.campaign.jobs import BadJob, Keys, decode_job, encode_job
+from vantum_pipeline.campaign.redis_dispatch import RedisDispatcher
+from vantum_pipeline.campaign.store import AttemptRecord
+from vantum_pipeline.campaign.worker import CampaignWorker
+
+TUESDAY_MORNING = dt.datetime(2026, 12, 8, 15, 0, tzinfo=dt.UTC)  # 10:00 in New York
+
+
+class ScriptedLine:
+    """Each number answers the way its last digit says; counts its dials."""
+
+    OUTCOMES: ClassVar[dict[str, str]] = {"0": "busy", "1": "no_answer", "2": "failed"}
+
+    def __init__(self, log: list[tuple[str, str]], hold: float = 0.05) -> None:
+        self.log = log
+        self.hold = hold
+        self.live = 0
+        self.peak = 0
+
+    async def call(self, job: CallJob, placed: PlacedCallback) -> AttemptRecord:
+        self.log.append((job.job_id, job.number))
+        self.live += 1
+        self.peak = max(self.peak, self.live)
+        try:
+            sid = f"CA{len(self.log):032d}"
+            await placed(sid)
+            await asyncio.sleep(self.hold)
+            outcome = self.OUTCOMES.get(job.number[-1], "completed")
+            return AttemptRecord(outcome, call_sid=sid, duration=1.0, cost=0.01)
+        finally:
+            self.live -= 1
+
+    async def call_status(self, sid: str) -> CallStatus | None:
+        return CallStatus(sid, "completed", 1.0)
+
+    async def find_calls(self, number: str, since: float) -> list[CallStatus]:
+        return []
+
+    async def hang_up(self, sid: str) -> None:
+        return None
+
+
+def write_campaign(folder: Path, numbers: list[str], **rules: Any) -> Path:
+    (folder / "prospects.csv").write_text(
+        "number,name,company,timezone\n"
+        + "".join(f"{n},Prospect {i},Co {i},America/New_York\n" for i, n in enumerate(numbers))
+    )
+    retry = "\n".join(f"[rules.outcomes.{k}]\n{v}" for k, v in rules.items())
+    path = folder / "campaign.toml"
+    path.write_text(
+        f"""
+[campaign]
+name = "Cluster test"
+caller_id = "+15005550006"
+prospects = "prospects.csv"
+record_calls = false
+
+[prompt.variables]
+agent_name = "Alex"
+company_name = "Vantum"
+product_name = "the phone agent"
+
+[rules]
+max_concurrent_calls = 4
+calls_per_second = 50
+
+{retry}
+"""
+    )
+    return path
+
+
+@contextlib.asynccontextmanager
+async def workers(url: str, line: ScriptedLine, n: int, **options: Any) -> AsyncIterator[list[CampaignWorker]]:
+    @contextlib.asynccontextmanager
+    async def factory(config: Any, dnc: Any) -> AsyncIterator[ScriptedLine]:
+        yield line
+
+    made = [
+        CampaignWorker(url, factory, limits={"calls": 3}, calls_per_second=100, lease_ttl=2, worker_id=f"w{i}",
+                       max_jobs=5, poll_delay=0.05, **options)
+        for i in range(n)
+    ]  # fmt: skip
+    tasks = [asyncio.get_running_loop().create_task(w.run()) for w in made]
+    try:
+        yield made
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_campaign_through_redis_workers(redis_server: Any, tmp_path: Path) -> None:
+    numbers = [f"+1415555{i:04d}" for i in range(30)]
+    path = write_campaign(tmp_path, numbers)
+    config = load_campaign(path)
+    dials: list[tuple[str, str]] = []
+    line = ScriptedLine(dials)
+    with CampaignStore(tmp_path / "store.db") as store:
+        prepare_campaign(config, store)
+        async with RedisDispatcher(
+            redis_server.url, campaign_id=config.id, config_text=path.read_text(), config_path=str(path),
+            max_outstanding=6,
+        ) as dispatcher, workers(redis_server.url, line, 2):  # fmt: skip
+            runner = CampaignRunner(
+                config, store, line, clock=FrozenClock(TUESDAY_MORNING), dispatcher=dispatcher, poll_interval=0.05,
+                idle_exit=0.0, write_records=False,
+            )  # fmt: skip
+            dispatcher.bind(runner, dnc=runner.dnc)
+            summary = await asyncio.wait_for(runner.run(), 60)
+        assert summary.reason in ("finished", "waiting")
+        attempts = store.attempts(config.id)
+        job_ids = [job_id for job_id, _ in dials]
+        assert len(job_ids) == len(set(job_ids)), "an attempt was dialled twice"
+        assert line.peak <= 3, f"cluster cap 3 exceeded: {line.peak}"
+        assert len(attempts) == len(dials) == 30
+        outcomes = store.outcome_counts(config.id)
+        assert outcomes.get("busy") == 3 and outcomes.get("no_answer") == 3 and outcomes.get("failed") == 3
+        assert outcomes.get("completed") == 21
+
+
+def test_poison_jobs_are_refused_with_the_field_named() -> None:
+    for text, reason in [
+        ("{", "not valid JSON"),
+        ("[]", "'attempt' object"),
+        ('{"attempt": {}}', "no 'campaign_id'"),
+        (
+            json.dumps({"attempt": {"campaign_id": "c", "prospect_id": "p", "attempt": 1, "number": "12",
+                                    "state": "claimed", "claimed_at": 0}}),
+            "'number'",
+        ),
+        (
+            json.dumps({"attempt": {"campaign_id": "c", "prospect_id": "p", "attempt": "1", "number": "+14155550100",
+                                    "state": "claimed", "claimed_at": 0}}),
+            "'attempt' must be a int",
+        ),
+        ("x" * 70_000, "exceeds"),
+    ]:  # fmt: skip
+        with pytest.raises(BadJob, match=reason):
+            decode_job(text)
+
+
+async def test_a_poison_job_fails_alone(redis_server: Any, tmp_path: Path) -> None:
+    from arq import create_pool
+    from arq.connections import RedisSettings
+
+    numbers = ["+14155550103", "+14155550104"]
+    path = write_campaign(tmp_path, numbers)
+    config = load_campaign(path)
+    line = ScriptedLine([])
+    with CampaignStore(tmp_path / "store.db") as store:
+        prepare_campaign(config, store)
+        async with RedisDispatcher(
+            redis_server.url, campaign_id=config.id, config_text=path.read_text(), max_outstanding=4
+        ) as dispatcher, workers(redis_server.url, line, 1):  # fmt: skip
+            runner = CampaignRunner(config, store, line, clock=FrozenClock(TUESDAY_MORNING), dispatcher=dispatcher,
+                                    poll_interval=0.05, idle_exit=0.0, write_records=False)  # fmt: skip
+            dispatcher.bind(runner, dnc=runner.dnc)
+            # a job for this campaign whose data is bad, straight onto the queue
+            pool = await create_pool(RedisSettings.from_dsn(redis_server.url))
+            claimed = store.claim(config.id, numbers[1], TUESDAY_MORNING.timestamp())
+            assert claimed is not None
+            bad = json.loads(encode_job(CallJob(claimed)))
+            bad["attempt"]["number"] = "not a number"
+            await pool.enqueue_job("place_call", json.dumps(bad), _job_id=claimed.job_id, _queue_name=Keys.QUEUE)
+            await pool.aclose()
+            await asyncio.wait_for(runner.run(), 30)
+        attempts = {a["prospect_id"]: a for a in store.attempts(config.id)}
+        assert attempts[numbers[1]]["outcome"] == "error" and "bad job" in attempts[numbers[1]]["notes"]
+        assert attempts[numbers[0]]["outcome"] == "completed"
