@@ -82,7 +82,8 @@ class Transcript:
         if direction is not FrameDirection.DOWNSTREAM:
             return
         if isinstance(frame, EndOfTurnFrame) and frame.text.strip():
-            self.say(f"callee: {frame.text}")
+            # A backchannel ("mm-hmm" over the bot) is shown, marked: it is not a turn.
+            self.say(f"callee: {frame.text}" + ("  (backchannel: not answered)" if frame.backchannel else ""))
         elif isinstance(frame, TextFrame | TTSSpeakFrame) and not isinstance(frame, HeardTextFrame):
             self.say(f"bot:    {frame.text}")
 

@@ -232,3 +232,22 @@ async def test_pacer_never_releases_two_starts_closer_than_its_interval() -> Non
     assert late - before < 0.01
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 0.02 and len(starts) == 25
+
+
+def test_a_window_opening_in_the_spring_forward_gap():
+    """Found by the property test: on 2025-03-09 New York skips 02:00-03:00."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from vantum_pipeline.campaign.rules import CallingHours
+
+    tz = ZoneInfo("America/New_York")
+    before = dt.datetime(2025, 3, 5, tzinfo=dt.UTC)
+    skipped = CallingHours(start=dt.time(2, 0), end=dt.time(2, 30), days=frozenset({0, 1, 6}))
+    opening = skipped.next_opening(before, tz)
+    assert opening.astimezone(tz).isoformat() == "2025-03-10T02:00:00-04:00"  # the Sunday window never existed
+    assert skipped.allows(opening, tz)
+    straddling = CallingHours(start=dt.time(2, 30), end=dt.time(3, 30), days=frozenset({6}))
+    opening = straddling.next_opening(before, tz)
+    assert opening.astimezone(tz).isoformat() == "2025-03-09T03:00:00-04:00"  # opens when the clocks jump
+    assert straddling.allows(opening, tz)

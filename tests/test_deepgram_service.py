@@ -472,6 +472,28 @@ async def test_with_a_local_vad_upstream_its_frames_lead_and_its_stop_finalizes(
     assert harness.task.state.interruptions == 1  # the VAD's, not a second one from Deepgram
 
 
+async def test_with_a_local_vad_its_speech_starts_are_the_ones_judged() -> None:
+    recognizer = ScriptedRecognizer(["Mm-hmm.", "Wait, how much is it?"])
+    async with FakeDeepgram(recognizer=recognizer) as fake:
+        params = VADParams(start_secs=0.06, stop_secs=0.2)
+        vad = VADProcessor(params, detector_factory=EnergyDetector, interrupt_bot=False)
+        stt = DeepgramSTTService(settings_for(fake, endpointing=3000))
+        async with PipelineHarness([vad, stt]) as harness:
+            await harness.send(BotStartedSpeakingFrame())
+            await say(harness, silence(0.2) + speech(0.45, seed=5) + silence(0.6))
+            await harness.wait_for(EndOfTurnFrame)
+            assert harness.task.state.interruptions == 0  # a backchannel: the bot goes on
+            await say(harness, speech(1.6, seed=6) + silence(0.6))
+            await harness.wait_for(EndOfTurnFrame, count=2)
+            assert harness.task.state.interruptions == 1
+    starts = harness.collected.of_type(UserStartedSpeakingFrame)
+    assert {f.source for f in starts} == {"vad"}
+    turns = harness.collected.of_type(EndOfTurnFrame)
+    assert [(t.text, t.backchannel) for t in turns] == [("Mm-hmm.", True), ("Wait, how much is it?", False)]
+    decisions = [f.labels["decision"] for f in metrics(harness, "latency.barge_in_decision")]
+    assert decisions == ["backchannel", "interrupt"]
+
+
 # ------------------------------------------------------- formats, lifecycle
 
 

@@ -83,9 +83,11 @@ __all__ = [
     "TextFrame",
     "LLMTextFrame",
     "TTSSpeakFrame",
+    "ResumeSpeakFrame",
     "TranscriptionFrame",
     "InterimTranscriptionFrame",
     "EndOfTurnFrame",
+    "FalseInterruptionFrame",
     "TTSWordTimestampsFrame",
     "HeardTextFrame",
     "LLMContextFrame",
@@ -294,6 +296,20 @@ class TTSSpeakFrame(DataFrame):
 
 
 @dataclass(slots=True, eq=False)
+class ResumeSpeakFrame(TTSSpeakFrame):
+    """Speak the rest of an interrupted reply after a false interruption.
+
+    ``text`` is ``lead_in`` (heard words said again, so the sentence makes
+    sense) followed by the words the callee did not hear; ``message`` is the
+    interrupted reply's context message, which the assistant aggregator
+    completes instead of recording a second reply.
+    """
+
+    lead_in: str = ""
+    message: Any = None
+
+
+@dataclass(slots=True, eq=False)
 class TranscriptionFrame(DataFrame):
     """A final transcript segment of the user's speech."""
 
@@ -331,6 +347,20 @@ class EndOfTurnFrame(DataFrame):
     text: str
     confidence: float | None = None
     low_confidence: bool = False
+    #: Said over the bot only to show listening ("mm-hmm", "right"): not a turn.
+    backchannel: bool = False
+
+    survives_interruption: ClassVar[bool] = True
+
+
+@dataclass(slots=True, eq=False)
+class FalseInterruptionFrame(DataFrame):
+    """The last interruption was a false alarm: speech over the bot that no
+    words followed (a cough, a line click, only a backchannel). The
+    conversation layer may resume the reply it cut, saying again the last
+    ``lead_in_words`` heard words first when the cut was mid-sentence."""
+
+    lead_in_words: int = 1
 
     survives_interruption: ClassVar[bool] = True
 

@@ -20,6 +20,9 @@ at the one place the value is handed to an SDK. Every Secret registers its
 value with the log redactor (``observability.redact``), so the revealed value
 is masked should it reach a log line anyway. ``.env.example`` at the
 repository root lists every variable.
+
+``InterruptionSettings`` (with ``DEFAULT_BACKCHANNELS``) holds the product's
+barge-in defaults, shared by every STT service: see docs/interruptions.md.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -34,6 +38,8 @@ from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.observability.redact import register_secret
 
 __all__ = [
+    "DEFAULT_BACKCHANNELS",
+    "InterruptionSettings",
     "Secret",
     "env_bool",
     "env_float",
@@ -204,3 +210,94 @@ def _check_range(name: str, value: float, minimum: float | None, maximum: float 
         raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
         raise ConfigurationError(f"{name} must be <= {maximum}, got {value}")
+
+
+# ---------------------------------------------------------------- interruptions
+
+#: What English-speaking callees say to show they are listening, not to take the turn.
+DEFAULT_BACKCHANNELS: Final[tuple[str, ...]] = (
+    "mm-hmm", "mhm", "mmhmm", "mm", "hmm", "uh-huh", "uh huh", "yeah", "yes", "yep", "yup", "ya",
+    "right", "okay", "ok", "sure", "alright", "all right", "i see", "got it", "ah", "oh", "uh", "um",
+    "wow", "cool", "nice", "really", "interesting", "exactly", "true", "of course", "makes sense",
+    "go on", "go ahead", "i know", "totally", "absolutely", "great", "good", "fine",
+)  # fmt: skip
+
+INTERRUPTION_POLICIES: Final = ("phone", "at_once", "min_words", "min_duration")
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptionSettings:
+    """When speech over the bot interrupts it, and what happens after a false alarm.
+
+    The defaults are the product's, for phone calls: interrupt on
+    ``min_words`` (2) words that are not backchannels, or ``min_speech_seconds``
+    (0.6 s) of continuous speech, never on a backchannel alone
+    (``policy="phone"``); ``"at_once"`` interrupts on any speech start (the
+    behaviour before policies); ``"min_words"`` and ``"min_duration"`` use one
+    rule each (never on a backchannel either). See docs/interruptions.md.
+
+    ``resume_after_false_interruption``: when an interruption fired but no
+    words followed (a cough, a click, or only a backchannel), the bot resumes
+    its reply from the first word the callee did not hear, repeating the last
+    ``resume_lead_in_words`` heard words first when it was cut mid-sentence.
+    ``false_interruption_timeout``: seconds of quiet after the interruption
+    with no words before it counts as false (the STT closing the turn empty
+    says so sooner). ``speech_threshold_dbfs``: input level above which audio
+    counts as speech for ``min_speech_seconds``.
+    """
+
+    policy: str = "phone"
+    min_words: int = 2
+    min_speech_seconds: float = 0.6
+    backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS
+    resume_after_false_interruption: bool = True
+    false_interruption_timeout: float = 1.2
+    resume_lead_in_words: int = 1
+    speech_threshold_dbfs: float = -40.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in INTERRUPTION_POLICIES:
+            raise ConfigurationError(
+                f"InterruptionSettings.policy must be one of {', '.join(INTERRUPTION_POLICIES)}, got {self.policy!r}"
+            )
+        if isinstance(self.min_words, bool) or not isinstance(self.min_words, int) or self.min_words < 1:
+            raise ConfigurationError(f"InterruptionSettings.min_words must be an integer >= 1, got {self.min_words!r}")
+        if not 0 <= self.min_speech_seconds <= 10:
+            raise ConfigurationError(
+                f"InterruptionSettings.min_speech_seconds must be in [0, 10], got {self.min_speech_seconds}"
+            )
+        if not 0 < self.false_interruption_timeout <= 10:
+            raise ConfigurationError(
+                f"InterruptionSettings.false_interruption_timeout must be in (0, 10], "
+                f"got {self.false_interruption_timeout}"
+            )
+        if not 0 <= self.resume_lead_in_words <= 5:
+            raise ConfigurationError(
+                f"InterruptionSettings.resume_lead_in_words must be in [0, 5], got {self.resume_lead_in_words}"
+            )
+        if isinstance(self.backchannels, str) or not all(isinstance(p, str) and p.strip() for p in self.backchannels):
+            raise ConfigurationError(
+                f"InterruptionSettings.backchannels must be a tuple of non-empty phrases, got {self.backchannels!r}"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> InterruptionSettings:
+        """``INTERRUPTION_POLICY``, ``INTERRUPTION_MIN_WORDS``, ``INTERRUPTION_MIN_SPEECH_SECONDS``,
+        ``INTERRUPTION_BACKCHANNELS`` (comma-separated), ``INTERRUPTION_RESUME`` (true/false);
+        all optional; ``overrides`` win."""
+        values = load_env(env)
+        found: dict[str, object] = {}
+        policy = optional_env(values, "INTERRUPTION_POLICY")
+        if policy is not None:
+            found["policy"] = policy.strip().lower()
+        words = env_int(values, "INTERRUPTION_MIN_WORDS", minimum=1)
+        if words is not None:
+            found["min_words"] = words
+        seconds = env_float(values, "INTERRUPTION_MIN_SPEECH_SECONDS", minimum=0.0, maximum=10.0)
+        if seconds is not None:
+            found["min_speech_seconds"] = seconds
+        phrases = optional_env(values, "INTERRUPTION_BACKCHANNELS")
+        if phrases is not None:
+            found["backchannels"] = tuple(p.strip() for p in phrases.split(",") if p.strip())
+        found["resume_after_false_interruption"] = env_bool(values, "INTERRUPTION_RESUME", True)
+        return cls(**{**found, **overrides})  # type: ignore[arg-type]

@@ -219,9 +219,27 @@ class CallingHours:
             if day.weekday() not in self.days:
                 continue
             opening = _local_to_utc(day, self.start, tz)
+            if not self.allows(opening, tz):
+                # The window opens inside a spring-forward gap: it opens when the clocks jump,
+                # or, if the whole window was skipped, not at all that day.
+                found = self._after_gap(day, tz)
+                if found is None:
+                    continue
+                opening = found
             if opening > at:
                 return opening
         raise AssertionError("a week always holds an opening")  # pragma: no cover
+
+    def _after_gap(self, day: dt.date, tz: ZoneInfo) -> dt.datetime | None:
+        """The first allowed minute of ``day``'s window when its start does not exist locally."""
+        before = dt.datetime.combine(day, self.start, tzinfo=tz).astimezone(dt.UTC)
+        after = dt.datetime.combine(day, self.start, tzinfo=tz).replace(fold=1).astimezone(dt.UTC)
+        moment, last = min(before, after), max(before, after)
+        while moment <= last:  # a gap is an hour or two: at most a few hundred steps, and only then
+            if self.allows(moment, tz):
+                return moment
+            moment += dt.timedelta(minutes=1)
+        return None
 
     def window_text(self) -> str:
         days = ",".join(WEEKDAYS[d] for d in sorted(self.days))

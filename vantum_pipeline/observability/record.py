@@ -34,7 +34,11 @@ A record (``record_version`` 1)::
 call, else from how the pipeline finished: ``completed``, ``cancelled``,
 ``error``, ``idle_timeout``. ``heard`` is what the callee actually heard
 (from the output transport's HeardTextFrames; null when it never reported),
-``interrupted`` marks a bot turn cut by a barge-in.
+``interrupted`` marks a bot turn cut by a barge-in; ``"backchannel": true`` a
+user turn said over the bot only to show listening ("mm-hmm"), which was not
+answered and did not end the bot's turn; ``"resumed": true`` a bot turn that
+is the rest of the one before it, resumed after a false interruption (its
+first word may repeat the last one heard).
 
 Sinks: ``JsonLinesSink`` (default; one line per call, rotated past
 ``max_bytes``, writes serialized by a lock and done off the event loop),
@@ -73,6 +77,7 @@ from vantum_pipeline.frames import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     MetricsFrame,
+    ResumeSpeakFrame,
     StartFrame,
     TextFrame,
     TranscriptionFrame,
@@ -195,6 +200,7 @@ class _Turn:
     # user
     confidence: float | None = None
     low_confidence: bool = False
+    backchannel: bool = False
     # assistant
     llm_text: list[str] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
@@ -205,6 +211,7 @@ class _Turn:
     tts_open: int = 0
     speaking: bool = False
     spoke: bool = False
+    resumed: bool = False  # the rest of a reply cut by a false interruption
 
     def finished(self) -> bool:
         return self.spoke and not self.speaking and not self.response_open and self.tts_open <= 0
@@ -216,6 +223,7 @@ class _Turn:
                 "text": _clip(" ".join(self.text)),
                 "confidence": self.confidence,
                 "low_confidence": self.low_confidence,
+                **({"backchannel": True} if self.backchannel else {}),
                 "at": round(self.at, 3),
                 "latencies": {name: round(value, 4) for name, value in self.latencies.items()},
             }
@@ -226,6 +234,7 @@ class _Turn:
             "text": _clip(text.strip()),
             "heard": None if heard is None else _clip(heard.strip()),
             "interrupted": self.interrupted,
+            **({"resumed": True} if self.resumed else {}),
             "at": round(self.at, 3),
             "latencies": {name: round(value, 4) for name, value in self.latencies.items()},
         }
@@ -436,6 +445,7 @@ class CallRecorder:
             pending.text = [frame.text.strip()]
             pending.confidence = frame.confidence
             pending.low_confidence = frame.low_confidence
+            pending.backchannel = frame.backchannel
             self._flush_user()
         else:
             pending.text.append(frame.text.strip())
@@ -457,8 +467,14 @@ class CallRecorder:
         self._turns.append(turn)
 
     def _current_bot_turn(self) -> _Turn | None:
-        if self._turns and self._turns[-1].role == "assistant" and self._pending_user is None:
-            return self._turns[-1]
+        if self._pending_user is not None:
+            return None
+        # A backchannel said over the bot is kept in its place but does not end the bot's turn.
+        for turn in reversed(self._turns):
+            if turn.role == "assistant":
+                return turn
+            if not turn.backchannel:
+                return None
         return None
 
     def _bot_turn(self, frame: Frame) -> _Turn:
@@ -481,7 +497,9 @@ class CallRecorder:
             self._bot_turn(frame).llm_text.append(frame.text)
         elif isinstance(frame, TextFrame | TTSSpeakFrame):
             if frame.text.strip():
-                self._bot_turn(frame).text.append(frame.text.strip())
+                spoken = self._bot_turn(frame)
+                spoken.text.append(frame.text.strip())
+                spoken.resumed = spoken.resumed or isinstance(frame, ResumeSpeakFrame)
         elif isinstance(frame, LLMFullResponseStartFrame):
             self._bot_turn(frame).response_open = True
         elif isinstance(frame, LLMFullResponseEndFrame):

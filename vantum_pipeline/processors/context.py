@@ -69,8 +69,10 @@ class Message:
     """One message of the conversation, with our own flags.
 
     ``interrupted``: the bot was cut off; ``content`` holds what the callee
-    heard. ``provider``: the LLM provider that wrote an assistant message.
-    Neither reaches the API (see ``to_api``).
+    heard, and ``full_text`` the whole reply as it was to be said (what a
+    resume after a false interruption speaks the rest of). ``provider``: the
+    LLM provider that wrote an assistant message. None of them reaches the API
+    (see ``to_api``).
     """
 
     role: Role
@@ -79,6 +81,7 @@ class Message:
     tool_call_id: str | None = None
     name: str | None = None
     interrupted: bool = False
+    full_text: str | None = None
     created_at: float = field(default_factory=time.time)
     provider: str | None = None
 

@@ -13,7 +13,8 @@ comes back into frames:
   ``low_confidence`` when its confidence is below ``min_confidence``;
 - ``SpeechStarted`` → ``UserStartedSpeakingFrame`` (and
   ``UserStoppedSpeakingFrame`` when that turn ends), and, while the bot is
-  speaking, ``push_interruption()``; both left to a local VAD once its
+  speaking, barge-in as the interruption policy of ``interruptions`` decides
+  on the interim transcripts and the audio (``STTService``); both left to a local VAD once its
   ``UserStartedSpeakingFrame`` comes through (``defer_to_local_vad``), whose
   ``UserStoppedSpeakingFrame`` then triggers ``Finalize``.
 
@@ -66,6 +67,8 @@ from vantum_pipeline.frames import (
     EndOfTurnFrame,
     Frame,
     InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    InterruptionFrame,
     StartFrame,
     TranscriptionFrame,
     UserStartedSpeakingFrame,
@@ -74,8 +77,9 @@ from vantum_pipeline.frames import (
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.services.deepgram_turns import TurnAssembler, number
+from vantum_pipeline.services.interruptions import InterruptionPolicy
 from vantum_pipeline.services.stt import STTService
-from vantum_pipeline.settings import Secret, load_env, optional_env, require_secret
+from vantum_pipeline.settings import InterruptionSettings, Secret, load_env, optional_env, require_secret
 
 __all__ = ["AudioBacklog", "DeepgramSTTService", "DeepgramSettings", "TurnAssembler"]
 
@@ -123,8 +127,10 @@ class DeepgramSettings:
     price_per_minute: float = 0.0043
     #: Send Finalize when a local VAD says the user stopped speaking.
     finalize_on_vad_stop: bool = True
-    #: Interrupt the bot when Deepgram hears speech start while it speaks.
+    #: Barge-in at all: speech over the bot is judged by ``interruptions`` (off: never interrupts).
     interrupt_on_speech_started: bool = True
+    #: When speech over the bot interrupts it, backchannels, resuming after a false interruption.
+    interruptions: InterruptionSettings = field(default_factory=InterruptionSettings)
     #: Emit UserStarted/StoppedSpeakingFrame from Deepgram's events.
     speaking_frames: bool = True
     #: Once a local VAD's UserStartedSpeakingFrame comes through, leave speaking
@@ -152,9 +158,12 @@ class DeepgramSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> DeepgramSettings:
         """``DEEPGRAM_API_KEY`` (required); ``DEEPGRAM_MODEL``, ``DEEPGRAM_LANGUAGE``,
-        ``DEEPGRAM_URL`` (optional); ``overrides`` win."""
+        ``DEEPGRAM_URL`` and the ``INTERRUPTION_*`` variables (optional); ``overrides`` win."""
         values = load_env(env)
-        found: dict[str, Any] = {"api_key": require_secret(values, API_KEY_ENV)}
+        found: dict[str, Any] = {
+            "api_key": require_secret(values, API_KEY_ENV),
+            "interruptions": InterruptionSettings.from_env(values),
+        }
         for name in ("model", "language", "url"):
             value = optional_env(values, f"DEEPGRAM_{name.upper()}")
             if value is not None:
@@ -272,13 +281,21 @@ class DeepgramSTTService(STTService):
 
     service = SERVICE
 
-    def __init__(self, settings: DeepgramSettings | None = None, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: DeepgramSettings | None = None,
+        *,
+        interruption_policy: InterruptionPolicy | None = None,
+        name: str | None = None,
+    ) -> None:
         s = settings if settings is not None else DeepgramSettings.from_env()
         super().__init__(
             bytes_per_second=s.bytes_per_second,
             speaking_frames=s.speaking_frames,
             interrupt_on_speech_started=s.interrupt_on_speech_started,
             defer_to_local_vad=s.defer_to_local_vad,
+            interruptions=s.interruptions,
+            interruption_policy=interruption_policy,
             name=name,
         )
         self.settings = s
@@ -320,6 +337,7 @@ class DeepgramSTTService(STTService):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, InputAudioRawFrame):
             await self._on_audio(frame)
+            await self.hear(frame)
             if self.settings.audio_passthrough:
                 await self.push_frame(frame, direction)
             return
@@ -329,8 +347,10 @@ class DeepgramSTTService(STTService):
             return
         if isinstance(frame, UserStoppedSpeakingFrame):
             await self._finalize()
-        elif isinstance(frame, UserStartedSpeakingFrame | BotStartedSpeakingFrame | BotStoppedSpeakingFrame):
-            self.track(frame)
+        elif isinstance(
+            frame, UserStartedSpeakingFrame | BotStartedSpeakingFrame | BotStoppedSpeakingFrame | InterruptionFrame
+        ):
+            await self.observe(frame)
         elif isinstance(frame, EndFrame):
             await self._close_gracefully()
         elif isinstance(frame, CancelFrame):
@@ -661,7 +681,10 @@ class DeepgramSTTService(STTService):
             if isinstance(frame, EndOfTurnFrame):
                 await self.end_turn(frame)
                 continue
-            await self.push_frame(frame)
+            if isinstance(frame, InterimTranscriptionFrame | TranscriptionFrame):
+                await self.push_transcript(frame)
+            else:
+                await self.push_frame(frame)
             if isinstance(frame, TranscriptionFrame) and frame.words:
                 await self.measure_latency(frame.words[-1][2])
         if results.speech_final and not self._assembler.turn_open:

@@ -13,8 +13,8 @@ pointed at it::
 What it serves
 --------------
 ``GET /tts/websocket`` (websocket)
-    Auth by headers (``Authorization: Bearer <key>`` and ``cartesia-version``)
-    or by query (``api_key`` and ``cartesia_version``): 401 without a key (or
+    Auth by headers (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``,
+    and ``cartesia-version``) or by query (``api_key`` and ``cartesia_version``): 401 without a key (or
     with a key other than ``api_key`` when one is set), 400 without a
     version. Several contexts run at once on one socket, told apart by
     ``context_id``. Generation requests (JSON text) carry a ``transcript``;
@@ -373,7 +373,10 @@ class FakeCartesia:
 
     def _check_auth(self, request: web.Request) -> tuple[int, str]:
         header = request.headers.get("Authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else request.query.get("api_key", "")
+        if header.lower().startswith("bearer "):
+            key = header[7:].strip()
+        else:
+            key = request.headers.get("X-API-Key") or request.query.get("api_key", "")
         version = request.headers.get("cartesia-version") or request.query.get("cartesia_version")
         if not key or (self.api_key is not None and key != self.api_key):
             return 401, "Invalid API key"

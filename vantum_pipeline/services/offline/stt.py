@@ -54,12 +54,14 @@ from vantum_pipeline.frames import (
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
+    InterruptionFrame,
     StartFrame,
     TranscriptionFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from vantum_pipeline.processor import FrameDirection
+from vantum_pipeline.services.interruptions import InterruptionPolicy
 from vantum_pipeline.services.offline.agent import SalesScript
 from vantum_pipeline.services.offline.language_model import DomainLanguageModel
 from vantum_pipeline.services.offline.recognizer import (
@@ -71,6 +73,7 @@ from vantum_pipeline.services.offline.recognizer import (
     SpeechStarted,
 )
 from vantum_pipeline.services.stt import STTService
+from vantum_pipeline.settings import InterruptionSettings
 
 __all__ = ["PocketsphinxSTTService", "PocketsphinxSettings"]
 
@@ -94,6 +97,8 @@ class PocketsphinxSettings:
     interim_interval: float = 0.2
     min_confidence: float = 0.5
     interrupt_on_speech_started: bool = True
+    #: When speech over the bot interrupts it (see ``InterruptionSettings``).
+    interruptions: InterruptionSettings = field(default_factory=InterruptionSettings)
     speaking_frames: bool = True
     defer_to_local_vad: bool = True
     audio_passthrough: bool = False
@@ -127,6 +132,7 @@ class PocketsphinxSTTService(STTService):
         settings: PocketsphinxSettings | None = None,
         *,
         model: DomainLanguageModel | None = None,
+        interruption_policy: InterruptionPolicy | None = None,
         name: str | None = None,
     ) -> None:
         s = settings or PocketsphinxSettings()
@@ -135,6 +141,8 @@ class PocketsphinxSTTService(STTService):
             speaking_frames=s.speaking_frames,
             interrupt_on_speech_started=s.interrupt_on_speech_started,
             defer_to_local_vad=s.defer_to_local_vad,
+            interruptions=s.interruptions,
+            interruption_policy=interruption_policy,
             name=name,
         )
         self.settings = s
@@ -164,6 +172,7 @@ class PocketsphinxSTTService(STTService):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, InputAudioRawFrame):
             self._on_audio(frame)
+            await self.hear(frame)
             if self.settings.audio_passthrough:
                 await self.push_frame(frame, direction)
             return
@@ -171,8 +180,10 @@ class PocketsphinxSTTService(STTService):
             await self.push_frame(frame, direction)
             self._start()
             return
-        if isinstance(frame, UserStartedSpeakingFrame | BotStartedSpeakingFrame | BotStoppedSpeakingFrame):
-            self.track(frame)
+        if isinstance(
+            frame, UserStartedSpeakingFrame | BotStartedSpeakingFrame | BotStoppedSpeakingFrame | InterruptionFrame
+        ):
+            await self.observe(frame)
         elif isinstance(frame, UserStoppedSpeakingFrame):
             if frame.source != SERVICE:
                 self._request_finalize()
@@ -285,7 +296,7 @@ class PocketsphinxSTTService(STTService):
         if isinstance(event, SpeechStarted):
             await self.speech_started()
         elif isinstance(event, PartialTranscript):
-            await self.push_frame(InterimTranscriptionFrame(event.text, timestamp=event.start))
+            await self.push_transcript(InterimTranscriptionFrame(event.text, timestamp=event.start))
         elif isinstance(event, FinalTranscript):
             await self._on_final(event)
 
@@ -294,7 +305,7 @@ class PocketsphinxSTTService(STTService):
             await self.user_stopped()
             return
         self.finals.append(final)
-        await self.push_frame(
+        await self.push_transcript(
             TranscriptionFrame(final.text, timestamp=final.start, confidence=final.confidence, words=final.words)
         )
         await self.measure_latency(final.words[-1][2])
