@@ -128,6 +128,14 @@ async def test_two_sentence_turn_in_one_context_with_continuation_and_timestamps
     assert tts.connections_opened == 1
 
 
+async def test_the_socket_asks_for_no_compression(fake: FakeCartesia) -> None:
+    tts = CartesiaTTSService(settings_for(fake))
+    async with PipelineHarness([tts]) as harness:
+        await speak(harness, reply("Hello there."))
+    assert fake.upgrades
+    assert all("Sec-WebSocket-Extensions" not in u["headers"] for u in fake.upgrades)
+
+
 async def test_first_sentence_reaches_cartesia_before_the_llm_finishes(fake: FakeCartesia) -> None:
     tts = CartesiaTTSService(settings_for(fake))
     async with PipelineHarness([SentenceAggregator(), tts]) as harness:

@@ -99,7 +99,7 @@ async def test_queued_old_epoch_frames_are_dropped_and_system_frames_are_not():
         first = source.create_task(source.push_frame(TextFrame("in-flight")))
         await asyncio.sleep(0.01)
         for i in range(200):
-            gate._vp_down.queue.append(_stamped(TextFrame(f"queued{i}"), 0))
+            gate._vp_down.append(_stamped(TextFrame(f"queued{i}"), 0))
         await source.push_frame(MetricsFrame("m", 1.0))
         await source.fire()
         gate.open.set()
@@ -276,6 +276,27 @@ async def test_a_stuck_interruption_handler_is_bounded():
         await asyncio.wait_for(t.fire(), 2)
         await t.push_frame(TextFrame("goes on"))
         await h.wait_for(TextFrame)
+    assert c.interruptions == [DOWN]
+
+
+async def test_one_deadline_bounds_the_whole_delivery():
+    """Each slow handler fits the timeout, together they do not: the delivery is
+    cut at the deadline, and the processors after the cut still get theirs."""
+
+    class Slow(Counter):
+        async def process_frame(self, frame, direction):
+            if isinstance(frame, InterruptionFrame):
+                await asyncio.sleep(0.3)
+            await super().process_frame(frame, direction)
+
+    t, slow1, slow2, slow3, c = Trigger(), Slow(), Slow(), Slow(), Counter()
+    async with PipelineHarness([t, slow1, slow2, slow3, c], interruption_timeout=0.75) as h:
+        await asyncio.sleep(0.01)
+        await asyncio.wait_for(t.fire(), 5)
+        await t.push_frame(TextFrame("goes on"))
+        await h.wait_for(TextFrame)
+    assert slow1.interruptions == [DOWN]
+    assert slow3.interruptions == []  # 0.9 s into the delivery at best: abandoned at the deadline
     assert c.interruptions == [DOWN]
 
 

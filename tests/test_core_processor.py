@@ -83,7 +83,7 @@ async def test_backpressure_bounds_the_queue_and_slows_the_producer():
     class Probe(FrameProcessor):
         async def process_frame(self, frame, direction):
             nonlocal high_water
-            high_water = max(high_water, len(slow._vp_down.queue))
+            high_water = max(high_water, len(slow._vp_down.queue or ()))
             await self.push_frame(frame, direction)
 
     slow._vp_down.maxsize = 8

@@ -156,6 +156,60 @@ async def test_two_turn_conversation_gives_the_right_frames_in_order() -> None:
     assert all(m.labels == {"service": "deepgram"} for m in metrics(harness, "usage.stt_seconds"))
 
 
+async def test_quiet_audio_goes_in_larger_sends_and_speech_frame_by_frame() -> None:
+    recognizer = ScriptedRecognizer(["yes I am interested"])
+    async with FakeDeepgram(api_key=KEY, recognizer=recognizer) as fake:
+        stt = DeepgramSTTService(settings_for(fake))
+        async with PipelineHarness([stt]) as harness:
+            await until(lambda: fake.connections)
+            connection = fake.connections[0]
+            await say(harness, silence(1.0))
+            await until(lambda: len(connection.audio) >= BPS)  # every byte of the quiet second, ...
+            quiet = list(connection.audio_messages)
+            pcm = speech(1.0) + silence(0.5)
+            onset = int(0.3 * BPS)
+            await say(harness, pcm[:onset])  # goes in 100 ms sends, until Deepgram hears speech start
+            await harness.wait_for(UserStartedSpeakingFrame)
+            before = len(connection.audio_messages)
+            await say(harness, pcm[onset:])
+            await harness.wait_for(EndOfTurnFrame)
+            after_onset = connection.audio_messages[before:]
+        total = len(connection.audio)
+    assert quiet == [BPS // 10] * 10  # ... in ten sends of 100 ms
+    # Once speech is heard, frame by frame (the end of the turn is not delayed);
+    # everything arrived, in order.
+    assert after_onset and set(after_onset[1:]) == {BPS // 50}
+    assert total == int(2.5 * BPS)
+
+
+async def test_every_frame_goes_at_once_with_quiet_sends_off() -> None:
+    async with FakeDeepgram(api_key=KEY, recognizer=ScriptedRecognizer([])) as fake:
+        stt = DeepgramSTTService(settings_for(fake, quiet_send_seconds=0.0))
+        async with PipelineHarness([stt]) as harness:
+            await until(lambda: fake.connections)
+            await say(harness, silence(0.4))
+            await until(lambda: len(fake.connections[0].audio) >= int(0.4 * BPS))
+        assert fake.connections[0].audio_messages == [BPS // 50] * 20
+
+
+async def test_audio_held_for_a_quiet_send_goes_before_finalize_and_close_stream() -> None:
+    async with FakeDeepgram(api_key=KEY, recognizer=ScriptedRecognizer([])) as fake:
+        stt = DeepgramSTTService(settings_for(fake))
+        async with PipelineHarness([stt]) as harness:
+            await until(lambda: fake.connections)
+            await say(harness, silence(0.06))  # less than one quiet send: held
+            await asyncio.sleep(0.1)
+            held = len(fake.connections[0].audio)
+            await harness.send(UserStoppedSpeakingFrame(source="vad"))  # a local VAD: Finalize
+            await until(lambda: fake.connections[0].received_of_type("Finalize"))
+            await say(harness, silence(0.04))
+        connection = fake.connections[0]
+    assert held == 0
+    assert connection.audio_messages[0] == int(0.06 * BPS)  # flushed just before the Finalize
+    assert len(connection.audio) == int(0.1 * BPS)  # and the rest before CloseStream
+    assert connection.received_of_type("CloseStream")
+
+
 async def test_interim_then_final_without_duplicates_when_utterance_end_closes_the_turn() -> None:
     recognizer = ScriptedRecognizer(["I would like to hear more about it"])
     async with FakeDeepgram(recognizer=recognizer) as fake:

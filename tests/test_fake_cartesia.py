@@ -279,6 +279,20 @@ async def test_upgrade_refused_with_http_status(fake: FakeCartesia, status: int,
         await conn.close()
 
 
+@pytest.mark.parametrize(("key", "status"), [("right", 101), ("wrong", 401)])
+async def test_the_x_api_key_header_is_accepted_and_checked(key: str, status: int) -> None:
+    headers = {"X-API-Key": key, "Cartesia-Version": "2024-06-10"}
+    async with FakeCartesia(api_key="right") as fake:
+        url = f"{fake.ws_url}/tts/websocket"
+        if status == 101:
+            async with websockets.connect(url, additional_headers=headers):
+                pass
+        else:
+            with pytest.raises(InvalidStatus) as caught:
+                await websockets.connect(url, additional_headers=headers)
+            assert caught.value.response.status_code == status
+
+
 async def test_missing_version_is_refused(fake: FakeCartesia) -> None:
     with pytest.raises(InvalidStatus) as caught:
         await websockets.connect(f"{fake.ws_url}/tts/websocket?api_key=k")

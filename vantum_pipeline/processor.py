@@ -95,21 +95,30 @@ class _Receiver(Protocol):
 
 
 class _Lane:
-    """One direction's entry of a processor: a bounded deque and its drainer."""
+    """One direction's entry of a processor: a bounded deque and its drainer.
+
+    The deque is made when a frame first has to wait (most lanes of most
+    processors never queue anything: a deque costs ~760 bytes), and the rare
+    pushers waiting for room sit in a plain list."""
 
     __slots__ = ("busy", "maxsize", "owner", "queue", "waiters")
 
     def __init__(self, maxsize: int) -> None:
-        self.queue: deque[Frame] = deque()
+        self.queue: deque[Frame] | None = None
         self.busy = False
         self.owner: asyncio.Task[Any] | None = None
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.waiters: list[asyncio.Future[None]] = []
         self.maxsize = maxsize
 
+    def append(self, frame: Frame) -> None:
+        if self.queue is None:
+            self.queue = deque()
+        self.queue.append(frame)
+
     def wake_waiters(self) -> None:
-        room = self.maxsize - len(self.queue)
+        room = self.maxsize - (len(self.queue) if self.queue else 0)
         while self.waiters and room > 0:
-            waiter = self.waiters.popleft()
+            waiter = self.waiters.pop(0)
             if not waiter.done():
                 waiter.set_result(None)
                 room -= 1
@@ -164,9 +173,7 @@ class PipelineState:
             start = self.processors.index(origin) if origin in self.processors else 0
             order = [(p, _DOWN) for p in self.processors[start:]]
             order += [(p, _UP) for p in reversed(self.processors[:start])]
-            for processor, direction in order:
-                await processor._deliver_interruption(frame, direction, self.interruption_timeout)
-                pending.remove(processor)
+            await self._deliver(frame, order, pending)
         finally:
             # Never leave a processor gated on an interruption it will not see
             # (the interrupting task was cancelled mid-delivery).
@@ -181,6 +188,37 @@ class PipelineState:
                 if task_epoch is not None and task_epoch < epoch:
                     current.cancel()  # the interrupter was itself a stale turn task
                     break
+
+    async def _deliver(
+        self,
+        frame: InterruptionFrame,
+        order: list[tuple[FrameProcessor, FrameDirection]],
+        pending: list[FrameProcessor],
+    ) -> None:
+        """Phase 2: each processor handles the interruption in ``order``.
+
+        One deadline (``interruption_timeout``) bounds the whole delivery: a
+        timer per processor would cost more than most processors' handling.
+        A processor still busy at the deadline is abandoned (logged); those
+        after it then get ``interruption_timeout`` each.
+        """
+        epoch = frame.epoch
+        done = 0
+        try:
+            async with asyncio.timeout(self.interruption_timeout):
+                for processor, direction in order:
+                    await processor._handle(frame, direction)
+                    processor._open_gate(epoch)
+                    pending.remove(processor)
+                    done += 1
+        except TimeoutError:
+            slow = order[done][0]
+            logger.error("{} took over {:.1f}s to handle an interruption", slow.name, self.interruption_timeout)
+            slow._open_gate(epoch)
+            pending.remove(slow)
+            for processor, direction in order[done + 1 :]:
+                await processor._deliver_interruption(frame, direction, self.interruption_timeout)
+                pending.remove(processor)
 
 
 class FrameProcessor:
@@ -395,12 +433,12 @@ class FrameProcessor:
             return
         lane = self._vp_down if direction is _DOWN else self._vp_up
         while lane.busy or lane.queue or frame.epoch > self._vp_seen_epoch:
-            if len(lane.queue) < lane.maxsize:
-                lane.queue.append(frame)
+            if lane.queue is None or len(lane.queue) < lane.maxsize:
+                lane.append(frame)
                 return
             if lane.owner is _current_task():
                 self.overflows += 1  # re-entrant push: waiting would deadlock
-                lane.queue.append(frame)
+                lane.append(frame)
                 return
             await _wait_for_room(lane)
             if self._vp_state.is_stale(frame):
@@ -417,6 +455,8 @@ class FrameProcessor:
 
     async def _drain(self, lane: _Lane, direction: FrameDirection) -> None:
         queue = lane.queue
+        if queue is None:
+            return
         state = self._vp_state
         while queue:
             frame = queue[0]

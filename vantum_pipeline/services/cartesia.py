@@ -89,6 +89,7 @@ from vantum_pipeline.errors import ConfigurationError, ProtocolError, ServiceErr
 from vantum_pipeline.frames import MULAW, PCM16
 from vantum_pipeline.observability.metrics import PROTOCOL_MALFORMED, SERVICE_ERROR, SERVICE_RATE_LIMITED
 from vantum_pipeline.services.cartesia_messages import ServerMessage, parse_server_message
+from vantum_pipeline.services.shared_clients import shared_client
 from vantum_pipeline.services.tts import TTSService, TTSTiming, TTSTurn, TurnState, UnspokenText
 from vantum_pipeline.services.tts_cache import TTSCache, TTSCacheKey
 from vantum_pipeline.settings import Secret, load_env, optional_env, require_secret
@@ -253,11 +254,15 @@ class CartesiaTTSService(TTSService):
         from cartesia import AsyncCartesia
 
         self.stopping = False
-        self._client = AsyncCartesia(
-            api_key=self.settings.api_key.reveal(),
-            base_url=self.settings.base_url,
-            websocket_base_url=self.settings.websocket_base_url,
-            max_retries=0,
+        key = self.settings.api_key.reveal()
+        self._client = shared_client(
+            ("cartesia", key, self.settings.base_url, self.settings.websocket_base_url),
+            lambda: AsyncCartesia(
+                api_key=key,
+                base_url=self.settings.base_url,
+                websocket_base_url=self.settings.websocket_base_url,
+                max_retries=0,
+            ),
         )
         self.create_task(self._connect_early(), "connect")
 
@@ -268,12 +273,7 @@ class CartesiaTTSService(TTSService):
     async def engine_close(self) -> None:
         self.stopping = True
         await self._close_socket()
-        if self._client is not None:
-            try:
-                await self._client.close()
-            except Exception as exc:  # closing an HTTP pool must not fail a shutdown
-                logger.debug("{}: closing the Cartesia client: {}", self.name, exc)
-            self._client = None
+        self._client = None  # shared with the process's other calls: not ours to close
 
     async def _connect_early(self) -> None:
         """Open the socket before the first turn needs it; warm the cache."""
@@ -366,9 +366,9 @@ class CartesiaTTSService(TTSService):
                 return
             if self._client is None or self.stopping:
                 raise ServiceError("the service is not running", service=SERVICE, retryable=False)
-            manager = self._client.tts.websocket_connect(
-                websocket_connection_options={"open_timeout": self.settings.connect_timeout, "max_queue": 64}  # type: ignore[typeddict-unknown-key]
-            )
+            # No permessage-deflate: compressing audio and short JSON costs CPU and saves nothing.
+            options = {"open_timeout": self.settings.connect_timeout, "max_queue": 64, "compression": None}
+            manager = self._client.tts.websocket_connect(websocket_connection_options=options)  # type: ignore[arg-type]
             try:
                 async with asyncio.timeout(self.settings.connect_timeout + 0.5):
                     conn = await manager.enter()

@@ -21,6 +21,14 @@ comes back into frames:
 Times (``TranscriptionFrame.timestamp``, word times) are seconds of the
 call's audio as received by this processor, across reconnections.
 
+Audio goes out frame by frame while speech is heard (from ``SpeechStarted``,
+or a local VAD's ``UserStartedSpeakingFrame``, to the end of the turn), so
+the end of a turn is never delayed; in between, in ``quiet_send_seconds``
+sends (100 ms: a fifth of the websocket messages). Everything held is sent
+before ``Finalize`` and ``CloseStream``. The SDK's websocket offers
+permessage-deflate and gives no way to turn it off: if the service accepts
+it, the audio is compressed for nothing.
+
 Connection lifecycle, one websocket per call: opened at ``StartFrame``;
 ``KeepAlive`` whenever no audio was sent for ``keepalive_interval``;
 ``Finalize`` on a local VAD's ``UserStoppedSpeakingFrame``; ``CloseStream``
@@ -78,6 +86,7 @@ from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.services.deepgram_turns import TurnAssembler, number
 from vantum_pipeline.services.interruptions import InterruptionPolicy
+from vantum_pipeline.services.shared_clients import shared_client
 from vantum_pipeline.services.stt import STTService
 from vantum_pipeline.settings import InterruptionSettings, Secret, load_env, optional_env, require_secret
 
@@ -138,12 +147,23 @@ class DeepgramSettings:
     defer_to_local_vad: bool = True
     #: Pass input audio on downstream (off: this processor consumes it).
     audio_passthrough: bool = False
+    #: While no speech is being heard (from the end of a turn until Deepgram or a
+    #: local VAD hears speech start), audio goes out in sends of this many
+    #: seconds: a fifth of the websocket messages, and of their CPU. Speech onset
+    #: reaches Deepgram up to this much later (minus one frame); while the user
+    #: speaks every frame goes out at once, so the end of a turn is not delayed.
+    #: 0: send every frame at once.
+    quiet_send_seconds: float = 0.1
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, Secret):
             raise ConfigurationError("DeepgramSettings.api_key must be a Secret (see DeepgramSettings.from_env)")
         if self.encoding not in ("linear16", "mulaw"):
             raise ConfigurationError(f"DeepgramSettings.encoding must be 'linear16' or 'mulaw', got {self.encoding!r}")
+        if not 0 <= self.quiet_send_seconds <= 1:
+            raise ConfigurationError(
+                f"DeepgramSettings.quiet_send_seconds must be between 0 and 1, got {self.quiet_send_seconds!r}"
+            )
         if self.sample_rate <= 0 or self.channels != 1:
             raise ConfigurationError(
                 f"DeepgramSettings needs a positive sample_rate and channels=1, "
@@ -316,6 +336,9 @@ class DeepgramSTTService(STTService):
         self._unbilled = 0  # bytes streamed not yet reported as usage
         self._last_send = 0.0
         self._last_finalize_at = -1
+        #: Speech is being heard (see ``DeepgramSettings.quiet_send_seconds``).
+        self._speech = False
+        self._quiet_bytes = int(s.quiet_send_seconds * self._bytes_per_second) // self._width * self._width
         self._format_error = False
         #: Counters, for tests and logs.
         self.reconnects = 0
@@ -350,6 +373,8 @@ class DeepgramSTTService(STTService):
         elif isinstance(
             frame, UserStartedSpeakingFrame | BotStartedSpeakingFrame | BotStoppedSpeakingFrame | InterruptionFrame
         ):
+            if isinstance(frame, UserStartedSpeakingFrame):
+                self._speech = True  # a local VAD heard speech: send every frame at once
             await self.observe(frame)
         elif isinstance(frame, EndFrame):
             await self._close_gracefully()
@@ -380,18 +405,27 @@ class DeepgramSTTService(STTService):
             return
         self._backlog.append(frame.audio)
         self.audio_arrived(self._backlog.end)
-        if self._live and self._socket is not None:
-            generation = self._generation
-            try:
-                await self._send_audio(self._socket, frame.audio)
-            except (ConnectionClosed, TimeoutError, OSError) as exc:
-                # Kept in the backlog: replayed after the reconnect.
-                logger.debug("{}: audio send failed ({}); waiting for the reconnect", self.name, exc)
-                if generation == self._generation:
-                    self._live = False
-                return
+        unsent = self._backlog.end - self._sent
+        if unsent < self._quiet_bytes and not self._speech and not self._assembler.turn_open:
+            return  # quiet: batched (see DeepgramSettings.quiet_send_seconds)
+        await self._send_unsent()
+
+    async def _send_unsent(self) -> None:
+        """Send the audio received and not yet sent (the backlog holds it)."""
+        if not self._live or self._socket is None or self._sent >= self._backlog.end:
+            return
+        generation = self._generation
+        data = self._backlog.read(self._sent, self._backlog.end - self._sent)
+        try:
+            await self._send_audio(self._socket, data)
+        except (ConnectionClosed, TimeoutError, OSError) as exc:
+            # Kept in the backlog: replayed after the reconnect.
+            logger.debug("{}: audio send failed ({}); waiting for the reconnect", self.name, exc)
             if generation == self._generation:
-                self._sent += len(frame.audio)
+                self._live = False
+            return
+        if generation == self._generation:
+            self._sent += len(data)
 
     async def _send_audio(self, socket: Any, data: bytes) -> None:
         async with asyncio.timeout(self.settings.send_timeout):
@@ -406,6 +440,7 @@ class DeepgramSTTService(STTService):
             self._finalize_wanted = True  # sent once the socket has caught up
             return
         self._finalize_wanted = False
+        await self._send_unsent()
         if self._sent == self._last_finalize_at:
             return  # nothing new since the last Finalize
         try:
@@ -422,8 +457,10 @@ class DeepgramSTTService(STTService):
     def _open(self) -> None:
         if self._task is not None:
             return
-        self._client = AsyncDeepgramClient(
-            api_key=self.settings.api_key.reveal(), environment=self.settings.environment()
+        key = self.settings.api_key.reveal()
+        self._client = shared_client(
+            ("deepgram", key, self.settings.url),
+            lambda: AsyncDeepgramClient(api_key=key, environment=self.settings.environment()),
         )
         self._task = self.create_task(self._run(), "connection", essential=True)
 
@@ -438,6 +475,7 @@ class DeepgramSTTService(STTService):
                 # A socket still connecting or replaying gets the rest of the time to catch up.
                 async with asyncio.timeout_at(deadline):
                     await self._live_event.wait()
+                await self._send_unsent()
                 async with asyncio.timeout(self.settings.send_timeout):
                     await self._socket.send_close_stream()
                 await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
@@ -655,10 +693,12 @@ class DeepgramSTTService(STTService):
         if isinstance(message, ListenV1Results):
             await self._on_results(message)
         elif isinstance(message, ListenV1SpeechStarted):
+            self._speech = True
             await self.speech_started()
         elif isinstance(message, ListenV1UtteranceEnd):
             end = self._assembler.on_utterance_end(message)
             if end is not None:
+                self._speech = False
                 await self.end_turn(end)
         elif isinstance(message, ListenV1Metadata):
             logger.debug("{}: Deepgram stream metadata: {} s", self.name, message.duration)
@@ -679,6 +719,7 @@ class DeepgramSTTService(STTService):
             self._backlog.trim(min(position, self._sent))
         for frame in frames:
             if isinstance(frame, EndOfTurnFrame):
+                self._speech = False
                 await self.end_turn(frame)
                 continue
             if isinstance(frame, InterimTranscriptionFrame | TranscriptionFrame):
@@ -689,6 +730,7 @@ class DeepgramSTTService(STTService):
                 await self.measure_latency(frame.words[-1][2])
         if results.speech_final and not self._assembler.turn_open:
             # Speech that gave no words (noise, a cough): the user stopped all the same.
+            self._speech = False
             await self.user_stopped()
 
     async def _report_usage(self) -> None:

@@ -85,6 +85,7 @@ from vantum_pipeline.processors.tools import (
 )
 from vantum_pipeline.services.answer_cache import AnswerCache
 from vantum_pipeline.services.llm import FirstTokenTimeout, LLMReply, LLMService
+from vantum_pipeline.services.shared_clients import shared_client
 from vantum_pipeline.settings import Secret, load_env, optional_env, require_secret
 
 __all__ = ["FirstTokenTimeout", "OpenAILLMService", "OpenAISettings"]
@@ -336,19 +337,22 @@ class OpenAILLMService(LLMService):
             await self._host.push_frame(frame)
 
     async def engine_close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        self._client = None  # shared with the process's other calls: not ours to close
 
     # ------------------------------------------------------------- turns
 
     def _make_client(self) -> AsyncOpenAI:
+        """The process's client for these settings (see ``shared_clients``)."""
         s = self.settings
-        return AsyncOpenAI(
-            api_key=s.api_key.reveal(),
-            base_url=s.base_url,
-            max_retries=0,  # our RetryPolicy is the one in force
-            timeout=openai.Timeout(s.read_timeout, connect=s.connect_timeout),
+        key = s.api_key.reveal()
+        return shared_client(
+            ("openai", key, s.base_url, s.read_timeout, s.connect_timeout),
+            lambda: AsyncOpenAI(
+                api_key=key,
+                base_url=s.base_url,
+                max_retries=0,  # our RetryPolicy is the one in force
+                timeout=openai.Timeout(s.read_timeout, connect=s.connect_timeout),
+            ),
         )
 
     async def respond(self, context: LLMContext, reply: LLMReply) -> None:

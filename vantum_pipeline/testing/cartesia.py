@@ -13,8 +13,9 @@ pointed at it::
 What it serves
 --------------
 ``GET /tts/websocket`` (websocket)
-    Auth by headers (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``,
-    and ``cartesia-version``) or by query (``api_key`` and ``cartesia_version``): 401 without a key (or
+    Auth by headers (``Authorization: Bearer <key>``, or the older
+    ``X-API-Key: <key>`` the service still takes, and ``cartesia-version``)
+    or by query (``api_key`` and ``cartesia_version``): 401 without a key (or
     with a key other than ``api_key`` when one is set), 400 without a
     version. Several contexts run at once on one socket, told apart by
     ``context_id``. Generation requests (JSON text) carry a ``transcript``;

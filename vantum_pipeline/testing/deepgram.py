@@ -130,6 +130,8 @@ class DeepgramConnection:
     faults: DeepgramFaults
     opened_at: float
     audio: bytearray = field(default_factory=bytearray)
+    #: The size of each binary (audio) message, in order.
+    audio_messages: list[int] = field(default_factory=list)
     #: Text messages received, parsed (a dict) or raw when not JSON.
     received: list[dict[str, Any] | str] = field(default_factory=list)
     #: Messages sent: dicts, or the raw text of a malformed frame.
@@ -433,11 +435,13 @@ class FakeDeepgram:
                 if closer is not None:  # closing: record, don't act
                     if isinstance(message, bytes):
                         connection.audio += message
+                        connection.audio_messages.append(len(message))
                     else:
                         connection.received.append(message)
                     continue
                 if isinstance(message, bytes):
                     connection.audio += message
+                    connection.audio_messages.append(len(message))
                 if isinstance(message, bytes):
                     limit = faults.drop_after_audio_bytes
                     if limit is not None and len(connection.audio) >= limit:

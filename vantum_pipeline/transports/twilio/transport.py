@@ -85,7 +85,9 @@ class TwilioTransportParams:
 
     #: Hand inbound μ-law to the pipeline undecoded (for an STT that takes mulaw).
     passthrough_input: bool = False
-    chunk_duration: float = 0.02
+    #: Audio per media message: Twilio plays any length; 40 ms halves the
+    #: messages (JSON, base64, socket writes) of 20 ms, within the lead.
+    chunk_duration: float = 0.04
     #: How far ahead of real time audio is sent; what a barge-in throws away.
     lead: float = 0.1
     marker_interval: float = 0.5

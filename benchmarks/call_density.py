@@ -1,0 +1,457 @@
+"""Call density: K concurrent whole phone calls, vantum_pipeline beside pipecat-ai, one run.
+
+    pip install -e ".[bench]"
+    python benchmarks/call_density.py                       # K = 10, 50, 100, 200 (~6 minutes)
+    python benchmarks/call_density.py --ks 50 --repeat 3    # one K, three alternating rounds
+    python benchmarks/call_density.py --only vantum --profile /tmp/prof   # py-spy the library
+
+Each call is a whole faked phone call through the production path: FakeTwilio
+places it and plays a scripted callee (about 20 s: it answers the greeting,
+talks three times, barges in once, hangs up), and the bot is
+
+- **vantum**: ``TwilioServer`` with the Deepgram, OpenAI and Cartesia services
+  on their SDKs;
+- **pipecat**: pipecat-ai's Twilio serializer behind its FastAPI websocket
+  transport (uvicorn), its Deepgram, OpenAI and Cartesia services, run lean
+  (no metrics, no VAD model, no smart-turn model: the turn ends on Deepgram's
+  final transcript), wired like its Twilio example.
+
+Both talk to the same stand-ins (Deepgram, OpenAI, Cartesia at zero latency;
+FakeTwilio and the callees), which run in two other processes so that their
+CPU is not counted. Both use 16 kHz linear PCM with the services (``--audio
+phone``: 8 kHz, vantum passing μ-law through untouched) and the same Deepgram
+endpointing. Rounds alternate between the two libraries, each in a
+fresh process. Per K and library:
+
+- **CPU/call**: the library process's CPU time (all its threads and worker
+  processes) over the calls, divided by the calls' total duration: the share
+  of one core a call costs;
+- **late %**: 20 ms chunks of bot audio that reached the callee after their
+  play time (the callee's buffer had run dry: an audible gap), measured by the
+  callee from the message's arrival; **eroded %**: chunks that arrived with
+  less than the transport's lead (minus one tick) still buffered: vantum
+  writes 100 ms ahead, pipecat paces one chunk at a time, so for pipecat this
+  is every chunk not already late;
+- **turn p50/p99**: the turn latency the library adds: the callee's last
+  speech chunk sent → the first chunk of the bot's answer received, minus the
+  endpointing silence Deepgram waits for by protocol (the stand-ins answer at
+  once; loopback and their own processing are included);
+- **MiB/call**: peak resident memory growth of the library process over the
+  calls, divided by K;
+- **done**: calls the callee completed (hung up after its script), and
+  warnings the library logged (shutdown deadlines, errors).
+
+The machine may be shared: every ratio comes from rounds of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import density_standins as standins
+
+#: How long to spread the calls' start over (seconds per call), like a dialer does.
+STAGGER = 0.02
+ROUND_TIMEOUT = 150.0
+#: What each round prints as it ends.
+ROUND_KEYS = ("cpu", "late", "chunks", "completed", "error", "end_reasons", "outcomes", "warning_count", "wall", "root")
+
+
+# ------------------------------------------------------------------ library side
+
+
+class Usage:
+    """CPU and peak RSS of this process (and its children) over a window."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.peak = 0
+        self.base_rss = 0
+        self.cpu0 = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def _rss(self) -> int:
+        total = self._process.memory_info().rss
+        for child in self._process.children(recursive=True):
+            with contextlib.suppress(Exception):
+                total += child.memory_info().rss
+        return total
+
+    def _cpu(self) -> float:
+        times = self._process.cpu_times()
+        total = times.user + times.system
+        for child in self._process.children(recursive=True):
+            with contextlib.suppress(Exception):
+                t = child.cpu_times()
+                total += t.user + t.system
+        return total + times.children_user + times.children_system
+
+    def start(self) -> None:
+        self.base_rss = self.peak = self._rss()
+        self.cpu0 = self._cpu()
+        self._task = asyncio.ensure_future(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            self.peak = max(self.peak, self._rss())
+
+    def stop(self) -> dict[str, float]:
+        if self._task is not None:
+            self._task.cancel()
+        return {"cpu": self._cpu() - self.cpu0, "rss_growth": max(0, self.peak - self.base_rss)}
+
+
+class WarningCount:
+    """Counts the WARNING+ lines a library logs (loguru or logging), by their first words."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def install(self) -> None:
+        from loguru import logger
+
+        logger.remove()
+        logger.add(self._loguru, level="WARNING", format="{message}")
+
+    def _loguru(self, message: Any) -> None:
+        text = str(message.record["message"])
+        if "finishing: cancel (call ended: stop)" in text:
+            return  # the callee hung up: every call ends so
+        key = " ".join(text.split()[:6])[:70]
+        self.counts[key] += 1
+        if os.environ.get("DENSITY_DEBUG") and self.counts[key] == 1:
+            print(f"[{os.getpid()}] {text[:2000]}", file=sys.stderr, flush=True)
+
+
+def _twilio_settings(urls: dict[str, str]) -> Any:
+    from vantum_pipeline.settings import Secret
+    from vantum_pipeline.telephony.settings import TwilioSettings
+
+    return TwilioSettings(
+        account_sid=standins.TWILIO_ACCOUNT,
+        auth_token=Secret(standins.TWILIO_TOKEN),
+        from_number="+15005550006",
+        public_base_url="http://127.0.0.1",
+        api_base_url=urls["twilio_api"],
+    )
+
+
+def vantum_factory(urls: dict[str, str], options: dict[str, Any]) -> Callable[[Any], Any]:
+    """The production pipeline of examples/twilio_outbound.py, pointed at the stand-ins."""
+    from vantum_pipeline import Pipeline, PipelineTask
+    from vantum_pipeline.frames import TTSSpeakFrame
+    from vantum_pipeline.observability.retry import RetryPolicy
+    from vantum_pipeline.processors.aggregators import AssistantAggregator, UserAggregator
+    from vantum_pipeline.processors.context import LLMContext
+    from vantum_pipeline.processors.sentence import SentenceAggregator
+    from vantum_pipeline.services.cartesia import CartesiaSettings, CartesiaTTSService
+    from vantum_pipeline.services.deepgram import DeepgramSettings, DeepgramSTTService
+    from vantum_pipeline.services.openai import OpenAILLMService, OpenAISettings
+    from vantum_pipeline.settings import Secret
+
+    phone = options.get("audio") == "phone"
+    deepgram = DeepgramSettings(
+        api_key=Secret(standins.API_KEYS["deepgram"]),
+        url=urls["deepgram_ws"],
+        endpointing=standins.ENDPOINTING_MS,
+        **({"encoding": "mulaw", "sample_rate": 8000} if phone else {}),
+    )
+    openai = OpenAISettings(
+        api_key=Secret(standins.API_KEYS["openai"]), base_url=urls["openai"], retry=RetryPolicy(base_delay=0.1)
+    )
+    cartesia = CartesiaSettings(
+        api_key=Secret(standins.API_KEYS["cartesia"]),
+        base_url=urls["cartesia_http"],
+        websocket_base_url=urls["cartesia_ws"],
+        **({"encoding": "pcm_mulaw", "sample_rate": 8000} if phone else {}),
+    )
+
+    async def factory(call: Any) -> Any:
+        context = LLMContext("You are Sarah, a friendly sales representative for Vantum.")
+        transport = call.transport
+        task = PipelineTask(
+            Pipeline(
+                [
+                    transport.input(),
+                    DeepgramSTTService(deepgram),
+                    UserAggregator(context),
+                    OpenAILLMService(openai),
+                    SentenceAggregator(),
+                    CartesiaTTSService(cartesia),
+                    transport.output(),
+                    AssistantAggregator(context),
+                ]
+            ),
+            audio_in_sample_rate=deepgram.sample_rate,
+            audio_out_sample_rate=cartesia.sample_rate,
+            idle_timeout=120.0,
+            metadata={"call_sid": call.call_sid},
+        )
+        await task.queue_frame(TTSSpeakFrame(standins.GREETING, category="greeting"))
+        return task
+
+    return factory
+
+
+async def run_vantum(urls: dict[str, str], k: int, options: dict[str, Any]) -> dict[str, Any]:
+    from vantum_pipeline.transports.twilio.server import TwilioServer
+    from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
+
+    usage = Usage()
+    # Phone audio: μ-law from Twilio straight to Deepgram, and from Cartesia straight back.
+    params = TwilioTransportParams(passthrough_input=options.get("audio") == "phone")
+    server = TwilioServer(
+        _twilio_settings(urls),
+        vantum_factory(urls, options),
+        host="127.0.0.1",
+        port=0,
+        max_calls=k + 10,
+        transport_params=params,
+    )
+    async with server:
+        server.public_base_url = server.local_url
+        usage.start()
+        t0 = time.monotonic()
+
+        async def one(i: int) -> Any:
+            await asyncio.sleep(i * STAGGER)
+            call = await server.place_call(f"+1415555{i:04d}")
+            return await call.wait()
+
+        async with asyncio.timeout(ROUND_TIMEOUT):
+            records = await asyncio.gather(*(one(i) for i in range(k)))
+            await server.wait_idle()
+        wall = time.monotonic() - t0
+        figures = usage.stop()
+    outcomes = Counter(r.outcome.value for r in records)
+    return {**figures, "wall": wall, "outcomes": dict(outcomes), "rss_base": usage.base_rss}
+
+
+def library_main(library: str, urls: dict[str, str], k: int, options: dict[str, Any], pipe: Connection) -> None:
+    """Entry point of a library process: serve K calls, send the figures back."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logs = WarningCount()
+    logs.install()
+    if library in ("vantum", "base"):
+        if library == "base":  # the same program on an older checkout of the library
+            sys.path.insert(0, options["baseline"])
+        import vantum_pipeline
+
+        result_root = str(Path(vantum_pipeline.__file__).parent.parent)
+        runner = run_vantum
+    else:
+        import density_pipecat
+
+        runner = density_pipecat.run_pipecat
+        density_pipecat.quiet_logs(logs)
+    try:
+        result = asyncio.run(runner(urls, k, options))
+        if library != "pipecat":
+            result["root"] = result_root
+    except BaseException as exc:  # report, never hang the orchestrator
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    result["warnings"] = dict(logs.counts.most_common(4))
+    result["warning_count"] = sum(logs.counts.values())
+    pipe.send(result)
+
+
+# ------------------------------------------------------------------- orchestrator
+
+
+def _spawn(target: Callable[..., None], *args: Any) -> tuple[Any, Connection]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=target, args=(*args, child), daemon=False)
+    process.start()
+    return process, parent
+
+
+def _recv(pipe: Connection, timeout: float) -> Any:
+    if not pipe.poll(timeout):
+        raise TimeoutError(f"no answer within {timeout:.0f}s")
+    return pipe.recv()
+
+
+def one_round(library: str, k: int, options: dict[str, Any]) -> dict[str, Any]:
+    services, services_pipe = _spawn(standins.serve, "services")
+    twilio, twilio_pipe = _spawn(standins.serve, "twilio")
+    profiler = None
+    try:
+        urls = {**_recv(services_pipe, 60), **_recv(twilio_pipe, 60)}
+        services_pipe.send("cpu")
+        twilio_pipe.send("cpu")
+        stand_in_cpu0 = _recv(services_pipe, 10) + _recv(twilio_pipe, 10)
+        process, pipe = _spawn(library_main, library, urls, k, options)
+        if options.get("profile"):
+            profiler = _py_spy(process.pid, f"{options['profile']}-{library}-k{k}")
+        result = _recv(pipe, ROUND_TIMEOUT + 60)
+        process.join(30)
+        lead = 0.04 if library == "pipecat" else 0.1
+        twilio_pipe.send(("collect", lead))
+        result.update(_recv(twilio_pipe, 60))
+        services_pipe.send("cpu")
+        twilio_pipe.send("cpu")
+        result["stand_in_cpu"] = _recv(services_pipe, 10) + _recv(twilio_pipe, 10) - stand_in_cpu0
+    finally:
+        for proc, pipe in ((services, services_pipe), (twilio, twilio_pipe)):
+            with contextlib.suppress(Exception):
+                pipe.send("stop")
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+        if profiler is not None:
+            with contextlib.suppress(Exception):
+                profiler.wait(30)
+    result.update(library=library, k=k)
+    return result
+
+
+def _py_spy(pid: int, out: str) -> Any:
+    import subprocess
+
+    return subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--subprocesses",
+            "--format",
+            "raw",
+            "--output",
+            f"{out}.txt",
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _measured(result: dict[str, Any]) -> bool:
+    return "cpu" in result and result.get("call_seconds", 0.0) > 0 and result.get("chunks", 0) > 0
+
+
+def _per_call(result: dict[str, Any]) -> dict[str, float]:
+    seconds = max(result.get("call_seconds", 0.0), 1e-9)
+    chunks = max(result.get("chunks", 0), 1)
+    return {
+        "cpu_pct": 100 * result["cpu"] / seconds,
+        "late_pct": 100 * result["late"] / chunks,
+        "eroded_pct": 100 * result["eroded"] / chunks,
+        "mib": result["rss_growth"] / result["k"] / 2**20,
+    }
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{1000 * value:.0f}"
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    print()
+    print(
+        "| K | library | CPU/call (% core) | late % | eroded % | worst late ms | turn p50 ms | turn p99 ms "
+        "| MiB/call | done | warnings | stand-ins CPU s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r and "cpu" not in r:
+            print(f"| {r['k']} | {r['library']} | error: {r['error']} |")
+            continue
+        if not _measured(r):
+            print(f"| {r['k']} | {r['library']} | no call got through: {r.get('end_reasons')} |")
+            continue
+        p = _per_call(r)
+        print(
+            f"| {r['k']} | {r['library']} | {p['cpu_pct']:.2f} | {p['late_pct']:.2f} | {p['eroded_pct']:.2f} "
+            f"| {1000 * r['worst_late']:.0f} | {_fmt_ms(r['latency_p50'])} | {_fmt_ms(r['latency_p99'])} "
+            f"| {p['mib']:.2f} | {r['completed']}/{r['k']} | {r['warning_count']} | {r['stand_in_cpu']:.1f} |"
+        )
+    by_k: dict[int, dict[str, list[dict[str, float]]]] = {}
+    for r in rows:
+        if _measured(r):
+            by_k.setdefault(r["k"], {}).setdefault(r["library"], []).append(_per_call(r))
+    print()
+    for k, libs in sorted(by_k.items()):
+        if "vantum" in libs and "base" in libs:
+            ours = statistics.median(p["cpu_pct"] for p in libs["vantum"])
+            base = statistics.median(p["cpu_pct"] for p in libs["base"])
+            print(f"K={k}: base CPU per call / vantum's = {base / ours:.2f}x")
+        if "vantum" in libs and "pipecat" in libs:
+            ours = statistics.median(p["cpu_pct"] for p in libs["vantum"])
+            theirs = statistics.median(p["cpu_pct"] for p in libs["pipecat"])
+            mem = statistics.median(p["mib"] for p in libs["pipecat"]) / max(
+                statistics.median(p["mib"] for p in libs["vantum"]), 1e-9
+            )
+            print(f"K={k}: pipecat CPU per call / vantum's = {theirs / ours:.2f}x; memory per call {mem:.2f}x")
+    for r in rows:
+        if r.get("warnings"):
+            print(f"K={r['k']} {r['library']} warnings: {r['warnings']}")
+        if r.get("outcomes") and set(r["outcomes"]) - {"completed"}:
+            print(f"K={r['k']} {r['library']} outcomes: {r['outcomes']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ks", default="10,50,100,200", help="concurrent calls per round, comma-separated")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per K and library (alternating)")
+    parser.add_argument("--only", choices=("vantum", "pipecat"), help="run one library only")
+    parser.add_argument(
+        "--baseline", help="also run 'base': vantum from this directory (e.g. a `git archive` of an older commit)"
+    )
+    parser.add_argument(
+        "--audio",
+        choices=("wideband", "phone"),
+        default="wideband",
+        help="wideband: 16 kHz PCM with the services (both libraries); phone: 8 kHz "
+        "(vantum: μ-law end to end, no conversion; pipecat: 8 kHz PCM, as its Twilio example)",
+    )
+    parser.add_argument("--profile", help="py-spy raw output prefix (one file per round)")
+    args = parser.parse_args()
+    libraries = [args.only] if args.only else ["vantum", "pipecat"]
+    if args.baseline:
+        libraries.insert(1, "base")
+    options = {
+        "audio": args.audio,
+        "profile": args.profile,
+        "baseline": str(Path(args.baseline).resolve()) if args.baseline else None,
+    }
+    rows = []
+    for k in (int(x) for x in args.ks.split(",")):
+        for i in range(args.repeat):
+            order = libraries if i % 2 == 0 else libraries[::-1]
+            for library in order:
+                started = time.monotonic()
+                try:
+                    row = one_round(library, k, options)
+                except Exception as exc:  # one failed round must not lose the others
+                    row = {"library": library, "k": k, "error": f"{type(exc).__name__}: {exc}"}
+                shown = {key: row.get(key) for key in ROUND_KEYS}
+                print(f"round {library} K={k}: {time.monotonic() - started:.0f}s {shown}", flush=True)
+                rows.append(row)
+    report(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
