@@ -133,6 +133,17 @@ async def coordinate(url: str, folder: Path, n: int, outstanding: int) -> tuple[
     return wall, cpu, done
 
 
+async def redis_cpu_seconds(url: str) -> float:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = await client.info("cpu")
+    finally:
+        await client.aclose()
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prospects", type=int, default=2000)
@@ -161,6 +172,7 @@ def main() -> None:
         try:
             time.sleep(1.5)  # let the workers import and connect
             wall, cpu, done = asyncio.run(coordinate(server.url, Path(tmp), args.prospects, args.outstanding))
+            redis_cpu = asyncio.run(redis_cpu_seconds(server.url))
         finally:
             for proc in procs:
                 proc.terminate()
@@ -173,6 +185,7 @@ def main() -> None:
     print(f"call starts per second     {done / wall:8.1f}   (end to end, {args.workers} workers, 2 cores shared)")
     print(f"coordinator CPU / attempt  {cpu / max(done, 1) * 1000:8.3f} ms (claim, rules, queue, result, store)")
     print(f"worker CPU / job           {children_cpu / max(done, 1) * 1000:8.3f} ms (lease, markers, events)")
+    print(f"redis-server CPU / job     {redis_cpu / max(done, 1) * 1000:8.3f} ms (since it started)")
     verdict = "yes" if done / wall >= 100 else "NO"
     print(f"queue above 100 starts/s   {verdict}")
 

@@ -188,3 +188,154 @@ async def test_a_poison_job_fails_alone(redis_server: Any, tmp_path: Path) -> No
         attempts = {a["prospect_id"]: a for a in store.attempts(config.id)}
         assert attempts[numbers[1]]["outcome"] == "error" and "bad job" in attempts[numbers[1]]["notes"]
         assert attempts[numbers[0]]["outcome"] == "completed"
+
+
+async def test_a_coordinator_stopped_mid_campaign_resumes_without_a_second_dial(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    """The coordinator is cancelled with jobs queued, running and with results unread; a new one
+    on the same store adopts them: every attempt is dialled once and recorded once."""
+    numbers = [f"+1415555{i:04d}" for i in range(40)]
+    path = write_campaign(tmp_path, numbers)
+    config = load_campaign(path)
+    dials: list[tuple[str, str]] = []
+    line = ScriptedLine(dials, hold=0.2)
+
+    def dispatcher() -> RedisDispatcher:
+        return RedisDispatcher(
+            redis_server.url, campaign_id=config.id, config_text=path.read_text(), config_path=str(path),
+            max_outstanding=8,
+        )  # fmt: skip
+
+    def runner_for(store: CampaignStore, remote: RedisDispatcher) -> CampaignRunner:
+        runner = CampaignRunner(
+            config, store, line, clock=FrozenClock(TUESDAY_MORNING), dispatcher=remote, poll_interval=0.05,
+            idle_exit=0.0, write_records=False,
+        )  # fmt: skip
+        remote.bind(runner, dnc=runner.dnc)
+        return runner
+
+    async with workers(redis_server.url, line, 2):
+        with CampaignStore(tmp_path / "store.db") as store:
+            prepare_campaign(config, store)
+            async with dispatcher() as first:
+                run = asyncio.get_running_loop().create_task(runner_for(store, first).run())
+                async with asyncio.timeout(30):
+                    while len(dials) < 12:  # noqa: ASYNC110 - the dials are a plain list
+                        await asyncio.sleep(0.01)
+                run.cancel()  # abandoned: jobs with the workers, results on the stream unread
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+            left_open = len(store.open_attempts(config.id))
+            assert left_open > 0, "the coordinator stopped with nothing open: the test tested nothing"
+        with CampaignStore(tmp_path / "store.db") as store:
+            async with dispatcher() as second:
+                summary = await asyncio.wait_for(runner_for(store, second).run(), 60)
+            assert summary.reason in ("finished", "waiting")  # waiting: busy numbers retry in 15 minutes
+            attempts = store.attempts(config.id)
+    job_ids = [job_id for job_id, _ in dials]
+    assert len(job_ids) == len(set(job_ids)), "an attempt was dialled twice"
+    assert len(attempts) == len(dials) == 40
+    assert all(a["state"] == "ended" for a in attempts)
+
+
+def test_worker_options_flags_win_over_the_environment() -> None:
+    from vantum_pipeline.campaign.cluster_command import WorkerOptions, parse_service_limits
+    from vantum_pipeline.errors import ConfigurationError
+
+    env = {"CLUSTER_MAX_CALLS": "40", "CLUSTER_CALLS_PER_SECOND": "2.5", "WORKER_MAX_JOBS": "7"}
+    options = WorkerOptions.from_env(
+        "redis://r:6379/0", env, max_calls=None, max_jobs=3, service_limits=parse_service_limits(["cartesia=20"])
+    )
+    assert (options.max_calls, options.max_jobs, options.calls_per_second) == (40, 3, 2.5)
+    assert options.limits == {"calls": 40, "deepgram": 50, "cartesia": 20}  # Deepgram's 50 by default
+    with pytest.raises(ConfigurationError, match="'deepgram=none'"):
+        parse_service_limits(["deepgram=none"])
+    with pytest.raises(ConfigurationError, match="CLUSTER_MAX_CALLS"):
+        WorkerOptions.from_env("redis://r:6379/0", {"CLUSTER_MAX_CALLS": "lots"})
+
+
+def test_vantum_worker_names_what_is_missing(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TWILIO_API_BASE_URL")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    run = subprocess.run(
+        [sys.executable, "-m", "vantum_pipeline", "worker"], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2 and "REDIS_URL" in run.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "vantum_pipeline", "worker", "--fake", "--redis", "redis://127.0.0.1:1/0"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2 and "TWILIO_API_BASE_URL" in run.stderr
+
+
+@pytest.mark.parametrize("owner_finishes", [True, False], ids=["owner-alive", "owner-dead"])
+async def test_a_job_another_worker_placed_is_never_redialled(
+    redis_server: Any, tmp_path: Path, owner_finishes: bool
+) -> None:
+    """A job whose marker says another worker placed the call (its job ran again, as after an
+    in-progress key lapsed): while that worker lives, the job waits and the worker's own result
+    is recorded; once it is dead, Twilio is asked (the call completed → interrupted) and the
+    retry is a new attempt. Attempt 1 is never dialled again."""
+    import redis.asyncio as redis_asyncio
+
+    from vantum_pipeline.campaign.jobs import encode_event, encode_record
+
+    number = "+14155550105"
+    path = write_campaign(tmp_path, [number])
+    config = load_campaign(path)
+    dials: list[tuple[str, str]] = []
+    line = ScriptedLine(dials)
+    with CampaignStore(tmp_path / "store.db") as store:
+        prepare_campaign(config, store)
+        claimed = store.claim(config.id, number, TUESDAY_MORNING.timestamp())
+        assert claimed is not None
+        store.placed(claimed, "CA" + "1" * 32)
+        client = redis_asyncio.Redis.from_url(redis_server.url)
+        keys = Keys(config.id)
+        await client.hset(keys.dial(claimed.job_id), mapping={"state": "placed", "sid": "CA" + "1" * 32,
+                                                               "worker": "ghost", "at": "0"})  # fmt: skip
+        await client.set(Keys.worker("ghost"), "{}", px=30_000 if owner_finishes else 1500)
+
+        async def ghost_finishes() -> None:
+            await asyncio.sleep(8.0)  # later than a reconciliation would wait for a worker that looks dead
+            record = AttemptRecord("meeting_booked", call_sid="CA" + "1" * 32, duration=30.0)
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.xadd(keys.results, encode_event("finished", claimed.job_id, "", record=encode_record(record)))
+                pipe.hset(keys.dial(claimed.job_id), mapping={"state": "done"})
+                await pipe.execute()
+
+        async with RedisDispatcher(
+            redis_server.url, campaign_id=config.id, config_text=path.read_text(), max_outstanding=4
+        ) as dispatcher:
+            from arq import create_pool
+            from arq.connections import RedisSettings
+
+            pool = await create_pool(RedisSettings.from_dsn(redis_server.url))
+            await pool.enqueue_job("place_call", encode_job(CallJob(claimed)), _job_id=claimed.job_id,
+                                   _queue_name=Keys.QUEUE)  # fmt: skip
+            await pool.aclose()
+            async with workers(redis_server.url, line, 1):
+                runner = CampaignRunner(config, store, line, clock=FrozenClock(TUESDAY_MORNING), dispatcher=dispatcher,
+                                        poll_interval=0.05, idle_exit=0.0, write_records=False)  # fmt: skip
+                dispatcher.bind(runner, dnc=runner.dnc)
+                async with asyncio.TaskGroup() as group:
+                    if owner_finishes:
+                        group.create_task(ghost_finishes())
+                    summary = await asyncio.wait_for(runner.run(), 60)
+        await client.aclose()
+        attempts = sorted(store.attempts(config.id), key=lambda a: a["attempt"])
+    assert summary.reconciled == 0  # adopted: the workers settled it, not the coordinator
+    assert attempts[0]["call_sid"] == "CA" + "1" * 32
+    if owner_finishes:
+        assert dials == [], "a call was placed while the worker that owned the attempt was alive"
+        assert [a["outcome"] for a in attempts] == ["meeting_booked"]
+    else:
+        assert [job_id for job_id, _ in dials] == [f"{config.id}:{number}:2"], "attempt 1 was dialled again"
+        assert attempts[0]["outcome"] == "interrupted" and "worker was lost" in attempts[0]["notes"]
+        assert attempts[1]["outcome"] == "completed"

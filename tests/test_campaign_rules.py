@@ -74,7 +74,7 @@ def test_opening_after_fall_back_and_on_a_window_spanning_the_change() -> None:
 def test_a_start_time_skipped_by_the_change_moves_past_the_gap() -> None:
     early = CallingHours(dt.time(2, 30), dt.time(4, 0), frozenset(range(7)))  # 02:30 does not exist on 03-08
     opening = early.next_opening(dt.datetime(2026, 3, 8, 0, 0, tzinfo=NY), NY)
-    assert opening == utc(2026, 3, 8, 7, 30)  # 03:30 EDT: just after the gap
+    assert opening == utc(2026, 3, 8, 7, 0)  # 03:00 EDT: the end of the gap, the window's first moment
     assert early.allows(opening, NY)
 
 

@@ -4,6 +4,7 @@ vantum demo            a whole simulated outbound sales call, offline: no keys, 
 vantum demo --mic      talk to the bot yourself, through your microphone and speaker
 vantum devices         the sound devices --input-device / --output-device can name
 vantum campaign ...    outbound campaigns: run (or run --fake), status, export, demo
+vantum worker          place a campaign's calls on this machine, taking jobs from Redis (--redis URL)
 """
 
 from __future__ import annotations
@@ -51,7 +52,78 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-level", default="ERROR", help="library log level on stderr (default ERROR)")
     commands.add_parser("devices", help="list the sound devices (for demo --mic --input-device/--output-device)")
     _campaign_parser(commands)
+    _worker_parser(commands)
     return parser
+
+
+def _worker_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="place campaign calls on this machine, taking jobs from Redis",
+        description="Takes call jobs from the Redis that campaign coordinators (vantum campaign run FILE --redis "
+        "URL) fill, and places each call within the cluster-wide limits every worker shares. Its Twilio server "
+        "must be reachable at its own public URL. Keys come from the environment or .env; --fake places the "
+        "calls in the simulated world instead (no keys, no network).",
+    )
+    worker.add_argument("--redis", metavar="URL", help="the Redis of the cluster (default: $REDIS_URL)")
+    worker.add_argument("--fake", action="store_true", help="simulated services and prospects: no keys, no network")
+    worker.add_argument("--host", default=None, help="where its Twilio server listens (default 0.0.0.0)")
+    worker.add_argument("--port", type=int, default=None, help="its port (default 8080; 0 with --fake: any)")
+    worker.add_argument(
+        "--public-url", metavar="URL", default=None, help="where Twilio reaches this worker (default $PUBLIC_BASE_URL)"
+    )
+    worker.add_argument("--max-jobs", type=int, default=None, help="calls this worker runs at once (default 10)")
+    worker.add_argument(
+        "--max-calls", type=int, default=None, help="the account's concurrent calls, cluster-wide (default 100)"
+    )
+    worker.add_argument(
+        "--calls-per-second", type=float, default=None, help="the account's call starts per second (default 1)"
+    )
+    worker.add_argument(
+        "--service-limit",
+        action="append",
+        default=[],
+        metavar="NAME=COUNT",
+        help="a service's concurrent connections, cluster-wide (default deepgram=50); repeatable",
+    )
+    worker.add_argument(
+        "--lease-ttl", type=float, default=None, help="seconds a dead worker's places stay taken (default 15)"
+    )
+    worker.add_argument("--health-port", type=int, default=None, help="serve GET /health (JSON) on this port")
+    worker.add_argument("--worker-id", default=None, help="this worker's name (default host:pid)")
+    worker.add_argument("--log-level", default="WARNING", help="library log level on stderr (default WARNING)")
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from vantum_pipeline.campaign.cluster_command import (
+        WorkerOptions,
+        parse_service_limits,
+        run_worker,
+        worker_phone_dialers,
+    )
+    from vantum_pipeline.campaign.redis_link import redis_url_from_env
+
+    options = WorkerOptions.from_env(
+        redis_url_from_env(args.redis),
+        host=args.host,
+        port=args.port if args.port is not None else (0 if args.fake else None),
+        public_url=args.public_url,
+        max_jobs=args.max_jobs,
+        max_calls=args.max_calls,
+        calls_per_second=args.calls_per_second,
+        service_limits=parse_service_limits(args.service_limit),
+        lease_ttl=args.lease_ttl,
+        health_port=args.health_port,
+        worker_id=args.worker_id,
+    )
+    if args.fake:
+        from vantum_pipeline.demo.campaign_demo import fake_worker_dialers
+
+        host = args.host or "127.0.0.1"
+        factory = fake_worker_dialers(host=host, port=options.port, public_url=args.public_url)
+    else:
+        factory = worker_phone_dialers(options)
+    return asyncio.run(run_worker(options, factory))
 
 
 def _mic_params(args: argparse.Namespace) -> LocalAudioParams:
@@ -78,6 +150,14 @@ def _campaign_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     run.add_argument("--host", default="0.0.0.0", help="where the Twilio webhook server listens (default 0.0.0.0)")
     run.add_argument("--port", type=int, default=8080, help="its port (default 8080)")
     run.add_argument(
+        "--redis",
+        metavar="URL",
+        nargs="?",
+        const="",
+        default=None,
+        help="coordinate: queue the calls for `vantum worker` processes on this Redis (no URL: $REDIS_URL)",
+    )
+    run.add_argument(
         "--exit-when-idle",
         type=float,
         default=None,
@@ -100,6 +180,14 @@ def _campaign_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     demo.add_argument("--no-voices", action="store_true", help="prospects and bot speak in tones (faster)")
     demo.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     demo.add_argument("--log-level", default="ERROR", help="library log level on stderr (default ERROR)")
+    status.add_argument(
+        "--redis",
+        metavar="URL",
+        nargs="?",
+        const="",
+        default=None,
+        help="also the workers' counters, summed, from this Redis (no URL: $REDIS_URL)",
+    )
     for sub in (status, export):
         sub.add_argument("--fake", action="store_true", help="the simulated run's results (run --fake)")
         sub.add_argument("--log-level", default="WARNING", help="library log level on stderr")
@@ -109,8 +197,13 @@ def _campaign(args: argparse.Namespace) -> int:
     from vantum_pipeline.campaign.command import export_command, phone_dialer, run_campaign, status_command
     from vantum_pipeline.campaign.config import load_campaign
 
+    redis_url = None
+    if getattr(args, "redis", None) is not None:
+        from vantum_pipeline.campaign.redis_link import redis_url_from_env
+
+        redis_url = redis_url_from_env(args.redis or None)
     if args.action == "status":
-        return status_command(args.target, fake=args.fake)
+        return status_command(args.target, fake=args.fake, redis_url=redis_url)
     if args.action == "export":
         return export_command(args.target, args.format, args.rows, args.out, fake=args.fake)
     if args.action == "demo":
@@ -119,10 +212,20 @@ def _campaign(args: argparse.Namespace) -> int:
         return asyncio.run(run_demo(args.out, plain=args.plain, voices=not args.no_voices))
     config = load_campaign(args.file)
     if args.fake:
-        from vantum_pipeline.demo.campaign_demo import run_fake
+        from vantum_pipeline.demo.campaign_demo import run_fake, run_fake_coordinator
 
         idle = 60.0 if args.exit_when_idle is None else args.exit_when_idle
+        if redis_url is not None:
+            return asyncio.run(run_fake_coordinator(config, redis_url, idle_exit=idle, plain=args.plain))
         return asyncio.run(run_fake(config, idle_exit=idle, plain=args.plain))
+    if redis_url is not None:
+        from vantum_pipeline.campaign.command import reconciling_dialer
+
+        return asyncio.run(
+            run_campaign(
+                config, reconciling_dialer, idle_exit=args.exit_when_idle, plain=args.plain, redis_url=redis_url
+            )
+        )
 
     def dialer(*parts: Any) -> Any:
         return phone_dialer(*parts, host=args.host, port=args.port)
@@ -141,6 +244,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vantum devices: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "worker":
+        try:
+            return _worker(args)
+        except ConfigurationError as exc:
+            print(f"vantum worker: {exc}", file=sys.stderr)
+            return 2
+        except VantumError as exc:
+            print(f"vantum worker: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        except Exception as exc:
+            from vantum_pipeline.campaign.redis_link import is_connection_error
+
+            if not is_connection_error(exc):
+                raise
+            print(f"vantum worker: cannot reach Redis: {exc}", file=sys.stderr)
+            return 1
     if args.command == "campaign":
         try:
             return _campaign(args)

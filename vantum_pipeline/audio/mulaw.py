@@ -58,7 +58,6 @@ ULAW_TO_PCM16: npt.NDArray[np.int16] = _build_decode_table()
 PCM16_TO_ULAW: npt.NDArray[np.uint8] = _build_encode_table()
 
 
-
 def lin2ulaw(pcm: bytes | bytearray | memoryview) -> bytes:
     """Encode 16-bit little-endian PCM as mu-law (one byte per sample).
 

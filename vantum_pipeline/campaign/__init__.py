@@ -9,7 +9,13 @@
 - ``runner``: the loop, reconciliation after a crash, budget stop;
 - ``phone``: the real calls (Twilio server, the service pipeline per call);
 - ``callbacks``: the ``schedule_callback`` tool the model calls;
-- ``results``: status and export; ``view``: the live terminal view.
+- ``results``: status and export; ``view``: the live terminal view;
+- on many machines (the ``redis`` extra): ``jobs`` (the job and result wire
+  format), ``leases`` (cluster-wide limits that expire), ``redis_dispatch``
+  (the coordinator's ``RedisDispatcher``), ``worker`` (``CampaignWorker``),
+  ``redis_link`` (reconnection, the retry policy on Redis writes),
+  ``twilio_rest`` (reconciliation over Twilio's REST API alone) and
+  ``cluster_command`` (``vantum worker``, the cluster's status).
 
 ``campaign`` sits on telephony and transports; nothing below imports it.
 """

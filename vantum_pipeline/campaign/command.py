@@ -24,7 +24,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
 
@@ -37,12 +37,16 @@ from vantum_pipeline.campaign.store import CampaignStore
 from vantum_pipeline.campaign.view import make_view
 from vantum_pipeline.errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from vantum_pipeline.campaign.redis_dispatch import RedisDispatcher
+
 __all__ = [
     "DialerFactory",
     "campaign_lock",
     "export_command",
     "open_store",
     "phone_dialer",
+    "reconciling_dialer",
     "run_campaign",
     "simulated",
     "status_command",
@@ -97,10 +101,18 @@ def open_store(target: Path, *, fake: bool = False) -> tuple[CampaignStore, str]
     return CampaignStore(path), config.id
 
 
-def status_command(target: Path, stream: TextIO = sys.stdout, *, fake: bool = False) -> int:
+def status_command(
+    target: Path, stream: TextIO = sys.stdout, *, fake: bool = False, redis_url: str | None = None
+) -> int:
+    """The store's counts; with ``redis_url``, the workers' (summed) too."""
     store, campaign_id = open_store(target, fake=fake)
     with store:
         print(format_status(campaign_status(store, campaign_id)), file=stream)
+    if redis_url is not None:
+        from vantum_pipeline.campaign.cluster_command import format_cluster, read_cluster
+
+        cluster: dict[str, Any] = asyncio.run(read_cluster(redis_url, campaign_id))
+        print(format_cluster(cluster), file=stream)
     return 0
 
 
@@ -139,6 +151,17 @@ async def phone_dialer(
         yield dialer
 
 
+@contextlib.asynccontextmanager
+async def reconciling_dialer(
+    config: CampaignConfig, dnc: StoreDoNotCall, clock: Clock, on_event: EventCallback
+) -> AsyncIterator[Dialer]:
+    """The coordinator's Twilio (REST only) from the environment: a real account, or a shared FakeTwilio."""
+    from vantum_pipeline.campaign.twilio_rest import ReconcilingDialer, rest_settings_from_env
+
+    async with ReconcilingDialer(rest_settings_from_env(config.caller_id)) as dialer:
+        yield dialer
+
+
 async def run_campaign(
     config: CampaignConfig,
     make_dialer: DialerFactory,
@@ -148,8 +171,13 @@ async def run_campaign(
     plain: bool = False,
     stream: TextIO = sys.stdout,
     is_simulation: bool = False,
+    redis_url: str | None = None,
 ) -> int:
-    """Run ``config`` to its end (or ``idle_exit`` seconds of nothing due); see the module docstring."""
+    """Run ``config`` to its end (or ``idle_exit`` seconds of nothing due); see the module docstring.
+
+    With ``redis_url`` the calls go to ``vantum worker`` processes through Redis (a
+    ``RedisDispatcher``, at most ``max_concurrent_calls`` jobs queued or running), and
+    ``make_dialer`` need only answer reconciliation (a ``ReconcilingDialer``)."""
     clock = clock or SystemClock()
     folder = config.resolved_folder()
     with campaign_lock(folder), CampaignStore(folder / STORE_NAME) as store:
@@ -173,9 +201,20 @@ async def run_campaign(
             view(event)
 
         dnc = StoreDoNotCall(store, on_event)
-        async with make_dialer(config, dnc, clock, on_event) as dialer, view:
-            runner = CampaignRunner(config, store, dialer, clock=clock, on_event=on_event, idle_exit=idle_exit, dnc=dnc)
+        async with make_dialer(config, dnc, clock, on_event) as dialer, view, _dispatcher(config, redis_url) as remote:
+            runner = CampaignRunner(
+                config, store, dialer, clock=clock, on_event=on_event, idle_exit=idle_exit, dnc=dnc, dispatcher=remote
+            )
+            if remote is not None:
+                remote.bind(runner, dnc=dnc)
+                await remote.publish_dnc(store.dnc_numbers())
             summary = await _run_with_signals(runner)
+            if remote is not None:
+                from vantum_pipeline.campaign.cluster_command import format_cluster
+
+                cluster = await remote.metrics()
+        if redis_url is not None:
+            print(format_cluster(cluster), file=stream)
         print(
             f"\n{summary.reason}: {summary.dialled} calls dialled this run, {summary.reconciled} reconciled, "
             f"spend ${summary.spend:.4f}"
@@ -196,6 +235,24 @@ async def run_campaign(
         hint = f"vantum campaign export {'--fake ' if is_simulation else ''}{config.path}"
         print(f"records in {folder / 'calls'}; export: {hint}", file=stream)
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _dispatcher(config: CampaignConfig, redis_url: str | None) -> AsyncIterator[RedisDispatcher | None]:
+    if redis_url is None:
+        yield None
+        return
+    from vantum_pipeline.campaign.redis_dispatch import RedisDispatcher
+
+    text = config.path.read_text(encoding="utf-8")
+    async with RedisDispatcher(
+        redis_url,
+        campaign_id=config.id,
+        config_text=text,
+        config_path=str(config.path),
+        max_outstanding=config.max_concurrent_calls,
+    ) as dispatcher:
+        yield dispatcher
 
 
 async def _run_with_signals(runner: CampaignRunner) -> RunSummary:

@@ -161,6 +161,10 @@ class Keys:
     DNC = "vantum:dnc"
     #: The arq queue the coordinators fill and the workers drain.
     QUEUE = "vantum:calls"
+    #: arq's key of a job being run (it lapses when its worker dies).
+    IN_PROGRESS = "arq:in-progress:"
+    #: A live worker's health (JSON), expiring when the worker stops renewing it.
+    WORKER = "vantum:worker:"
 
     def __init__(self, campaign_id: str) -> None:
         self.campaign_id = campaign_id
@@ -169,6 +173,10 @@ class Keys:
         self.results = f"{base}:results"
         self.metrics = f"{base}:metrics"
         self._dial = f"{base}:dial:"
+
+    @classmethod
+    def worker(cls, worker_id: str) -> str:
+        return cls.WORKER + worker_id
 
     def dial(self, job_id: str) -> str:
         """The marker of one attempt's dial: ``state`` (dialing, placed, done), ``sid``, ``worker``, ``at``."""

@@ -46,6 +46,7 @@ from vantum_pipeline.campaign.dispatch import (
 )
 from vantum_pipeline.campaign.dnc import DoNotCall
 from vantum_pipeline.campaign.store import AttemptRecord
+from vantum_pipeline.campaign.twilio_rest import TwilioCallLookup
 from vantum_pipeline.frames import (
     Frame,
     InputAudioRawFrame,
@@ -170,6 +171,7 @@ class PhoneDialer:
             max_calls=max(config.max_concurrent_calls * 2, 10),
         )
         self._public_base_url = public_base_url
+        self._lookup = TwilioCallLookup(self.server.client)
 
     async def __aenter__(self) -> PhoneDialer:
         await self.server.start()
@@ -278,26 +280,13 @@ class PhoneDialer:
         )
 
     async def call_status(self, sid: str) -> CallStatus | None:
-        from vantum_pipeline.telephony.client import TwilioCallError
-
-        try:
-            call = await self.server.client.fetch(sid)
-        except TwilioCallError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return CallStatus(str(call.sid), str(call.status), float(call.duration or 0), call.answered_by)
+        return await self._lookup.call_status(sid)
 
     async def find_calls(self, number: str, since: float) -> list[CallStatus]:
-        after = dt.datetime.fromtimestamp(since, dt.UTC)
-        calls = await self.server.client.list_calls(to=number, started_after=after)
-        # Twilio filters by date: keep the calls created since ``since``, oldest first.
-        recent = [c for c in calls if c.date_created is None or c.date_created >= after]
-        recent.sort(key=lambda c: c.date_created or after)
-        return [CallStatus(str(c.sid), str(c.status), float(c.duration or 0), c.answered_by) for c in recent]
+        return await self._lookup.find_calls(number, since)
 
     async def hang_up(self, sid: str) -> None:
-        await self.server.client.hang_up(sid)
+        await self._lookup.hang_up(sid)
 
     # ----------------------------------------------------------- pipeline
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from types import TracebackType
@@ -38,10 +39,11 @@ from loguru import logger
 from vantum_pipeline.campaign.dispatch import CallJob, ResultSink
 from vantum_pipeline.campaign.dnc import DoNotCall
 from vantum_pipeline.campaign.jobs import BadJob, Keys, decode_event, decode_record, encode_job
+from vantum_pipeline.campaign.redis_link import redis_settings, with_redis
 from vantum_pipeline.campaign.store import AttemptRecord, AttemptRow
 from vantum_pipeline.errors import ConfigurationError, PipelineError
 
-__all__ = ["GROUP", "RedisDispatcher"]
+__all__ = ["GROUP", "RedisDispatcher", "cluster_metrics"]
 
 #: The consumer group of the coordinators on a campaign's result stream.
 GROUP = "coordinator"
@@ -100,18 +102,10 @@ class RedisDispatcher:
 
     async def __aenter__(self) -> RedisDispatcher:
         from arq import create_pool
-        from arq.connections import RedisSettings
 
-        settings = RedisSettings.from_dsn(self.redis_url)
-        settings.conn_retries = 10
-        settings.conn_retry_delay = 1
-        self._pool = await create_pool(settings)
+        self._pool = await create_pool(redis_settings(self.redis_url, conn_retries=10))
         await self._pool.set(self.keys.config, json.dumps({"text": self.config_text, "path": self.config_path}))
-        try:
-            await self._pool.xgroup_create(self.keys.results, GROUP, id="0", mkstream=True)
-        except Exception as exc:  # BUSYGROUP: it exists since an earlier run
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await self._ensure_group()
         self._consumer_task = asyncio.get_running_loop().create_task(self._consume(), name="campaign-results")
         return self
 
@@ -122,6 +116,15 @@ class RedisDispatcher:
         if self._pool is not None:
             await self._pool.aclose()
             self._pool = None
+
+    async def _ensure_group(self) -> None:
+        from redis.exceptions import ResponseError
+
+        try:
+            await self._pool.xgroup_create(self.keys.results, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:  # BUSYGROUP: it exists since an earlier run
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def _stop_consumer(self) -> None:
         task, self._consumer_task = self._consumer_task, None
@@ -151,8 +154,11 @@ class RedisDispatcher:
             raise PipelineError(f"dispatcher full ({self.max_outstanding} jobs): job {job.job_id} refused")
         self._outstanding[job.job_id] = job
         self._drained.clear()
-        queued = await self._pool.enqueue_job(
-            "place_call", encode_job(job), _job_id=job.job_id, _queue_name=self.queue_name
+        text = encode_job(job)
+        # A retry after a lost reply finds the job queued (arq refuses the id): never two jobs.
+        queued = await with_redis(
+            lambda: self._pool.enqueue_job("place_call", text, _job_id=job.job_id, _queue_name=self.queue_name),
+            what="enqueue",
         )
         self.submitted += 1
         if queued is None:
@@ -173,8 +179,7 @@ class RedisDispatcher:
         left: list[AttemptRow] = []
         for attempt in attempts:
             job_id = attempt.job_id
-            queued = await self._pool.exists(f"arq:job:{job_id}", f"arq:in-progress:{job_id}")
-            marker = await self._pool.hget(self.keys.dial(job_id), "state")
+            queued, marker = await with_redis(functools.partial(self._held, job_id), what="adopt")
             if queued or marker in (b"dialing", b"placed", b"done"):
                 self._outstanding[job_id] = CallJob(attempt)
                 self._drained.clear()
@@ -182,6 +187,11 @@ class RedisDispatcher:
             else:
                 left.append(attempt)
         return left
+
+    async def _held(self, job_id: str) -> tuple[int, bytes | None]:
+        queued = await self._pool.exists(f"arq:job:{job_id}", Keys.IN_PROGRESS + job_id)
+        marker = await self._pool.hget(self.keys.dial(job_id), "state")
+        return int(queued), marker
 
     async def aclose(self, *, graceful: bool = True, timeout: float = 60.0) -> None:
         """Wait (bounded) for the outstanding jobs' results; then stop reading.
@@ -204,13 +214,15 @@ class RedisDispatcher:
 
     async def _consume(self) -> None:
         """Read the result stream for as long as the dispatcher lives; cancel to stop."""
-        backlog = True  # first what this consumer read and did not acknowledge before a restart
+        # First what this consumer read and did not acknowledge before a restart (from ``cursor``
+        # on, so that an entry that cannot be recorded is passed over, not read in a loop).
+        backlog, cursor = True, "0"
         while True:
             try:
                 reply = await self._pool.xreadgroup(
                     GROUP,
                     self.consumer,
-                    {self.keys.results: "0" if backlog else ">"},
+                    {self.keys.results: cursor if backlog else ">"},
                     count=100,
                     block=None if backlog else int(self.read_block * 1000),
                 )
@@ -227,16 +239,28 @@ class RedisDispatcher:
                 await asyncio.sleep(self.reconnect_delay)
                 if "NOGROUP" in str(exc):  # the stream went away with a Redis that lost its data
                     with contextlib.suppress(Exception):
-                        await self._pool.xgroup_create(self.keys.results, GROUP, id="0", mkstream=True)
+                        await self._ensure_group()
+                backlog, cursor = True, "0"  # read again what was delivered and not acknowledged
                 continue
             entries = reply[0][1] if reply else []
-            if backlog and not entries:
-                backlog = False
-                continue
-            for entry_id, fields in entries:
-                await self._handle(entry_id, fields)
+            if backlog:
+                if not entries:
+                    backlog = False
+                    continue
+                last = entries[-1][0]
+                cursor = last.decode() if isinstance(last, bytes) else str(last)
+            done = [entry_id for entry_id, fields in entries if await self._handle(entry_id, fields)]
+            if done:
+                await self._ack(done)
 
-    async def _handle(self, entry_id: Any, fields: dict[Any, Any]) -> None:
+    async def _ack(self, entry_ids: list[Any]) -> None:
+        try:
+            await with_redis(functools.partial(self._pool.xack, self.keys.results, GROUP, *entry_ids), what="ack")
+        except Exception as exc:  # read again later: the store ignores a result recorded twice
+            logger.warning("campaign {}: {} result(s) not acknowledged: {}", self.keys.campaign_id, len(entry_ids), exc)
+
+    async def _handle(self, entry_id: Any, fields: dict[Any, Any]) -> bool:
+        """Record one result; False when it must stay unacknowledged (read again after a restart)."""
         self.events_read += 1
         try:
             kind, event = decode_event(fields)
@@ -244,10 +268,9 @@ class RedisDispatcher:
         except BadJob as exc:
             logger.error("campaign {}: result {} refused: {}", self.keys.campaign_id, entry_id, exc)
         except Exception as exc:
-            # Not acknowledged: read again after a restart. Logged, and the loop goes on.
             logger.opt(exception=exc).error("campaign {}: recording result {} failed", self.keys.campaign_id, entry_id)
-            return
-        await self._pool.xack(self.keys.results, GROUP, entry_id)
+            return False
+        return True
 
     async def _apply(self, kind: str, event: dict[str, str]) -> None:
         if self.sink is None:
@@ -273,7 +296,33 @@ class RedisDispatcher:
         if not self._outstanding:
             self._drained.set()
 
-    async def metrics(self) -> dict[str, float]:
-        """The campaign's counters, summed over every worker."""
-        raw = await self._pool.hgetall(self.keys.metrics)
-        return {k.decode(): float(v) for k, v in raw.items()} | {"read_at": time.time()}
+    async def metrics(self) -> dict[str, Any]:
+        """The campaign's counters and the live workers' health, summed over every worker."""
+        return await cluster_metrics(self._pool, self.keys.campaign_id)
+
+
+async def cluster_metrics(redis: Any, campaign_id: str) -> dict[str, Any]:
+    """The campaign's counters (outcomes, spend, lease refusals: every worker adds to them) and
+    the live workers' health summed (calls in progress, calls placed, poison jobs, reconciled)."""
+    raw = await redis.hgetall(Keys(campaign_id).metrics)
+    campaign = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+    workers: list[dict[str, Any]] = []
+    async for key in redis.scan_iter(match=Keys.WORKER + "*", count=100):
+        value = await redis.get(key)
+        if value is None:
+            continue  # expired between the scan and the read
+        try:
+            workers.append(json.loads(value))
+        except ValueError:
+            logger.warning("worker health {!r} is not JSON: ignored", key)
+    summed = {
+        name: sum(int(w.get(name, 0)) for w in workers)
+        for name in ("running", "jobs", "calls", "lease_refusals", "poison_jobs", "reconciled")
+    }
+    return {
+        "campaign": campaign,
+        "workers": len(workers),
+        "summed": summed,
+        "per_worker": workers,
+        "read_at": time.time(),
+    }

@@ -8,9 +8,11 @@ worker's own public URL). For each job, in this order:
 1. decode it; bad data (a poison job) fails that job alone with a clear error,
    reported to the coordinator as an ``error`` attempt;
 2. look at the attempt's dial marker: ``done`` → nothing to do (the job ran
-   before); ``dialing``/``placed`` → the worker that ran it died mid-call:
+   before); ``dialing``/``placed`` by a worker that is still alive → the job
+   waits (deferred) for that worker to finish it; by a worker that died →
    reconcile through Twilio's call status (never redial a prospect who is still
-   on the line or whose call completed) and report that;
+   on the line or whose call completed; a call of the prospect's earlier
+   attempt is never taken for this one) and report that;
 3. take the cluster-wide leases (concurrent calls, each service's connection
    limit, calls per second); without them the job goes back to the queue,
    deferred, and does not count as failed;
@@ -19,14 +21,25 @@ worker's own public URL). For each job, in this order:
    ``finished`` on the campaign's result stream (``finished`` and the ``done``
    marker in one transaction).
 
-A worker killed with SIGKILL leaves its leases to expire and its jobs'
-in-progress keys to lapse (``job_timeout`` + 10 s); another worker then runs
-the job again and step 2 reconciles it.
+A worker renews, every ``lease_ttl / 3`` seconds, its leases, its health
+key (``vantum:worker:<id>``, which says it is alive) and arq's in-progress key
+of each job it runs. Killed with SIGKILL, it renews nothing: within
+``lease_ttl`` seconds its places come free, it counts as dead, and its jobs'
+in-progress keys lapse, so another worker runs each job again and step 2
+reconciles it. Redis unreachable (a restart): connections reconnect, and the
+writes that matter are retried under the shared retry policy
+(:mod:`.redis_link`); a job that cannot reach Redis before it dials goes back
+to the queue.
+
+Built on arq 0.28's ``Worker``: besides its public options, this module sets
+its in-progress timeout and, when arq's poll loop died on a Redis error, gives
+back the job places the loop had taken for jobs it never started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -42,6 +55,7 @@ from vantum_pipeline.campaign.config import CampaignConfig, parse_campaign
 from vantum_pipeline.campaign.dispatch import TWILIO_STATUS_OUTCOMES, CallJob, CallStatus, Dialer
 from vantum_pipeline.campaign.jobs import BadJob, Keys, decode_job, encode_event, encode_job, encode_record
 from vantum_pipeline.campaign.leases import ClusterLeases, Lease
+from vantum_pipeline.campaign.redis_link import is_connection_error, redis_settings, with_redis
 from vantum_pipeline.campaign.store import AttemptRecord
 from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.telephony.numbers import mask_number, validate_e164
@@ -54,6 +68,8 @@ DialerFactory = Callable[[CampaignConfig, "RedisDoNotCall"], AbstractAsyncContex
 #: A retry because the cluster is full is not a failure: the job may wait a long time.
 _MAX_TRIES = 1_000_000
 _MARKER_TTL = 7 * 24 * 3600
+#: Seconds after a dial marker within which its worker may still be placing the call (REST retries included).
+_PLACING_WINDOW = 60.0
 
 
 class RedisDoNotCall:
@@ -115,6 +131,10 @@ class CampaignWorker:
         self._dialer_lock = asyncio.Lock()
         self._dnc_writes: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(maxsize=10_000)
         self._arq: Any = None
+        self._active: set[str] = set()
+        self._main: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.redis_ok = False
         #: Counters for the health endpoint.
         self.started_at = time.time()
         self.calls = 0
@@ -127,13 +147,10 @@ class CampaignWorker:
 
     async def run(self) -> None:
         """Take jobs until cancelled or :meth:`stop`; the calls in progress then finish (bounded)."""
-        from arq.connections import RedisSettings, create_pool
+        from arq.connections import create_pool
         from arq.worker import Worker, func
 
-        settings = RedisSettings.from_dsn(self.redis_url)
-        settings.conn_retries = 30
-        settings.conn_retry_delay = 1
-        self._redis = await create_pool(settings)
+        self._redis = await create_pool(redis_settings(self.redis_url))
         self._leases = ClusterLeases(
             self._redis,
             namespace="cluster",
@@ -152,33 +169,116 @@ class CampaignWorker:
             health_check_interval=10,
             health_check_key=f"{self.queue_name}:health:{self.worker_id}",
         )
-        flusher = asyncio.get_running_loop().create_task(self._flush_dnc(), name="worker-dnc")
+        loop = asyncio.get_running_loop()
+        helpers = [
+            loop.create_task(self._flush_dnc(), name="worker-dnc"),
+            loop.create_task(self._keep_alive(), name="worker-alive"),
+        ]
         logger.info("worker {} taking jobs from {} (max {} at once)", self.worker_id, self.queue_name, self.max_jobs)
+        # arq keeps a job "in progress" for its whole timeout; here only while this worker renews
+        # it (_keep_alive), so the job of a worker that died runs again within a few lease ttls.
+        self._arq.in_progress_timeout_s = max(3 * self.lease_ttl, 5.0)
         try:
-            await self._arq.main()
+            await self._poll()
         finally:
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._redis.delete(Keys.worker(self.worker_id)), timeout=2.0)
             await self._arq.close()
-            for manager, _, _ in self._dialers.values():
-                try:
-                    await asyncio.wait_for(manager.__aexit__(None, None, None), timeout=10.0)
-                except Exception as exc:
-                    logger.warning("worker {}: closing a dialer failed: {}", self.worker_id, exc)
-            self._dialers.clear()
+            for campaign_id in list(self._dialers):
+                await self._close_dialer(campaign_id)
             await self._redis.aclose()
 
+    async def _poll(self) -> None:
+        """arq's poll loop, started again after Redis went away (arq's own loop ends on the first error)."""
+        from redis.exceptions import RedisError
+
+        failures = 0
+        while True:
+            loop = asyncio.get_running_loop()
+            main = loop.create_task(self._arq.main(), name="worker-poll")
+            self._main = main
+            started = loop.time()
+            try:
+                await main
+                return
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not self._stopping or (current is not None and current.cancelling()):
+                    raise
+                running = [task for task in self._arq.tasks.values() if not task.done()]
+                if running:
+                    logger.info("worker {}: waiting for {} job(s) in progress", self.worker_id, len(running))
+                    await asyncio.wait(running, timeout=self.job_timeout)
+                return
+            except (RedisError, OSError) as exc:
+                failures = 1 if loop.time() - started > 30.0 else failures + 1
+                self.redis_ok = False
+                delay = min(0.25 * 2**failures, 5.0)
+                logger.warning(
+                    "worker {}: Redis went away ({}: {}); polling again in {:.1f}s",
+                    self.worker_id,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                self._repair_arq()
+                await asyncio.sleep(delay)
+                if failures > 1000:
+                    raise
+
+    def _repair_arq(self) -> None:
+        """Give back the job places arq took for jobs it never started (its poll died in between)."""
+        running = sum(1 for task in self._arq.tasks.values() if not task.done())
+        while self._arq.job_counter > running:
+            self._arq.job_counter -= 1
+            with contextlib.suppress(ValueError):
+                self._arq.sem.release()
+
+    def stop(self) -> None:
+        """Take no new job; :meth:`run` returns once the calls in progress ended (bounded by
+        the job timeout). Cancelling ``run()`` instead abandons them (their jobs run again elsewhere)."""
+        self._stopping = True
+        if self._main is not None:
+            self._main.cancel()
+
     def health(self) -> dict[str, Any]:
+        """What ``/health`` answers, and what the worker's Redis key holds (``vantum campaign status`` sums it)."""
         return {
             "worker": self.worker_id,
             "up_s": round(time.time() - self.started_at, 1),
             "calls": self.calls,
             "running": self.running,
+            "jobs": len(self._active),
+            "max_jobs": self.max_jobs,
             "lease_refusals": self.refusals,
             "poison_jobs": self.poison,
             "reconciled": self.reconciled,
-            "redis": self._redis is not None,
+            "redis_ok": self.redis_ok,
+            "limits": self.limits,
+            "calls_per_second": self.calls_per_second,
         }
+
+    async def _keep_alive(self) -> None:
+        """Every ``lease_ttl / 3`` s: say this worker is alive, and keep its jobs' in-progress keys."""
+        interval = self.lease_ttl / 3
+        ttl_ms = int(self.lease_ttl * 1000)
+        while True:
+            try:
+                async with asyncio.timeout(interval * 2):
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        pipe.set(Keys.worker(self.worker_id), json.dumps(self.health()), px=ttl_ms)
+                        for job_id in self._active:
+                            pipe.pexpire(Keys.IN_PROGRESS + job_id, ttl_ms)
+                        await pipe.execute()
+                self.redis_ok = True
+            except Exception as exc:
+                if self.redis_ok:
+                    logger.warning("worker {}: Redis unreachable ({}); retrying", self.worker_id, type(exc).__name__)
+                self.redis_ok = False
+            await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------ the job
 
@@ -192,51 +292,121 @@ class CampaignWorker:
             if job.job_id != job_id:
                 raise BadJob(f"job id {job_id!r} does not match its attempt {job.job_id!r}")
         except BadJob as exc:
-            self.poison += 1
-            logger.error("worker {}: job {} refused: {}", self.worker_id, job_id, exc)
-            campaign = job_id.split(":", 1)[0]
-            if campaign:
-                record = AttemptRecord("error", notes=f"bad job: {exc}"[:300])
-                await self._report_finished(Keys(campaign), job_id, "", record)
+            await self._refuse(job_id, exc)
             raise
+        self._active.add(job_id)
+        try:
+            try:
+                # arq keeps a job in progress for its whole timeout; this worker's renewals keep it
+                # only while the worker lives, so a dead worker's job is run again within lease_ttl.
+                await self._redis.pexpire(Keys.IN_PROGRESS + job_id, int(self.lease_ttl * 1000))
+                prepared = await self._prepare(job)
+            except BadJob as exc:
+                await self._refuse(job_id, exc)
+                raise
+            except ServiceError as exc:  # Twilio cannot say what became of the last worker's call
+                logger.warning("job {}: reconciliation failed ({}); back to the queue, not dialled", job_id, exc)
+                raise Retry(defer=30.0) from None
+            except Exception as exc:
+                if is_connection_error(exc):
+                    logger.warning("job {}: Redis unreachable before the dial ({}); back to the queue", job_id, exc)
+                    raise Retry(defer=1.0) from None
+                # Our bug, not the job's: logged, and reported so that the coordinator is not left waiting.
+                logger.opt(exception=exc).error("worker {}: job {} failed before its dial", self.worker_id, job_id)
+                note = f"worker error before the dial: {type(exc).__name__}: {exc}"
+                record = AttemptRecord("error", notes=note[:300])
+                await self._report_finished(Keys(job.attempt.campaign_id), job_id, encode_job(job), record)
+                raise
+            if isinstance(prepared, str):
+                return prepared
+            if not isinstance(prepared, tuple):
+                raise Retry(defer=float(prepared))
+            lease, dialer, dnc = prepared
+            keys = Keys(job.attempt.campaign_id)
+            async with self._leases_of().keep(lease):
+                record = await self._dial(job, keys, dialer, dnc)
+            await self._report_finished(keys, job_id, encode_job(job), record)
+            return record.outcome
+        finally:
+            self._active.discard(job_id)
+
+    def _leases_of(self) -> ClusterLeases:
+        if self._leases is None:
+            raise ConfigurationError("CampaignWorker.place_call runs under run() only")
+        return self._leases
+
+    async def _prepare(self, job: CallJob) -> str | float | tuple[Lease, Dialer, RedisDoNotCall]:
+        """Before the dial: the outcome when the job is settled (str), the delay when it must wait
+        (float), or the leases and dialer of a call to place now."""
+        job_id = job.job_id
         keys = Keys(job.attempt.campaign_id)
         marker = await self._redis.hgetall(keys.dial(job_id))
         state = marker.get(b"state", b"").decode()
         if state == "done":
             logger.info("job {} ran before: its result is on the stream", job_id)
             return "done before"
-        dialer, dnc = await self._dialer(job.attempt.campaign_id)
+        opened = await self._dialer(job.attempt.campaign_id)
+        if opened is None:
+            return self.lease_ttl
+        dialer, dnc = opened
         if state in ("dialing", "placed"):
+            owner = marker.get(b"worker", b"").decode()
+            if owner != self.worker_id and await self._redis.exists(Keys.worker(owner)):
+                logger.info("job {}: worker {} is still on it; waiting", job_id, owner)
+                return self.lease_ttl
             recovered = await self._recover(job, marker, dialer)
+            if isinstance(recovered, float):
+                return recovered
             if recovered is not None:
+                if await self._reported_by_owner(keys, job_id):
+                    return "done by its worker"
                 self.reconciled += 1
                 await self._report_finished(keys, job_id, encode_job(job), recovered)
                 return recovered.outcome
-        assert self._leases is not None
-        grant = await self._leases.acquire(job_id)
+        grant = await self._leases_of().acquire(job_id)
         if not isinstance(grant, Lease):
             self.refusals += 1
-            await self._redis.hincrby(keys.metrics, "lease_refusals", 1)
-            raise Retry(defer=max(0.05, min(grant.retry_after, 5.0)))
-        async with self._leases.keep(grant):
-            record = await self._dial(job, keys, dialer, dnc)
-        await self._report_finished(keys, job_id, encode_job(job), record)
-        return record.outcome
+            with contextlib.suppress(Exception):
+                await self._redis.hincrby(keys.metrics, "lease_refusals", 1)
+            return max(0.05, min(grant.retry_after, 5.0))
+        return grant, dialer, dnc
+
+    async def _refuse(self, job_id: str, exc: BadJob) -> None:
+        """A poison job: logged, and reported to its coordinator as an ``error`` attempt."""
+        self.poison += 1
+        logger.error("worker {}: job {} refused: {}", self.worker_id, job_id, exc)
+        campaign = job_id.split(":", 1)[0]
+        if campaign:
+            record = AttemptRecord("error", notes=f"bad job: {exc}"[:300])
+            await self._report_finished(Keys(campaign), job_id, "", record)
 
     async def _dial(self, job: CallJob, keys: Keys, dialer: Dialer, dnc: RedisDoNotCall) -> AttemptRecord:
         job_id = job.job_id
         if await self._redis.sismember(Keys.DNC, job.number) or dnc.blocks(job.number):
             logger.info("job {}: {} is on the do-not-call list: not dialled", job_id, mask_number(job.number))
             return AttemptRecord(outcome="do_not_call_list", notes="on the do-not-call list: not dialled")
-        await self._redis.hset(
-            keys.dial(job_id), mapping={"state": "dialing", "worker": self.worker_id, "at": str(time.time())}
-        )
-        await self._redis.expire(keys.dial(job_id), _MARKER_TTL)
+
+        async def mark_dialing() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                marker = {"state": "dialing", "worker": self.worker_id, "at": str(time.time())}
+                pipe.hset(keys.dial(job_id), mapping=marker)
+                pipe.expire(keys.dial(job_id), _MARKER_TTL)
+                await pipe.execute()
+
+        await with_redis(mark_dialing, what="dial marker")  # never dial without the marker
         job_text = encode_job(job)
 
         async def placed(sid: str) -> None:
-            await self._redis.hset(keys.dial(job_id), mapping={"state": "placed", "sid": sid})
-            await self._redis.xadd(keys.results, encode_event("placed", job_id, job_text, sid=sid), maxlen=100_000)
+            async def write() -> None:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(keys.dial(job_id), mapping={"state": "placed", "sid": sid})
+                    pipe.xadd(keys.results, encode_event("placed", job_id, job_text, sid=sid), maxlen=100_000)
+                    await pipe.execute()
+
+            try:
+                await with_redis(write, what="placed")
+            except Exception as exc:  # the call goes on; the finished report carries the sid
+                logger.warning("job {}: reporting call {} as placed failed: {}", job_id, sid, exc)
 
         self.calls += 1
         self.running += 1
@@ -247,26 +417,61 @@ class CampaignWorker:
             record = AttemptRecord(outcome="error", notes=f"{type(exc).__name__}: {exc}"[:200])
         finally:
             self.running -= 1
-        await self._redis.hincrby(keys.metrics, f"outcome:{record.outcome}", 1)
-        await self._redis.hincrbyfloat(keys.metrics, "spend_usd", float(record.cost))
         return record
 
     async def _report_finished(self, keys: Keys, job_id: str, job_text: str, record: AttemptRecord) -> None:
         event = encode_event("finished", job_id, job_text, record=encode_record(record))
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.results, event, maxlen=100_000)
-            pipe.hset(keys.dial(job_id), mapping={"state": "done", "outcome": record.outcome})
-            pipe.expire(keys.dial(job_id), _MARKER_TTL)
-            await pipe.execute()
 
-    async def _recover(self, job: CallJob, marker: dict[bytes, bytes], dialer: Dialer) -> AttemptRecord | None:
-        """The attempt's last worker died: settle it through Twilio. None: it was never placed."""
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(keys.results, event, maxlen=100_000)
+                pipe.hset(keys.dial(job_id), mapping={"state": "done", "outcome": record.outcome})
+                pipe.expire(keys.dial(job_id), _MARKER_TTL)
+                await pipe.execute()
+
+        # Lost only if Redis stays away past the policy: the marker then still says dialing/placed,
+        # and the job's next run reconciles the call through Twilio.
+        await with_redis(write, what="result")
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hincrby(keys.metrics, f"outcome:{record.outcome}", 1)
+                pipe.hincrbyfloat(keys.metrics, "spend_usd", float(record.cost))
+                pipe.set(Keys.worker(self.worker_id), json.dumps(self.health()), px=int(self.lease_ttl * 1000))
+                await pipe.execute()
+        except Exception as exc:  # counters only: the result itself is on the stream
+            logger.warning("job {}: metrics not counted: {}", job_id, exc)
+
+    async def _reported_by_owner(self, keys: Keys, job_id: str) -> bool:
+        """Whether the worker that placed the call reports it after all, within a few lease ttls.
+
+        A worker cut off from Redis for longer than its lease ttl (a slow restart) looks dead
+        but may still run its call: its own result (the conversation's) beats a reconciled one.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3 * self.lease_ttl
+        while loop.time() < deadline:
+            if await self._redis.hget(keys.dial(job_id), "state") == b"done":
+                logger.info("job {}: its worker reported the call itself", job_id)
+                return True
+            await asyncio.sleep(min(0.5, self.lease_ttl / 3))
+        return False
+
+    async def _recover(self, job: CallJob, marker: dict[bytes, bytes], dialer: Dialer) -> AttemptRecord | float | None:
+        """The attempt's last worker died: settle it through Twilio. None: it was never placed
+        (dial now); a float: too early to say (wait that long)."""
         job_id = job.job_id
         sid = marker.get(b"sid", b"").decode() or None
         if sid is None:
-            since = float(marker.get(b"at", b"0") or 0) - 60.0
+            at = float(marker.get(b"at", b"0") or 0)
+            since = at - 60.0
             found = await self._ask(lambda: dialer.find_calls(job.number, since))
+            # Calls of the prospect's earlier attempts may be in the window too: they are not this one.
+            earlier = await self._earlier_sids(job)
+            found = [call for call in found if call.sid not in earlier]
             if not found:
+                if time.time() - at < _PLACING_WINDOW:
+                    # A worker cut off from Redis may still be placing it (REST retries): not yet.
+                    return _PLACING_WINDOW / 4
                 logger.info("job {}: its last worker died before placing the call: dialling now", job_id)
                 return None
             sid = found[-1].sid
@@ -291,6 +496,16 @@ class CampaignWorker:
             duration=duration,
             notes="reconciled after its worker was lost",
         )
+
+    async def _earlier_sids(self, job: CallJob) -> set[str]:
+        keys = Keys(job.attempt.campaign_id)
+        row = job.attempt
+        sids: set[str] = set()
+        for attempt in range(1, row.attempt):
+            sid = await self._redis.hget(keys.dial(f"{row.campaign_id}:{row.prospect_id}:{attempt}"), "sid")
+            if sid:
+                sids.add(sid.decode())
+        return sids
 
     async def _until_ended(self, dialer: Dialer, sid: str) -> CallStatus | None:
         loop = asyncio.get_running_loop()
@@ -318,21 +533,47 @@ class CampaignWorker:
 
     # ------------------------------------------------------------------ per campaign
 
-    async def _dialer(self, campaign_id: str) -> tuple[Dialer, RedisDoNotCall]:
+    async def _dialer(self, campaign_id: str) -> tuple[Dialer, RedisDoNotCall] | None:
+        """The campaign's dialer, opened on first use. None: not now (another campaign's calls
+        hold this worker's server, or the dialer could not open): the job waits in the queue.
+
+        A worker serves one campaign at a time (its Twilio server has one port and one public
+        URL): a job of another campaign waits until this worker's calls of the current one ended.
+        """
         async with self._dialer_lock:
             if campaign_id in self._dialers:
                 _, dialer, dnc = self._dialers[campaign_id]
                 return dialer, dnc
+            busy = {job_id.split(":", 1)[0] for job_id in self._active} & set(self._dialers)
+            if busy:
+                return None
+            for other in list(self._dialers):
+                await self._close_dialer(other)
             raw = await self._redis.get(Keys(campaign_id).config)
             if raw is None:
                 raise BadJob(f"campaign {campaign_id!r} has no configuration in Redis (no coordinator started it)")
-            data = json.loads(raw)
-            config = parse_campaign(data["text"], Path(data.get("path", "campaign.toml")))
+            try:
+                data = json.loads(raw)
+                config = parse_campaign(data["text"], Path(data.get("path", "campaign.toml")))
+            except (ValueError, KeyError, TypeError, ConfigurationError) as exc:
+                raise BadJob(f"campaign {campaign_id!r}: its configuration in Redis is not valid: {exc}") from None
             dnc = RedisDoNotCall(self, campaign_id)
             manager = self.dialer_factory(config, dnc)
-            dialer = await manager.__aenter__()
+            try:
+                dialer = await manager.__aenter__()
+            except ConfigurationError as exc:
+                # This worker's setup, not the job's data: the job stays queued for a worker that can dial.
+                logger.error("worker {}: cannot dial for campaign {}: {}", self.worker_id, campaign_id, exc)
+                return None
             self._dialers[campaign_id] = (manager, dialer, dnc)
             return dialer, dnc
+
+    async def _close_dialer(self, campaign_id: str) -> None:
+        manager, _, _ = self._dialers.pop(campaign_id)
+        try:
+            await asyncio.wait_for(manager.__aexit__(None, None, None), timeout=10.0)
+        except Exception as exc:
+            logger.warning("worker {}: closing the dialer of campaign {} failed: {}", self.worker_id, campaign_id, exc)
 
     async def _flush_dnc(self) -> None:
         while True:

@@ -8,6 +8,7 @@ behaving as the file's ``[simulation]`` table says::
     [simulation]
     start = "2026-03-10T10:30:00-04:00"   # the simulated clock starts here (optional)
     voices = true                          # espeak-ng voices when installed, else tones
+    speech_rate = 1.0                      # > 1: the bot's tones speak faster (short simulated calls)
     default = "books_meeting"              # persona of numbers not listed
     [simulation.personas]
     "+14155550101" = "busy_then_meeting"
@@ -25,20 +26,26 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from vantum_pipeline.campaign.clock import Clock, OffsetClock, SystemClock
-from vantum_pipeline.campaign.command import run_campaign, simulated
+from vantum_pipeline.campaign.command import reconciling_dialer, run_campaign, simulated
 from vantum_pipeline.campaign.config import CampaignConfig, load_campaign
 from vantum_pipeline.campaign.dispatch import Dialer, EventCallback
+from vantum_pipeline.campaign.dnc import DoNotCall
 from vantum_pipeline.campaign.phone import PhoneDialer
 from vantum_pipeline.campaign.runner import StoreDoNotCall
+from vantum_pipeline.campaign.twilio_rest import rest_settings_from_env
+from vantum_pipeline.campaign.worker import DialerFactory as WorkerDialerFactory
 from vantum_pipeline.demo.campaign_world import PERSONAS, Persona, SimulatedWorld, WorldDialer
+from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.settings import load_env, optional_env
+from vantum_pipeline.telephony.settings import TwilioSettings
 
-__all__ = ["run_demo", "run_fake", "write_demo_campaign"]
+__all__ = ["fake_worker_dialers", "run_demo", "run_fake", "run_fake_coordinator", "write_demo_campaign"]
 
 HEADLINE = """\
 vantum campaign demo: 20 simulated prospects, offline (no keys, no network)
@@ -49,7 +56,7 @@ vantum campaign demo: 20 simulated prospects, offline (no keys, no network)
 
 def _personas(config: CampaignConfig) -> tuple[dict[str, Persona], Persona]:
     simulation = config.simulation
-    known = {"start", "voices", "default", "personas"}
+    known = {"start", "voices", "default", "personas", "speech_rate"}
     for key in simulation:
         if key not in known:
             raise config.error(f"simulation.{key}", f"unknown setting (known here: {', '.join(sorted(known))})")
@@ -64,7 +71,14 @@ def _personas(config: CampaignConfig) -> tuple[dict[str, Persona], Persona]:
         if name not in PERSONAS:
             raise config.error(f"simulation.personas.{number}", f"unknown persona {name!r} ({', '.join(PERSONAS)})")
         personas[number] = PERSONAS[name]
+    rate = simulation.get("speech_rate", 1.0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.25 <= rate <= 10:
+        raise config.error("simulation.speech_rate", f"must be a number from 0.25 to 10, got {rate!r}")
     return personas, PERSONAS[default_name]
+
+
+def _speech_rate(config: CampaignConfig) -> float:
+    return float(config.simulation.get("speech_rate", 1.0))
 
 
 def _clock(config: CampaignConfig) -> Clock:
@@ -97,7 +111,7 @@ async def run_fake(
         config: CampaignConfig, dnc: StoreDoNotCall, clock: Clock, on_event: EventCallback
     ) -> AsyncIterator[Dialer]:
         used = {**{number: p for number, p in personas.items()}, "(default)": default}
-        async with SimulatedWorld(used, voices=voices) as world:
+        async with SimulatedWorld(used, voices=voices, speech_rate=_speech_rate(config)) as world:
             services = world.services(config.caller_id)
             recordings = config.resolved_folder() / "recordings"
             phone = PhoneDialer(
@@ -109,6 +123,85 @@ async def run_fake(
 
     return await run_campaign(
         config, world_dialer, clock=clock, idle_exit=idle_exit, plain=plain, stream=stream, is_simulation=True
+    )
+
+
+_SHARED_TWILIO_NEEDED = (
+    "a simulated cluster needs one FakeTwilio that the coordinator and every worker share: start one "
+    "(python -m vantum_pipeline.testing twilio --port 8099) and set TWILIO_API_BASE_URL, "
+    "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN for all of them"
+)
+
+
+def _shared_twilio(env: Mapping[str, str] | None = None) -> TwilioSettings | None:
+    """The FakeTwilio every machine of a simulated cluster shares, when ``TWILIO_API_BASE_URL`` names one."""
+    if optional_env(load_env(env), "TWILIO_API_BASE_URL") is None:
+        return None
+    return rest_settings_from_env("+15005550006", env)
+
+
+def fake_worker_dialers(
+    *, host: str = "127.0.0.1", port: int = 0, public_url: str | None = None, env: Mapping[str, str] | None = None
+) -> WorkerDialerFactory:
+    """``vantum worker --fake``: each campaign's calls in the simulated world.
+
+    Deepgram, OpenAI and Cartesia are stand-ins in this process. Twilio is the
+    FakeTwilio that ``TWILIO_API_BASE_URL`` (with ``TWILIO_ACCOUNT_SID`` and
+    ``TWILIO_AUTH_TOKEN``) names, shared with the coordinator (which reconciles
+    through it) and the other workers; its phones behave as it was told.
+    """
+    shared = _shared_twilio(env)
+    if shared is None:
+        raise ConfigurationError(_SHARED_TWILIO_NEEDED)
+
+    @contextlib.asynccontextmanager
+    async def factory(config: CampaignConfig, dnc: DoNotCall) -> AsyncIterator[Dialer]:
+        personas, default = _personas(config)
+        voices = config.simulation.get("voices", True)
+        used = {**personas, "(default)": default}
+        world = SimulatedWorld(used, voices=bool(voices), shared_twilio=shared, speech_rate=_speech_rate(config))
+        async with world:
+            services = world.services(config.caller_id)
+            phone = PhoneDialer(
+                config,
+                services,
+                dnc=dnc,
+                clock=_clock(config),
+                host=host,
+                port=port,
+                recordings_dir=simulated(config).resolved_folder() / "recordings",
+            )
+            async with phone:
+                phone.server.public_base_url = public_url or phone.server.local_url
+                yield WorldDialer(world, phone, personas, default)
+
+    return factory
+
+
+async def run_fake_coordinator(
+    config: CampaignConfig,
+    redis_url: str,
+    *,
+    idle_exit: float | None = 60.0,
+    plain: bool = False,
+    stream: TextIO = sys.stdout,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """``vantum campaign run --fake --redis URL``: the simulated campaign's coordinator; its
+    workers (``vantum worker --fake``) place the calls on the FakeTwilio all of them share."""
+    if _shared_twilio(env) is None:
+        raise ConfigurationError(_SHARED_TWILIO_NEEDED)
+    _personas(config)  # the [simulation] table is checked before anything starts
+    config = simulated(config)
+    return await run_campaign(
+        config,
+        reconciling_dialer,
+        clock=_clock(config),
+        idle_exit=idle_exit,
+        plain=plain,
+        stream=stream,
+        is_simulation=True,
+        redis_url=redis_url,
     )
 
 

@@ -38,6 +38,7 @@ from vantum_pipeline.campaign.phone import PhoneDialer, ServiceSettings
 from vantum_pipeline.campaign.store import AttemptRecord
 from vantum_pipeline.services.offline.word_accuracy import normalize_words
 from vantum_pipeline.settings import Secret
+from vantum_pipeline.telephony.settings import TwilioSettings
 from vantum_pipeline.testing.callee import BargeIn, HangUp, Listen, Pause, Say
 from vantum_pipeline.testing.offline import ScriptedResponder
 from vantum_pipeline.testing.openai_wire import Reply, ToolCall
@@ -263,13 +264,37 @@ def _callback_time(words: str, description: str) -> str | None:
 
 
 class SimulatedWorld:
-    """The stand-ins and the prospects' phones; ``async with``."""
+    """The stand-ins and the prospects' phones; ``async with``.
 
-    def __init__(self, personas: Mapping[str, Persona], *, voices: bool = True, ring_seconds: float = 1.0) -> None:
+    With ``shared_twilio`` (the settings of a FakeTwilio that several
+    machines share, as the workers of a campaign on many machines do), no
+    FakeTwilio is started here and the phones behave as that one was told;
+    the callee lines' marker tones are the same in every process (the
+    catalog holds every persona's lines, in ``PERSONAS`` order).
+    """
+
+    def __init__(
+        self,
+        personas: Mapping[str, Persona],
+        *,
+        voices: bool = True,
+        ring_seconds: float = 1.0,
+        shared_twilio: TwilioSettings | None = None,
+        linger: float = 8.0,
+        speech_rate: float = 1.0,
+    ) -> None:
+        if speech_rate <= 0:
+            raise ValueError(f"speech_rate must be > 0, got {speech_rate}")
         self.personas = dict(personas)
         self.voices = voices
         self.ring_seconds = ring_seconds
-        texts = [line.text for p in self.personas.values() for line in p.lines]
+        #: Seconds an answered prospect stays on the line after its last words (unless the bot hangs up first).
+        self.linger = linger
+        #: How much faster than the tones' natural pace the bot speaks (tones only, not espeak-ng voices).
+        self.speech_rate = speech_rate
+        self.shared_twilio = shared_twilio
+        everyone = [*PERSONAS.values(), *self.personas.values()]
+        texts = [line.text for p in everyone for line in p.lines]
         self.catalog: LineCatalog | None = None
         self._texts = texts
         self._stack: list[Any] = []
@@ -279,7 +304,7 @@ class SimulatedWorld:
         self.cartesia: Any = None
 
     async def __aenter__(self) -> SimulatedWorld:
-        from vantum_pipeline.testing.cartesia import FakeCartesia
+        from vantum_pipeline.testing.cartesia import FakeCartesia, ToneSynthesizer
         from vantum_pipeline.testing.deepgram import FakeDeepgram
         from vantum_pipeline.testing.openai import FakeOpenAI
         from vantum_pipeline.testing.twilio import CalleeBehaviour, FakeTwilio
@@ -288,9 +313,15 @@ class SimulatedWorld:
         synthesizer = await asyncio.to_thread(_bot_synthesizer, self.voices)
         self.deepgram = FakeDeepgram(recognizer=MarkedLineRecognizer(self.catalog))
         self.openai = FakeOpenAI(responder=CampaignResponder())
-        self.cartesia = FakeCartesia(synthesizer=synthesizer) if synthesizer is not None else FakeCartesia()
-        self.twilio = FakeTwilio(default=CalleeBehaviour(outcome="no-answer", ring_seconds=self.ring_seconds))
-        for fake in (self.deepgram, self.openai, self.cartesia, self.twilio):
+        if synthesizer is None:
+            rate = self.speech_rate
+            synthesizer = ToneSynthesizer(seconds_per_char=0.065 / rate, word_gap=0.08 / rate, sentence_gap=0.25 / rate)
+        self.cartesia = FakeCartesia(synthesizer=synthesizer)
+        fakes = [self.deepgram, self.openai, self.cartesia]
+        if self.shared_twilio is None:
+            self.twilio = FakeTwilio(default=CalleeBehaviour(outcome="no-answer", ring_seconds=self.ring_seconds))
+            fakes.append(self.twilio)
+        for fake in fakes:
             await fake.__aenter__()
             self._stack.append(fake)
         return self
@@ -311,13 +342,14 @@ class SimulatedWorld:
         from vantum_pipeline.telephony.settings import TwilioSettings
 
         key = Secret("simulated")
+        shared = self.shared_twilio
         return ServiceSettings(
             twilio=TwilioSettings(
-                account_sid=self.twilio.account_sid,
-                auth_token=Secret(self.twilio.auth_token),
+                account_sid=shared.account_sid if shared is not None else self.twilio.account_sid,
+                auth_token=shared.auth_token if shared is not None else Secret(self.twilio.auth_token),
                 from_number=caller_id,
                 public_base_url="http://127.0.0.1:1",  # set once the dialer's server has its port
-                api_base_url=self.twilio.base_url,
+                api_base_url=shared.api_base_url if shared is not None else self.twilio.base_url,
                 ring_timeout=5,
             ),
             deepgram=DeepgramSettings(api_key=key, url=self.deepgram.ws_url).for_phone(),
@@ -328,8 +360,10 @@ class SimulatedWorld:
         )
 
     def prepare_phone(self, number: str, persona: Persona, attempt: int) -> None:
-        """How ``number`` behaves for this attempt."""
+        """How ``number`` behaves for this attempt (with a shared Twilio: as that one was told)."""
         assert self.catalog is not None
+        if self.shared_twilio is not None:
+            return
         phone = persona.phone_on(attempt)
         if phone is not None:
             self.twilio.behave(number, outcome=phone, ring_seconds=self.ring_seconds, script=None)
@@ -341,7 +375,7 @@ class SimulatedWorld:
                 steps += [Listen(quiet=0.5, timeout=20.0), Say(audio)]
             else:
                 steps.append(BargeIn(audio, after=line.over_bot, timeout=20.0))
-        steps += [Listen(quiet=0.8, timeout=20.0), Pause(8.0), HangUp()]
+        steps += [Listen(quiet=0.8, timeout=20.0), Pause(self.linger), HangUp()]
         self.twilio.behave(number, outcome=None, ring_seconds=self.ring_seconds, script=steps, max_seconds=90.0)
 
 

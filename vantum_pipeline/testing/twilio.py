@@ -142,8 +142,6 @@ def _filter_date(value: str) -> datetime.date | None:
     return parsed.date()
 
 
-
-
 def _error(status: int, code: int, message: str) -> web.Response:
     body = {
         "code": code,
