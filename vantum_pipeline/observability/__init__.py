@@ -11,6 +11,7 @@ cost and budget, metrics, alerts and the call record. One concept per module:
 ``alerts``      daily cost, error rate, rate limits (``AlertMonitor``)
 ``record``      the call record (``CallRecorder``, ``JsonLinesSink``)
 ``prometheus``  optional exporter (extra ``metrics``)
+``tracing``     OpenTelemetry spans of a call (extra ``tracing``: ``CallTracer``)
 
 Wiring for one call (the registry, alert monitor and limiters are shared by
 the calls of a process; the tracker, guard and recorder belong to one call)::
@@ -24,8 +25,11 @@ the calls of a process; the tracker, guard and recorder belong to one call)::
     recorder = CallRecorder(sink=JsonLinesSink("calls.jsonl"), tracker=tracker)
     task = PipelineTask(Pipeline([..., stt, recorder.user_tap(), ..., guard, tts, ...]))
     MetricsCollector(registry, tracker, alerts=alerts).attach(task)
+    tracer = call_tracer(TracingSettings.from_env(), call_id=call_sid)   # None when off
+    if tracer is not None:
+        tracer.attach(task)
     record = await recorder.run(task)
 
 Nothing is imported here: ``settings`` imports ``redact`` at start-up, and
-the exporter needs an optional dependency.
+the exporter and the tracer need optional dependencies.
 """

@@ -12,9 +12,12 @@ import re
 
 from vantum_pipeline.errors import ConfigurationError
 
-__all__ = ["InvalidNumberError", "mask_number", "validate_e164"]
+__all__ = ["InvalidNumberError", "mask_number", "mask_numbers_in", "validate_e164"]
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+#: What a phone number in free text looks like: ``+`` and 8 or more digits, wherever it stands; or 8 or
+#: more digits (maybe spaced, dashed or bracketed) standing alone, not inside an id such as a call SID.
+_NUMBER_IN_TEXT = re.compile(r"\+[0-9][0-9 ().-]{6,}[0-9]|(?<![0-9A-Za-z+])[0-9][0-9 ().-]{6,}[0-9](?![0-9A-Za-z])")
 
 
 class InvalidNumberError(ConfigurationError):
@@ -43,3 +46,10 @@ def mask_number(number: str) -> str:
     if len(number) <= 6:
         return "*" * len(number)
     return number[:4] + "*" * (len(number) - 6) + number[-2:]
+
+
+def mask_numbers_in(text: str) -> str:
+    """``text`` with everything shaped like a phone number masked
+    (``call +14155550123`` → ``call +141******23``), for text shown or
+    exported beyond the logs: traces, the web console."""
+    return _NUMBER_IN_TEXT.sub(lambda m: mask_number(re.sub(r"[^0-9+]", "", m.group(0))), text)

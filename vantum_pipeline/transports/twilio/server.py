@@ -190,7 +190,7 @@ class TwilioServer:
         self.port = port
         self.client = client or TwilioRestClient(settings)
         self._own_client = client is None
-        self.registry = registry or CallRegistry()
+        self.registry = registry if registry is not None else CallRegistry()  # an empty one is falsy
         self.transport_params = transport_params or TwilioTransportParams()
         self.paths = paths or ServerPaths()
         self.max_calls = max_calls
