@@ -102,14 +102,7 @@ class OpenAITTSService(TTSService):
 
     def __init__(self, settings: OpenAITTSSettings, *, name: str | None = None) -> None:
         super().__init__(
-            timing=TTSTiming(
-                max_retries=settings.max_retries,
-                retry_delay=settings.retry_delay,
-                max_retry_wait=settings.max_retry_wait,
-                first_audio_timeout=settings.first_audio_timeout,
-                stall_timeout=settings.stall_timeout,
-                drain_timeout=settings.drain_timeout,
-            ),
+            timing=TTSTiming.of(settings),
             cache_size=settings.cache_size,
             name=name,
         )

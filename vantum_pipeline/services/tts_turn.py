@@ -41,6 +41,11 @@ class TTSTiming:
     stall_timeout: float | None = 4.0
     drain_timeout: float = 8.0
 
+    @classmethod
+    def of(cls, settings: Any) -> TTSTiming:
+        """The timing fields of a service's settings dataclass (same names)."""
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
     def __post_init__(self) -> None:
         if self.max_retries < 0:
             raise ConfigurationError(f"max_retries must be >= 0, got {self.max_retries}")
