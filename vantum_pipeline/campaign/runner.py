@@ -30,21 +30,17 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from loguru import logger
 
 from vantum_pipeline.campaign.clock import Clock, SystemClock
 from vantum_pipeline.campaign.config import CampaignConfig
 from vantum_pipeline.campaign.dispatch import (
-    TWILIO_STATUS_OUTCOMES,
     CallJob,
-    CallStatus,
     CampaignEvent,
     Dialer,
     Dispatcher,
@@ -55,15 +51,11 @@ from vantum_pipeline.campaign.dnc import read_dnc_file
 from vantum_pipeline.campaign.prospects import ProspectList, RejectedRow, read_prospects
 from vantum_pipeline.campaign.rules import ProspectState, decide, zone
 from vantum_pipeline.campaign.store import AttemptRecord, AttemptRow, CampaignStore
-from vantum_pipeline.errors import ConfigurationError, PipelineError, ServiceError
+from vantum_pipeline.campaign.twilio_rest import ask_twilio, follow_to_end, reconciled_record
+from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.telephony.numbers import mask_number
 
 __all__ = ["CampaignRunner", "Preparation", "RunSummary", "StoreDoNotCall", "prepare_campaign"]
-
-#: Twilio's price per started minute (the product's figure), for calls whose record was lost.
-TWILIO_PRICE_PER_MINUTE = 0.014
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -370,15 +362,23 @@ class CampaignRunner:
             return 0
         logger.info("campaign {}: reconciling {} attempt(s) left open", self.config.id, len(open_attempts))
         self._emit(CampaignEvent("note", text=f"reconciling {len(open_attempts)} call(s) left open by the last run"))
-        async with asyncio.TaskGroup() as group:
-            for attempt in open_attempts:
-                group.create_task(self._reconcile(attempt))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for attempt in open_attempts:
+                    group.create_task(self._reconcile(attempt))
+        except* ServiceError as failed:
+            raise ServiceError(
+                f"campaign {self.config.id}: {failed.exceptions[0]}: not dialling until it does",
+                service="twilio",
+                retryable=True,
+            ) from failed
         return len(open_attempts)
 
     async def _reconcile(self, attempt: AttemptRow) -> None:
         sid = attempt.call_sid
         if sid is None:
-            found = await self._ask_twilio(lambda: self.dialer.find_calls(attempt.number, attempt.claimed_at - 60.0))
+            since = attempt.claimed_at - 60.0
+            found = await ask_twilio(lambda: self.dialer.find_calls(attempt.number, since))
             # Calls of the prospect's earlier attempts are in the window too: they are not this one.
             known = self.store.call_sids(attempt.campaign_id, attempt.prospect_id)
             found = [call for call in found if call.sid not in known]
@@ -388,53 +388,10 @@ class CampaignRunner:
                 return
             sid = found[-1].sid
             self.store.placed(attempt, sid)
-        status = await self._until_ended(sid)
-        if status is None:
-            outcome, twilio_status, duration = "interrupted", None, 0.0
-        else:
-            twilio_status, duration = status.status, status.duration
-            outcome = TWILIO_STATUS_OUTCOMES.get(status.status, "error")
-            if outcome == "completed":
-                outcome = "interrupted"  # answered, but the conversation's result died with the runner
-        cost = math.ceil(duration / 60.0) * TWILIO_PRICE_PER_MINUTE if duration > 0 else 0.0
-        record = AttemptRecord(
-            outcome,
-            twilio_status=twilio_status,
-            call_sid=sid,
-            duration=duration,
-            cost=cost,
-            cost_by_service={"twilio": cost},
-            notes="reconciled after a restart",
-        )
-        logger.info("attempt {} reconciled: Twilio says {} -> {}", attempt.log_id, twilio_status, outcome)
+        status = await follow_to_end(self.dialer, sid, timeout=self.reconcile_timeout)
+        record = reconciled_record(sid, status, notes="reconciled after a restart")
+        logger.info("attempt {} reconciled: Twilio says {} -> {}", attempt.log_id, record.twilio_status, record.outcome)
         self._record(attempt, record)
-
-    async def _until_ended(self, sid: str) -> CallStatus | None:
-        """Poll Twilio until the call has ended (None: Twilio does not know it).
-        A call still up after ``reconcile_timeout`` is hung up."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.reconcile_timeout
-        delay = 0.25
-        while True:
-            status = await self._ask_twilio(lambda: self.dialer.call_status(sid))
-            if status is None or status.ended:
-                return status
-            if loop.time() >= deadline:
-                logger.warning("call {} still {} after {:.0f}s: hanging up", sid, status.status, self.reconcile_timeout)
-                await self._ask_twilio(lambda: self.dialer.hang_up(sid))
-                deadline = loop.time() + 30.0
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    async def _ask_twilio(self, request: Callable[[], Awaitable[T]], tries: int = 5) -> T:
-        """A reconciliation request; PipelineError when Twilio cannot answer: then nobody is dialled."""
-        for attempt in range(tries):
-            try:
-                return await request()
-            except ServiceError as exc:
-                logger.warning("reconciliation request failed ({}/{}): {}", attempt + 1, tries, exc)
-                await asyncio.sleep(min(2.0**attempt, 8.0))
-        raise PipelineError(f"Twilio did not answer {tries} reconciliation requests: not dialling until it does")
 
 
 def _safe(text: str) -> str:

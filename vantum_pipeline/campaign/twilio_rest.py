@@ -7,23 +7,49 @@ The ``PhoneDialer`` of a machine that places calls uses it, and so does the
 coordinator of a campaign on many machines, whose calls the workers place:
 there it is the whole :class:`~vantum_pipeline.campaign.dispatch.Dialer`
 (:class:`ReconcilingDialer`), and ``call`` is an error.
+
+Reconciliation itself, the same for the runner of one machine and for a
+worker that finds a dead worker's job: :func:`ask_twilio` tries each request
+a bounded number of times, :func:`follow_to_end` polls a call until it has
+ended (hanging it up if it is still up after a timeout), and
+:func:`reconciled_record` turns Twilio's last word on the call into the
+attempt's record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
-from vantum_pipeline.campaign.dispatch import CallJob, CallStatus, PlacedCallback
+from loguru import logger
+
+from vantum_pipeline.campaign.dispatch import TWILIO_STATUS_OUTCOMES, CallJob, CallStatus, Dialer, PlacedCallback
 from vantum_pipeline.campaign.store import AttemptRecord
-from vantum_pipeline.errors import PipelineError
+from vantum_pipeline.errors import PipelineError, ServiceError
+from vantum_pipeline.telephony.outcome import call_cost
 
 if TYPE_CHECKING:
     from vantum_pipeline.telephony.client import TwilioRestClient
     from vantum_pipeline.telephony.settings import TwilioSettings
 
-__all__ = ["ReconcilingDialer", "TwilioCallLookup", "rest_settings_from_env"]
+__all__ = [
+    "TWILIO_PRICE_PER_MINUTE",
+    "ReconcilingDialer",
+    "TwilioCallLookup",
+    "ask_twilio",
+    "follow_to_end",
+    "reconciled_record",
+    "rest_settings_from_env",
+]
+
+#: Twilio's price per started minute (the product's figure), for calls whose record was lost.
+TWILIO_PRICE_PER_MINUTE = 0.014
+#: Seconds a call hung up by reconciliation may take to end before it is hung up again.
+_HANG_UP_GRACE = 30.0
+
+T = TypeVar("T")
 
 
 class TwilioCallLookup:
@@ -71,6 +97,61 @@ class ReconcilingDialer(TwilioCallLookup):
 
     async def call(self, job: CallJob, placed: PlacedCallback) -> AttemptRecord:
         raise PipelineError(f"job {job.log_id}: this coordinator places no calls (its workers do)")
+
+
+async def ask_twilio(request: Callable[[], Awaitable[T]], *, tries: int = 5) -> T:
+    """``await request()``, tried ``tries`` times with a growing pause (1, 2, 4, 8 s) while it
+    raises ``ServiceError``; then a retryable ``ServiceError``: nobody is dialled on a guess."""
+    for attempt in range(tries):
+        try:
+            return await request()
+        except ServiceError as exc:
+            logger.warning("reconciliation request failed ({}/{}): {}", attempt + 1, tries, exc)
+            if attempt + 1 < tries:
+                await asyncio.sleep(min(2.0**attempt, 8.0))
+    raise ServiceError(f"Twilio did not answer {tries} reconciliation requests", service="twilio", retryable=True)
+
+
+async def follow_to_end(dialer: Dialer, sid: str, *, timeout: float) -> CallStatus | None:
+    """Poll Twilio until call ``sid`` has ended (None: Twilio does not know it). A call still
+    up after ``timeout`` seconds is hung up, and again every 30 s while Twilio says it is up.
+    Each request goes through :func:`ask_twilio` (its ``ServiceError`` is raised)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.25
+    while True:
+        status = await ask_twilio(lambda: dialer.call_status(sid))
+        if status is None or status.ended:
+            return status
+        if loop.time() >= deadline:
+            logger.warning("call {} still {} after {:.0f}s: hanging up", sid, status.status, timeout)
+            await ask_twilio(lambda: dialer.hang_up(sid))
+            deadline = loop.time() + _HANG_UP_GRACE
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def reconciled_record(sid: str, status: CallStatus | None, *, notes: str) -> AttemptRecord:
+    """The record of an attempt whose conversation was lost, from Twilio's final ``status``
+    (None: Twilio does not know the call): ``interrupted`` if it was answered or unknown,
+    else Twilio's outcome (busy, no_answer, ...); its cost at :data:`TWILIO_PRICE_PER_MINUTE`."""
+    if status is None:
+        outcome, twilio_status, duration = "interrupted", None, 0.0
+    else:
+        twilio_status, duration = status.status, status.duration
+        outcome = TWILIO_STATUS_OUTCOMES.get(status.status, "error")
+        if outcome == "completed":
+            outcome = "interrupted"  # answered, but the conversation's result was lost
+    cost = call_cost(duration, TWILIO_PRICE_PER_MINUTE)
+    return AttemptRecord(
+        outcome,
+        twilio_status=twilio_status,
+        call_sid=sid,
+        duration=duration,
+        cost=cost,
+        cost_by_service={"twilio": cost},
+        notes=notes,
+    )
 
 
 def rest_settings_from_env(caller_id: str, env: Mapping[str, str] | None = None) -> TwilioSettings:

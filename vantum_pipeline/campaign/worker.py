@@ -52,11 +52,12 @@ from typing import Any
 from loguru import logger
 
 from vantum_pipeline.campaign.config import CampaignConfig, parse_campaign
-from vantum_pipeline.campaign.dispatch import TWILIO_STATUS_OUTCOMES, CallJob, CallStatus, Dialer
+from vantum_pipeline.campaign.dispatch import CallJob, Dialer
 from vantum_pipeline.campaign.jobs import BadJob, Keys, decode_job, encode_event, encode_job, encode_record
 from vantum_pipeline.campaign.leases import ClusterLeases, Lease
 from vantum_pipeline.campaign.redis_link import is_connection_error, redis_settings, with_redis
 from vantum_pipeline.campaign.store import AttemptRecord
+from vantum_pipeline.campaign.twilio_rest import ask_twilio, follow_to_end, reconciled_record
 from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.telephony.numbers import mask_number, validate_e164
 
@@ -464,7 +465,7 @@ class CampaignWorker:
         if sid is None:
             at = float(marker.get(b"at", b"0") or 0)
             since = at - 60.0
-            found = await self._ask(lambda: dialer.find_calls(job.number, since))
+            found = await ask_twilio(lambda: dialer.find_calls(job.number, since))
             # Calls of the prospect's earlier attempts may be in the window too: they are not this one.
             earlier = await self._earlier_sids(job)
             found = [call for call in found if call.sid not in earlier]
@@ -475,27 +476,15 @@ class CampaignWorker:
                 logger.info("job {}: its last worker died before placing the call: dialling now", job_id)
                 return None
             sid = found[-1].sid
-        status = await self._until_ended(dialer, sid)
-        if status is None:
-            outcome, twilio_status, duration = "interrupted", None, 0.0
-        else:
-            twilio_status, duration = status.status, status.duration
-            outcome = TWILIO_STATUS_OUTCOMES.get(status.status, "error")
-            if outcome == "completed":
-                outcome = "interrupted"  # answered, but the conversation's result died with the worker
+        status = await follow_to_end(dialer, sid, timeout=self.reconcile_timeout)
+        record = reconciled_record(sid, status, notes="reconciled after its worker was lost")
         logger.warning(
             "job {}: its worker died mid-call; Twilio says {} -> {} (not redialled by this attempt)",
             job_id,
-            twilio_status,
-            outcome,
+            record.twilio_status,
+            record.outcome,
         )
-        return AttemptRecord(
-            outcome,
-            twilio_status=twilio_status,
-            call_sid=sid,
-            duration=duration,
-            notes="reconciled after its worker was lost",
-        )
+        return record
 
     async def _earlier_sids(self, job: CallJob) -> set[str]:
         keys = Keys(job.attempt.campaign_id)
@@ -506,30 +495,6 @@ class CampaignWorker:
             if sid:
                 sids.add(sid.decode())
         return sids
-
-    async def _until_ended(self, dialer: Dialer, sid: str) -> CallStatus | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.reconcile_timeout
-        delay = 0.25
-        while True:
-            status: CallStatus | None = await self._ask(lambda: dialer.call_status(sid))
-            if status is None or status.ended:
-                return status
-            if loop.time() >= deadline:
-                logger.warning("call {} still {} after {:.0f}s: hanging up", sid, status.status, self.reconcile_timeout)
-                await self._ask(lambda: dialer.hang_up(sid))
-                deadline = loop.time() + 30.0
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    async def _ask(self, request: Callable[[], Any], tries: int = 5) -> Any:
-        for attempt in range(tries):
-            try:
-                return await request()
-            except ServiceError as exc:
-                logger.warning("reconciliation request failed ({}/{}): {}", attempt + 1, tries, exc)
-                await asyncio.sleep(min(2.0**attempt, 8.0))
-        raise ServiceError(f"Twilio did not answer {tries} reconciliation requests", service="twilio", retryable=True)
 
     # ------------------------------------------------------------------ per campaign
 
