@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,31 @@ def _campaign(args: argparse.Namespace) -> int:
     return asyncio.run(run_campaign(config, dialer, idle_exit=args.exit_when_idle, plain=args.plain))
 
 
+def _guarded(command: str, run: Callable[[], int], *, on_redis: bool = False) -> int:
+    """``run()``'s exit status, or the error as one line: 2 for bad configuration, 1 for another
+    library error (or, ``on_redis``, Redis out of reach), 130 for Ctrl-C, 0 for a closed stdout."""
+    try:
+        return run()
+    except ConfigurationError as exc:
+        print(f"vantum {command}: {exc}", file=sys.stderr)
+        return 2
+    except VantumError as exc:
+        print(f"vantum {command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if on_redis:
+            from vantum_pipeline.campaign.redis_link import is_connection_error
+
+            if is_connection_error(exc):
+                print(f"vantum {command}: cannot reach Redis: {exc}", file=sys.stderr)
+                return 1
+        if isinstance(exc, BrokenPipeError):  # `vantum campaign export ... | head`
+            return 0
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Keys (in .env for --mic with cloud services) never reach a log line.
@@ -245,36 +271,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if args.command == "worker":
-        try:
-            return _worker(args)
-        except ConfigurationError as exc:
-            print(f"vantum worker: {exc}", file=sys.stderr)
-            return 2
-        except VantumError as exc:
-            print(f"vantum worker: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-        except Exception as exc:
-            from vantum_pipeline.campaign.redis_link import is_connection_error
-
-            if not is_connection_error(exc):
-                raise
-            print(f"vantum worker: cannot reach Redis: {exc}", file=sys.stderr)
-            return 1
+        return _guarded("worker", lambda: _worker(args), on_redis=True)
     if args.command == "campaign":
-        try:
-            return _campaign(args)
-        except ConfigurationError as exc:
-            print(f"vantum campaign: {exc}", file=sys.stderr)
-            return 2
-        except VantumError as exc:
-            print(f"vantum campaign: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-        except BrokenPipeError:  # `vantum campaign export ... | head`
-            return 0
+        return _guarded("campaign", lambda: _campaign(args))
     if args.command == "demo":
         try:
             if args.mic:
