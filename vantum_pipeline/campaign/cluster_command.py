@@ -19,14 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from loguru import logger
-
+from vantum_pipeline.campaign.command import stop_on_signals
 from vantum_pipeline.campaign.config import CampaignConfig
 from vantum_pipeline.campaign.worker import CampaignWorker, DialerFactory
 from vantum_pipeline.errors import ConfigurationError
@@ -159,38 +157,21 @@ async def run_worker(options: WorkerOptions, factory: DialerFactory, *, stream: 
         worker_id=options.worker_id,
     )
     health = await _serve_health(worker, options.host, options.health_port) if options.health_port else None
-    loop = asyncio.get_running_loop()
-    main = loop.create_task(worker.run(), name="campaign-worker")
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            logger.warning("worker stopping: no new jobs; the calls in progress finish (again to abandon them)")
-            worker.stop()
-        else:
-            main.cancel()
-
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal)
-            installed.append(sig)
+    main = asyncio.get_running_loop().create_task(worker.run(), name="campaign-worker")
+    warning = "worker stopping: no new jobs; the calls in progress finish (again to abandon them)"
     limits = ", ".join(f"{name} {count}" for name, count in options.limits.items())
-    print(
-        f"worker {worker.worker_id}: jobs from {_masked(options.redis_url)}, up to {options.max_jobs} at once; "
-        f"cluster limits: {limits}, {options.calls_per_second:g} calls/s"
-        + (f"; health on :{options.health_port}/health" if options.health_port else ""),
-        file=stream,
-        flush=True,
-    )
     try:
-        with contextlib.suppress(asyncio.CancelledError):
-            await main
+        with stop_on_signals(worker.stop, main, warning):
+            print(
+                f"worker {worker.worker_id}: jobs from {_masked(options.redis_url)}, up to {options.max_jobs} at once; "
+                f"cluster limits: {limits}, {options.calls_per_second:g} calls/s"
+                + (f"; health on :{options.health_port}/health" if options.health_port else ""),
+                file=stream,
+                flush=True,
+            )
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
         if health is not None:
             await health.cleanup()
     print(f"worker {worker.worker_id}: stopped after {worker.calls} calls", file=stream, flush=True)

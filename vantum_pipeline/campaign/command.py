@@ -50,6 +50,7 @@ __all__ = [
     "run_campaign",
     "simulated",
     "status_command",
+    "stop_on_signals",
 ]
 
 STORE_NAME = "campaign.sqlite"
@@ -256,16 +257,27 @@ async def _dispatcher(config: CampaignConfig, redis_url: str | None) -> AsyncIte
 
 
 async def _run_with_signals(runner: CampaignRunner) -> RunSummary:
+    with stop_on_signals(
+        runner.stop,
+        asyncio.current_task(),
+        "stopping: no new calls; the calls in progress finish (again to abandon them)",
+    ):
+        return await runner.run()
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[], None], main: asyncio.Task[Any] | None, warning: str) -> Iterator[None]:
+    """While the block runs, the first SIGINT or SIGTERM logs ``warning`` and calls ``stop``
+    (finish what is in progress); the next one cancels ``main`` (abandon it)."""
     loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
     presses = 0
 
     def on_signal() -> None:
         nonlocal presses
         presses += 1
         if presses == 1:
-            logger.warning("stopping: no new calls; the calls in progress finish (again to abandon them)")
-            runner.stop()
+            logger.warning(warning)
+            stop()
         elif main is not None:
             main.cancel()
 
@@ -275,7 +287,7 @@ async def _run_with_signals(runner: CampaignRunner) -> RunSummary:
             loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
     try:
-        return await runner.run()
+        yield
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
