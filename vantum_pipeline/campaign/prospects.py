@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from vantum_pipeline.campaign.rules import timezone_for_number, zone
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.telephony.numbers import InvalidNumberError, mask_number, validate_e164
 
-__all__ = ["Prospect", "ProspectList", "RejectedRow", "normalize_number", "read_prospects"]
+__all__ = ["Prospect", "ProspectList", "RejectedRow", "normalize_number", "prospect_prompt_variables", "read_prospects"]
 
 _SEPARATORS = re.compile(r"[\s\-.()]")
 _NUMBER_COLUMNS = ("number", "phone", "phone_number")
@@ -55,8 +56,14 @@ class Prospect:
 
     def prompt_variables(self) -> dict[str, str]:
         """What the prompt template gets from this row."""
-        values = {"prospect_name": self.name, "prospect_company": self.company, **self.variables}
-        return {key: value for key, value in values.items() if value != ""}
+        return prospect_prompt_variables(self.name, self.company, self.variables)
+
+
+def prospect_prompt_variables(name: str, company: str, variables: Mapping[str, str]) -> dict[str, str]:
+    """What the prompt template gets from a prospect (its row here, its stored row when dialled):
+    ``prospect_name``, ``prospect_company`` and the extra columns, the empty ones left out."""
+    values = {"prospect_name": name, "prospect_company": company, **variables}
+    return {key: value for key, value in values.items() if value != ""}
 
 
 @dataclass(frozen=True, slots=True)

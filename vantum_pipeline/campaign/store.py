@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vantum_pipeline.campaign.prospects import Prospect, normalize_number
+from vantum_pipeline.campaign.prospects import Prospect, normalize_number, prospect_prompt_variables
 from vantum_pipeline.campaign.rules import Decision, ProspectState
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.telephony.client import mask_numbers
@@ -130,8 +130,7 @@ class ProspectRow:
     next_at: float | None
 
     def prompt_variables(self) -> dict[str, str]:
-        values = {"prospect_name": self.name, "prospect_company": self.company, **self.variables}
-        return {key: value for key, value in values.items() if value != ""}
+        return prospect_prompt_variables(self.name, self.company, self.variables)
 
 
 @dataclass(frozen=True, slots=True)
