@@ -150,14 +150,7 @@ def _campaign_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     run.add_argument("--fake", action="store_true", help="simulated services and prospects: no keys, no network")
     run.add_argument("--host", default="0.0.0.0", help="where the Twilio webhook server listens (default 0.0.0.0)")
     run.add_argument("--port", type=int, default=8080, help="its port (default 8080)")
-    run.add_argument(
-        "--redis",
-        metavar="URL",
-        nargs="?",
-        const="",
-        default=None,
-        help="coordinate: queue the calls for `vantum worker` processes on this Redis (no URL: $REDIS_URL)",
-    )
+    _redis_option(run, "coordinate: queue the calls for `vantum worker` processes on this Redis")
     run.add_argument(
         "--exit-when-idle",
         type=float,
@@ -181,17 +174,17 @@ def _campaign_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     demo.add_argument("--no-voices", action="store_true", help="prospects and bot speak in tones (faster)")
     demo.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     demo.add_argument("--log-level", default="ERROR", help="library log level on stderr (default ERROR)")
-    status.add_argument(
-        "--redis",
-        metavar="URL",
-        nargs="?",
-        const="",
-        default=None,
-        help="also the workers' counters, summed, from this Redis (no URL: $REDIS_URL)",
-    )
+    _redis_option(status, "also the workers' counters, summed, from this Redis")
     for sub in (status, export):
         sub.add_argument("--fake", action="store_true", help="the simulated run's results (run --fake)")
         sub.add_argument("--log-level", default="WARNING", help="library log level on stderr")
+
+
+def _redis_option(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """``--redis [URL]``: absent, None; without a URL, "" (then $REDIS_URL)."""
+    parser.add_argument(
+        "--redis", metavar="URL", nargs="?", const="", default=None, help=f"{purpose} (no URL: $REDIS_URL)"
+    )
 
 
 def _campaign(args: argparse.Namespace) -> int:
