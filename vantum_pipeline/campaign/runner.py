@@ -13,7 +13,10 @@ into the store (idempotent: a restart imports nothing twice).
    an attempt without one (killed between the claim and Twilio's answer) is
    searched for among Twilio's calls to that number since the claim, and
    forgotten only if Twilio never placed it. A call Twilio completed whose
-   conversation we lost is ``interrupted`` (its rule: retry);
+   conversation we lost is ``interrupted`` (its rule: retry). The requests
+   and the following are :mod:`.twilio_rest`'s, shared with the workers; a
+   Twilio that does not answer stops the run (``ServiceError``) before anyone
+   is dialled;
 2. then, until no prospect is pending (or ``idle_exit`` seconds of nothing
    due, or ``stop()``): claims due prospects up to the dispatcher's free
    slots, skipping DNC numbers (final: never dialled) and deferring those
