@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from vantum_pipeline.campaign.command import campaign_lock
+from vantum_pipeline.campaign.command import campaign_lock, stop_on_signals
 from vantum_pipeline.campaign.config import load_campaign
 from vantum_pipeline.campaign.dispatch import CampaignEvent
 from vantum_pipeline.campaign.prospects import read_prospects
@@ -96,3 +99,33 @@ def test_live_view_shows_calls_in_progress_counts_and_progress(tmp_path: Path) -
         assert "outside calling hours" in shown and "spend" in shown
         # Not a terminal: plain lines.
         assert isinstance(make_view(store, "c", title="C", stream=io.StringIO()), PlainView)
+
+
+async def test_the_first_signal_stops_gently_and_the_second_abandons() -> None:
+    """`vantum campaign run` and `vantum worker`: Ctrl-C (or SIGTERM) lets the calls in progress finish;
+    a second one abandons them."""
+    stops: list[str] = []
+    stopped = asyncio.Event()
+
+    def stop() -> None:
+        stops.append("stop")
+        stopped.set()
+
+    main = asyncio.get_running_loop().create_task(asyncio.sleep(60), name="work in progress")
+    try:
+        with stop_on_signals(stop, main, "stopping (test)"):
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                pytest.skip("no signal handlers on this event loop")
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(stopped.wait(), 10)
+            await asyncio.sleep(0.05)
+            assert stops == ["stop"] and not main.done()  # the work goes on
+            os.kill(os.getpid(), signal.SIGINT)
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(main, 10)
+            assert stops == ["stop"]
+        # Outside the block the process's own handlers are back.
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        main.cancel()
