@@ -1,10 +1,12 @@
 """What the console reads about campaigns: a small protocol, and an in-memory implementation.
 
 The console shows, per campaign, its progress (prospects done out of the
-total), the count of each call outcome, and the spend over time. It reads
-them from any ``CampaignStatsProvider``: the campaign runner implements it
-over its store; ``InMemoryCampaignStats`` is one for tests, demos and
-single-process runs, fed by the telephony records of the calls::
+total, and the calls in progress), the count of each call outcome, and the
+spend over time. It reads them from any ``CampaignStatsProvider``:
+``vantum_pipeline.campaign.figures.StoreCampaignStats`` implements it over
+the campaign store (``vantum campaign run`` and ``vantum worker`` mount the
+console with it); ``InMemoryCampaignStats`` is one for tests, demos and
+single-process runs without a store, fed by the telephony records of the calls::
 
     stats = InMemoryCampaignStats()
     stats.add_campaign("spring", name="Spring promotion", prospects=500, budget=40.0)
@@ -35,6 +37,7 @@ class CampaignStats:
     """One campaign's figures, as the console shows them.
 
     ``done`` prospects have a final outcome out of ``prospects``;
+    ``in_progress`` calls are being placed or are on the line;
     ``outcomes`` counts calls by outcome (``completed``, ``retry_later``,
     …, or the app's own); ``spend`` is the cumulative dollars over time,
     as ``(unix seconds, total so far)`` points in time order.
@@ -48,6 +51,7 @@ class CampaignStats:
     spend: Sequence[tuple[float, float]]
     state: str = "running"
     budget: float | None = None
+    in_progress: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +60,7 @@ class CampaignStats:
             "state": self.state,
             "prospects": self.prospects,
             "done": self.done,
+            "in_progress": self.in_progress,
             "progress": 0.0 if self.prospects <= 0 else min(1.0, self.done / self.prospects),
             "outcomes": dict(sorted(self.outcomes.items())),
             "spend": [[round(at, 3), round(total, 6)] for at, total in self.spend],

@@ -1,0 +1,294 @@
+"""The web console's campaign figures, read from the campaign store.
+
+``StoreCampaignStats(path)`` is a ``CampaignStatsProvider`` (see
+``vantum_pipeline.console.campaigns``) over a campaign store that a runner
+is writing: per campaign, its progress (prospects in a final state out of
+all of them, calls in progress), the count of each call outcome, and the
+spend over time::
+
+    stats = StoreCampaignStats(folder / "campaign.sqlite", budgets={config.id: config.budget_usd})
+    mount_console(server.app, hub, ConsoleSettings.from_env(), campaigns=stats)
+
+It never writes and never slows the writer: its own read-only connection
+(``mode=ro``, ``query_only``), reads that WAL lets run beside the runner's
+transactions, each read one snapshot (one read transaction), each query
+aborted past ``query_timeout`` seconds, on a worker thread so the event loop
+never waits on SQLite.
+
+Cheap per console tick, whatever the campaign's size:
+
+- at most one read every ``min_interval`` seconds, shared by every viewer
+  (one read in flight at a time; callers wait on it, a cancelled caller
+  leaves it running for the next);
+- nothing but ``PRAGMA data_version`` when the store has not changed since
+  the last read;
+- attempts are tallied incrementally: ended attempts never change, so a read
+  looks only at the attempts inserted since the last one (a rowid range)
+  and at those that were still open (bounded by the calls in progress);
+- the prospects are counted by state on the ``prospects_due`` index alone.
+
+The first read tallies the attempts already in the store, up to
+``max_rows_per_read`` per read (a big store's history arrives over a few
+reads). The spend series keeps at most ``max_points`` points: past that,
+every other point is dropped (the curve keeps its span and its totals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vantum_pipeline.campaign.rules import ProspectState
+from vantum_pipeline.campaign.store import SCHEMA_VERSION
+from vantum_pipeline.console.campaigns import CampaignStats
+from vantum_pipeline.errors import ConfigurationError
+
+__all__ = ["StoreCampaignStats"]
+
+_FINAL: frozenset[str] = frozenset(state.value for state in ProspectState if state.final)
+_COLUMNS = "rowid, campaign_id, prospect_id, attempt, state, outcome, cost, ended_at"
+#: Open attempts re-read per query (SQLite's bound on host parameters is far above it).
+_CHUNK = 500
+
+_Key = tuple[str, str, int]
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One campaign's figures, kept between reads."""
+
+    name: str
+    created_at: float
+    outcomes: dict[str, int] = field(default_factory=dict)
+    spent: float = 0.0
+    spend: list[tuple[float, float]] = field(default_factory=list)
+    states: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Ended:
+    campaign_id: str
+    outcome: str
+    cost: float
+    ended_at: float
+
+
+class StoreCampaignStats:
+    """See the module docstring. ``budgets`` maps a campaign id to its budget
+    in dollars (shown against the spend); ``campaign_ids`` limits what is shown
+    (default: every campaign in the store, newest first, at most ``max_campaigns``)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        budgets: Mapping[str, float | None] | None = None,
+        campaign_ids: Sequence[str] | None = None,
+        min_interval: float = 1.0,
+        query_timeout: float = 1.0,
+        max_points: int = 400,
+        max_campaigns: int = 20,
+        max_rows_per_read: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_points < 2:
+            raise ConfigurationError(f"max_points must be >= 2, got {max_points}")
+        if query_timeout <= 0 or min_interval < 0:
+            raise ConfigurationError(
+                f"query_timeout must be > 0 and min_interval >= 0, got {query_timeout} and {min_interval}"
+            )
+        self.path = Path(path)
+        self.budgets = dict(budgets or {})
+        self.campaign_ids = list(campaign_ids) if campaign_ids is not None else None
+        self.min_interval = min_interval
+        self.query_timeout = query_timeout
+        self.max_points = max_points
+        self.max_campaigns = max_campaigns
+        self.max_rows_per_read = max_rows_per_read
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._data_version: int | None = None
+        self._tallies: dict[str, _Tally] = {}
+        self._shown: list[str] = []
+        self._seen_rowid = 0
+        self._open: dict[int, _Key] = {}
+        self._catching_up = False
+        self._cached: list[CampaignStats] = []
+        self._read_at: float | None = None
+        self._inflight: asyncio.Future[list[CampaignStats]] | None = None
+        self._deadline = 0.0
+        #: Reads that touched SQLite beyond ``data_version`` (for tests and benchmarks).
+        self.reads = 0
+        #: Attempt rows fetched, all reads together.
+        self.rows_read = 0
+
+    # ------------------------------------------------------------ provider
+
+    async def campaign_stats(self) -> Sequence[CampaignStats]:
+        """The figures, at most ``min_interval`` seconds old. Cancel-safe: a
+        cancelled caller leaves the read in flight for the next one."""
+        if self._read_at is not None and self._clock() - self._read_at < self.min_interval:
+            return self._cached
+        if self._inflight is None:
+            loop = asyncio.get_running_loop()
+            self._inflight = loop.run_in_executor(None, self._read)
+            self._inflight.add_done_callback(self._read_done)
+        return await asyncio.shield(self._inflight)
+
+    def _read_done(self, future: asyncio.Future[list[CampaignStats]]) -> None:
+        self._inflight = None
+        if not future.cancelled() and future.exception() is None:
+            self._cached = future.result()
+            self._read_at = self._clock()
+
+    async def aclose(self) -> None:
+        """Wait (bounded) for a read in flight, then close the connection."""
+        if self._inflight is not None:
+            await asyncio.wait([self._inflight], timeout=self.query_timeout * 4)
+        self.close()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # ------------------------------------------------------------- reading
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._db is not None:
+            return self._db
+        if not self.path.is_file():
+            return None  # the runner has not created it yet
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=self.query_timeout, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA query_only=ON")
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION or version < 1:
+            db.close()
+            raise ConfigurationError(f"{self.path}: store schema version {version}, expected 1 to {SCHEMA_VERSION}")
+        # A query running past its deadline is aborted (sqlite3.OperationalError: interrupted).
+        db.set_progress_handler(lambda: 1 if time.monotonic() > self._deadline else 0, 10_000)
+        self._db = db
+        return db
+
+    def _read(self) -> list[CampaignStats]:
+        """One snapshot of the store, on a worker thread. Everything is queried
+        first and applied after: a query that fails leaves the tallies as they were."""
+        db = self._connect()
+        if db is None:
+            return []
+        self._deadline = time.monotonic() + self.query_timeout
+        data_version = int(db.execute("PRAGMA data_version").fetchone()[0])
+        if data_version == self._data_version and not self._catching_up:
+            return self._cached  # no commit since the last read
+        self.reads += 1
+        db.execute("BEGIN")
+        try:
+            campaigns = db.execute("SELECT id, name, created_at FROM campaigns ORDER BY created_at DESC, id").fetchall()
+            wanted = [row[0] for row in campaigns]
+            if self.campaign_ids is not None:
+                wanted = [campaign_id for campaign_id in self.campaign_ids if campaign_id in wanted]
+            shown = wanted[: self.max_campaigns]
+            top = int(db.execute("SELECT MAX(rowid) FROM attempts").fetchone()[0] or 0)
+            # Rowids come from the top of the table: after the top rows were deleted (an
+            # attempt never placed is forgotten), the next insert reuses their rowids.
+            since = min(self._seen_rowid, top)
+            open_rowids = list(self._open)
+            found: dict[int, Any] = {}
+            for start in range(0, len(open_rowids), _CHUNK):
+                chunk = open_rowids[start : start + _CHUNK]
+                query = f"SELECT {_COLUMNS} FROM attempts WHERE rowid IN ({','.join('?' * len(chunk))})"
+                found.update((row[0], row) for row in db.execute(query, chunk))
+            new_rows = db.execute(
+                f"SELECT {_COLUMNS} FROM attempts WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (since, self.max_rows_per_read),
+            ).fetchall()
+            states = {
+                campaign_id: {
+                    row[0]: int(row[1])
+                    for row in db.execute(
+                        "SELECT state, COUNT(*) FROM prospects WHERE campaign_id = ? GROUP BY state", (campaign_id,)
+                    )
+                }
+                for campaign_id in shown
+            }
+        finally:
+            db.execute("COMMIT")
+        self.rows_read += len(found) + len(new_rows)
+        for campaign_id, name, created_at in campaigns:
+            tally = self._tallies.setdefault(campaign_id, _Tally(name, float(created_at)))
+            tally.name = name
+        self._shown = shown
+        ended: list[_Ended] = []
+        for rowid in open_rowids:
+            self._open.pop(rowid)
+            row = found.get(rowid)
+            if row is None:
+                continue  # forgotten (never placed)
+            # Still open, ended since, or a new attempt on a reused rowid (at or below ``since``).
+            self._take(row, ended)
+        for row in new_rows:
+            self._take(row, ended)
+        self._seen_rowid = new_rows[-1][0] if new_rows else since
+        self._catching_up = len(new_rows) >= self.max_rows_per_read
+        self._add_ended(ended)
+        for campaign_id, counts in states.items():
+            self._tallies[campaign_id].states = counts
+        self._data_version = data_version
+        return [self._stats(campaign_id) for campaign_id in self._shown]
+
+    def _take(self, row: Any, ended: list[_Ended]) -> None:
+        if row[4] == "ended":
+            ended.append(_Ended(row[1], row[5] or "", float(row[6] or 0.0), float(row[7] or 0.0)))
+        else:
+            self._open[row[0]] = (row[1], row[2], row[3])
+
+    def _add_ended(self, ended: list[_Ended]) -> None:
+        ended.sort(key=lambda item: item.ended_at)
+        for item in ended:
+            tally = self._tallies.get(item.campaign_id)
+            if tally is None:
+                continue  # an attempt of no campaign row
+            tally.outcomes[item.outcome] = tally.outcomes.get(item.outcome, 0) + 1
+            tally.spent += max(0.0, item.cost)
+            at = item.ended_at if not tally.spend else max(item.ended_at, tally.spend[-1][0])
+            tally.spend.append((at, tally.spent))
+            if len(tally.spend) > self.max_points:
+                last = tally.spend[-1]
+                tally.spend = tally.spend[::2]
+                if tally.spend[-1] != last:
+                    tally.spend.append(last)
+
+    def _stats(self, campaign_id: str) -> CampaignStats:
+        tally = self._tallies[campaign_id]
+        states = tally.states
+        total = sum(states.values())
+        done = sum(count for state, count in states.items() if state in _FINAL)
+        dialing = states.get(ProspectState.DIALING.value, 0)
+        pending = states.get(ProspectState.PENDING.value, 0)
+        budget = self.budgets.get(campaign_id)
+        if pending + dialing == 0:
+            state = "finished" if total else "empty"
+        elif dialing:
+            state = "calling"
+        elif budget is not None and tally.spent >= budget:
+            state = "budget reached"
+        else:
+            state = "waiting"
+        return CampaignStats(
+            campaign_id=campaign_id,
+            name=tally.name,
+            prospects=total,
+            done=done,
+            outcomes=dict(tally.outcomes),
+            spend=list(tally.spend),
+            state=state,
+            budget=budget,
+            in_progress=dialing,
+        )
