@@ -31,6 +31,7 @@ from loguru import logger
 from vantum_pipeline.campaign.clock import Clock, SystemClock
 from vantum_pipeline.campaign.config import CampaignConfig, load_campaign
 from vantum_pipeline.campaign.dispatch import CampaignEvent, Dialer, EventCallback
+from vantum_pipeline.campaign.figures import StoreCampaignStats
 from vantum_pipeline.campaign.results import RunTally, campaign_status, export, format_status
 from vantum_pipeline.campaign.runner import CampaignRunner, RunSummary, StoreDoNotCall, prepare_campaign
 from vantum_pipeline.campaign.store import CampaignStore
@@ -50,6 +51,7 @@ __all__ = [
     "run_campaign",
     "simulated",
     "status_command",
+    "store_figures",
 ]
 
 STORE_NAME = "campaign.sqlite"
@@ -140,15 +142,42 @@ async def phone_dialer(
     host: str = "0.0.0.0",
     port: int = 8080,
 ) -> AsyncIterator[Dialer]:
-    """The production dialer: keys and Twilio settings from the environment (and ``.env``)."""
+    """The production dialer: keys and Twilio settings from the environment (and ``.env``); with
+    ``VANTUM_CONSOLE_TOKEN`` set, its server serves the web console with the campaign's figures."""
     from vantum_pipeline.campaign.phone import PhoneDialer, services_from_env
+    from vantum_pipeline.console import ConsoleSettings
 
     services = services_from_env(config)
     recordings = config.resolved_folder() / "recordings"
-    async with PhoneDialer(
-        config, services, dnc=dnc, clock=clock, on_event=on_event, host=host, port=port, recordings_dir=recordings
-    ) as dialer:
+    console = ConsoleSettings.from_env()
+    async with (
+        store_figures(config) as figures,
+        PhoneDialer(
+            config,
+            services,
+            dnc=dnc,
+            clock=clock,
+            on_event=on_event,
+            host=host,
+            port=port,
+            recordings_dir=recordings,
+            console=console,
+            campaign_stats=figures,
+        ) as dialer,
+    ):
         yield dialer
+
+
+@contextlib.asynccontextmanager
+async def store_figures(config: CampaignConfig) -> AsyncIterator[StoreCampaignStats]:
+    """The web console's figures of ``config``'s campaign, read from its store (closed on exit)."""
+    figures = StoreCampaignStats(
+        config.resolved_folder() / STORE_NAME, budgets={config.id: config.budget_usd}, campaign_ids=[config.id]
+    )
+    try:
+        yield figures
+    finally:
+        await figures.aclose()
 
 
 @contextlib.asynccontextmanager

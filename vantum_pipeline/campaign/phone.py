@@ -84,6 +84,7 @@ from vantum_pipeline.telephony.dnc import DncEntry
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord
 
 if TYPE_CHECKING:
+    from vantum_pipeline.console import CampaignStatsProvider, ConsoleHub, ConsoleSettings
     from vantum_pipeline.processors.context import LLMContext
     from vantum_pipeline.services.cartesia import CartesiaSettings
     from vantum_pipeline.services.deepgram import DeepgramSettings
@@ -203,7 +204,10 @@ class PhoneDialer:
         port: int = 8080,
         public_base_url: str | None = None,
         recordings_dir: Path | None = None,
+        console: ConsoleSettings | None = None,
+        campaign_stats: CampaignStatsProvider | None = None,
     ) -> None:
+        from vantum_pipeline.telephony.calls import CallRegistry
         from vantum_pipeline.transports.twilio.server import TwilioServer
         from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
 
@@ -220,6 +224,15 @@ class PhoneDialer:
         self.tts_cache = TTSCache(_SHARED_CACHE_ENTRIES, _SHARED_CACHE_BYTES)
         self._contexts: dict[str, _CallContext] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+        #: The web console's model of this dialer's calls; None: no console (no token configured).
+        self.console_hub: ConsoleHub | None = None
+        self.console_settings = console if console is not None and console.token is not None else None
+        registry = None
+        if self.console_settings is not None:
+            from vantum_pipeline.console import ConsoleHub
+
+            self.console_hub = ConsoleHub()
+            registry = CallRegistry(on_record=self.console_hub.call_ended)
         self.server = TwilioServer(
             services.twilio,
             self._build_pipeline,
@@ -229,7 +242,12 @@ class PhoneDialer:
             max_calls=max(config.max_concurrent_calls * 2, 10),
             features=config.features,
             dnc=self.call_dnc,
+            registry=registry,
         )
+        if self.console_hub is not None and self.console_settings is not None:
+            from vantum_pipeline.console import mount_console
+
+            mount_console(self.server.app, self.console_hub, self.console_settings, campaigns=campaign_stats)
         self._public_base_url = public_base_url
         self._lookup = TwilioCallLookup(self.server.client)
 
@@ -237,7 +255,17 @@ class PhoneDialer:
         await self.server.start()
         if self._public_base_url is not None:
             self.server.public_base_url = self._public_base_url
+        if self.console_url is not None:
+            logger.info("campaign {}: the web console is at {}", self.config.id, self.console_url)
+            self._emit(CampaignEvent("note", text=f"web console: {self.console_url} (token: VANTUM_CONSOLE_TOKEN)"))
         return self
+
+    @property
+    def console_url(self) -> str | None:
+        """Where this dialer's server serves the web console (None: no console)."""
+        if self.console_settings is None:
+            return None
+        return f"{self.server.local_url}{self.console_settings.path}"
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.server.stop()
@@ -357,6 +385,8 @@ class PhoneDialer:
             notes = f"{notes} (transfer: {fate.get(call.transfer_status or '', call.transfer_status)})".strip()
         if outcome == "voicemail_left":
             notes = f"{notes} (voicemail left after the {telephony.answered_by or 'machine'} greeting)".strip()
+        if self.console_hub is not None:
+            self.console_hub.refresh(call.sid, outcome=outcome)  # the campaign's outcome; the recording is written
         return AttemptRecord(
             outcome,
             twilio_status=telephony.status,
@@ -467,7 +497,20 @@ class PhoneDialer:
         ]
         task = PipelineTask(Pipeline(processors), audio_in_sample_rate=8000, audio_out_sample_rate=8000)
         MetricsCollector(tracker=tracker).attach(task)
-        recorder.attach(task)
+        if self.console_hub is not None:
+            recording = None
+            if self.recordings_dir is not None:
+                recording = self.recordings_dir / f"{job.attempt.prospect_id}-{job.attempt.attempt}.wav"
+            self.console_hub.watch(
+                task,
+                recorder,  # attached by the hub
+                call_id=session.call_sid,
+                to=job.number,
+                campaign_id=job.attempt.campaign_id,
+                recording=recording,
+            )
+        else:
+            recorder.attach(task)
         context.started = True
         context.running += 1
         context.finished.clear()
