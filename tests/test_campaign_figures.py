@@ -224,3 +224,84 @@ def _app(stats: StoreCampaignStats):  # type: ignore[no-untyped-def]
     app = web.Application()
     assert mount_console(app, ConsoleHub(), ConsoleSettings(token=Secret(TOKEN)), campaigns=stats)
     return app
+
+
+async def test_workers_consoles_show_the_figures_the_coordinator_publishes(redis_server, tmp_path: Path) -> None:
+    """The cluster path: the coordinator publishes its store's figures to Redis; a
+    ``vantum worker --fake`` dialer's Twilio server serves the console with them."""
+    pytest.importorskip("arq", reason="the redis extra is not installed")
+    from vantum_pipeline.campaign.figures import PublishedCampaignStats, publish_figures
+    from vantum_pipeline.campaign.redis_dispatch import RedisDispatcher
+    from vantum_pipeline.campaign.worker import CampaignWorker, RedisDoNotCall
+    from vantum_pipeline.demo.campaign_demo import fake_worker_dialers
+    from vantum_pipeline.errors import ProtocolError
+
+    async with world(tmp_path, numbers(3), rules="calls_per_second = 20", cost_per_call=0.1, line_seconds=0.05) as w:
+        await w.runner(FrozenClock(TUESDAY_MORNING_NY)).run()
+        published = PublishedCampaignStats(redis_server.url, "test", min_interval=0.0)
+        assert await published.campaign_stats() == []  # no coordinator publishes yet
+
+        stats = StoreCampaignStats(w.store.path, budgets={"test": 1.0})
+        text = w.config.path.read_text()
+        async with RedisDispatcher(
+            redis_server.url, campaign_id="test", config_text=text, max_outstanding=2
+        ) as coordinator:
+
+            async def publish(payload: str, ttl: float) -> None:
+                await coordinator.publish_figures(payload, ttl=ttl)
+
+            async with asyncio.TaskGroup() as group:
+                publisher = group.create_task(publish_figures(stats, publish, interval=0.1))
+                async with asyncio.timeout(10):
+                    while not (figures := await published.campaign_stats()):  # noqa: ASYNC110 - another process's key
+                        await asyncio.sleep(0.05)
+                publisher.cancel()
+            assert [f.as_dict() for f in figures] == [f.as_dict() for f in await stats.campaign_stats()]
+
+            # A worker's dialer for the campaign: its console shows them.
+            env = {
+                "TWILIO_API_BASE_URL": w.twilio.base_url,
+                "TWILIO_ACCOUNT_SID": w.twilio.account_sid,
+                "TWILIO_AUTH_TOKEN": w.twilio.auth_token,
+                "VANTUM_CONSOLE_TOKEN": TOKEN,
+            }
+            factory = fake_worker_dialers(env=env)
+            worker = CampaignWorker(redis_server.url, factory)
+            async with factory(w.config, RedisDoNotCall(worker, "test")) as dialer:
+                url = dialer.phone.console_url
+                assert url is not None
+                async with aiohttp_session() as http:
+                    async with http.get(url + "/api/state", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                        assert response.status == 200
+                        shown = (await response.json())["campaigns"]
+                    async with http.get(url + "/api/state") as response:
+                        assert response.status == 401
+            # Without the token, no console at all on the worker's server.
+            factory = fake_worker_dialers(env={key: value for key, value in env.items() if "CONSOLE" not in key})
+            async with factory(w.config, RedisDoNotCall(worker, "test")) as dialer:
+                assert dialer.phone.console_url is None
+                async with aiohttp_session() as http:
+                    async with http.get(dialer.phone.server.local_url + "/console/api/state") as response:
+                        assert response.status == 404
+        await stats.aclose()
+
+        # What a worker makes of garbage under the key: a clear error (the console logs it and goes on).
+        import redis.asyncio as redis_asyncio
+
+        client = redis_asyncio.Redis.from_url(redis_server.url)
+        await client.set("vantum:campaign:test:figures", b"{not json")
+        with pytest.raises(ProtocolError, match="not a JSON list"):
+            await published.campaign_stats()
+        await client.set("vantum:campaign:test:figures", b'[{"campaign_id": "test"}]')
+        with pytest.raises(ProtocolError, match="KeyError"):
+            await published.campaign_stats()
+        await client.aclose()
+        await published.aclose()
+    assert len(shown) == 1 and shown[0]["campaign_id"] == "test" and shown[0]["done"] == 3
+    assert shown[0]["outcomes"] == {"completed": 3} and shown[0]["budget"] == 1.0
+
+
+def aiohttp_session():  # type: ignore[no-untyped-def]
+    import aiohttp
+
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))

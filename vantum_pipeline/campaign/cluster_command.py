@@ -109,25 +109,35 @@ def parse_service_limits(values: list[str]) -> dict[str, int]:
 
 
 def worker_phone_dialers(options: WorkerOptions) -> DialerFactory:
-    """The production dialer factory: a ``PhoneDialer`` per campaign, keys from the environment."""
+    """The production dialer factory: a ``PhoneDialer`` per campaign, keys from the environment;
+    with ``VANTUM_CONSOLE_TOKEN`` set, its server serves the web console with the figures the
+    campaign's coordinator publishes."""
 
     @contextlib.asynccontextmanager
     async def factory(config: CampaignConfig, dnc: Any) -> AsyncIterator[Any]:
         from vantum_pipeline.campaign.clock import SystemClock
+        from vantum_pipeline.campaign.figures import PublishedCampaignStats
         from vantum_pipeline.campaign.phone import PhoneDialer, services_from_env
+        from vantum_pipeline.console import ConsoleSettings
 
         services = services_from_env(config)
-        async with PhoneDialer(
-            config,
-            services,
-            dnc=dnc,
-            clock=SystemClock(),
-            host=options.host,
-            port=options.port,
-            public_base_url=options.public_url,
-            recordings_dir=config.resolved_folder() / "recordings",
-        ) as dialer:
-            yield dialer
+        figures = PublishedCampaignStats(options.redis_url, config.id)
+        try:
+            async with PhoneDialer(
+                config,
+                services,
+                dnc=dnc,
+                clock=SystemClock(),
+                host=options.host,
+                port=options.port,
+                public_base_url=options.public_url,
+                recordings_dir=config.resolved_folder() / "recordings",
+                console=ConsoleSettings.from_env(),
+                campaign_stats=figures,
+            ) as dialer:
+                yield dialer
+        finally:
+            await figures.aclose()
 
     return factory
 

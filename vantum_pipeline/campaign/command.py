@@ -31,7 +31,7 @@ from loguru import logger
 from vantum_pipeline.campaign.clock import Clock, SystemClock
 from vantum_pipeline.campaign.config import CampaignConfig, load_campaign
 from vantum_pipeline.campaign.dispatch import CampaignEvent, Dialer, EventCallback
-from vantum_pipeline.campaign.figures import StoreCampaignStats
+from vantum_pipeline.campaign.figures import StoreCampaignStats, publish_figures
 from vantum_pipeline.campaign.results import RunTally, campaign_status, export, format_status
 from vantum_pipeline.campaign.runner import CampaignRunner, RunSummary, StoreDoNotCall, prepare_campaign
 from vantum_pipeline.campaign.store import CampaignStore
@@ -230,7 +230,12 @@ async def run_campaign(
             view(event)
 
         dnc = StoreDoNotCall(store, on_event)
-        async with make_dialer(config, dnc, clock, on_event) as dialer, view, _dispatcher(config, redis_url) as remote:
+        async with (
+            make_dialer(config, dnc, clock, on_event) as dialer,
+            view,
+            _dispatcher(config, redis_url) as remote,
+            _figures_for_workers(config, remote),
+        ):
             runner = CampaignRunner(
                 config, store, dialer, clock=clock, on_event=on_event, idle_exit=idle_exit, dnc=dnc, dispatcher=remote
             )
@@ -282,6 +287,26 @@ async def _dispatcher(config: CampaignConfig, redis_url: str | None) -> AsyncIte
         max_outstanding=config.max_concurrent_calls,
     ) as dispatcher:
         yield dispatcher
+
+
+@contextlib.asynccontextmanager
+async def _figures_for_workers(config: CampaignConfig, remote: RedisDispatcher | None) -> AsyncIterator[None]:
+    """With workers, publish the store's figures for their web consoles while the campaign runs."""
+    if remote is None:
+        yield
+        return
+
+    async def publish(payload: str, ttl: float) -> None:
+        await remote.publish_figures(payload, ttl=ttl)
+
+    async with store_figures(config) as figures:
+        task = asyncio.get_running_loop().create_task(publish_figures(figures, publish), name="campaign-figures")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _run_with_signals(runner: CampaignRunner) -> RunSummary:

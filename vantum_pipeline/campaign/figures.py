@@ -27,6 +27,12 @@ Cheap per console tick, whatever the campaign's size:
   and at those that were still open (bounded by the calls in progress);
 - the prospects are counted by state on the ``prospects_due`` index alone.
 
+On many machines (``vantum campaign run --redis`` and ``vantum worker``) the
+store is the coordinator's: ``publish_figures`` copies its figures to Redis
+every few seconds (with a time to live, so a stopped coordinator's figures
+lapse) and ``PublishedCampaignStats`` is the workers' consoles' provider,
+one small ``GET`` per read.
+
 The first read tallies the attempts already in the store, up to
 ``max_rows_per_read`` per read (a big store's history arrives over a few
 reads). The spend series keeps at most ``max_points`` points: past that,
@@ -36,20 +42,24 @@ every other point is dropped (the curve keeps its span and its totals).
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
+
+from vantum_pipeline.campaign.jobs import Keys
 from vantum_pipeline.campaign.rules import ProspectState
 from vantum_pipeline.campaign.store import SCHEMA_VERSION
 from vantum_pipeline.console.campaigns import CampaignStats
-from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.errors import ConfigurationError, ProtocolError
 
-__all__ = ["StoreCampaignStats"]
+__all__ = ["PublishedCampaignStats", "StoreCampaignStats", "publish_figures"]
 
 _FINAL: frozenset[str] = frozenset(state.value for state in ProspectState if state.final)
 _COLUMNS = "rowid, campaign_id, prospect_id, attempt, state, outcome, cost, ended_at"
@@ -292,3 +302,74 @@ class StoreCampaignStats:
             budget=budget,
             in_progress=dialing,
         )
+
+
+async def publish_figures(
+    stats: StoreCampaignStats,
+    publish: Callable[[str, float], Awaitable[None]],
+    *,
+    interval: float = 2.0,
+    ttl: float = 30.0,
+    timeout: float = 5.0,
+) -> None:
+    """Every ``interval`` seconds, ``await publish(json, ttl)`` the figures (a
+    ``RedisDispatcher.publish_figures``), until cancelled. A failed round is
+    logged and the next one tried; each round is bounded by ``timeout``."""
+    failing = False
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                figures = await stats.campaign_stats()
+                await publish(json.dumps([item.as_dict() for item in figures], separators=(",", ":")), ttl)
+            failing = False
+        except Exception as exc:  # the figures are a view: never a reason to stop the campaign
+            if not failing:
+                logger.warning("campaign figures: not published ({}: {}); retrying", type(exc).__name__, exc)
+            failing = True
+        await asyncio.sleep(interval)
+
+
+class PublishedCampaignStats:
+    """A ``CampaignStatsProvider`` on a worker: the figures the campaign's coordinator
+    publishes to Redis (none while it publishes nothing). Reads at most every
+    ``min_interval`` seconds, each within ``timeout``; one connection, opened on first use."""
+
+    def __init__(self, redis_url: str, campaign_id: str, *, timeout: float = 1.0, min_interval: float = 1.0) -> None:
+        self.redis_url = redis_url
+        self.key = Keys(campaign_id).figures
+        self.timeout = timeout
+        self.min_interval = min_interval
+        self._redis: Any = None
+        self._cached: list[CampaignStats] = []
+        self._read_at: float | None = None
+
+    async def campaign_stats(self) -> Sequence[CampaignStats]:
+        """Cancel-safe."""
+        now = time.monotonic()
+        if self._read_at is not None and now - self._read_at < self.min_interval:
+            return self._cached
+        if self._redis is None:
+            from redis.asyncio import Redis
+
+            self._redis = Redis.from_url(
+                self.redis_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+            )
+        async with asyncio.timeout(self.timeout):
+            raw = await self._redis.get(self.key)
+        self._read_at = now
+        if raw is None:
+            self._cached = []
+            return self._cached
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, list):
+            raise ProtocolError(f"{self.key}: not a JSON list of campaign figures: {bytes(raw)[:80]!r}")
+        self._cached = [CampaignStats.from_dict(item) for item in data]
+        return self._cached
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            redis, self._redis = self._redis, None
+            await redis.aclose()

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.errors import ConfigurationError, ProtocolError
 from vantum_pipeline.telephony.outcome import CallRecord
 
 __all__ = ["CampaignStats", "CampaignStatsProvider", "InMemoryCampaignStats"]
@@ -67,6 +67,27 @@ class CampaignStats:
             "spent": round(self.spend[-1][1], 6) if self.spend else 0.0,
             "budget": self.budget,
         }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CampaignStats:
+        """The inverse of ``as_dict`` (figures another process published); ProtocolError naming what is wrong."""
+        try:
+            outcomes = {str(name): int(count) for name, count in data["outcomes"].items()}
+            spend = [(float(at), float(total)) for at, total in data["spend"]]
+            budget = data.get("budget")
+            return cls(
+                campaign_id=str(data["campaign_id"]),
+                name=str(data["name"]),
+                prospects=int(data["prospects"]),
+                done=int(data["done"]),
+                outcomes=outcomes,
+                spend=spend,
+                state=str(data.get("state", "running")),
+                budget=None if budget is None else float(budget),
+                in_progress=int(data.get("in_progress", 0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"campaign figures: {type(exc).__name__} {exc} in {str(data)[:200]!r}") from None
 
 
 @runtime_checkable
