@@ -25,7 +25,9 @@ Cheap per console tick, whatever the campaign's size:
 - attempts are tallied incrementally: ended attempts never change, so a read
   looks only at the attempts inserted since the last one (a rowid range)
   and at those that were still open (bounded by the calls in progress);
-- the prospects are counted by state on the ``prospects_due`` index alone.
+- the prospects not settled yet (pending, dialing) are counted on the
+  ``prospects_due`` index alone, a range that shrinks as the campaign goes
+  on; all of them only when rows were added (prospects are never deleted).
 
 On many machines (``vantum campaign run --redis`` and ``vantum worker``) the
 store is the coordinator's: ``publish_figures`` copies its figures to Redis
@@ -61,7 +63,6 @@ from vantum_pipeline.errors import ConfigurationError, ProtocolError
 
 __all__ = ["PublishedCampaignStats", "StoreCampaignStats", "publish_figures"]
 
-_FINAL: frozenset[str] = frozenset(state.value for state in ProspectState if state.final)
 _COLUMNS = "rowid, campaign_id, prospect_id, attempt, state, outcome, cost, ended_at"
 #: Open attempts re-read per query (SQLite's bound on host parameters is far above it).
 _CHUNK = 500
@@ -78,6 +79,8 @@ class _Tally:
     outcomes: dict[str, int] = field(default_factory=dict)
     spent: float = 0.0
     spend: list[tuple[float, float]] = field(default_factory=list)
+    #: Prospects in all, and the unsettled ones by state (pending, dialing).
+    prospects: int = 0
     states: dict[str, int] = field(default_factory=dict)
 
 
@@ -128,6 +131,8 @@ class StoreCampaignStats:
         self._shown: list[str] = []
         self._seen_rowid = 0
         self._open: dict[int, _Key] = {}
+        self._prospects_top = -1
+        self._totals: dict[str, int] = {}
         self._catching_up = False
         self._cached: list[CampaignStats] = []
         self._read_at: float | None = None
@@ -219,11 +224,24 @@ class StoreCampaignStats:
                 f"SELECT {_COLUMNS} FROM attempts WHERE rowid > ? ORDER BY rowid LIMIT ?",
                 (since, self.max_rows_per_read),
             ).fetchall()
+            # Prospects are never deleted: the total changes only when rows are added (the top rowid moves).
+            prospects_top = int(db.execute("SELECT MAX(rowid) FROM prospects").fetchone()[0] or 0)
+            totals = self._totals
+            if prospects_top != self._prospects_top or any(campaign_id not in totals for campaign_id in shown):
+                totals = {
+                    campaign_id: int(
+                        db.execute("SELECT COUNT(*) FROM prospects WHERE campaign_id = ?", (campaign_id,)).fetchone()[0]
+                    )
+                    for campaign_id in shown
+                }
+            # The prospects not settled yet: an index range that shrinks as the campaign goes on.
             states = {
                 campaign_id: {
                     row[0]: int(row[1])
                     for row in db.execute(
-                        "SELECT state, COUNT(*) FROM prospects WHERE campaign_id = ? GROUP BY state", (campaign_id,)
+                        "SELECT state, COUNT(*) FROM prospects "
+                        "WHERE campaign_id = ? AND state IN (?, ?) GROUP BY state",
+                        (campaign_id, ProspectState.PENDING.value, ProspectState.DIALING.value),
                     )
                 }
                 for campaign_id in shown
@@ -248,8 +266,10 @@ class StoreCampaignStats:
         self._seen_rowid = new_rows[-1][0] if new_rows else since
         self._catching_up = len(new_rows) >= self.max_rows_per_read
         self._add_ended(ended)
+        self._prospects_top, self._totals = prospects_top, totals
         for campaign_id, counts in states.items():
             self._tallies[campaign_id].states = counts
+            self._tallies[campaign_id].prospects = totals[campaign_id]
         self._data_version = data_version
         return [self._stats(campaign_id) for campaign_id in self._shown]
 
@@ -277,11 +297,10 @@ class StoreCampaignStats:
 
     def _stats(self, campaign_id: str) -> CampaignStats:
         tally = self._tallies[campaign_id]
-        states = tally.states
-        total = sum(states.values())
-        done = sum(count for state, count in states.items() if state in _FINAL)
-        dialing = states.get(ProspectState.DIALING.value, 0)
-        pending = states.get(ProspectState.PENDING.value, 0)
+        total = tally.prospects
+        dialing = tally.states.get(ProspectState.DIALING.value, 0)
+        pending = tally.states.get(ProspectState.PENDING.value, 0)
+        done = max(0, total - pending - dialing)
         budget = self.budgets.get(campaign_id)
         if pending + dialing == 0:
             state = "finished" if total else "empty"
