@@ -51,6 +51,7 @@ async def test_figures_follow_the_runner_and_match_the_store(tmp_path: Path) -> 
         rules="max_concurrent_calls = 3\ncalls_per_second = 20\nbudget_usd = 50.0",
         cost_per_call=0.25,
         line_seconds=0.4,
+        dnc=[prospects[7][0]],  # settled without a call: never dialled
     ) as w:
         stats = StoreCampaignStats(w.store.path, budgets={"test": 50.0}, min_interval=0.0)
         assert isinstance(stats, CampaignStatsProvider)
@@ -75,6 +76,7 @@ async def test_figures_follow_the_runner_and_match_the_store(tmp_path: Path) -> 
         prospects_total, done, outcomes, spend = expected(w.store, "test")
         assert (after.prospects, after.done, dict(after.outcomes)) == (prospects_total, done, outcomes)
         assert after.done == 7 and outcomes["busy"] == 1 and outcomes["meeting_booked"] == 1
+        assert w.state(prospects[7][0]) == ("dnc", "do_not_call_list", 0) and sum(outcomes.values()) == 7
         assert after.as_dict()["spent"] == pytest.approx(spend) and spend > 0
         assert after.in_progress == 0 and after.state == "waiting"
         # While it ran: calls in progress, and progress that never went backwards.
