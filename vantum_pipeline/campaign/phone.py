@@ -232,7 +232,7 @@ class PhoneDialer:
             from vantum_pipeline.console import ConsoleHub
 
             self.console_hub = ConsoleHub()
-            registry = CallRegistry(on_record=self.console_hub.call_ended)
+            registry = CallRegistry(on_record=self._console_call_ended)
         self.server = TwilioServer(
             services.twilio,
             self._build_pipeline,
@@ -259,6 +259,14 @@ class PhoneDialer:
             logger.info("campaign {}: the web console is at {}", self.config.id, self.console_url)
             self._emit(CampaignEvent("note", text=f"web console: {self.console_url} (token: VANTUM_CONSOLE_TOKEN)"))
         return self
+
+    def _console_call_ended(self, record: CallRecord) -> None:
+        if self.console_hub is None:
+            return
+        try:
+            self.console_hub.call_ended(record)
+        except Exception as exc:  # the console is a view: it never breaks a call's record
+            logger.opt(exception=exc).error("campaign call {}: the console missed its record: {}", record.call_sid, exc)
 
     @property
     def console_url(self) -> str | None:
