@@ -427,7 +427,25 @@ voices = false
                 "the four calls in the finished list",
             )
             browser.save_screenshot(str(shots / "console-campaign.png"))
+            # The booked call's stereo recording, written after the call: its player appears and plays.
+            browser.execute_script(
+                "[...document.querySelectorAll('#finished-calls tr.call')]"
+                ".find(r => r.querySelector('.outcome').textContent === 'meeting_booked').click();"
+            )
+            audio = browser.find_element(By.ID, "recording")
+            wait_until(browser, lambda d: audio.is_displayed(), "the booked call's recording")
+            duration = browser.execute_async_script(
+                """
+                const done = arguments[arguments.length - 1];
+                const audio = document.getElementById("recording");
+                if (audio.readyState >= 1) done(audio.duration);
+                else audio.addEventListener("loadedmetadata", () => done(audio.duration), {once: true});
+                audio.addEventListener("error", () => done(-1), {once: true});
+                """
+            )
             return {
+                "duration": duration,
+                "facts": text_of(browser, "#detail-facts"),
                 "campaign": text_of(browser, card),
                 "counts": browser.execute_script(
                     "return Object.fromEntries([...document.querySelectorAll(arguments[0])]"
@@ -458,6 +476,7 @@ voices = false
     assert f"spent ${spend:.4f} of $5.0000" in seen["campaign"] and spend > 0
     # While it ran: calls in progress, then fewer prospects left.
     assert any("in progress" in line for line in seen["seen"]["progress"]), seen["seen"]["progress"]
+    assert seen["duration"] > 1.0 and "meeting_booked" in seen["facts"] and "campaign\ntest" in seen["facts"]
     # The finished calls carry the campaign's outcomes, not only the line's.
     for outcome in outcomes:
         assert outcome in seen["finished"]
