@@ -307,3 +307,19 @@ def aiohttp_session():  # type: ignore[no-untyped-def]
     import aiohttp
 
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+
+async def test_a_read_past_its_deadline_is_aborted_and_changes_nothing(tmp_path: Path) -> None:
+    from vantum_pipeline.campaign.prospects import Prospect
+
+    async with world(tmp_path, numbers(1)) as w:
+        many = [f"+1{3000000000 + n}" for n in range(20_000)]
+        w.store.import_prospects("test", [Prospect(n, n, "", "", "America/New_York") for n in many])
+        stats = StoreCampaignStats(w.store.path, min_interval=0.0, query_timeout=1e-9)
+        with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+            await stats.campaign_stats()
+        assert stats.reads == 1 and stats.rows_read == 0
+        stats.query_timeout = 5.0
+        figures = only(await stats.campaign_stats())
+        assert (figures.prospects, figures.done) == (20_001, 0)
+        await stats.aclose()

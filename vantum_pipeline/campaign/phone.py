@@ -34,6 +34,12 @@ the transcript, what the callee heard, notes (the opt-out's source, the
 transfer's fate) and the stereo recording's path when the campaign records
 calls.
 
+With ``console`` settings holding a token (``ConsoleSettings.from_env()``:
+``VANTUM_CONSOLE_TOKEN``), the dialer's Twilio server also serves the web
+console: every call live (the callee's words as they are spoken), then
+finished with the campaign's outcome and its recording, and the campaign
+figures of ``campaign_stats`` (``vantum_pipeline.campaign.figures``).
+
 ``services_from_env`` builds the four services' settings from the
 environment (keys, ``.env``) and the campaign file's ``[services.*]``
 tables, whose keys must be fields of the service's settings.
@@ -377,8 +383,8 @@ class PhoneDialer:
             if turn.get("role") == "assistant"
         ).strip()
         recording = None
-        if context.recording is not None and self.recordings_dir is not None:
-            path = self.recordings_dir / f"{context.job.attempt.prospect_id}-{context.job.attempt.attempt}.wav"
+        path = self._recording_path(context.job)
+        if context.recording is not None and path is not None:
             if context.recording.write(path):
                 recording = str(path)
         notes = sales.notes if sales is not None else ""
@@ -409,6 +415,12 @@ class PhoneDialer:
             callback_at=context.callback_at.timestamp() if context.callback_at is not None else None,
             answered_by=telephony.answered_by,
         )
+
+    def _recording_path(self, job: CallJob) -> Path | None:
+        """Where the attempt's stereo recording goes (None: the campaign records no calls)."""
+        if self.recordings_dir is None:
+            return None
+        return self.recordings_dir / f"{job.attempt.prospect_id}-{job.attempt.attempt}.wav"
 
     async def call_status(self, sid: str) -> CallStatus | None:
         return await self._lookup.call_status(sid)
@@ -506,16 +518,13 @@ class PhoneDialer:
         task = PipelineTask(Pipeline(processors), audio_in_sample_rate=8000, audio_out_sample_rate=8000)
         MetricsCollector(tracker=tracker).attach(task)
         if self.console_hub is not None:
-            recording = None
-            if self.recordings_dir is not None:
-                recording = self.recordings_dir / f"{job.attempt.prospect_id}-{job.attempt.attempt}.wav"
             self.console_hub.watch(
                 task,
                 recorder,  # attached by the hub
                 call_id=session.call_sid,
                 to=job.number,
                 campaign_id=job.attempt.campaign_id,
-                recording=recording,
+                recording=self._recording_path(job),
             )
         else:
             recorder.attach(task)
