@@ -31,7 +31,6 @@ from loguru import logger
 from vantum_pipeline.campaign.clock import Clock, SystemClock
 from vantum_pipeline.campaign.config import CampaignConfig, load_campaign
 from vantum_pipeline.campaign.dispatch import CampaignEvent, Dialer, EventCallback
-from vantum_pipeline.campaign.figures import StoreCampaignStats, publish_figures
 from vantum_pipeline.campaign.results import RunTally, campaign_status, export, format_status
 from vantum_pipeline.campaign.runner import CampaignRunner, RunSummary, StoreDoNotCall, prepare_campaign
 from vantum_pipeline.campaign.store import CampaignStore
@@ -39,6 +38,7 @@ from vantum_pipeline.campaign.view import make_view
 from vantum_pipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from vantum_pipeline.campaign.figures import StoreCampaignStats
     from vantum_pipeline.campaign.redis_dispatch import RedisDispatcher
 
 __all__ = [
@@ -171,6 +171,8 @@ async def phone_dialer(
 @contextlib.asynccontextmanager
 async def store_figures(config: CampaignConfig) -> AsyncIterator[StoreCampaignStats]:
     """The web console's figures of ``config``'s campaign, read from its store (closed on exit)."""
+    from vantum_pipeline.campaign.figures import StoreCampaignStats
+
     figures = StoreCampaignStats(
         config.resolved_folder() / STORE_NAME, budgets={config.id: config.budget_usd}, campaign_ids=[config.id]
     )
@@ -295,6 +297,8 @@ async def _figures_for_workers(config: CampaignConfig, remote: RedisDispatcher |
     if remote is None:
         yield
         return
+
+    from vantum_pipeline.campaign.figures import publish_figures
 
     async def publish(payload: str, ttl: float) -> None:
         await remote.publish_figures(payload, ttl=ttl)
