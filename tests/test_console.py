@@ -31,6 +31,8 @@ from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
     EndOfTurnFrame,
     HeardTextFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
 )
@@ -230,6 +232,40 @@ async def test_a_call_is_live_then_finished_with_its_outcome_cost_and_recording(
             assert response.status == 404
         async with http.get(url + "/console/api/calls/CA0001", headers=auth()) as response:
             assert (await response.json())["outcome"] == "completed"
+
+
+async def test_interim_words_show_live_and_give_way_to_the_final_text(console):
+    hub, _stats, url = console
+    recorder = CallRecorder(sink=MemorySink(), call_id="CA0003")
+    harness = PipelineHarness([recorder.user_tap(), FrameProcessor()])
+    hub.watch(harness.task, recorder, call_id="CA0003", to=NUMBER)
+
+    async def until(events: AsyncIterator[tuple[str, object]], check) -> dict:  # type: ignore[no-untyped-def]
+        view = await next_call(events)
+        while not check(view):
+            view = await next_call(events)
+        return view
+
+    async with aiohttp.ClientSession() as http, harness:
+        async with http.get(url + "/console/api/events", headers=auth()) as stream:
+            events = _events(stream)
+            assert (await anext(events))[0] == "snapshot"
+            await harness.send(InterimTranscriptionFrame("call me"))
+            view = await until(events, lambda v: v["interim"])
+            assert view["interim"] == "call me" and view["turns"] == []
+            await harness.send(InterimTranscriptionFrame("call me back on +1 415 555 0199"))
+            view = await until(events, lambda v: v["interim"] != "call me")
+            assert view["interim"] == "call me back on +141******99"  # scrubbed like the transcript
+            # The final text replaces the words heard so far.
+            await harness.send(TranscriptionFrame("Call me back on Monday."))
+            view = await until(events, lambda v: v["turns"])
+            assert view["interim"] == "" and view["turns"][0]["text"] == "Call me back on Monday."
+            # The next utterance's words come after the turn.
+            await harness.send(InterimTranscriptionFrame("and"))
+            view = await until(events, lambda v: v["interim"])
+            assert view["interim"] == "and" and len(view["turns"]) == 1
+    assert recorder.build(final=True)["turns"][0]["text"] == "Call me back on Monday."  # interims never recorded
+    assert hub.call("CA0003")["interim"] == ""  # an ended call has no words in flight
 
 
 async def test_a_live_call_has_no_recording_yet_and_a_lost_outcome_is_not_waited_for_forever(tmp_path):

@@ -14,6 +14,7 @@ screenshots the documentation shows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -340,3 +341,150 @@ async def test_the_browser_is_refused_without_the_token(browser):
     assert seen["wrong_url"] == "console token refused"
     assert seen["wrong_form"] == "console token refused"
     assert seen["signed_in_url"] == f"{url}/console" and TOKEN not in seen["source"]
+
+
+CAMPAIGN_PEOPLE = {
+    "+14155550101": ("Jordan", "books_meeting"),
+    "+14155550102": ("Kim", "not_interested"),
+    "+14155550103": ("Tom", "failed"),
+    "+14155550104": ("Max", "always_busy"),
+}
+
+
+def _words(text: str) -> list[str]:
+    return "".join(c for c in text.lower() if c.isalnum() or c.isspace()).split()
+
+
+async def test_a_faked_campaign_shows_its_progress_outcomes_and_live_words(browser, tmp_path, monkeypatch):
+    """``vantum campaign run --fake`` with the console token set: its Twilio server serves the
+    console, whose campaign panel reads the store the runner writes."""
+    import io
+    import re
+
+    from selenium.webdriver.common.by import By
+
+    from tests.campaign_support import write_campaign
+    from vantum_pipeline.campaign.config import load_campaign
+    from vantum_pipeline.campaign.store import CampaignStore
+    from vantum_pipeline.demo.campaign_demo import run_fake
+    from vantum_pipeline.demo.campaign_world import PERSONAS
+
+    shots = screenshots(tmp_path)
+    monkeypatch.setenv("VANTUM_CONSOLE_TOKEN", TOKEN)
+    monkeypatch.setenv("VANTUM_CONSOLE_CAMPAIGN_REFRESH", "0.5")
+    personas = "\n".join(f'"{number}" = "{persona}"' for number, (_, persona) in CAMPAIGN_PEOPLE.items())
+    path = write_campaign(
+        tmp_path / "spring",
+        [(number, name) for number, (name, _) in CAMPAIGN_PEOPLE.items()],
+        rules="max_concurrent_calls = 2\ncalls_per_second = 5\nbudget_usd = 5.0",
+        # The busy prospect's retry is far off: the campaign stays up (waiting) once the rest are done.
+        extra=f"""
+[rules.outcomes]
+busy = {{ action = "retry", delay_seconds = 3600, max_attempts = 2 }}
+
+[simulation]
+voices = false
+
+[simulation.personas]
+{personas}
+""",
+    )
+    config = load_campaign(path)
+    out = io.StringIO()
+    campaign = asyncio.create_task(run_fake(config, idle_exit=7200.0, plain=True, stream=out))
+    try:
+        async with asyncio.timeout(60):
+            while (found := re.search(r"web console: (http://\S+/console)", out.getvalue())) is None:
+                assert not campaign.done(), out.getvalue()
+                await asyncio.sleep(0.05)
+        url = found.group(1)
+
+        def watch() -> dict[str, Any]:
+            browser.get(f"{url}?token={TOKEN}")
+            wait_until(
+                browser,
+                lambda d: d.find_element(By.ID, "connection").get_attribute("data-state") == "live",
+                "the event stream",
+            )
+            # Remember every interim line and every progress line the page ever shows (it re-renders).
+            browser.execute_script(
+                """
+                window.seen = {interim: [], progress: []};
+                new MutationObserver(() => {
+                  for (const e of document.querySelectorAll("#live-calls .turn.interim .text"))
+                    if (!window.seen.interim.includes(e.textContent)) window.seen.interim.push(e.textContent);
+                  for (const e of document.querySelectorAll("#campaigns .progress-text"))
+                    if (!window.seen.progress.includes(e.textContent)) window.seen.progress.push(e.textContent);
+                }).observe(document.body, {childList: true, subtree: true, characterData: true});
+                """
+            )
+            card = "#campaigns .campaign"
+            wait_until(browser, lambda d: "3 of 4 prospects done" in text_of(d, card), "3 prospects done", 90)
+            wait_until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#live-calls .call"), "no live call")
+            wait_until(
+                browser,
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, "#finished-calls tr.call")) == 4,
+                "the four calls in the finished list",
+            )
+            browser.save_screenshot(str(shots / "console-campaign.png"))
+            # The booked call's stereo recording, written after the call: its player appears and plays.
+            browser.execute_script(
+                "[...document.querySelectorAll('#finished-calls tr.call')]"
+                ".find(r => r.querySelector('.outcome').textContent === 'meeting_booked').click();"
+            )
+            audio = browser.find_element(By.ID, "recording")
+            wait_until(browser, lambda d: audio.is_displayed(), "the booked call's recording")
+            duration = browser.execute_async_script(
+                """
+                const done = arguments[arguments.length - 1];
+                const audio = document.getElementById("recording");
+                if (audio.readyState >= 1) done(audio.duration);
+                else audio.addEventListener("loadedmetadata", () => done(audio.duration), {once: true});
+                audio.addEventListener("error", () => done(-1), {once: true});
+                """
+            )
+            return {
+                "duration": duration,
+                "facts": text_of(browser, "#detail-facts"),
+                "campaign": text_of(browser, card),
+                "counts": browser.execute_script(
+                    "return Object.fromEntries([...document.querySelectorAll(arguments[0])]"
+                    ".map(e => [e.dataset.outcome, Number(e.querySelector('b').textContent)]));",
+                    f"{card} .outcome-count",
+                ),
+                "progress": browser.find_element(By.CSS_SELECTOR, f"{card} .progress").get_attribute("aria-valuenow"),
+                "finished": text_of(browser, "#finished-calls .outcome"),
+                "seen": browser.execute_script("return window.seen;"),
+                "source": browser.page_source,
+            }
+
+        seen = await in_browser(watch)
+        with CampaignStore(config.resolved_folder().with_name("run-simulated") / "campaign.sqlite") as store:
+            outcomes = store.outcome_counts("test")
+            spend = store.spend("test")
+        assert not campaign.done()  # still up, waiting for the busy prospect's retry
+    finally:
+        campaign.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await campaign
+
+    # The panel: the store's own figures.
+    assert outcomes == {"meeting_booked": 1, "not_interested": 1, "failed": 1, "busy": 1}
+    assert seen["counts"] == outcomes
+    assert "3 of 4 prospects done (75%)" in seen["campaign"] and seen["progress"] == "75"
+    assert "Test campaign" in seen["campaign"] and "waiting" in seen["campaign"]
+    assert f"spent ${spend:.4f} of $5.0000" in seen["campaign"] and spend > 0
+    # While it ran: calls in progress, then fewer prospects left.
+    assert any("in progress" in line for line in seen["seen"]["progress"]), seen["seen"]["progress"]
+    assert seen["duration"] > 1.0 and "meeting_booked" in seen["facts"] and "campaign\ntest" in seen["facts"]
+    # The finished calls carry the campaign's outcomes, not only the line's.
+    for outcome in outcomes:
+        assert outcome in seen["finished"]
+    # The callee's words appeared live before they were final: each the start of what they said.
+    interims = seen["seen"]["interim"]
+    assert interims, "no interim words were shown"
+    said = [line.text for _, persona in CAMPAIGN_PEOPLE.values() for line in PERSONAS[persona].lines]
+    for interim in interims:
+        assert any(_words(line)[: len(_words(interim))] == _words(interim) for line in said), (interim, said)
+    for number in CAMPAIGN_PEOPLE:
+        assert number not in seen["source"]

@@ -5,7 +5,10 @@ places them with the dialer its factory builds (on the production path a
 ``PhoneDialer``: its Twilio server listens on ``--host``/``--port`` and must
 be reachable at its own ``--public-url``); it serves its health as JSON at
 ``GET /health`` on ``--health-port`` (and writes it to Redis, where
-``vantum campaign status --redis`` sums every live worker's). SIGINT or
+``vantum campaign status --redis`` sums every live worker's). With
+``VANTUM_CONSOLE_TOKEN`` set, its Twilio server also serves the web console:
+the calls it places, and the campaign's figures its coordinator publishes
+(:mod:`vantum_pipeline.campaign.figures`). SIGINT or
 SIGTERM: no new job; the calls in progress finish; a second signal abandons
 them (their jobs run again elsewhere and are reconciled through Twilio).
 
@@ -27,6 +30,7 @@ from typing import Any, TextIO
 from vantum_pipeline.campaign.command import stop_on_signals
 from vantum_pipeline.campaign.config import CampaignConfig
 from vantum_pipeline.campaign.worker import CampaignWorker, DialerFactory
+from vantum_pipeline.console import ConsoleSettings
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.settings import env_float, env_int, load_env, optional_env
 
@@ -107,25 +111,35 @@ def parse_service_limits(values: list[str]) -> dict[str, int]:
 
 
 def worker_phone_dialers(options: WorkerOptions) -> DialerFactory:
-    """The production dialer factory: a ``PhoneDialer`` per campaign, keys from the environment."""
+    """The production dialer factory: a ``PhoneDialer`` per campaign, keys from the environment;
+    with ``VANTUM_CONSOLE_TOKEN`` set, its server serves the web console with the figures the
+    campaign's coordinator publishes."""
 
     @contextlib.asynccontextmanager
     async def factory(config: CampaignConfig, dnc: Any) -> AsyncIterator[Any]:
         from vantum_pipeline.campaign.clock import SystemClock
+        from vantum_pipeline.campaign.figures import PublishedCampaignStats
         from vantum_pipeline.campaign.phone import PhoneDialer, services_from_env
+        from vantum_pipeline.console import ConsoleSettings
 
         services = services_from_env(config)
-        async with PhoneDialer(
-            config,
-            services,
-            dnc=dnc,
-            clock=SystemClock(),
-            host=options.host,
-            port=options.port,
-            public_base_url=options.public_url,
-            recordings_dir=config.resolved_folder() / "recordings",
-        ) as dialer:
-            yield dialer
+        figures = PublishedCampaignStats(options.redis_url, config.id)
+        try:
+            async with PhoneDialer(
+                config,
+                services,
+                dnc=dnc,
+                clock=SystemClock(),
+                host=options.host,
+                port=options.port,
+                public_base_url=options.public_url,
+                recordings_dir=config.resolved_folder() / "recordings",
+                console=ConsoleSettings.from_env(),
+                campaign_stats=figures,
+            ) as dialer:
+                yield dialer
+        finally:
+            await figures.aclose()
 
     return factory
 
@@ -147,6 +161,7 @@ async def _serve_health(worker: CampaignWorker, host: str, port: int) -> Any:
 
 async def run_worker(options: WorkerOptions, factory: DialerFactory, *, stream: TextIO = sys.stdout) -> int:
     """Run a worker until SIGINT/SIGTERM; see the module docstring."""
+    console = ConsoleSettings.from_env()  # a bad console token fails here, before any job is taken
     worker = CampaignWorker(
         options.redis_url,
         factory,
@@ -165,7 +180,8 @@ async def run_worker(options: WorkerOptions, factory: DialerFactory, *, stream: 
             print(
                 f"worker {worker.worker_id}: jobs from {_masked(options.redis_url)}, up to {options.max_jobs} at once; "
                 f"cluster limits: {limits}, {options.calls_per_second:g} calls/s"
-                + (f"; health on :{options.health_port}/health" if options.health_port else ""),
+                + (f"; health on :{options.health_port}/health" if options.health_port else "")
+                + (f"; web console at {console.path} on its Twilio server" if console.token is not None else ""),
                 file=stream,
                 flush=True,
             )

@@ -38,6 +38,7 @@ from vantum_pipeline.campaign.view import make_view
 from vantum_pipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from vantum_pipeline.campaign.figures import StoreCampaignStats
     from vantum_pipeline.campaign.redis_dispatch import RedisDispatcher
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "simulated",
     "status_command",
     "stop_on_signals",
+    "store_figures",
 ]
 
 STORE_NAME = "campaign.sqlite"
@@ -141,15 +143,44 @@ async def phone_dialer(
     host: str = "0.0.0.0",
     port: int = 8080,
 ) -> AsyncIterator[Dialer]:
-    """The production dialer: keys and Twilio settings from the environment (and ``.env``)."""
+    """The production dialer: keys and Twilio settings from the environment (and ``.env``); with
+    ``VANTUM_CONSOLE_TOKEN`` set, its server serves the web console with the campaign's figures."""
     from vantum_pipeline.campaign.phone import PhoneDialer, services_from_env
+    from vantum_pipeline.console import ConsoleSettings
 
     services = services_from_env(config)
     recordings = config.resolved_folder() / "recordings"
-    async with PhoneDialer(
-        config, services, dnc=dnc, clock=clock, on_event=on_event, host=host, port=port, recordings_dir=recordings
-    ) as dialer:
+    console = ConsoleSettings.from_env()
+    async with (
+        store_figures(config) as figures,
+        PhoneDialer(
+            config,
+            services,
+            dnc=dnc,
+            clock=clock,
+            on_event=on_event,
+            host=host,
+            port=port,
+            recordings_dir=recordings,
+            console=console,
+            campaign_stats=figures,
+        ) as dialer,
+    ):
         yield dialer
+
+
+@contextlib.asynccontextmanager
+async def store_figures(config: CampaignConfig) -> AsyncIterator[StoreCampaignStats]:
+    """The web console's figures of ``config``'s campaign, read from its store (closed on exit)."""
+    from vantum_pipeline.campaign.figures import StoreCampaignStats
+
+    figures = StoreCampaignStats(
+        config.resolved_folder() / STORE_NAME, budgets={config.id: config.budget_usd}, campaign_ids=[config.id]
+    )
+    try:
+        yield figures
+    finally:
+        await figures.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -202,7 +233,12 @@ async def run_campaign(
             view(event)
 
         dnc = StoreDoNotCall(store, on_event)
-        async with make_dialer(config, dnc, clock, on_event) as dialer, view, _dispatcher(config, redis_url) as remote:
+        async with (
+            make_dialer(config, dnc, clock, on_event) as dialer,
+            view,
+            _dispatcher(config, redis_url) as remote,
+            _figures_for_workers(config, remote),
+        ):
             runner = CampaignRunner(
                 config, store, dialer, clock=clock, on_event=on_event, idle_exit=idle_exit, dnc=dnc, dispatcher=remote
             )
@@ -254,6 +290,28 @@ async def _dispatcher(config: CampaignConfig, redis_url: str | None) -> AsyncIte
         max_outstanding=config.max_concurrent_calls,
     ) as dispatcher:
         yield dispatcher
+
+
+@contextlib.asynccontextmanager
+async def _figures_for_workers(config: CampaignConfig, remote: RedisDispatcher | None) -> AsyncIterator[None]:
+    """With workers, publish the store's figures for their web consoles while the campaign runs."""
+    if remote is None:
+        yield
+        return
+
+    from vantum_pipeline.campaign.figures import publish_figures
+
+    async def publish(payload: str, ttl: float) -> None:
+        await remote.publish_figures(payload, ttl=ttl)
+
+    async with store_figures(config) as figures:
+        task = asyncio.get_running_loop().create_task(publish_figures(figures, publish), name="campaign-figures")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _run_with_signals(runner: CampaignRunner) -> RunSummary:

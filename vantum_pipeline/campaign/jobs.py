@@ -172,6 +172,8 @@ class Keys:
         self.config = f"{base}:config"
         self.results = f"{base}:results"
         self.metrics = f"{base}:metrics"
+        #: The console's figures of the campaign (JSON), which the coordinator publishes for the workers' consoles.
+        self.figures = f"{base}:figures"
         self._dial = f"{base}:dial:"
 
     @classmethod

@@ -34,6 +34,12 @@ the transcript, what the callee heard, notes (the opt-out's source, the
 transfer's fate) and the stereo recording's path when the campaign records
 calls.
 
+With ``console`` settings holding a token (``ConsoleSettings.from_env()``:
+``VANTUM_CONSOLE_TOKEN``), the dialer's Twilio server also serves the web
+console: every call live (the callee's words as they are spoken), then
+finished with the campaign's outcome and its recording, and the campaign
+figures of ``campaign_stats`` (``vantum_pipeline.campaign.figures``).
+
 ``services_from_env`` builds the four services' settings from the
 environment (keys, ``.env``) and the campaign file's ``[services.*]``
 tables, whose keys must be fields of the service's settings.
@@ -84,6 +90,7 @@ from vantum_pipeline.telephony.dnc import DncEntry
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord
 
 if TYPE_CHECKING:
+    from vantum_pipeline.console import CampaignStatsProvider, ConsoleHub, ConsoleSettings
     from vantum_pipeline.processors.context import LLMContext
     from vantum_pipeline.services.cartesia import CartesiaSettings
     from vantum_pipeline.services.deepgram import DeepgramSettings
@@ -203,7 +210,10 @@ class PhoneDialer:
         port: int = 8080,
         public_base_url: str | None = None,
         recordings_dir: Path | None = None,
+        console: ConsoleSettings | None = None,
+        campaign_stats: CampaignStatsProvider | None = None,
     ) -> None:
+        from vantum_pipeline.telephony.calls import CallRegistry
         from vantum_pipeline.transports.twilio.server import TwilioServer
         from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
 
@@ -220,6 +230,15 @@ class PhoneDialer:
         self.tts_cache = TTSCache(_SHARED_CACHE_ENTRIES, _SHARED_CACHE_BYTES)
         self._contexts: dict[str, _CallContext] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+        #: The web console's model of this dialer's calls; None: no console (no token configured).
+        self.console_hub: ConsoleHub | None = None
+        self.console_settings = console if console is not None and console.token is not None else None
+        registry = None
+        if self.console_settings is not None:
+            from vantum_pipeline.console import ConsoleHub
+
+            self.console_hub = ConsoleHub()
+            registry = CallRegistry(on_record=self._console_call_ended)
         self.server = TwilioServer(
             services.twilio,
             self._build_pipeline,
@@ -229,7 +248,12 @@ class PhoneDialer:
             max_calls=max(config.max_concurrent_calls * 2, 10),
             features=config.features,
             dnc=self.call_dnc,
+            registry=registry,
         )
+        if self.console_hub is not None and self.console_settings is not None:
+            from vantum_pipeline.console import mount_console
+
+            mount_console(self.server.app, self.console_hub, self.console_settings, campaigns=campaign_stats)
         self._public_base_url = public_base_url
         self._lookup = TwilioCallLookup(self.server.client)
 
@@ -237,7 +261,25 @@ class PhoneDialer:
         await self.server.start()
         if self._public_base_url is not None:
             self.server.public_base_url = self._public_base_url
+        if self.console_url is not None:
+            logger.info("campaign {}: the web console is at {}", self.config.id, self.console_url)
+            self._emit(CampaignEvent("note", text=f"web console: {self.console_url} (token: VANTUM_CONSOLE_TOKEN)"))
         return self
+
+    def _console_call_ended(self, record: CallRecord) -> None:
+        if self.console_hub is None:
+            return
+        try:
+            self.console_hub.call_ended(record)
+        except Exception as exc:  # the console is a view: it never breaks a call's record
+            logger.opt(exception=exc).error("campaign call {}: the console missed its record: {}", record.call_sid, exc)
+
+    @property
+    def console_url(self) -> str | None:
+        """Where this dialer's server serves the web console (None: no console)."""
+        if self.console_settings is None:
+            return None
+        return f"{self.server.local_url}{self.console_settings.path}"
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.server.stop()
@@ -341,8 +383,8 @@ class PhoneDialer:
             if turn.get("role") == "assistant"
         ).strip()
         recording = None
-        if context.recording is not None and self.recordings_dir is not None:
-            path = self.recordings_dir / f"{context.job.attempt.prospect_id}-{context.job.attempt.attempt}.wav"
+        path = self._recording_path(context.job)
+        if context.recording is not None and path is not None:
             if context.recording.write(path):
                 recording = str(path)
         notes = sales.notes if sales is not None else ""
@@ -357,6 +399,8 @@ class PhoneDialer:
             notes = f"{notes} (transfer: {fate.get(call.transfer_status or '', call.transfer_status)})".strip()
         if outcome == "voicemail_left":
             notes = f"{notes} (voicemail left after the {telephony.answered_by or 'machine'} greeting)".strip()
+        if self.console_hub is not None:
+            self.console_hub.refresh(call.sid, outcome=outcome)  # the campaign's outcome; the recording is written
         return AttemptRecord(
             outcome,
             twilio_status=telephony.status,
@@ -371,6 +415,12 @@ class PhoneDialer:
             callback_at=context.callback_at.timestamp() if context.callback_at is not None else None,
             answered_by=telephony.answered_by,
         )
+
+    def _recording_path(self, job: CallJob) -> Path | None:
+        """Where the attempt's stereo recording goes (None: the campaign records no calls)."""
+        if self.recordings_dir is None:
+            return None
+        return self.recordings_dir / f"{job.attempt.prospect_id}-{job.attempt.attempt}.wav"
 
     async def call_status(self, sid: str) -> CallStatus | None:
         return await self._lookup.call_status(sid)
@@ -467,7 +517,17 @@ class PhoneDialer:
         ]
         task = PipelineTask(Pipeline(processors), audio_in_sample_rate=8000, audio_out_sample_rate=8000)
         MetricsCollector(tracker=tracker).attach(task)
-        recorder.attach(task)
+        if self.console_hub is not None:
+            self.console_hub.watch(
+                task,
+                recorder,  # attached by the hub
+                call_id=session.call_sid,
+                to=job.number,
+                campaign_id=job.attempt.campaign_id,
+                recording=self._recording_path(job),
+            )
+        else:
+            recorder.attach(task)
         context.started = True
         context.running += 1
         context.finished.clear()

@@ -147,6 +147,11 @@ class RedisDispatcher:
         if numbers and self._pool is not None:
             await self._pool.sadd(Keys.DNC, *numbers)
 
+    async def publish_figures(self, payload: str, *, ttl: float) -> None:
+        """Put the campaign's console figures (JSON) where the workers' consoles read them, for ``ttl`` seconds."""
+        if self._pool is not None:
+            await self._pool.set(self.keys.figures, payload, px=int(ttl * 1000))
+
     async def submit(self, job: CallJob) -> None:
         if self._pool is None:
             raise PipelineError("RedisDispatcher used outside 'async with'")

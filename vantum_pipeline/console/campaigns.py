@@ -1,10 +1,12 @@
 """What the console reads about campaigns: a small protocol, and an in-memory implementation.
 
 The console shows, per campaign, its progress (prospects done out of the
-total), the count of each call outcome, and the spend over time. It reads
-them from any ``CampaignStatsProvider``: the campaign runner implements it
-over its store; ``InMemoryCampaignStats`` is one for tests, demos and
-single-process runs, fed by the telephony records of the calls::
+total, and the calls in progress), the count of each call outcome, and the
+spend over time. It reads them from any ``CampaignStatsProvider``:
+``vantum_pipeline.campaign.figures.StoreCampaignStats`` implements it over
+the campaign store (``vantum campaign run`` and ``vantum worker`` mount the
+console with it); ``InMemoryCampaignStats`` is one for tests, demos and
+single-process runs without a store, fed by the telephony records of the calls::
 
     stats = InMemoryCampaignStats()
     stats.add_campaign("spring", name="Spring promotion", prospects=500, budget=40.0)
@@ -24,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.errors import ConfigurationError, ProtocolError
 from vantum_pipeline.telephony.outcome import CallRecord
 
 __all__ = ["CampaignStats", "CampaignStatsProvider", "InMemoryCampaignStats"]
@@ -35,6 +37,7 @@ class CampaignStats:
     """One campaign's figures, as the console shows them.
 
     ``done`` prospects have a final outcome out of ``prospects``;
+    ``in_progress`` calls are being placed or are on the line;
     ``outcomes`` counts calls by outcome (``completed``, ``retry_later``,
     …, or the app's own); ``spend`` is the cumulative dollars over time,
     as ``(unix seconds, total so far)`` points in time order.
@@ -48,6 +51,7 @@ class CampaignStats:
     spend: Sequence[tuple[float, float]]
     state: str = "running"
     budget: float | None = None
+    in_progress: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,12 +60,34 @@ class CampaignStats:
             "state": self.state,
             "prospects": self.prospects,
             "done": self.done,
+            "in_progress": self.in_progress,
             "progress": 0.0 if self.prospects <= 0 else min(1.0, self.done / self.prospects),
             "outcomes": dict(sorted(self.outcomes.items())),
             "spend": [[round(at, 3), round(total, 6)] for at, total in self.spend],
             "spent": round(self.spend[-1][1], 6) if self.spend else 0.0,
             "budget": self.budget,
         }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CampaignStats:
+        """The inverse of ``as_dict`` (figures another process published); ProtocolError naming what is wrong."""
+        try:
+            outcomes = {str(name): int(count) for name, count in data["outcomes"].items()}
+            spend = [(float(at), float(total)) for at, total in data["spend"]]
+            budget = data.get("budget")
+            return cls(
+                campaign_id=str(data["campaign_id"]),
+                name=str(data["name"]),
+                prospects=int(data["prospects"]),
+                done=int(data["done"]),
+                outcomes=outcomes,
+                spend=spend,
+                state=str(data.get("state", "running")),
+                budget=None if budget is None else float(budget),
+                in_progress=int(data.get("in_progress", 0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"campaign figures: {type(exc).__name__} {exc} in {str(data)[:200]!r}") from None
 
 
 @runtime_checkable

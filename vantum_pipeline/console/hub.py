@@ -19,7 +19,10 @@ where the recording is. A call's pipeline is watched with ``watch()``:
 
 The hub reads the recorder's record as it grows (``CallRecorder.build()``),
 so the live transcript and the finished call are the same data; it freezes
-the record when the pipeline's End or Cancel leaves it. The telephony
+the record when the pipeline's End or Cancel leaves it. While the callee
+speaks, the view also carries ``interim``: their words not final yet (the
+recorder's user tap sees the STT's interim transcripts), replaced by the
+final text in the transcript when it comes. The telephony
 record (``call_ended``) adds the outcome Twilio reported and the line's cost.
 
 Changes are pushed to subscribers (the console's event streams) at most
@@ -116,6 +119,8 @@ class CallView:
     telephony: bool = True
     timer: asyncio.Handle | None = None
     cached: dict[str, Any] | None = None
+    #: The app's outcome (a campaign's ``meeting_booked``): it wins over the telephony record's.
+    app_outcome: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The view sent to the page (scrubbed); a finished call's is computed once."""
@@ -128,17 +133,19 @@ class CallView:
         if self.line_cost is not None:
             cost["twilio"] = round(self.line_cost, 6)  # what Twilio bills: whole minutes
         turns = record.get("turns") or []
+        interim = self.recorder.interim if self.recorder is not None and self.state == LIVE else ""
         view = {
             "call_id": self.call_id,
             "to": self.to,
             "campaign_id": self.campaign_id,
             "state": self.state,
-            "outcome": self.outcome or (record.get("outcome") if self.state != LIVE else None),
+            "outcome": self.app_outcome or self.outcome or (record.get("outcome") if self.state != LIVE else None),
             "status": self.status,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "duration_seconds": record.get("duration_seconds"),
             "turns": [_turn_view(turn) for turn in turns],
+            "interim": interim,
             "interruptions": (record.get("counts") or {}).get("interruptions", 0),
             "latencies": record.get("latencies") or {},
             "cost": {"by_service": cost, "total": round(sum(cost.values()), 6)},
@@ -249,6 +256,7 @@ class ConsoleHub:
         )
         self._live[call_id] = view
         recorder.attach(task)
+        recorder.on_transcript = lambda: self._changed(call_id)  # the callee's words, as they come
 
         def observe(frame: Frame, direction: FrameDirection) -> None:
             kind = type(frame)
@@ -281,6 +289,17 @@ class ConsoleHub:
             # The call is over; its pipeline should end any moment. If its End never shows, do not wait forever.
             view.timer = asyncio.get_running_loop().call_later(self.outcome_timeout, self._pipeline_overdue, view)
         self._changed(view.call_id)
+
+    def refresh(self, call_id: str, *, outcome: str | None = None) -> None:
+        """The call changed outside its pipeline: the app settled its ``outcome``
+        (shown instead of the telephony one), or its recording was written."""
+        view = self._find(call_id)
+        if view is None:
+            return
+        if outcome is not None:
+            view.app_outcome = outcome
+        view.cached = None
+        self._changed(call_id)
 
     def _pipeline_overdue(self, view: CallView) -> None:
         view.timer = None

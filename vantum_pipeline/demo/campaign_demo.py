@@ -38,14 +38,17 @@ from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from vantum_pipeline.campaign.clock import Clock, OffsetClock, SystemClock
-from vantum_pipeline.campaign.command import reconciling_dialer, run_campaign, simulated
+from vantum_pipeline.campaign.command import reconciling_dialer, run_campaign, simulated, store_figures
 from vantum_pipeline.campaign.config import CampaignConfig, load_campaign
 from vantum_pipeline.campaign.dispatch import Dialer, EventCallback
 from vantum_pipeline.campaign.dnc import DoNotCall
+from vantum_pipeline.campaign.figures import PublishedCampaignStats
 from vantum_pipeline.campaign.phone import PhoneDialer
 from vantum_pipeline.campaign.runner import StoreDoNotCall
 from vantum_pipeline.campaign.twilio_rest import rest_settings_from_env
 from vantum_pipeline.campaign.worker import DialerFactory as WorkerDialerFactory
+from vantum_pipeline.campaign.worker import RedisDoNotCall
+from vantum_pipeline.console import ConsoleSettings
 from vantum_pipeline.demo.campaign_world import PERSONAS, REP_NUMBER, Persona, SimulatedWorld, WorldDialer
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.settings import load_env, optional_env
@@ -123,12 +126,21 @@ async def run_fake(
                 world.add_rep(config.features.transfer.number)
             services = world.services(config.caller_id)
             recordings = config.resolved_folder() / "recordings"
-            phone = PhoneDialer(
-                config, services, dnc=dnc, clock=clock, on_event=on_event, port=0, recordings_dir=recordings
-            )
-            async with phone:
-                phone.server.public_base_url = phone.server.local_url
-                yield WorldDialer(world, phone, personas, default)
+            async with store_figures(config) as figures:
+                phone = PhoneDialer(
+                    config,
+                    services,
+                    dnc=dnc,
+                    clock=clock,
+                    on_event=on_event,
+                    port=0,
+                    recordings_dir=recordings,
+                    console=ConsoleSettings.from_env(),
+                    campaign_stats=figures,
+                )
+                async with phone:
+                    phone.server.public_base_url = phone.server.local_url
+                    yield WorldDialer(world, phone, personas, default)
 
     return await run_campaign(
         config, world_dialer, clock=clock, idle_exit=idle_exit, plain=plain, stream=stream, is_simulation=True
@@ -169,20 +181,28 @@ def fake_worker_dialers(
         voices = config.simulation.get("voices", True)
         used = {**personas, "(default)": default}
         world = SimulatedWorld(used, voices=bool(voices), shared_twilio=shared, speech_rate=_speech_rate(config))
-        async with world:
-            services = world.services(config.caller_id)
-            phone = PhoneDialer(
-                config,
-                services,
-                dnc=dnc,
-                clock=_clock(config),
-                host=host,
-                port=port,
-                recordings_dir=simulated(config).resolved_folder() / "recordings",
-            )
-            async with phone:
-                phone.server.public_base_url = public_url or phone.server.local_url
-                yield WorldDialer(world, phone, personas, default)
+        # The coordinator's figures for this worker's console, when it has one.
+        figures = PublishedCampaignStats(dnc.worker.redis_url, config.id) if isinstance(dnc, RedisDoNotCall) else None
+        try:
+            async with world:
+                services = world.services(config.caller_id)
+                phone = PhoneDialer(
+                    config,
+                    services,
+                    dnc=dnc,
+                    clock=_clock(config),
+                    host=host,
+                    port=port,
+                    recordings_dir=simulated(config).resolved_folder() / "recordings",
+                    console=ConsoleSettings.from_env(env),
+                    campaign_stats=figures,
+                )
+                async with phone:
+                    phone.server.public_base_url = public_url or phone.server.local_url
+                    yield WorldDialer(world, phone, personas, default)
+        finally:
+            if figures is not None:
+                await figures.aclose()
 
     return factory
 

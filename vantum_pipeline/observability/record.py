@@ -12,6 +12,10 @@ the End) and the task's interruption epoch. The user's transcripts often stop
 at the user aggregator and never reach an end; ``user_tap()`` is a
 pass-through processor to place right after the STT so that the record gets
 them. Without it the record holds the user turns that do reach an end.
+The tap also keeps ``interim``, the user's words not final yet (the STT's
+latest interim transcript since its last final one; never in the record),
+and calls ``on_transcript()``, when set, after each transcript it sees:
+a live view (the web console) shows the words as they are spoken.
 
 A record (``record_version`` 1)::
 
@@ -56,7 +60,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -72,6 +76,7 @@ from vantum_pipeline.frames import (
     ErrorFrame,
     Frame,
     HeardTextFrame,
+    InterimTranscriptionFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -254,8 +259,13 @@ class _UserTap(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, InterruptionFrame):
             self._recorder._interrupted(frame.epoch)
-        elif direction is FrameDirection.DOWNSTREAM and isinstance(frame, TranscriptionFrame | EndOfTurnFrame):
-            self._recorder._user_frame(frame)
+        elif direction is FrameDirection.DOWNSTREAM:
+            if isinstance(frame, TranscriptionFrame | EndOfTurnFrame):
+                self._recorder._user_frame(frame)
+                self._recorder._transcript_seen()
+            elif isinstance(frame, InterimTranscriptionFrame):
+                self._recorder.interim = frame.text.strip()
+                self._recorder._transcript_seen()
         await self.push_frame(frame, direction)
 
 
@@ -306,6 +316,10 @@ class CallRecorder:
         self._outcome: str | None = None
         self._outcome_reason = ""
         self.record: dict[str, Any] | None = None
+        #: The user's words not final yet (see the module docstring).
+        self.interim = ""
+        #: Called after each transcript the user tap sees (interim or final); must not raise.
+        self.on_transcript: Callable[[], None] | None = None
 
     # ----------------------------------------------------------------- API
 
@@ -431,7 +445,16 @@ class CallRecorder:
         if self.call_id is None and isinstance(frame.metadata.get("call_id"), str):
             self.call_id = frame.metadata["call_id"]
 
+    def _transcript_seen(self) -> None:
+        if self.on_transcript is not None:
+            try:
+                self.on_transcript()
+            except Exception as exc:  # a viewer's bug must not break the call
+                logger.opt(exception=exc).error("call record: on_transcript failed: {}", exc)
+
     def _user_frame(self, frame: TranscriptionFrame | EndOfTurnFrame) -> None:
+        if isinstance(frame, TranscriptionFrame):
+            self.interim = ""  # the final text replaces the words heard so far
         if frame.id in self._seen_user_frames:
             return  # the same frame seen by the tap and again at the tail
         self._seen_user_frames.append(frame.id)

@@ -59,6 +59,12 @@
     card.append(el("div", { class: "meta", text: facts.join(" · ") }));
     const turns = el("ol", { class: "turns" });
     for (const turn of view.turns) turns.append(turnItem(turn));
+    if (view.interim) {
+      // The callee's words not final yet: shown apart, replaced by the final text when it comes.
+      const words = el("li", { class: "turn user interim", title: "not final yet" });
+      words.append(el("span", { class: "who", text: "callee" }), el("span", { class: "text", text: view.interim }));
+      turns.append(words);
+    }
     card.append(turns);
     return card;
   }
@@ -194,7 +200,9 @@
       bar.setAttribute("aria-valuemin", "0");
       bar.setAttribute("aria-valuemax", "100");
       bar.firstChild.style.width = `${percent}%`;
-      card.append(el("div", { class: "meta progress-text", text: `${campaign.done} of ${campaign.prospects} prospects done (${percent}%)` }), bar);
+      let progress = `${campaign.done} of ${campaign.prospects} prospects done (${percent}%)`;
+      if (campaign.in_progress) progress += ` · ${campaign.in_progress} in progress`;
+      card.append(el("div", { class: "meta progress-text", text: progress }), bar);
       const outcomes = el("div", { class: "outcomes" });
       for (const [outcome, count] of Object.entries(campaign.outcomes)) {
         outcomes.append(el("span", { class: "outcome-count", "data-outcome": outcome }, el("b", { text: String(count) }), ` ${outcome}`));
