@@ -83,6 +83,35 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _hook = None
 
 
+# The suite runs on parallel workers (pytest-xdist, ``-n 4 --dist loadfile`` in pyproject.toml):
+# most of its wall time is real-time calls waiting on the clock, not CPU. A file is a unit of
+# work, and the units are handed out in collection order, so the files whose calls take longest
+# start first and the short ones fill the gaps. Seconds measured serially with ``--durations``;
+# a file missing here simply starts later, so a stale figure costs minutes, never a failure.
+_SLOW_FILES = {
+    "test_campaign_telephony.py": 200,
+    "test_telephony_calls.py": 165,
+    "test_campaign_cluster_calls.py": 125,
+    "test_campaign_crash.py": 100,
+    "test_barge_in_call.py": 60,
+    "test_campaign_calls.py": 40,
+    "test_demo_mic_sound_server.py": 40,
+    "test_telephony_features.py": 35,
+    "test_offline_demo.py": 30,
+    "test_campaign_cluster.py": 25,
+    "test_twilio_workers.py": 25,
+    "test_campaign_reconcile.py": 20,
+    "test_twilio_server.py": 20,
+    "test_twilio_example.py": 20,
+    "test_twilio_call.py": 20,
+    "test_interop_pipecat_call.py": 17,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: -_SLOW_FILES.get(item.path.name, 0))  # stable: order kept within a file
+
+
 def require_program(program: str, package: str) -> None:
     """Skip (loudly) outside CI when ``program`` is missing; fail in CI, which must install it."""
     import os

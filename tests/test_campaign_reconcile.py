@@ -13,6 +13,7 @@ import pytest
 from tests.campaign_support import CALLER_ID, RestDialer, twilio_settings, write_campaign
 from vantum_pipeline.campaign.clock import SystemClock
 from vantum_pipeline.campaign.config import load_campaign
+from vantum_pipeline.campaign.dispatch import CallStatus
 from vantum_pipeline.campaign.runner import CampaignRunner, prepare_campaign
 from vantum_pipeline.campaign.store import CampaignStore
 from vantum_pipeline.campaign.twilio_rest import (
@@ -90,3 +91,27 @@ async def test_a_runner_twilio_cannot_answer_stops_with_a_clear_error_and_dials_
                     await asyncio.wait_for(runner.run(), timeout=120.0)
             assert runner.dialled == 0 and not twilio.calls
             assert [a["outcome"] for a in store.attempts("test")] == [None]  # still open for the next run
+
+
+class _CallThatNeverEnds:
+    """A Twilio account (the ``Dialer`` protocol's lookup side) whose call stays up whatever is asked."""
+
+    def __init__(self) -> None:
+        self.hang_ups = 0
+
+    async def call_status(self, sid: str) -> CallStatus:
+        return CallStatus(sid, "in-progress", 0.0)
+
+    async def hang_up(self, sid: str) -> None:
+        self.hang_ups += 1
+
+
+async def test_a_call_twilio_keeps_reporting_up_is_given_up_on_after_a_bounded_number_of_hang_ups() -> None:
+    account = _CallThatNeverEnds()
+    status = await asyncio.wait_for(
+        follow_to_end(account, "CA1", timeout=0.1, hang_ups=2, grace=0.1),  # type: ignore[arg-type]
+        timeout=30.0,
+    )
+    assert account.hang_ups == 2
+    assert status is not None and status.status == "in-progress"
+    assert reconciled_record("CA1", status, notes="").outcome == "error"

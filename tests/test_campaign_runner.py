@@ -210,9 +210,11 @@ async def test_concurrency_and_pacing_measured_at_twilio(tmp_path: Path) -> None
         assert summary.reason == "finished" and len(w.twilio.calls) == 14
         creates = sorted(r.at for r in w.twilio.requests if r.method == "POST" and r.path.endswith("/Calls.json"))
         assert len(creates) == 14
-        # Pacing: consecutive calls reach Twilio at least 1 / rate apart (loopback jitter aside).
-        gaps = [b - a for a, b in itertools.pairwise(creates)]
-        assert min(gaps) >= 0.2 - 0.02, gaps
+        # Pacing as Twilio saw it: no second holds more than the rate's 5 calls, give or take one whose
+        # request was delayed on a loaded machine (a missing pacer puts 3 in the same instant).
+        per_second = [sum(1 for t in creates if at <= t < at + 1.0) for at in creates]
+        assert max(per_second) <= 5 + 1, creates
+        assert creates[-1] - creates[0] >= 13 * 0.2 - 0.1, creates
         dispatcher = runner.dispatcher
         assert isinstance(dispatcher, InProcessDispatcher)
         starts = list(dispatcher.starts)  # as released by the pacer: never closer than 1 / rate

@@ -48,6 +48,8 @@ __all__ = [
 TWILIO_PRICE_PER_MINUTE = 0.014
 #: Seconds a call hung up by reconciliation may take to end before it is hung up again.
 _HANG_UP_GRACE = 30.0
+#: Hang-ups reconciliation sends before it gives up on a call Twilio keeps reporting up.
+_MAX_HANG_UPS = 3
 
 T = TypeVar("T")
 
@@ -112,21 +114,30 @@ async def ask_twilio(request: Callable[[], Awaitable[T]], *, tries: int = 5) -> 
     raise ServiceError(f"Twilio did not answer {tries} reconciliation requests", service="twilio", retryable=True)
 
 
-async def follow_to_end(dialer: Dialer, sid: str, *, timeout: float) -> CallStatus | None:
+async def follow_to_end(
+    dialer: Dialer, sid: str, *, timeout: float, hang_ups: int = _MAX_HANG_UPS, grace: float = _HANG_UP_GRACE
+) -> CallStatus | None:
     """Poll Twilio until call ``sid`` has ended (None: Twilio does not know it). A call still
-    up after ``timeout`` seconds is hung up, and again every 30 s while Twilio says it is up.
+    up after ``timeout`` seconds is hung up, and again every ``grace`` seconds while Twilio says
+    it is up, at most ``hang_ups`` times: a call Twilio still reports up after that is given up
+    on (an error is logged) and its last status returned, which settles it as ``error``.
     Each request goes through :func:`ask_twilio` (its ``ServiceError`` is raised)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.25
+    hung_up = 0
     while True:
         status = await ask_twilio(lambda: dialer.call_status(sid))
         if status is None or status.ended:
             return status
         if loop.time() >= deadline:
+            if hung_up >= hang_ups:
+                logger.error("call {} still {} after {} hang-ups: giving up on it", sid, status.status, hung_up)
+                return status
             logger.warning("call {} still {} after {:.0f}s: hanging up", sid, status.status, timeout)
             await ask_twilio(lambda: dialer.hang_up(sid))
-            deadline = loop.time() + _HANG_UP_GRACE
+            hung_up += 1
+            deadline = loop.time() + grace
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
 

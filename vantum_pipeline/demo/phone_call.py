@@ -303,7 +303,11 @@ def _barge_in(callee: SimulatedCallee, line: Callee, parts: _CallParts) -> dict[
     if said is None:
         return None
     cut_at = next((at for at in line.clears if at >= said.start), None)
-    turn_start = max((c.at for c in line.heard if c.at < said.start and _gap_before(line, c.at)), default=None)
+    # The interrupted turn is the bot's answer to the callee's line before (or the greeting): it starts
+    # with the first audio heard after that line. A gap inside the turn (a late sentence under load)
+    # must not move its start.
+    before = max((s.end for s in callee.said if s.end <= said.start), default=0.0)
+    turn_start = min((c.at for c in line.heard if before <= c.at < said.start), default=None)
     played = [c for c in line.heard if turn_start is not None and turn_start <= c.at < said.end]
     after_cut = [c for c in played if cut_at is not None and c.at > cut_at]
     heard_seconds = sum(len(c.audio) for c in played if cut_at is None or c.at <= cut_at) / 8000
@@ -324,11 +328,6 @@ def _barge_in(callee: SimulatedCallee, line: Callee, parts: _CallParts) -> dict[
         "words_fully_played": spoken,
         "words_in_context": len(normalize_words(heard_text or "")),
     }
-
-
-def _gap_before(line: Callee, at: float) -> bool:
-    """True when no bot audio was heard in the 0.3 s before ``at`` (a turn starts there)."""
-    return not any(at - 0.3 <= c.at < at for c in line.heard)
 
 
 def _words_fully_played(heard_text: str | None, message: Any, seconds: float, parts: _CallParts) -> int | None:

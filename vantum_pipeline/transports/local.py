@@ -315,6 +315,7 @@ class _Device:
                     _abort(stream)
                     return stream, device_rate
                 self.last_callback = time.monotonic()
+                self.rate = device_rate  # known before the first callback can reach the loop
                 stream.start()
             return stream, device_rate
 
@@ -404,13 +405,15 @@ class LocalAudioInput(InputTransport):
             except RuntimeError:  # the loop is closed: the call is over
                 pass
 
-        await device.open(rate, on_audio)
-        if device.rate != rate:
-            self._resampler = StreamResampler(device.rate, rate)
         self._rate = rate
+        await device.open(rate, on_audio)
         self.create_task(self._watch(), "microphone-watch")
 
     def _deliver(self, audio: bytes) -> None:
+        # The first blocks can arrive before open() has returned: the device's rate is set before its
+        # stream starts, so even they are resampled.
+        if self._resampler is None and self._device.rate != self._rate:
+            self._resampler = StreamResampler(self._device.rate, self._rate)
         if self._resampler is not None:
             audio = self._resampler.resample(audio)
         if audio:
