@@ -443,7 +443,12 @@ def test_only_the_adapter_modules_import_pipecat():
         for path in package.rglob("*.py")
         if re.search(r"^\s*(from|import)\s+pipecat\b", path.read_text(), flags=re.M)
     )
-    assert importers == ["interop/pipecat.py", "interop/pipecat_context.py", "interop/pipecat_frames.py"]
+    assert importers == [
+        "interop/pipecat.py",
+        "interop/pipecat_context.py",
+        "interop/pipecat_frames.py",
+        "interop/pipecat_inbox.py",
+    ]
 
 
 async def test_a_whole_pipecat_pipeline_is_hosted_as_one_processor():

@@ -1,0 +1,182 @@
+"""The way into a hosted pipecat processor: a bound on what it holds, and the short way in.
+
+A pipecat processor queues what it is given in two unbounded queues: an input
+queue, drained by a task that handles system frames itself and moves the other
+frames to a process queue, drained by a second task. Nothing there ever makes
+the sender wait. ``HostedInbox`` is what ``PipecatProcessor`` hands frames
+through instead of calling ``queue_frame`` blindly:
+
+- **A bound.** Each frame of ours is handed over with pipecat's frame callback,
+  which pipecat calls once the hosted processor has processed it; until then
+  the frame is *outstanding*. With ``limit`` frames outstanding, ``wait_for_room``
+  makes the adapter wait, so our lane stops taking frames and the producer
+  upstream waits in turn (our lanes are bounded): a slow hosted processor
+  slows the pipeline down instead of growing memory. Frames pipecat drops on an
+  interruption never get their callback: ``forget_interruptible`` stops
+  counting them once an interruption has gone through.
+- **Overruns.** When room does not come within ``timeout`` (the hosted
+  processor is stuck), the frame is handed over anyway; and pipecat's own
+  queues may hold frames we did not send (the processor queues some to
+  itself). Either way the hand-over is an *overrun*: counted in ``overruns``
+  and logged, at most once every ``_WARN_EVERY`` seconds with the count so far.
+- **The short way in.** When the hosted processor's input task is idle (parked
+  on an empty input queue, system frames not paused), a non-system frame goes
+  straight into its process queue, which is all that task would do with it next:
+  one task switch and two queue operations less per frame. Otherwise, and for
+  system frames, ``queue_frame`` as usual. This reads pipecat's private queues
+  (pipecat-ai 1.x, ``FrameProcessor`` with its ``queue_frame``); a processor
+  built differently (its own ``queue_frame``, direct mode, another layout)
+  always takes ``queue_frame``, and ``short_way`` says which applies.
+
+Importing this module imports pipecat: only ``interop/pipecat.py`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+try:
+    from pipecat.frames import frames as pc
+    from pipecat.processors.frame_processor import FrameDirection as PipecatDirection
+    from pipecat.processors.frame_processor import FrameProcessor as PipecatFrameProcessor
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    from vantum_pipeline.interop import PIPECAT_MISSING
+
+    raise ImportError(PIPECAT_MISSING) from exc
+
+from loguru import logger
+
+__all__ = ["HostedInbox"]
+
+# Pipecat's FrameProcessor keeps its queues in name-mangled attributes.
+_INPUT_QUEUE = "_FrameProcessor__input_queue"
+_PROCESS_QUEUE = "_FrameProcessor__process_queue"
+_SYSTEM_PAUSED = "_FrameProcessor__should_block_system_frames"
+#: Seconds between two warnings about overruns.
+_WARN_EVERY = 10.0
+
+
+def _pipecat_queues(processor: PipecatFrameProcessor) -> tuple[asyncio.Queue[Any], asyncio.Queue[Any]] | None:
+    """The input and process queues of ``processor`` when frames may take the short way in."""
+    if type(processor).queue_frame is not PipecatFrameProcessor.queue_frame or processor._enable_direct_mode:
+        return None
+    inputs = getattr(processor, _INPUT_QUEUE, None)
+    process = getattr(processor, _PROCESS_QUEUE, None)
+    if not isinstance(inputs, asyncio.Queue) or not isinstance(process, asyncio.Queue):
+        return None
+    if not hasattr(inputs, "_getters") or not isinstance(getattr(processor, _SYSTEM_PAUSED, None), bool):
+        return None
+    return inputs, process
+
+
+class HostedInbox:
+    """Hands frames to one hosted pipecat processor; see the module docstring."""
+
+    def __init__(self, processor: PipecatFrameProcessor, *, name: str, limit: int, timeout: float) -> None:
+        self.processor = processor
+        self.name = name
+        self.limit = limit
+        self.timeout = timeout
+        #: Hand-overs beyond the bound (room did not come in time, or pipecat's queues were full).
+        self.overruns = 0
+        #: The most frames outstanding at once.
+        self.peak = 0
+        self._outstanding: dict[int, pc.Frame] = {}  # by pipecat's frame id
+        self._room = asyncio.Event()
+        self._waiting = 0
+        self._warned_at: float | None = None
+        self._queues = _pipecat_queues(processor)
+
+    @property
+    def short_way(self) -> bool:
+        """Whether non-system frames may skip the hosted processor's input task."""
+        return self._queues is not None
+
+    @property
+    def outstanding(self) -> int:
+        """Frames handed over (and counted) that the hosted processor has not processed yet."""
+        return len(self._outstanding)
+
+    @property
+    def queued(self) -> int | None:
+        """Frames waiting in pipecat's own queues of the hosted processor (None when unreadable)."""
+        if self._queues is None:
+            return None
+        inputs, process = self._queues
+        return inputs.qsize() + process.qsize()
+
+    async def wait_for_room(self) -> None:
+        """Return once fewer than ``limit`` frames are outstanding, or after ``timeout`` (an overrun)."""
+        if len(self._outstanding) < self.limit:
+            return
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(self.timeout):
+                while len(self._outstanding) >= self.limit:
+                    self._room.clear()
+                    await self._room.wait()
+        except TimeoutError:
+            self._overrun(f"{len(self._outstanding)} frames still outstanding after {self.timeout:.1f}s")
+        finally:
+            self._waiting -= 1
+
+    async def put(self, frame: pc.Frame, direction: PipecatDirection, *, counted: bool) -> None:
+        """Hand ``frame`` to the hosted processor; a ``counted`` one is outstanding until processed."""
+        callback = None
+        if counted:
+            self._outstanding[frame.id] = frame
+            if len(self._outstanding) > self.peak:
+                self.peak = len(self._outstanding)
+            callback = self._processed
+        queues = self._queues
+        if queues is not None:
+            inputs, process = queues
+            if (
+                inputs.empty()
+                and inputs._getters  # type: ignore[attr-defined]  # its input task is parked on it
+                and not isinstance(frame, pc.SystemFrame)
+                and not getattr(self.processor, _SYSTEM_PAUSED)
+                and not self.processor._cancelling
+            ):
+                # What the input task would do with it at once: no other frame can come between.
+                process.put_nowait((frame, direction, callback))
+                return
+            if counted and inputs.qsize() + process.qsize() >= self.limit:
+                self._overrun(f"pipecat's queues hold {inputs.qsize() + process.qsize()} frames")
+        await self.processor.queue_frame(frame, direction, callback)
+
+    def forget_interruptible(self) -> None:
+        """An interruption went through the hosted processor: it dropped the interruptible
+        frames it held, whose callbacks will never come."""
+        for key, frame in list(self._outstanding.items()):
+            if frame.interruptible and not isinstance(frame, pc.SystemFrame):
+                del self._outstanding[key]
+        self._made_room()
+
+    def clear(self) -> None:
+        """The hosted processor was cancelled: nothing it holds will be processed."""
+        self._outstanding.clear()
+        self._made_room()
+
+    async def _processed(self, processor: Any, frame: pc.Frame, direction: Any) -> None:
+        """Pipecat's frame callback: the hosted processor is done with ``frame``."""
+        if self._outstanding.pop(frame.id, None) is not None and len(self._outstanding) < self.limit:
+            self._made_room()
+
+    def _made_room(self) -> None:
+        if self._waiting:
+            self._room.set()
+
+    def _overrun(self, why: str) -> None:
+        self.overruns += 1
+        now = asyncio.get_running_loop().time()
+        if self._warned_at is None or now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            logger.warning(
+                "{}: the hosted processor is behind ({}, limit {}); handing frames over anyway ({} so far)",
+                self.name,
+                why,
+                self.limit,
+                self.overruns,
+            )
