@@ -199,7 +199,8 @@ class PipecatProcessor(FrameProcessor):
     ``max_outstanding``: frames of ours the hosted processor may hold
     unprocessed before the adapter waits (backpressure); ``backlog_timeout``
     how long it waits before handing a frame over anyway (an overrun, counted
-    in ``inbox.overruns`` and logged).
+    in ``inbox.overruns`` and logged). ``max_queue`` bounds the adapter's own
+    lanes, as for any processor: the producer upstream waits when they are full.
     ``enable_metrics``: pipecat's TTFB, processing and usage metrics.
     """
 
@@ -216,6 +217,7 @@ class PipecatProcessor(FrameProcessor):
         stop_timeout: float = 0.6,
         max_outstanding: int = 32,
         backlog_timeout: float = 5.0,
+        max_queue: int = 256,
         enable_metrics: bool = True,
     ) -> None:
         if not isinstance(processor, PipecatFrameProcessor):
@@ -235,7 +237,7 @@ class PipecatProcessor(FrameProcessor):
             raise ConfigurationError(f"PipecatProcessor max_outstanding must be >= 1, got {max_outstanding!r}")
         if max_tool_rounds < 0:
             raise ConfigurationError(f"PipecatProcessor max_tool_rounds must be >= 0, got {max_tool_rounds!r}")
-        super().__init__(name=name or f"Pipecat[{processor.name}]")
+        super().__init__(name=name or f"Pipecat[{processor.name}]", max_queue=max_queue)
         self.hosted = processor
         self.tools = {tool.name: tool for tool in tools}
         self.max_tool_rounds = max_tool_rounds
