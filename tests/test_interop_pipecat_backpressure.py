@@ -14,7 +14,13 @@ from pipecat.frames import frames as pc
 from pipecat.processors.frame_processor import FrameDirection as PipecatDirection
 from pipecat.processors.frame_processor import FrameProcessor as PipecatFrameProcessor
 
-from vantum_pipeline.frames import EndFrame, InputAudioRawFrame, TextFrame
+from vantum_pipeline.frames import (
+    BotStartedSpeakingFrame,
+    EndFrame,
+    InputAudioRawFrame,
+    TextFrame,
+    UserStartedSpeakingFrame,
+)
 from vantum_pipeline.interop.pipecat import PipecatProcessor
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.testing.pipeline import PipelineHarness, run_pipeline
@@ -165,3 +171,37 @@ async def test_order_holds_with_system_frames_among_frames_taking_the_short_way(
     assert texts == [f.text for f in frames if isinstance(f, TextFrame)]
     assert audio == [f.audio[0] for f in frames if isinstance(f, InputAudioRawFrame)]
     assert hosted.texts == texts
+
+
+class SelfQueueing(PipecatFrameProcessor):
+    """On a VAD frame, queues a system frame to itself, then takes a while: pipecat
+    processes system frames one at a time, so the queued one must wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, bool]] = []  # (event, in pipecat's input task)
+
+    def _note(self, event: str) -> None:
+        self.log.append((event, asyncio.current_task() is self._FrameProcessor__input_frame_task))
+
+    async def process_frame(self, frame: pc.Frame, direction: PipecatDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, pc.VADUserStartedSpeakingFrame):
+            self._note("vad start")
+            await self.queue_frame(pc.BotStartedSpeakingFrame())
+            await asyncio.sleep(0.05)
+            self._note("vad end")
+        elif isinstance(frame, pc.BotStartedSpeakingFrame):
+            self._note("bot")
+        await self.push_frame(frame, direction)
+
+
+async def test_a_system_frame_processed_on_the_short_way_holds_what_is_queued_meanwhile():
+    hosted = SelfQueueing()
+    async with PipelineHarness([PipecatProcessor(hosted, enable_metrics=False)]) as harness:
+        await asyncio.sleep(0.05)  # pipecat's input task is up and idle
+        await harness.send(UserStartedSpeakingFrame())
+        await harness.wait_for(BotStartedSpeakingFrame)
+    # Ours was processed in the sender's task (the short way); the frame the processor
+    # queued meanwhile waited for it, then pipecat's input task took it.
+    assert hosted.log == [("vad start", False), ("vad end", False), ("bot", True)]

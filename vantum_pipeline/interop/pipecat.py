@@ -252,7 +252,9 @@ class PipecatProcessor(FrameProcessor):
         #: Frames that arrived while the hosted processor was not running (setup failed, or it ended).
         self.not_delivered = 0
         #: How frames get into the hosted processor: its backlog bound, overruns, the short way in.
-        self.inbox = HostedInbox(processor, name=self.name, limit=max_outstanding, timeout=backlog_timeout)
+        self.inbox = HostedInbox(
+            processor, name=self.name, limit=max_outstanding, timeout=backlog_timeout, is_stale=self.is_stale
+        )
         self._inbox = self.inbox
         self._routes: dict[type[Frame], Callable[[Frame], pc.Frame] | None] = {}
         self._head = _Shim(self, "in")
@@ -294,11 +296,12 @@ class PipecatProcessor(FrameProcessor):
             return
         theirs = convert(frame)
         setattr(theirs, _ORIGIN, frame)
-        if frame.in_band:
-            await self._inbox.wait_for_room()
-            if self.is_stale(frame):
-                return  # an interruption came while it waited: it must not reach pipecat
-        await self._send(theirs, direction, counted=frame.in_band)
+        if not self._started or self._finished:
+            self._not_delivered(theirs)
+            return
+        # An in-band frame waits while the hosted processor holds too many; if an
+        # interruption comes meanwhile, it is dropped: it must not reach pipecat.
+        await self._inbox.put(theirs, _PC_DOWN if direction is _DOWN else _PC_UP, frame if frame.in_band else None)
 
     def _route(self, cls: type[Frame]) -> Callable[[Frame], pc.Frame] | None:
         """How frames of ``cls`` cross into pipecat: a converter, or None for those
@@ -375,20 +378,21 @@ class PipecatProcessor(FrameProcessor):
                     f"{self.name}: LLMContextFrame.context must be an LLMContext, got {type(frame.context).__name__}"
                 )
                 return
-            await self._inbox.wait_for_room()
-            if self.is_stale(frame):
-                return
         else:
             theirs = self._translation(type(frame))(frame)
         setattr(theirs, _ORIGIN, frame)
-        await self._send(theirs, direction, counted=frame.in_band)
+        await self._send(theirs, direction, frame if frame.in_band else None)
 
-    async def _send(self, frame: pc.Frame, direction: FrameDirection, *, counted: bool = False) -> None:
+    async def _send(self, frame: pc.Frame, direction: FrameDirection, origin: Frame | None = None) -> None:
+        """Hand ``frame`` over; with ``origin`` (our in-band frame), bounded by the inbox."""
         if not self._started or (self._finished and not isinstance(frame, pc.CancelFrame)):
-            self.not_delivered += 1
-            logger.warning("{}: {} not delivered: the hosted processor is not running", self.name, frame)
+            self._not_delivered(frame)
             return
-        await self._inbox.put(frame, _PC_DOWN if direction is _DOWN else _PC_UP, counted=counted)
+        await self._inbox.put(frame, _PC_DOWN if direction is _DOWN else _PC_UP, origin)
+
+    def _not_delivered(self, frame: pc.Frame) -> None:
+        self.not_delivered += 1
+        logger.warning("{}: {} not delivered: the hosted processor is not running", self.name, frame)
 
     async def _start(self, frame: StartFrame) -> None:
         self._out_epoch = frame.epoch

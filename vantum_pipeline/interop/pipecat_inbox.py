@@ -8,7 +8,7 @@ through instead of calling ``queue_frame`` blindly:
 
 - **A bound.** Each frame of ours is handed over with pipecat's frame callback,
   which pipecat calls once the hosted processor has processed it; until then
-  the frame is *outstanding*. With ``limit`` frames outstanding, ``wait_for_room``
+  the frame is *outstanding*. With ``limit`` frames outstanding, ``put``
   makes the adapter wait, so our lane stops taking frames and the producer
   upstream waits in turn (our lanes are bounded): a slow hosted processor
   slows the pipeline down instead of growing memory. Frames pipecat drops on an
@@ -20,13 +20,19 @@ through instead of calling ``queue_frame`` blindly:
   itself). Either way the hand-over is an *overrun*: counted in ``overruns``
   and logged, at most once every ``_WARN_EVERY`` seconds with the count so far.
 - **The short way in.** When the hosted processor's input task is idle (parked
-  on an empty input queue, system frames not paused), a non-system frame goes
-  straight into its process queue, which is all that task would do with it next:
-  one task switch and two queue operations less per frame. Otherwise, and for
-  system frames, ``queue_frame`` as usual. This reads pipecat's private queues
-  (pipecat-ai 1.x, ``FrameProcessor`` with its ``queue_frame``); a processor
-  built differently (its own ``queue_frame``, direct mode, another layout)
-  always takes ``queue_frame``, and ``short_way`` says which applies.
+  on an empty input queue, system frames not paused), it would take the next
+  frame at once: a non-system frame straight into its process queue, a system
+  frame processed then and there. So a non-system frame goes straight into
+  the process queue, and a system frame is processed in the sender's task
+  while the input task's parked getter is held aside (whatever is queued
+  meanwhile waits, as behind a system frame in progress; the input task is
+  woken for it after). That is one task switch less per frame, and two queue
+  operations. Otherwise, and for the ``StartFrame``, ``queue_frame`` as
+  usual. This reads pipecat's private queues and its ``__process_frame``
+  (pipecat-ai 1.x, a ``FrameProcessor`` with pipecat's ``queue_frame``) and
+  asyncio's queue of getters; a processor built differently (its own
+  ``queue_frame``, direct mode, another layout) always takes ``queue_frame``,
+  and ``short_way`` says which applies.
 
 Importing this module imports pipecat: only ``interop/pipecat.py`` does.
 """
@@ -34,6 +40,7 @@ Importing this module imports pipecat: only ``interop/pipecat.py`` does.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 try:
@@ -53,6 +60,7 @@ __all__ = ["HostedInbox"]
 _INPUT_QUEUE = "_FrameProcessor__input_queue"
 _PROCESS_QUEUE = "_FrameProcessor__process_queue"
 _SYSTEM_PAUSED = "_FrameProcessor__should_block_system_frames"
+_PROCESS_FRAME = "_FrameProcessor__process_frame"
 #: Seconds between two warnings about overruns.
 _WARN_EVERY = 10.0
 
@@ -73,7 +81,15 @@ def _pipecat_queues(processor: PipecatFrameProcessor) -> tuple[asyncio.Queue[Any
 class HostedInbox:
     """Hands frames to one hosted pipecat processor; see the module docstring."""
 
-    def __init__(self, processor: PipecatFrameProcessor, *, name: str, limit: int, timeout: float) -> None:
+    def __init__(
+        self,
+        processor: PipecatFrameProcessor,
+        *,
+        name: str,
+        limit: int,
+        timeout: float,
+        is_stale: Callable[[Any], bool],
+    ) -> None:
         self.processor = processor
         self.name = name
         self.limit = limit
@@ -87,6 +103,12 @@ class HostedInbox:
         self._waiting = 0
         self._warned_at: float | None = None
         self._queues = _pipecat_queues(processor)
+        self._is_stale = is_stale
+        self._callback = self._processed
+        process_frame = getattr(processor, _PROCESS_FRAME, None)
+        if not callable(process_frame):
+            self._queues = None  # not the layout the short way knows
+        self._process_frame: Callable[..., Awaitable[None]] = process_frame or processor.queue_frame
 
     @property
     def short_way(self) -> bool:
@@ -106,10 +128,67 @@ class HostedInbox:
         inputs, process = self._queues
         return inputs.qsize() + process.qsize()
 
-    async def wait_for_room(self) -> None:
+    async def put(self, frame: pc.Frame, direction: PipecatDirection, origin: Any = None) -> bool:
+        """Hand ``frame`` to the hosted processor; False when it was not handed over.
+
+        With ``origin`` (our in-band frame it stands for), the frame is outstanding
+        until processed, and waits for room first: if ``origin`` became stale
+        meanwhile (an interruption came), the frame is dropped instead."""
+        callback = None
+        if origin is not None:
+            outstanding = self._outstanding
+            if len(outstanding) >= self.limit:
+                await self._wait_for_room()
+                if self._is_stale(origin):
+                    return False
+            outstanding[frame.id] = frame
+            if len(outstanding) > self.peak:
+                self.peak = len(outstanding)
+            callback = self._callback
+        queues = self._queues
+        if queues is not None:
+            inputs, process = queues
+            processor = self.processor
+            if (
+                not inputs._queue  # type: ignore[attr-defined]
+                and inputs._getters  # type: ignore[attr-defined]  # its input task is parked on it
+                and not getattr(processor, _SYSTEM_PAUSED)
+                and not processor._cancelling
+            ):
+                if not isinstance(frame, pc.SystemFrame):
+                    # What the input task would do with it at once: no other frame can come between.
+                    process.put_nowait((frame, direction, callback))
+                    return True
+                if not isinstance(frame, pc.StartFrame):
+                    await self._process_system_frame(inputs, frame, direction, callback)
+                    return True
+            if origin is not None and inputs.qsize() + process.qsize() >= self.limit:
+                self._overrun(f"pipecat's queues hold {inputs.qsize() + process.qsize()} frames")
+        await self.processor.queue_frame(frame, direction, callback)
+        return True
+
+    async def _process_system_frame(
+        self, inputs: asyncio.Queue[Any], frame: pc.Frame, direction: PipecatDirection, callback: Any
+    ) -> None:
+        """Process a system frame here, as the idle input task would: its parked getter is held
+        meanwhile, so frames queued in the meantime (by us or by the processor itself) wait,
+        as they would behind a system frame in progress, and it is woken for them after."""
+        getters = inputs._getters  # type: ignore[attr-defined]
+        held = list(getters)
+        getters.clear()
+        try:
+            await self._process_frame(frame, direction, callback)
+        finally:
+            for getter in held:
+                if getter.done():
+                    continue  # its task was cancelled meanwhile
+                if inputs.empty():
+                    getters.append(getter)
+                else:
+                    getter.set_result(None)  # what put() would have done
+
+    async def _wait_for_room(self) -> None:
         """Return once fewer than ``limit`` frames are outstanding, or after ``timeout`` (an overrun)."""
-        if len(self._outstanding) < self.limit:
-            return
         self._waiting += 1
         try:
             async with asyncio.timeout(self.timeout):
@@ -120,31 +199,6 @@ class HostedInbox:
             self._overrun(f"{len(self._outstanding)} frames still outstanding after {self.timeout:.1f}s")
         finally:
             self._waiting -= 1
-
-    async def put(self, frame: pc.Frame, direction: PipecatDirection, *, counted: bool) -> None:
-        """Hand ``frame`` to the hosted processor; a ``counted`` one is outstanding until processed."""
-        callback = None
-        if counted:
-            self._outstanding[frame.id] = frame
-            if len(self._outstanding) > self.peak:
-                self.peak = len(self._outstanding)
-            callback = self._processed
-        queues = self._queues
-        if queues is not None:
-            inputs, process = queues
-            if (
-                inputs.empty()
-                and inputs._getters  # type: ignore[attr-defined]  # its input task is parked on it
-                and not isinstance(frame, pc.SystemFrame)
-                and not getattr(self.processor, _SYSTEM_PAUSED)
-                and not self.processor._cancelling
-            ):
-                # What the input task would do with it at once: no other frame can come between.
-                process.put_nowait((frame, direction, callback))
-                return
-            if counted and inputs.qsize() + process.qsize() >= self.limit:
-                self._overrun(f"pipecat's queues hold {inputs.qsize() + process.qsize()} frames")
-        await self.processor.queue_frame(frame, direction, callback)
 
     def forget_interruptible(self) -> None:
         """An interruption went through the hosted processor: it dropped the interruptible
@@ -161,7 +215,7 @@ class HostedInbox:
 
     async def _processed(self, processor: Any, frame: pc.Frame, direction: Any) -> None:
         """Pipecat's frame callback: the hosted processor is done with ``frame``."""
-        if self._outstanding.pop(frame.id, None) is not None and len(self._outstanding) < self.limit:
+        if self._outstanding.pop(frame.id, None) is not None and self._waiting:
             self._made_room()
 
     def _made_room(self) -> None:
