@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
 from pipecat_harness import Pipecat, Vantum, latency_samples, quiet_logs, seconds_per_frame  # noqa: E402
 
@@ -246,8 +247,8 @@ async def main(quick: bool) -> None:
             f"late vantum {vl * 100:5.2f}% of {vt}  pipecat {pl * 100:5.2f}% of {pt}"
         )
 
-    root = str(Path(__file__).resolve().parent)
-    repo = str(Path(root).parent)
+    root = str(HERE)
+    repo = str(HERE.parent)
     env_path = f"{root}:{repo}"
     print("\nmemory: RSS per idle running pipeline of 6 processors (K=200, fresh interpreter)")
     rss = {name: float(fresh(RSS_CODE.format(root=root, lib=name, k=200), env_path)) for name in ("vantum", "pipecat")}

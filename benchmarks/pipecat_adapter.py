@@ -54,7 +54,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipecat_harness import (  # noqa: E402
+from pipecat_harness import (
     MakeChain,
     OnTail,
     Pipecat,

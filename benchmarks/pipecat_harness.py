@@ -59,9 +59,7 @@ class Vantum:
 
     name = "vantum"
 
-    def __init__(
-        self, n: int, on_tail: OnTail, *, gate: bool = False, hosted: int = 0, direct: bool = False
-    ) -> None:
+    def __init__(self, n: int, on_tail: OnTail, *, gate: bool = False, hosted: int = 0, direct: bool = False) -> None:
         from vantum_pipeline import FrameProcessor, Pipeline, PipelineTask
         from vantum_pipeline import frames as F
 
