@@ -9,7 +9,8 @@ through instead of calling ``queue_frame`` blindly:
 - **A bound.** Each frame of ours is handed over with pipecat's frame callback,
   which pipecat calls once the hosted processor has processed it; until then
   the frame is *outstanding*. With ``limit`` frames outstanding, ``put``
-  makes the adapter wait, so our lane stops taking frames and the producer
+  makes the adapter wait until no more than half of them are (one wake-up
+  lets many frames in), so our lane stops taking frames and the producer
   upstream waits in turn (our lanes are bounded): a slow hosted processor
   slows the pipeline down instead of growing memory. Frames pipecat drops on an
   interruption never get their callback: ``forget_interruptible`` stops
@@ -104,6 +105,7 @@ class HostedInbox:
         self._warned_at: float | None = None
         self._queues = _pipecat_queues(processor)
         self._is_stale = is_stale
+        self._low_water = limit // 2
         self._callback = self._processed
         process_frame = getattr(processor, _PROCESS_FRAME, None)
         if not callable(process_frame):
@@ -188,11 +190,12 @@ class HostedInbox:
                     getter.set_result(None)  # what put() would have done
 
     async def _wait_for_room(self) -> None:
-        """Return once fewer than ``limit`` frames are outstanding, or after ``timeout`` (an overrun)."""
+        """Wait until the hosted processor holds no more than half the bound (so one wake-up
+        lets many frames in, not one), or ``timeout`` (an overrun)."""
         self._waiting += 1
         try:
             async with asyncio.timeout(self.timeout):
-                while len(self._outstanding) >= self.limit:
+                while len(self._outstanding) > self._low_water:
                     self._room.clear()
                     await self._room.wait()
         except TimeoutError:
@@ -216,7 +219,8 @@ class HostedInbox:
     async def _processed(self, processor: Any, frame: pc.Frame, direction: Any) -> None:
         """Pipecat's frame callback: the hosted processor is done with ``frame``."""
         if self._outstanding.pop(frame.id, None) is not None and self._waiting:
-            self._made_room()
+            if len(self._outstanding) <= self._low_water:
+                self._made_room()
 
     def _made_room(self) -> None:
         if self._waiting:
