@@ -28,8 +28,8 @@ through instead of calling ``queue_frame`` blindly:
   while the input task's parked getter is held aside (whatever is queued
   meanwhile waits, as behind a system frame in progress; the input task is
   woken for it after). That is one task switch less per frame, and two queue
-  operations. Otherwise, and for the ``StartFrame``, ``queue_frame`` as
-  usual. This reads pipecat's private queues and its ``__process_frame``
+  operations. Otherwise, and for pipecat's start, cancel and interruption
+  frames, ``queue_frame`` as usual. This reads pipecat's private queues and its ``__process_frame``
   (pipecat-ai 1.x, a ``FrameProcessor`` with pipecat's ``queue_frame``) and
   asyncio's queue of getters; a processor built differently (its own
   ``queue_frame``, direct mode, another layout) always takes ``queue_frame``,
@@ -62,6 +62,9 @@ _INPUT_QUEUE = "_FrameProcessor__input_queue"
 _PROCESS_QUEUE = "_FrameProcessor__process_queue"
 _SYSTEM_PAUSED = "_FrameProcessor__should_block_system_frames"
 _PROCESS_FRAME = "_FrameProcessor__process_frame"
+#: System frames always handed to pipecat's input task: pipecat's start, and the frames that
+#: stop its work, which must not be cut short by a timeout of the task that sends them.
+_QUEUED = (pc.StartFrame, pc.CancelFrame, pc.InterruptionFrame)
 #: Seconds between two warnings about overruns.
 _WARN_EVERY = 10.0
 
@@ -161,7 +164,7 @@ class HostedInbox:
                     # What the input task would do with it at once: no other frame can come between.
                     process.put_nowait((frame, direction, callback))
                     return True
-                if not isinstance(frame, pc.StartFrame):
+                if not isinstance(frame, _QUEUED):
                     await self._process_system_frame(inputs, frame, direction, callback)
                     return True
             if origin is not None and inputs.qsize() + process.qsize() >= self.limit:
