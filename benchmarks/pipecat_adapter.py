@@ -204,11 +204,15 @@ def _child(name: str, n: int, kind: str, frames: int, flag: str) -> None:
             time.sleep(0.001)
 
     quiet_logs()
-    asyncio.run(latency_samples(chain(name), n, frames, kind=kind, mark=mark))
+    if kind == "bulk":
+        asyncio.run(seconds_per_frame(chain(name), n, frames, mark=mark))
+    else:
+        asyncio.run(latency_samples(chain(name), n, frames, kind=kind, mark=mark))
 
 
 def instructions(name: str, n: int, kind: str, frames: int) -> int:
-    """Instructions (callgrind's Ir) executed while ``frames`` frames went through the chain."""
+    """Instructions (callgrind's Ir) executed while ``frames`` frames went through the chain
+    (``kind``: "text" or "audio" one at a time, "bulk": text frames queued at once)."""
     with tempfile.TemporaryDirectory() as tmp:
         flag = os.path.join(tmp, "on")
         out = os.path.join(tmp, "callgrind.out")
@@ -243,17 +247,16 @@ def report_instructions(frames: int) -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("instruction counts: valgrind is not installed (apt-get install valgrind)")
         return
-    print(f"instructions per hop (callgrind, {frames} frames one at a time, instrumented while they flow)")
-    for kind in ("text", "audio"):
+    print(f"instructions per hop (callgrind, {frames} frames, instrumented while they flow)")
+    for kind in ("text", "audio", "bulk"):
         counts = {
             (name, n): instructions(name, n, kind, frames) / frames for name in ("pipecat", "hosted") for n in (10, 20)
         }
         pipecat = (counts[("pipecat", 20)] - counts[("pipecat", 10)]) / 10
         hosted = (counts[("hosted", 20)] - counts[("hosted", 10)]) / 10
-        print(
-            f"  {kind:<5} pipecat hop / hosted hop             {pipecat:9,.0f} / {hosted:,.0f}"
-            f"   ratio {pipecat / hosted:5.2f}x"
-        )
+        label = {"text": "text, one at a time", "audio": "audio, one at a time", "bulk": "text, queued at once"}[kind]
+        ratio = pipecat / hosted
+        print(f"  {label:<22} pipecat hop / hosted hop   {pipecat:9,.0f} / {hosted:,.0f}   ratio {ratio:5.2f}x")
     print()
 
 

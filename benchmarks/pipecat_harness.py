@@ -254,8 +254,12 @@ async def latency_samples(
     return samples
 
 
-async def seconds_per_frame(make: MakeChain, n: int, frames: int) -> float:
-    """Seconds per frame with ``frames`` text frames queued at once, until the last reaches the sink."""
+async def seconds_per_frame(
+    make: MakeChain, n: int, frames: int, *, mark: Callable[[str], None] | None = None
+) -> float:
+    """Seconds per frame with ``frames`` text frames queued at once, until the last reaches the sink.
+
+    ``mark``, if given, is called with "start" before the first frame and "end" after the last."""
     done = asyncio.Event()
     count = 0
 
@@ -268,10 +272,14 @@ async def seconds_per_frame(make: MakeChain, n: int, frames: int) -> float:
 
     chain = make(n, on_tail)
     await chain.start()
+    if mark is not None:
+        mark("start")
     start = time.perf_counter()
     for _ in range(frames):
         await chain.send(chain.text("x"))
-    await asyncio.wait_for(done.wait(), 120)
+    await asyncio.wait_for(done.wait(), 600)
     elapsed = time.perf_counter() - start
+    if mark is not None:
+        mark("end")
     await chain.stop()
     return elapsed / frames
