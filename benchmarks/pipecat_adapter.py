@@ -247,16 +247,20 @@ def report_instructions(frames: int) -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("instruction counts: valgrind is not installed (apt-get install valgrind)")
         return
-    print(f"instructions per hop (callgrind, {frames} frames, instrumented while they flow)")
-    for kind in ("text", "audio", "bulk"):
-        counts = {
-            (name, n): instructions(name, n, kind, frames) / frames for name in ("pipecat", "hosted") for n in (10, 20)
-        }
+    print(f"instructions per frame (callgrind, {frames} frames, instrumented while they flow)")
+    labels = {"text": "text, one at a time", "audio": "audio, one at a time", "bulk": "text, queued at once"}
+    for kind, label in labels.items():
+        configs = [(name, n) for name in ("pipecat", "hosted") for n in (10, 20)]
+        if kind != "bulk":
+            configs += [("native+1", 10), ("native+2", 10)]
+        counts = {(name, n): instructions(name, n, kind, frames) / frames for name, n in configs}
         pipecat = (counts[("pipecat", 20)] - counts[("pipecat", 10)]) / 10
         hosted = (counts[("hosted", 20)] - counts[("hosted", 10)]) / 10
-        label = {"text": "text, one at a time", "audio": "audio, one at a time", "bulk": "text, queued at once"}[kind]
         ratio = pipecat / hosted
         print(f"  {label:<22} pipecat hop / hosted hop   {pipecat:9,.0f} / {hosted:,.0f}   ratio {ratio:5.2f}x")
+        if kind != "bulk":
+            second = counts[("native+2", 10)] - counts[("native+1", 10)]
+            print(f"  {'':<22} a second hosted pass adds  {second:9,.0f}   ratio {pipecat / second:5.2f}x")
     print()
 
 

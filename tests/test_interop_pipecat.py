@@ -368,6 +368,10 @@ def test_bad_settings_are_configuration_errors_naming_the_value():
         PipecatProcessor(FunctionFilter(lambda f: True), turn_timeout=0)
     with pytest.raises(ConfigurationError, match="tools need a pipecat LLM service"):
         PipecatProcessor(FunctionFilter(lambda f: True), tools=[end_call_tool()])
+    with pytest.raises(ConfigurationError, match="max_outstanding must be >= 1, got 0"):
+        PipecatProcessor(FunctionFilter(lambda f: True), max_outstanding=0)
+    with pytest.raises(ConfigurationError, match="backlog_timeout must be > 0 seconds, got -1"):
+        PipecatProcessor(FunctionFilter(lambda f: True), backlog_timeout=-1)
 
 
 FRAME_KINDS = {

@@ -77,7 +77,9 @@ def _pipecat_queues(processor: PipecatFrameProcessor) -> tuple[asyncio.Queue[Any
     process = getattr(processor, _PROCESS_QUEUE, None)
     if not isinstance(inputs, asyncio.Queue) or not isinstance(process, asyncio.Queue):
         return None
-    if not hasattr(inputs, "_getters") or not isinstance(getattr(processor, _SYSTEM_PAUSED, None), bool):
+    if not hasattr(inputs, "_getters") or not hasattr(inputs, "_queue"):
+        return None  # asyncio's queue is not the one the short way knows
+    if not isinstance(getattr(processor, _SYSTEM_PAUSED, None), bool):
         return None
     return inputs, process
 
@@ -117,7 +119,7 @@ class HostedInbox:
 
     @property
     def short_way(self) -> bool:
-        """Whether non-system frames may skip the hosted processor's input task."""
+        """Whether frames may skip the hosted processor's input task when it is idle."""
         return self._queues is not None
 
     @property
