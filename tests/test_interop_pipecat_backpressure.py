@@ -205,3 +205,42 @@ async def test_a_system_frame_processed_on_the_short_way_holds_what_is_queued_me
     # Ours was processed in the sender's task (the short way); the frame the processor
     # queued meanwhile waited for it, then pipecat's input task took it.
     assert hosted.log == [("vad start", False), ("vad end", False), ("bot", True)]
+
+
+class Flooding(SlowPass):
+    """At its first text frame, queues ``flood`` text frames to itself, then waits for ``release``."""
+
+    def __init__(self, flood: int) -> None:
+        super().__init__()
+        self.flood = flood
+        self.release.clear()
+
+    async def process_frame(self, frame: pc.Frame, direction: PipecatDirection) -> None:
+        if isinstance(frame, pc.TextFrame) and self.flood:
+            flood, self.flood = self.flood, 0
+            for _ in range(flood):
+                await self.queue_frame(pc.TextFrame("own"))
+        await super().process_frame(frame, direction)
+
+
+async def test_pipecat_queues_filled_by_the_processor_itself_are_an_overrun_counted_and_logged():
+    flooding = Flooding(6)
+    adapter = PipecatProcessor(flooding, max_outstanding=4, enable_metrics=False)
+    warnings: list[str] = []
+    sink = logger.add(lambda message: warnings.append(str(message)), level="WARNING", format="{message}")
+    try:
+        async with PipelineHarness([adapter]) as harness:
+            await harness.send(TextFrame("first"))
+            await asyncio.wait_for(flooding.started_text.wait(), 5)
+            await asyncio.sleep(0.05)  # its input task moves the 6 to its process queue
+            assert adapter.inbox.queued == 6
+            await harness.send(TextFrame("second"))  # ours: 1 outstanding, under the bound
+            await asyncio.sleep(0.05)
+            assert adapter.inbox.overruns == 1
+            assert adapter.inbox.queued == 7  # handed over anyway: nothing lost
+            flooding.release.set()
+            await harness.wait_for(TextFrame, count=8)
+    finally:
+        logger.remove(sink)
+    assert [f.text for f in harness.collected.of_type(TextFrame)] == ["first", *["own"] * 6, "second"]
+    assert any("pipecat's queues hold 6 frames" in w for w in warnings)

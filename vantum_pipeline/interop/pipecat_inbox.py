@@ -155,6 +155,10 @@ class HostedInbox:
         queues = self._queues
         if queues is not None:
             inputs, process = queues
+            held = len(inputs._queue) + len(process._queue)  # type: ignore[attr-defined]
+            if origin is not None and held >= self.limit and len(self._outstanding) <= self.limit:
+                # Ours are within the bound: the others are frames the processor queued to itself.
+                self._overrun(f"pipecat's queues hold {held} frames")
             processor = self.processor
             if (
                 not inputs._queue  # type: ignore[attr-defined]
@@ -169,8 +173,6 @@ class HostedInbox:
                 if not isinstance(frame, _QUEUED):
                     await self._process_system_frame(inputs, frame, direction, callback)
                     return True
-            if origin is not None and inputs.qsize() + process.qsize() >= self.limit:
-                self._overrun(f"pipecat's queues hold {inputs.qsize() + process.qsize()} frames")
         await self.processor.queue_frame(frame, direction, callback)
         return True
 
