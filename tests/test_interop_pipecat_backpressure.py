@@ -28,8 +28,21 @@ from vantum_pipeline.testing.pipeline import PipelineHarness, run_pipeline
 pytestmark = pytest.mark.timeout(30)
 
 
+async def wait_until(condition: Any, timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it holds (a slow machine only makes this take longer)."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - polling counters of pipecat and the inbox
+            await asyncio.sleep(0.01)
+
+
+def input_task_idle(processor: PipecatFrameProcessor) -> bool:
+    """Pipecat's input task of ``processor`` is parked on its empty input queue."""
+    inputs = processor._FrameProcessor__input_queue
+    return inputs.empty() and bool(inputs._getters)
+
+
 class SlowPass(PipecatFrameProcessor):
-    """Takes ``delay`` seconds over each text frame, then passes it on; notes its queues' depth."""
+    """Takes ``delay`` seconds over each text frame (after ``release``), notes it, passes it on."""
 
     def __init__(self, delay: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -111,8 +124,7 @@ async def test_a_stuck_hosted_processor_is_overrun_counted_and_logged():
         async with PipelineHarness([adapter]) as harness:
             for i in range(5):
                 await harness.send(TextFrame(str(i)))
-            await asyncio.sleep(0.5)  # 3 frames beyond the bound, each after 0.05 s
-            assert adapter.inbox.overruns == 3
+            await wait_until(lambda: adapter.inbox.overruns == 3)  # 3 beyond the bound, each after 0.05 s
             assert adapter.inbox.outstanding == 5  # handed over anyway: nothing lost
             stuck.release.set()
             await harness.wait_for(TextFrame, count=5)
@@ -133,13 +145,13 @@ async def test_a_frame_waiting_for_room_when_an_interruption_comes_never_reaches
         await harness.send(TextFrame("held"))
         await asyncio.wait_for(stuck.started_text.wait(), 5)
         await harness.send(TextFrame("waiting"))  # no room: it waits in the adapter, in the feeder's task
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: adapter.inbox.waiting == 1)
         assert adapter.inbox.outstanding == 1
         # A barge-in, raised elsewhere (a VAD's task): pipecat drops "held", which makes room.
         await asyncio.wait_for(head.push_interruption(), 5)
         stuck.release.set()
         await harness.send(TextFrame("after"))
-        await harness.wait_for(TextFrame, where=lambda f: f.text == "after", timeout=2)
+        await harness.wait_for(TextFrame, where=lambda f: f.text == "after", timeout=5)
     assert stuck.texts == ["after"]  # "held" was cancelled by pipecat, "waiting" never handed over
     assert adapter.inbox.outstanding == 0
     assert adapter.inbox.overruns == 0
@@ -199,7 +211,7 @@ class SelfQueueing(PipecatFrameProcessor):
 async def test_a_system_frame_processed_on_the_short_way_holds_what_is_queued_meanwhile():
     hosted = SelfQueueing()
     async with PipelineHarness([PipecatProcessor(hosted, enable_metrics=False)]) as harness:
-        await asyncio.sleep(0.05)  # pipecat's input task is up and idle
+        await wait_until(lambda: input_task_idle(hosted))
         await harness.send(UserStartedSpeakingFrame())
         await harness.wait_for(BotStartedSpeakingFrame)
     # Ours was processed in the sender's task (the short way); the frame the processor
@@ -232,11 +244,9 @@ async def test_pipecat_queues_filled_by_the_processor_itself_are_an_overrun_coun
         async with PipelineHarness([adapter]) as harness:
             await harness.send(TextFrame("first"))
             await asyncio.wait_for(flooding.started_text.wait(), 5)
-            await asyncio.sleep(0.05)  # its input task moves the 6 to its process queue
-            assert adapter.inbox.queued == 6
+            await wait_until(lambda: adapter.inbox.queued == 6)
             await harness.send(TextFrame("second"))  # ours: 1 outstanding, under the bound
-            await asyncio.sleep(0.05)
-            assert adapter.inbox.overruns == 1
+            await wait_until(lambda: adapter.inbox.overruns == 1)
             assert adapter.inbox.queued == 7  # handed over anyway: nothing lost
             flooding.release.set()
             await harness.wait_for(TextFrame, count=8)

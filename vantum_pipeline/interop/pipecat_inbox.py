@@ -128,6 +128,11 @@ class HostedInbox:
         return len(self._outstanding)
 
     @property
+    def waiting(self) -> int:
+        """Senders waiting for room (the adapter's lanes, held back by the bound)."""
+        return self._waiting
+
+    @property
     def queued(self) -> int | None:
         """Frames waiting in pipecat's own queues of the hosted processor (None when unreadable)."""
         if self._queues is None:
