@@ -167,17 +167,19 @@ def test_frames_take_the_short_way_into_a_plain_queued_processor():
             await super().queue_frame(frame, direction, callback)
 
     assert not PipecatProcessor(OwnQueueing()).inbox.short_way
+    assert not PipecatProcessor(SlowPass(), short_way=False).inbox.short_way
 
 
-@pytest.mark.parametrize("direct", [False, True])
-async def test_order_holds_with_system_frames_among_frames_taking_the_short_way(direct: bool):
-    """Audio (a system frame in pipecat) goes through pipecat's input queue, text the short way:
-    each keeps its own order, and the hosted processor sees every frame once."""
+@pytest.mark.parametrize("direct, short_way", [(False, True), (True, True), (False, False)])
+async def test_order_holds_with_system_frames_among_frames_taking_the_short_way(direct: bool, short_way: bool):
+    """Audio (a system frame in pipecat) and text, by whatever way in: each keeps its
+    own order, and the hosted processor sees every frame once."""
     hosted = SlowPass(enable_direct_mode=direct)
     frames: list[Any] = []
     for i in range(60):
         frames.append(TextFrame(f"t{i}") if i % 3 else InputAudioRawFrame(bytes([i]) * 320, 16000))
-    collected = await run_pipeline([PipecatProcessor(hosted, max_outstanding=3)], [*frames, EndFrame()], timeout=10)
+    adapter = PipecatProcessor(hosted, max_outstanding=3, short_way=short_way)
+    collected = await run_pipeline([adapter], [*frames, EndFrame()], timeout=10)
     texts = [f.text for f in collected.of_type(TextFrame)]
     audio = [f.audio[0] for f in collected.of_type(InputAudioRawFrame)]
     assert texts == [f.text for f in frames if isinstance(f, TextFrame)]

@@ -211,6 +211,9 @@ class PipecatProcessor(FrameProcessor):
     how long it waits before handing a frame over anyway (an overrun, counted
     in ``inbox.overruns`` and logged). ``max_queue`` bounds the adapter's own
     lanes, as for any processor: the producer upstream waits when they are full.
+    ``short_way=False``: every frame goes through pipecat's ``queue_frame``
+    (see ``pipecat_inbox.py``), e.g. for a service that may take long over
+    a system frame, which would otherwise hold up the task that sent it.
     ``enable_metrics``: pipecat's TTFB, processing and usage metrics.
     """
 
@@ -228,6 +231,7 @@ class PipecatProcessor(FrameProcessor):
         max_outstanding: int = 32,
         backlog_timeout: float = 5.0,
         max_queue: int = 256,
+        short_way: bool = True,
         enable_metrics: bool = True,
     ) -> None:
         if not isinstance(processor, PipecatFrameProcessor):
@@ -263,7 +267,12 @@ class PipecatProcessor(FrameProcessor):
         self.not_delivered = 0
         #: How frames get into the hosted processor: its backlog bound, overruns, the short way in.
         self.inbox = HostedInbox(
-            processor, name=self.name, limit=max_outstanding, timeout=backlog_timeout, is_stale=self.is_stale
+            processor,
+            name=self.name,
+            limit=max_outstanding,
+            timeout=backlog_timeout,
+            is_stale=self.is_stale,
+            short_way=short_way,
         )
         self._routes: dict[type[Frame], Callable[[Frame], pc.Frame] | None] = {}
         self._head = _Shim(self, "in")

@@ -33,7 +33,7 @@ through instead of calling ``queue_frame`` blindly:
   (pipecat-ai 1.x, a ``FrameProcessor`` with pipecat's ``queue_frame``) and
   asyncio's queue of getters; a processor built differently (its own
   ``queue_frame``, direct mode, another layout) always takes ``queue_frame``,
-  and ``short_way`` says which applies.
+  as does any with ``short_way=False``; ``short_way`` says which applies.
 
 Importing this module imports pipecat: only ``interop/pipecat.py`` does.
 """
@@ -95,6 +95,7 @@ class HostedInbox:
         limit: int,
         timeout: float,
         is_stale: Callable[[Any], bool],
+        short_way: bool = True,
     ) -> None:
         self.processor = processor
         self.name = name
@@ -108,7 +109,7 @@ class HostedInbox:
         self._room = asyncio.Event()
         self._waiting = 0
         self._warned_at: float | None = None
-        self._queues = _pipecat_queues(processor)
+        self._queues = _pipecat_queues(processor) if short_way else None
         self._is_stale = is_stale
         self._low_water = limit // 2
         self._callback = self._processed
