@@ -1,9 +1,9 @@
 """What hosting a pipecat processor in a vantum pipeline costs, next to the same processor in pipecat.
 
     pip install -e ".[bench,pipecat]"
-    python benchmarks/pipecat_adapter.py               # ~2 minutes
-    python benchmarks/pipecat_adapter.py --quick
-    python benchmarks/pipecat_adapter.py --callgrind   # and instruction counts (valgrind), a few minutes more
+    python benchmarks/pipecat_adapter.py               # ~4 minutes
+    python benchmarks/pipecat_adapter.py --quick       # ~20 seconds
+    python benchmarks/pipecat_adapter.py --callgrind   # and instruction counts (valgrind), ~6 minutes more
 
 Like with like, in one run, rounds interleaved: the same pipecat pass-through
 processor (``pipecat_harness.pipecat_pass``)
