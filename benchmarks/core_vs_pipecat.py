@@ -4,8 +4,9 @@
     python benchmarks/core_vs_pipecat.py            # all workloads (~2 minutes)
     python benchmarks/core_vs_pipecat.py --quick    # fewer rounds
 
-pipecat runs "lean": metrics, observers, RTVI, turn tracking, idle timeout and
-dangling-task checks off. Workloads:
+The chains are those of ``pipecat_harness.py`` (pipecat runs "lean":
+metrics, observers, RTVI, turn tracking, idle timeout and dangling-task checks
+off). Workloads:
 
 - latency: one frame at a time through N pass-through processors
   (N = 1, 5, 10, 20), queued at the task, timed when it reaches a sink;
@@ -34,166 +35,14 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-
-def _quiet_logs() -> None:
-    from loguru import logger
-
-    logger.remove()
-    logger.add(sys.stderr, level="ERROR")
-
-
-# ----------------------------------------------------------------- adapters
-
-
-class Vantum:
-    name = "vantum"
-
-    def __init__(self, n_pass: int, on_tail: Callable[[Any], None], *, gate: bool = False) -> None:
-        from vantum_pipeline import FrameProcessor, Pipeline, PipelineTask
-        from vantum_pipeline import frames as F
-
-        self.F = F
-
-        class Pass(FrameProcessor):
-            pass  # the base class passes every frame on
-
-        class Sink(FrameProcessor):
-            async def process_frame(self, frame: Any, direction: Any) -> None:
-                on_tail(frame)
-                await self.push_frame(frame, direction)
-
-        class Gate(FrameProcessor):
-            def __init__(self) -> None:
-                super().__init__(max_queue=1024)
-                self.release = asyncio.Event()
-                self.blocked = asyncio.Event()
-
-            async def process_frame(self, frame: Any, direction: Any) -> None:
-                if isinstance(frame, F.TextFrame) and frame.text == "block":
-                    self.blocked.set()
-                    await self.release.wait()
-                await self.push_frame(frame, direction)
-
-        self.head = Pass()
-        middle: list[Any] = [Pass() for _ in range(max(0, n_pass - 1 - (1 if gate else 0)))]
-        self.gate = Gate() if gate else None
-        chain = [self.head, *middle, *([self.gate] if gate else []), Sink()]
-        self.task = PipelineTask(Pipeline(chain), end_timeout=5)
-        self._runner: asyncio.Task[None] | None = None
-
-    def text(self, text: str) -> Any:
-        return self.F.TextFrame(text)
-
-    def audio(self) -> Any:
-        return self.F.InputAudioRawFrame(b"\0" * 640, 16000)
-
-    def is_interruption(self, frame: Any) -> bool:
-        return isinstance(frame, self.F.InterruptionFrame)
-
-    def is_text(self, frame: Any) -> bool:
-        return isinstance(frame, self.F.TextFrame)
-
-    async def start(self) -> None:
-        self._runner = asyncio.get_running_loop().create_task(self.task.run())
-        await asyncio.sleep(0.05)
-
-    async def send(self, frame: Any) -> None:
-        await self.task.queue_frame(frame)
-
-    async def interrupt(self) -> None:
-        await self.head.push_interruption()
-
-    async def stop(self) -> None:
-        await self.task.queue_frame(self.F.EndFrame())
-        assert self._runner is not None
-        await asyncio.wait_for(self._runner, 10)
-
-
-class Pipecat:
-    name = "pipecat"
-
-    def __init__(self, n_pass: int, on_tail: Callable[[Any], None], *, gate: bool = False) -> None:
-        from pipecat.frames import frames as F
-        from pipecat.pipeline.pipeline import Pipeline
-        from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-        from pipecat.processors.frame_processor import FrameProcessor
-
-        self.F = F
-
-        class Pass(FrameProcessor):
-            async def process_frame(self, frame: Any, direction: Any) -> None:
-                await super().process_frame(frame, direction)
-                await self.push_frame(frame, direction)
-
-        class Sink(FrameProcessor):
-            async def process_frame(self, frame: Any, direction: Any) -> None:
-                await super().process_frame(frame, direction)
-                on_tail(frame)
-                await self.push_frame(frame, direction)
-
-        class Gate(FrameProcessor):
-            def __init__(self) -> None:
-                super().__init__()
-                self.release = asyncio.Event()
-                self.blocked = asyncio.Event()
-
-            async def process_frame(self, frame: Any, direction: Any) -> None:
-                await super().process_frame(frame, direction)
-                if isinstance(frame, F.TextFrame) and frame.text == "block":
-                    self.blocked.set()
-                    await self.release.wait()
-                await self.push_frame(frame, direction)
-
-        self.head = Pass()
-        middle: list[Any] = [Pass() for _ in range(max(0, n_pass - 1 - (1 if gate else 0)))]
-        self.gate = Gate() if gate else None
-        chain = [self.head, *middle, *([self.gate] if gate else []), Sink()]
-        self.task = PipelineWorker(
-            Pipeline(chain),
-            params=PipelineParams(enable_metrics=False, enable_usage_metrics=False, send_initial_empty_metrics=False),
-            idle_timeout_secs=None,
-            enable_rtvi=False,
-            enable_turn_tracking=False,
-            check_dangling_tasks=False,
-            observers=[],
-        )
-        self._runner_task: asyncio.Task[None] | None = None
-
-    def text(self, text: str) -> Any:
-        return self.F.TextFrame(text)
-
-    def audio(self) -> Any:
-        return self.F.InputAudioRawFrame(audio=b"\0" * 640, sample_rate=16000, num_channels=1)
-
-    def is_interruption(self, frame: Any) -> bool:
-        return isinstance(frame, self.F.InterruptionFrame)
-
-    def is_text(self, frame: Any) -> bool:
-        return isinstance(frame, self.F.TextFrame)
-
-    async def start(self) -> None:
-        from pipecat.workers.runner import WorkerRunner
-
-        self.runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
-        await self.runner.add_workers(self.task)
-        self._runner_task = asyncio.get_running_loop().create_task(self.runner.run())
-        await asyncio.sleep(0.05)
-
-    async def send(self, frame: Any) -> None:
-        await self.task.queue_frame(frame)
-
-    async def interrupt(self) -> None:
-        await self.head.broadcast_interruption()
-
-    async def stop(self) -> None:
-        await self.task.queue_frame(self.F.EndFrame())
-        assert self._runner_task is not None
-        await asyncio.wait_for(self._runner_task, 10)
-
+from pipecat_harness import Pipecat, Vantum, latency_samples, quiet_logs, seconds_per_frame  # noqa: E402
 
 LIBS: list[type[Any]] = [Vantum, Pipecat]
 
@@ -204,49 +53,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 # ---------------------------------------------------------------- workloads
-
-
-async def latency_round(lib: type[Any], n: int, frames: int) -> list[float]:
-    arrived = asyncio.Event()
-
-    def on_tail(frame: Any) -> None:
-        if pipe.is_text(frame):
-            arrived.set()
-
-    pipe = lib(n, on_tail)
-    await pipe.start()
-    samples: list[float] = []
-    for i in range(frames + 50):
-        arrived.clear()
-        start = time.perf_counter()
-        await pipe.send(pipe.text("x"))
-        await arrived.wait()
-        if i >= 50:  # warm-up
-            samples.append(time.perf_counter() - start)
-    await pipe.stop()
-    return samples
-
-
-async def throughput_round(lib: type[Any], n: int, frames: int) -> float:
-    done = asyncio.Event()
-    count = 0
-
-    def on_tail(frame: Any) -> None:
-        nonlocal count
-        if pipe.is_text(frame):
-            count += 1
-            if count == frames:
-                done.set()
-
-    pipe = lib(n, on_tail)
-    await pipe.start()
-    start = time.perf_counter()
-    for _ in range(frames):
-        await pipe.send(pipe.text("x"))
-    await asyncio.wait_for(done.wait(), 120)
-    elapsed = time.perf_counter() - start
-    await pipe.stop()
-    return frames / elapsed
 
 
 async def interruption_round(lib: type[Any], cycles: int, queued: int) -> tuple[list[float], int]:
@@ -346,8 +152,8 @@ import asyncio, gc, os, sys, warnings
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {root!r})
 sys.argv = ["x"]
-import core_vs_pipecat as b
-b._quiet_logs()
+import pipecat_harness as b
+b.quiet_logs()
 lib = {{"vantum": b.Vantum, "pipecat": b.Pipecat}}[{lib!r}]
 def rss():
     with open("/proc/self/statm") as f:
@@ -392,7 +198,7 @@ def line(label: str, v: float, p: float, unit: str, better: str = "lower") -> No
 
 
 async def main(quick: bool) -> None:
-    _quiet_logs()
+    quiet_logs()
     rounds = 3 if quick else 5
     print(f"python {sys.version.split()[0]}; {rounds} interleaved rounds per workload\n")
 
@@ -402,7 +208,7 @@ async def main(quick: bool) -> None:
         for _ in range(rounds):
             for lib in LIBS:
                 gc.collect()
-                samples[lib.name] += await latency_round(lib, n, 300 if quick else 600)
+                samples[lib.name] += await latency_samples(lib, n, 300 if quick else 600)
         v, p = samples["vantum"], samples["pipecat"]
         line(f"N={n:<2} p50", pct(v, 0.5) * 1e6, pct(p, 0.5) * 1e6, "us")
         line(f"N={n:<2} p99", pct(v, 0.99) * 1e6, pct(p, 0.99) * 1e6, "us")
@@ -412,7 +218,7 @@ async def main(quick: bool) -> None:
     for _ in range(rounds):
         for lib in LIBS:
             gc.collect()
-            tput[lib.name].append(await throughput_round(lib, 10, 10000 if quick else 20000))
+            tput[lib.name].append(1 / await seconds_per_frame(lib, 10, 10000 if quick else 20000))
     line("N=10", statistics.median(tput["vantum"]), statistics.median(tput["pipecat"]), "fr/s", better="higher")
 
     print("\ninterruption with 200 frames queued, head trigger to InterruptionFrame at the tail (us)")
@@ -441,8 +247,8 @@ async def main(quick: bool) -> None:
             f"late vantum {vl * 100:5.2f}% of {vt}  pipecat {pl * 100:5.2f}% of {pt}"
         )
 
-    root = str(__import__("pathlib").Path(__file__).resolve().parent)
-    repo = str(__import__("pathlib").Path(root).parent)
+    root = str(HERE)
+    repo = str(HERE.parent)
     env_path = f"{root}:{repo}"
     print("\nmemory: RSS per idle running pipeline of 6 processors (K=200, fresh interpreter)")
     rss = {name: float(fresh(RSS_CODE.format(root=root, lib=name, k=200), env_path)) for name in ("vantum", "pipecat")}

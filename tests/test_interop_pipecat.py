@@ -368,6 +368,10 @@ def test_bad_settings_are_configuration_errors_naming_the_value():
         PipecatProcessor(FunctionFilter(lambda f: True), turn_timeout=0)
     with pytest.raises(ConfigurationError, match="tools need a pipecat LLM service"):
         PipecatProcessor(FunctionFilter(lambda f: True), tools=[end_call_tool()])
+    with pytest.raises(ConfigurationError, match="max_outstanding must be >= 1, got 0"):
+        PipecatProcessor(FunctionFilter(lambda f: True), max_outstanding=0)
+    with pytest.raises(ConfigurationError, match="backlog_timeout must be > 0 seconds, got -1"):
+        PipecatProcessor(FunctionFilter(lambda f: True), backlog_timeout=-1)
 
 
 FRAME_KINDS = {
@@ -443,7 +447,12 @@ def test_only_the_adapter_modules_import_pipecat():
         for path in package.rglob("*.py")
         if re.search(r"^\s*(from|import)\s+pipecat\b", path.read_text(), flags=re.M)
     )
-    assert importers == ["interop/pipecat.py", "interop/pipecat_context.py", "interop/pipecat_frames.py"]
+    assert importers == [
+        "interop/pipecat.py",
+        "interop/pipecat_context.py",
+        "interop/pipecat_frames.py",
+        "interop/pipecat_inbox.py",
+    ]
 
 
 async def test_a_whole_pipecat_pipeline_is_hosted_as_one_processor():

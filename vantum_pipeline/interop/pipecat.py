@@ -48,9 +48,15 @@ Teardown: ``cleanup()`` cancels the hosted processor (unless it ended), runs
 its ``cleanup()`` and cancels any task its task manager still holds, all
 within ``stop_timeout`` (under the pipeline's own shutdown bound).
 
-Pipecat's queues inside the hosted processor are its own and unbounded; the
-adapter hands frames to it without waiting. What comes out is pushed with our
-backpressure, in pipecat's task.
+Backpressure both ways. Frames go in through ``HostedInbox``
+(``pipecat_inbox.py``): with ``max_outstanding`` frames of ours not yet
+processed by the hosted processor, the adapter waits (up to
+``backlog_timeout``, then hands over anyway: an overrun, counted and logged),
+so a slow hosted processor makes the producers upstream wait instead of
+filling pipecat's unbounded queues. When the hosted processor's input task is
+idle, the inbox does what that task would do next, without waking it (one task
+switch less per frame). What comes out is pushed with our backpressure, in
+pipecat's task.
 
 Importing this module without pipecat installed raises ImportError naming the
 extra: ``pip install vantum-pipeline[pipecat]``.
@@ -61,7 +67,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 try:
@@ -107,9 +113,10 @@ from vantum_pipeline.interop.pipecat_frames import (
     CarriedSystem,
     ForeignFrame,
     ForeignSystemFrame,
+    converter_to_pipecat,
     to_ours,
-    to_pipecat,
 )
+from vantum_pipeline.interop.pipecat_inbox import HostedInbox
 from vantum_pipeline.observability.metrics import LATENCY_LLM_TTFT, LATENCY_STT_FINAL, LATENCY_TTS_TTFB
 from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.processors.context import FunctionCall, LLMContext
@@ -119,6 +126,8 @@ __all__ = ["PipecatProcessor"]
 
 _DOWN = FrameDirection.DOWNSTREAM
 _UP = FrameDirection.UPSTREAM
+_PC_DOWN = PipecatDirection.DOWNSTREAM
+_PC_UP = PipecatDirection.UPSTREAM
 _ORIGIN = "_vantum_origin"
 #: TTS contexts whose epoch and word timings are remembered.
 _MAX_CONTEXTS = 64
@@ -129,6 +138,12 @@ _FUNCTION_FRAMES = (
     pc.FunctionCallCancelFrame,
     pc.FunctionCallResultFrame,
 )
+#: Our frames that come out of the hosted processor but are not passed on: the adapter did at once.
+_ABSORBED = (InterruptionFrame, CancelFrame, StartFrame)
+#: Ours that need the adapter when they come out: those above, and the end (pipecat has stopped).
+_NOT_PASSED_ON = (*_ABSORBED, EndFrame)
+#: Our frames the adapter handles itself, whatever the hosted processor.
+_SPECIAL = (StartFrame, InterruptionFrame, CancelFrame, ForeignFrame, ForeignSystemFrame)
 
 
 def _ttfb_metric(processor: PipecatFrameProcessor) -> str:
@@ -147,12 +162,18 @@ class _Shim(PipecatFrameProcessor):
 
     def __init__(self, adapter: PipecatProcessor, side: str) -> None:
         super().__init__(name=f"{adapter.name}:{side}")
-        self._adapter = adapter
+        self._emerge = adapter._emerge
+        self._pass_on = adapter.push_frame
 
     async def queue_frame(
         self, frame: pc.Frame, direction: PipecatDirection = PipecatDirection.DOWNSTREAM, callback: Any = None
     ) -> None:
-        await self._adapter._emerge(frame, _DOWN if direction is PipecatDirection.DOWNSTREAM else _UP)
+        ours = _DOWN if direction is PipecatDirection.DOWNSTREAM else _UP
+        origin = getattr(frame, _ORIGIN, None)
+        if origin is not None and not isinstance(origin, _NOT_PASSED_ON):
+            await self._pass_on(origin, ours)  # one of ours, passed on: the common case, first
+            return
+        await self._emerge(frame, ours)
 
 
 class _Worker:
@@ -185,6 +206,14 @@ class PipecatProcessor(FrameProcessor):
     transcript when nothing else ends it. ``setup_timeout`` bounds the hosted
     processor's setup (a failure there ends the run); ``interruption_timeout``
     how long an interruption waits for it; ``stop_timeout`` its teardown.
+    ``max_outstanding``: frames of ours the hosted processor may hold
+    unprocessed before the adapter waits (backpressure); ``backlog_timeout``
+    how long it waits before handing a frame over anyway (an overrun, counted
+    in ``inbox.overruns`` and logged). ``max_queue`` bounds the adapter's own
+    lanes, as for any processor: the producer upstream waits when they are full.
+    ``short_way=False``: every frame goes through pipecat's ``queue_frame``
+    (see ``pipecat_inbox.py``), e.g. for a service that may take long over
+    a system frame, which would otherwise hold up the task that sent it.
     ``enable_metrics``: pipecat's TTFB, processing and usage metrics.
     """
 
@@ -199,6 +228,10 @@ class PipecatProcessor(FrameProcessor):
         setup_timeout: float = 10.0,
         interruption_timeout: float = 0.5,
         stop_timeout: float = 0.6,
+        max_outstanding: int = 32,
+        backlog_timeout: float = 5.0,
+        max_queue: int = 256,
+        short_way: bool = True,
         enable_metrics: bool = True,
     ) -> None:
         if not isinstance(processor, PipecatFrameProcessor):
@@ -210,12 +243,15 @@ class PipecatProcessor(FrameProcessor):
             ("setup_timeout", setup_timeout),
             ("interruption_timeout", interruption_timeout),
             ("stop_timeout", stop_timeout),
+            ("backlog_timeout", backlog_timeout),
         ):
             if not value > 0:
                 raise ConfigurationError(f"PipecatProcessor {what} must be > 0 seconds, got {value!r}")
+        if max_outstanding < 1:
+            raise ConfigurationError(f"PipecatProcessor max_outstanding must be >= 1, got {max_outstanding!r}")
         if max_tool_rounds < 0:
             raise ConfigurationError(f"PipecatProcessor max_tool_rounds must be >= 0, got {max_tool_rounds!r}")
-        super().__init__(name=name or f"Pipecat[{processor.name}]")
+        super().__init__(name=name or f"Pipecat[{processor.name}]", max_queue=max_queue)
         self.hosted = processor
         self.tools = {tool.name: tool for tool in tools}
         self.max_tool_rounds = max_tool_rounds
@@ -229,6 +265,16 @@ class PipecatProcessor(FrameProcessor):
         self.unmapped_out: Counter[str] = Counter()
         #: Frames that arrived while the hosted processor was not running (setup failed, or it ended).
         self.not_delivered = 0
+        #: How frames get into the hosted processor: its backlog bound, overruns, the short way in.
+        self.inbox = HostedInbox(
+            processor,
+            name=self.name,
+            limit=max_outstanding,
+            timeout=backlog_timeout,
+            is_stale=self.is_stale,
+            short_way=short_way,
+        )
+        self._routes: dict[type[Frame], Callable[[Frame], pc.Frame] | None] = {}
         self._head = _Shim(self, "in")
         self._tail = _Shim(self, "out")
         self._head.link(processor)
@@ -258,6 +304,55 @@ class PipecatProcessor(FrameProcessor):
     # ------------------------------------------------------------- frames in
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        cls = type(frame)
+        try:
+            convert = self._routes[cls]
+        except KeyError:
+            convert = self._routes[cls] = self._route(cls)
+        if convert is None:
+            await self._process_special(frame, direction)
+            return
+        theirs = convert(frame)
+        setattr(theirs, _ORIGIN, frame)
+        if not self._started or self._finished:
+            self._not_delivered(theirs)
+            return
+        # An in-band frame waits while the hosted processor holds too many; if an
+        # interruption comes meanwhile, it is dropped: it must not reach pipecat.
+        await self.inbox.put(theirs, _PC_DOWN if direction is _DOWN else _PC_UP, frame if frame.in_band else None)
+
+    def _route(self, cls: type[Frame]) -> Callable[[Frame], pc.Frame] | None:
+        """How frames of ``cls`` cross into pipecat: a converter, or None for those
+        the adapter handles itself (decided once per class)."""
+        if issubclass(cls, _SPECIAL) or (self._llm and issubclass(cls, LLMContextFrame)):
+            return None
+        if self._stt and issubclass(cls, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
+            return None  # they also end the user's turns
+        return self._translation(cls)
+
+    def _translation(self, cls: type[Frame]) -> Callable[[Frame], pc.Frame]:
+        """The table's converter for ``cls``, or a carrier counted in ``unmapped_in``."""
+        converter = converter_to_pipecat(cls)
+        if converter is None:
+            carrier = CarriedSystem if not cls.in_band else CarriedKept if cls.survives_interruption else Carried
+            unmapped, name = self.unmapped_in, cls.__name__
+
+            def carry(frame: Frame) -> pc.Frame:
+                unmapped[name] += 1
+                return carrier(frame=frame)
+
+            return carry
+        if cls.survives_interruption:
+
+            def keep(frame: Frame) -> pc.Frame:
+                theirs = converter(frame)
+                theirs.interruptible = False  # pipecat's interruption must not flush it either
+                return theirs
+
+            return keep
+        return converter
+
+    async def _process_special(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, StartFrame):
             await self._start(frame)
             # Ours goes on first: nothing the hosted processor pushes may precede it.
@@ -279,16 +374,20 @@ class PipecatProcessor(FrameProcessor):
         if isinstance(frame, CancelFrame):
             self._finished = True
             await self._send(pc.CancelFrame(reason=frame.reason or None), direction)
+            self.inbox.clear()
             await self.push_frame(frame, direction)
             return
         if isinstance(frame, ForeignFrame | ForeignSystemFrame):
             await self._send(frame.frame, direction)  # a pipecat frame from a hosted processor upstream
             return
-        if self._llm and isinstance(frame, LLMContextFrame):
+        if self._stt:
+            self._track_user(frame)
+        theirs: pc.Frame
+        if isinstance(frame, LLMContextFrame):
             if isinstance(frame.context, LLMContext):
                 self._context = frame.context
                 self._round = ToolRound(self.max_tool_rounds)
-                theirs: pc.Frame = pc.LLMContextFrame(to_pipecat_context(frame.context, self.tools.values()))
+                theirs = pc.LLMContextFrame(to_pipecat_context(frame.context, self.tools.values()))
             elif isinstance(frame.context, PipecatLLMContext):
                 self._context = self._round = None  # pipecat's own context: its tools are pipecat's
                 theirs = pc.LLMContextFrame(frame.context)
@@ -298,30 +397,20 @@ class PipecatProcessor(FrameProcessor):
                 )
                 return
         else:
-            if self._stt:
-                self._track_user(frame)
-            converted = to_pipecat(frame)
-            if converted is None:
-                self.unmapped_in[type(frame).__name__] += 1
-                if not frame.in_band:
-                    converted = CarriedSystem(frame=frame)
-                elif frame.survives_interruption:
-                    converted = CarriedKept(frame=frame)
-                else:
-                    converted = Carried(frame=frame)
-            elif frame.survives_interruption:
-                converted.interruptible = False  # pipecat's interruption must not flush it either
-            theirs = converted
+            theirs = self._translation(type(frame))(frame)
         setattr(theirs, _ORIGIN, frame)
-        await self._send(theirs, direction)
+        await self._send(theirs, direction, frame if frame.in_band else None)
 
-    async def _send(self, frame: pc.Frame, direction: FrameDirection) -> None:
+    async def _send(self, frame: pc.Frame, direction: FrameDirection, origin: Frame | None = None) -> None:
+        """Hand ``frame`` over; with ``origin`` (our in-band frame), bounded by the inbox."""
         if not self._started or (self._finished and not isinstance(frame, pc.CancelFrame)):
-            self.not_delivered += 1
-            logger.warning("{}: {} not delivered: the hosted processor is not running", self.name, frame)
+            self._not_delivered(frame)
             return
-        to = PipecatDirection.DOWNSTREAM if direction is _DOWN else PipecatDirection.UPSTREAM
-        await self.hosted.queue_frame(frame, to)
+        await self.inbox.put(frame, _PC_DOWN if direction is _DOWN else _PC_UP, origin)
+
+    def _not_delivered(self, frame: pc.Frame) -> None:
+        self.not_delivered += 1
+        logger.warning("{}: {} not delivered: the hosted processor is not running", self.name, frame)
 
     async def _start(self, frame: StartFrame) -> None:
         self._out_epoch = frame.epoch
@@ -376,6 +465,7 @@ class PipecatProcessor(FrameProcessor):
             # Even when the pipeline's own bound cuts this wait short: what the hosted
             # processor pushes from now on answers the new turn.
             self._out_epoch = frame.epoch
+            self.inbox.forget_interruptible()
 
     # ------------------------------------------------------------ frames out
 
@@ -383,16 +473,16 @@ class PipecatProcessor(FrameProcessor):
         """A frame the hosted processor pushed; runs in pipecat's task."""
         origin = getattr(frame, _ORIGIN, None)
         if origin is not None:
-            if isinstance(origin, InterruptionFrame):
+            if not isinstance(origin, _ABSORBED):
+                if isinstance(origin, EndFrame):
+                    self._stopped.set()
+                await self.push_frame(origin, direction)
+            elif isinstance(origin, InterruptionFrame):
                 if self._interrupted is not None:
                     self._interrupted.set()
             elif isinstance(origin, CancelFrame):
                 self._stopped.set()  # passed on at once when it came in
-            elif not isinstance(origin, StartFrame):  # passed on at once when it came in
-                if isinstance(origin, EndFrame):
-                    self._stopped.set()
-                await self.push_frame(origin, direction)
-            return
+            return  # a StartFrame: passed on at once when it came in
         if isinstance(frame, pc.InterruptionFrame | pc.InterruptionWorkerFrame):
             await self._hosted_interruption(frame)
             return
@@ -447,6 +537,7 @@ class PipecatProcessor(FrameProcessor):
         if frame.broadcast_sibling_id is not None and frame.broadcast_sibling_id == self._broadcast_seen:
             return  # the other half of a broadcast already handled
         self._broadcast_seen = frame.id
+        self.inbox.forget_interruptible()  # pipecat flushed its queue before broadcasting
         self._own_interruption = True
         try:
             await self.push_interruption()

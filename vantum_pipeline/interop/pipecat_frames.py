@@ -61,6 +61,7 @@ __all__ = [
     "ForeignFrame",
     "ForeignSystemFrame",
     "Translation",
+    "converter_to_pipecat",
     "markdown_table",
     "to_ours",
     "to_pipecat",
@@ -373,6 +374,12 @@ def _lookup(index: dict[type[Any], Any], cls: type[Any]) -> Any:
             converter = index[base]
             break
     index[cls] = converter
+    return converter
+
+
+def converter_to_pipecat(cls: type[vp.Frame]) -> ToPipecat | None:
+    """The converter of our frames of class ``cls`` into pipecat's, or None when the table has no row."""
+    converter: ToPipecat | None = _lookup(_TO_PIPECAT, cls)
     return converter
 
 
