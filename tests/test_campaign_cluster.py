@@ -239,6 +239,50 @@ async def test_a_coordinator_stopped_mid_campaign_resumes_without_a_second_dial(
     assert all(a["state"] == "ended" for a in attempts)
 
 
+async def test_a_result_waiting_before_adoption_is_recorded_not_dropped(redis_server: Any) -> None:
+    """A worker finished a call while no coordinator ran: its result waits on the stream. A new
+    coordinator must adopt the attempt before reading results, or the result is dropped as not
+    outstanding and the attempt is waited on for ever."""
+    from redis.asyncio import Redis
+
+    from vantum_pipeline.campaign.jobs import encode_event, encode_record
+    from vantum_pipeline.campaign.store import AttemptRow
+
+    row = AttemptRow("cluster-test", "+14155550123", 1, "+14155550123", "placed", None, 0.0)
+    job = CallJob(row)
+    keys = Keys("cluster-test")
+    redis = Redis.from_url(redis_server.url)
+    try:
+        record = AttemptRecord("completed", call_sid="CA" + "7" * 32, duration=3.0, cost=0.01)
+        await redis.xadd(
+            keys.results, encode_event("finished", job.job_id, encode_job(job), record=encode_record(record))
+        )
+        await redis.hset(keys.dial(job.job_id), mapping={"state": "done", "outcome": "completed"})
+    finally:
+        await redis.aclose()
+
+    recorded: list[tuple[str, str]] = []
+
+    class Sink:
+        async def placed(self, job: CallJob, sid: str) -> None:
+            return None
+
+        async def finished(self, job: CallJob, record: AttemptRecord) -> None:
+            recorded.append((job.job_id, record.outcome))
+
+    async with RedisDispatcher(
+        redis_server.url, campaign_id="cluster-test", config_text="", config_path="", max_outstanding=8
+    ) as remote:
+        remote.bind(Sink())
+        await asyncio.sleep(0.3)  # the time a results reader started at once needs to read the entry early
+        assert await remote.adopt([row]) == []  # the worker's marker says done: its result will come
+        async with asyncio.timeout(10):
+            while not recorded:  # noqa: ASYNC110 - a plain list
+                await asyncio.sleep(0.01)
+    assert recorded == [(job.job_id, "completed")]
+    assert remote.duplicates == 0
+
+
 def test_worker_options_flags_win_over_the_environment() -> None:
     from vantum_pipeline.campaign.cluster_command import WorkerOptions, parse_service_limits
     from vantum_pipeline.errors import ConfigurationError

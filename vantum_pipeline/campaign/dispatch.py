@@ -155,7 +155,8 @@ class Dispatcher(Protocol):
 
     async def adopt(self, attempts: list[AttemptRow]) -> list[AttemptRow]:
         """After a restart: keep the open attempts whose calls this dispatcher still
-        runs (their results will come); return the others, for reconciliation."""
+        runs (their results will come); return the others, for reconciliation. The
+        runner calls it once before its first submit, with no attempts on a fresh run."""
         ...
 
     async def aclose(self, *, graceful: bool = True, timeout: float = 60.0) -> None: ...

@@ -88,6 +88,10 @@ class RedisDispatcher:
         self._consumer_task: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._drained.set()
+        # Results are read once the runner has adopted what the workers still hold (or submitted a
+        # job): a result read before its attempt was adopted would be dropped as not outstanding,
+        # and the attempt then waited on for ever.
+        self._adopted = asyncio.Event()
         #: Counters for a status line: jobs submitted, events read, duplicate results ignored.
         self.submitted = 0
         self.events_read = 0
@@ -159,6 +163,7 @@ class RedisDispatcher:
             raise PipelineError(f"dispatcher full ({self.max_outstanding} jobs): job {job.job_id} refused")
         self._outstanding[job.job_id] = job
         self._drained.clear()
+        self._adopted.set()  # a runner that submits has settled what was left open
         text = encode_job(job)
         # A retry after a lost reply finds the job queued (arq refuses the id): never two jobs.
         queued = await with_redis(
@@ -191,6 +196,7 @@ class RedisDispatcher:
                 logger.info("attempt {} is still with the workers: adopted", job_id)
             else:
                 left.append(attempt)
+        self._adopted.set()
         return left
 
     async def _held(self, job_id: str) -> tuple[int, bytes | None]:
@@ -222,6 +228,7 @@ class RedisDispatcher:
         # First what this consumer read and did not acknowledge before a restart (from ``cursor``
         # on, so that an entry that cannot be recorded is passed over, not read in a loop).
         backlog, cursor = True, "0"
+        await self._adopted.wait()  # owned by the dispatcher, cancelled by its exit; see __init__
         while True:
             try:
                 reply = await self._pool.xreadgroup(

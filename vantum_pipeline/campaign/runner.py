@@ -357,10 +357,9 @@ class CampaignRunner:
 
     async def reconcile(self) -> int:
         """Settle the attempts a previous run left open; returns how many."""
-        open_attempts = self.store.open_attempts(self.config.id)
-        if open_attempts:
-            # Attempts the dispatcher still holds (jobs with workers elsewhere) come back by themselves.
-            open_attempts = await self.dispatcher.adopt(open_attempts)
+        # Attempts the dispatcher still holds (jobs with workers elsewhere) come back by themselves.
+        # Called even with none open: a dispatcher reads results only once adoption is over.
+        open_attempts = await self.dispatcher.adopt(self.store.open_attempts(self.config.id))
         if not open_attempts:
             return 0
         logger.info("campaign {}: reconciling {} attempt(s) left open", self.config.id, len(open_attempts))
