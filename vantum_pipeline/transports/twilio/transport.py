@@ -26,7 +26,9 @@ of the call's pipeline and ``transport.output()`` after the TTS:
   ``marker_interval`` seconds of audio and the end of each TTS context, and
   an interruption sends ``clear``. Marks echoed after a clear are ignored.
 
-Sends are serialized by one lock and bounded by ``io_timeout``.
+Sends are serialized by one lock and bounded by ``io_timeout``. A write the
+socket refuses because the far end has closed it is dropped, not an output
+failure: the callee hung up, and the input ends the call as for any hang-up.
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ class TwilioTransport:
         #: The far end's protocol violation that ended the stream, if one did.
         self.violation: str | None = None
         self.ended = asyncio.Event()
+        #: The far end closed the socket under a write: nothing more is sent.
+        self.peer_gone = False
         self._send_lock = asyncio.Lock()
         self._input = TwilioInputTransport(self, name=f"{name}.input#{self.start.call_sid[-6:]}")
         self._output = TwilioOutputTransport(self, name=f"{name}.output#{self.start.call_sid[-6:]}")
@@ -142,14 +146,26 @@ class TwilioTransport:
         return self._output
 
     async def send(self, messages: list[str]) -> None:
-        """Send messages in order; a no-op once the stream has ended."""
-        if not messages:
+        """Send messages in order; a no-op once the stream has ended or the far end has gone.
+
+        A socket the far end has closed refuses writes (aiohttp raises
+        ``ConnectionResetError``) while its last messages (``stop``, the close)
+        may still wait unread: the callee hung up, which is not an output
+        failure. The writes are dropped and the input ends the call when it
+        reads those messages (or the socket's end), as for any hang-up.
+        """
+        if not messages or self.peer_gone:
             return
         async with self._send_lock:
             for message in messages:
-                if self.ended.is_set():
+                if self.ended.is_set() or self.peer_gone:
                     return
-                await self.websocket.send_str(message)
+                try:
+                    await self.websocket.send_str(message)
+                except ConnectionResetError as exc:
+                    self.peer_gone = True
+                    logger.debug("{}: call {}: the far end closed the socket: {}", self.name, self.call_sid, exc)
+                    return
 
     def mark_ended(self, reason: str) -> bool:
         """Record that the stream is over; False if it already was."""
