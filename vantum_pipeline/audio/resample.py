@@ -204,7 +204,8 @@ class StreamResampler:
         if d.down == 1:
             # Every input sample yields `up` outputs, one per phase: a single matrix product.
             first = n0 // d.up - buf_start - (k - 1)
-            y = np.dot(windows[first : first + (n1 - n0) // d.up], self._phases_t).ravel()
+            product: npt.NDArray[np.float32] = np.dot(windows[first : first + (n1 - n0) // d.up], self._phases_t)
+            y = product.ravel()
         elif d.up == 1:
             # Decimation by `down`, in polyphase form: output n is the sum over r of
             # taps h[r::down] against inputs first + r + down * (n + i). One short
