@@ -37,6 +37,11 @@ fresh process. Per K and library:
   speech chunk sent → the first chunk of the bot's answer received, minus the
   endpointing silence Deepgram waits for by protocol (the stand-ins answer at
   once; loopback and their own processing are included);
+- **added / react p50/p99** (vantum, one process): measured inside the
+  library process (see :class:`TurnTimes`): *react* is the final transcript
+  received -> the answer's first μ-law chunk written; *added* is react minus
+  the LLM's time to first token and the TTS's time to first audio (the
+  waits on the stand-ins): the turn latency the library itself adds;
 - **MiB/call**: peak resident memory growth of the library process over the
   calls, divided by K;
 - **done**: calls the callee completed (hung up after its script), and
@@ -69,7 +74,19 @@ import density_standins as standins
 STAGGER = 0.02
 ROUND_TIMEOUT = 150.0
 #: What each round prints as it ends.
-ROUND_KEYS = ("cpu", "late", "chunks", "completed", "error", "end_reasons", "outcomes", "warning_count", "wall", "root")
+ROUND_KEYS = (
+    "cpu",
+    "late",
+    "chunks",
+    "added_p99",
+    "completed",
+    "error",
+    "end_reasons",
+    "outcomes",
+    "warning_count",
+    "wall",
+    "root",
+)
 
 
 # ------------------------------------------------------------------ library side
@@ -141,6 +158,68 @@ class WarningCount:
             print(f"[{os.getpid()}] {text[:2000]}", file=sys.stderr, flush=True)
 
 
+class TurnTimes:
+    """What the library adds to each turn, measured inside the library process.
+
+    An observer on each call's task sees, at the pipeline's ends: the STT's
+    ``latency.stt_final`` metric (the final transcript has arrived: the
+    turn's clock starts), the LLM's ``latency.llm_ttft`` and the TTS's
+    ``latency.tts_ttfb`` (the time spent waiting on the stand-ins, as the
+    services measure it: request sent -> first token / first audio), and the
+    ``BotStartedSpeakingFrame`` the output pushes once the answer's first
+    μ-law chunk is written to the Twilio socket. Per turn:
+
+    - *react*: final transcript received -> first answer byte written;
+    - *added*: react minus the LLM's TTFT and the TTS's TTFB: the library's
+      own work on the turn's path (aggregators, sentence splitting, the SDKs'
+      request building and parsing, queues, the event loop's delays).
+
+    Not included: the callee's audio from the Twilio socket to the STT's
+    socket before the final (per 20 ms frame, measured by the input's lag
+    elsewhere) and Deepgram's endpointing wait (a protocol wait)."""
+
+    def __init__(self) -> None:
+        self.react: list[float] = []
+        self.added: list[float] = []
+
+    def observer(self) -> Callable[[Any, Any], None]:
+        from vantum_pipeline.frames import BotStartedSpeakingFrame, MetricsFrame
+
+        turn: dict[str, float] = {}
+
+        def observe(frame: Any, _direction: Any) -> None:
+            if isinstance(frame, MetricsFrame):
+                if frame.metric == "latency.stt_final":
+                    turn.clear()
+                    turn["final"] = time.monotonic()
+                elif "final" in turn and frame.metric in ("latency.llm_ttft", "latency.tts_ttfb"):
+                    turn.setdefault(frame.metric, frame.value)
+            elif isinstance(frame, BotStartedSpeakingFrame) and len(turn) == 3:
+                react = time.monotonic() - turn["final"]
+                self.react.append(react)
+                self.added.append(react - turn["latency.llm_ttft"] - turn["latency.tts_ttfb"])
+                turn.clear()
+
+        return observe
+
+    def figures(self) -> dict[str, Any]:
+        def pct(values: list[float], q: float) -> float | None:
+            ordered = sorted(values)
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+        return {
+            "turns_measured": len(self.added),
+            "react_p50": pct(self.react, 0.5),
+            "react_p99": pct(self.react, 0.99),
+            "added_p50": pct(self.added, 0.5),
+            "added_p99": pct(self.added, 0.99),
+        }
+
+
+#: The library process's turn clock (one per process; ``--workers`` processes have their own, unreported).
+TURNS = TurnTimes()
+
+
 def _twilio_settings(urls: dict[str, str]) -> Any:
     from vantum_pipeline.settings import Secret
     from vantum_pipeline.telephony.settings import TwilioSettings
@@ -205,6 +284,7 @@ def vantum_factory(urls: dict[str, str], options: dict[str, Any]) -> Callable[[A
             idle_timeout=120.0,
             metadata={"call_sid": call.call_sid},
         )
+        task.add_observer(TURNS.observer())
         await task.queue_frame(TTSSpeakFrame(standins.GREETING, category="greeting"))
         return task
 
@@ -299,7 +379,7 @@ async def run_vantum(urls: dict[str, str], k: int, options: dict[str, Any]) -> d
         wall = time.monotonic() - t0
         figures = usage.stop()
     outcomes = Counter(r.outcome.value for r in records)
-    return {**figures, "wall": wall, "outcomes": dict(outcomes), "rss_base": usage.base_rss}
+    return {**figures, **TURNS.figures(), "wall": wall, "outcomes": dict(outcomes), "rss_base": usage.base_rss}
 
 
 def library_main(library: str, urls: dict[str, str], k: int, options: dict[str, Any], pipe: Connection) -> None:
@@ -421,17 +501,17 @@ def _per_call(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _fmt_ms(value: float | None) -> str:
-    return "-" if value is None else f"{1000 * value:.0f}"
+def _fmt_ms(value: float | None, decimals: int = 0) -> str:
+    return "-" if value is None else f"{1000 * value:.{decimals}f}"
 
 
 def report(rows: list[dict[str, Any]]) -> None:
     print()
     print(
         "| K | library | CPU/call (% core) | late % | eroded % | worst late ms | turn p50 ms | turn p99 ms "
-        "| MiB/call | done | warnings | stand-ins CPU s |"
+        "| added p50 / p99 ms | react p50 / p99 ms | MiB/call | done | warnings | stand-ins CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r and "cpu" not in r:
             print(f"| {r['k']} | {r['library']} | error: {r['error']} |")
@@ -443,6 +523,8 @@ def report(rows: list[dict[str, Any]]) -> None:
         print(
             f"| {r['k']} | {r['library']} | {p['cpu_pct']:.2f} | {p['late_pct']:.2f} | {p['eroded_pct']:.2f} "
             f"| {1000 * r['worst_late']:.0f} | {_fmt_ms(r['latency_p50'])} | {_fmt_ms(r['latency_p99'])} "
+            f"| {_fmt_ms(r.get('added_p50'), 1)} / {_fmt_ms(r.get('added_p99'), 1)} "
+            f"| {_fmt_ms(r.get('react_p50'))} / {_fmt_ms(r.get('react_p99'))} "
             f"| {p['mib']:.2f} | {r['completed']}/{r['k']} | {r['warning_count']} | {r['stand_in_cpu']:.1f} |"
         )
     by_k: dict[int, dict[str, list[dict[str, float]]]] = {}
