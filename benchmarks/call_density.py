@@ -233,6 +233,16 @@ def _twilio_settings(urls: dict[str, str]) -> Any:
     )
 
 
+def _transport_params(options: dict[str, Any]) -> Any:
+    from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
+
+    # Phone audio: μ-law from Twilio straight to Deepgram, and from Cartesia straight back.
+    params = TwilioTransportParams(passthrough_input=options.get("audio") == "phone")
+    if options.get("chunk_ms"):
+        params.chunk_duration = options["chunk_ms"] / 1000
+    return params
+
+
 def vantum_factory(urls: dict[str, str], options: dict[str, Any]) -> Callable[[Any], Any]:
     """The production pipeline of examples/twilio_outbound.py, pointed at the stand-ins."""
     from vantum_pipeline import Pipeline, PipelineTask
@@ -312,12 +322,11 @@ async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any])
     """The same calls through ``TwilioWorkerPool``: ``options["workers"]`` server processes behind one port."""
     import socket
 
-    from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
     from vantum_pipeline.transports.twilio.workers import TwilioWorkerPool
 
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    params = TwilioTransportParams(passthrough_input=options.get("audio") == "phone")
+    params = _transport_params(options)
     pool = TwilioWorkerPool(
         _twilio_settings(urls),
         VantumFactory(urls, options),
@@ -348,13 +357,11 @@ async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any])
 
 async def run_vantum(urls: dict[str, str], k: int, options: dict[str, Any]) -> dict[str, Any]:
     from vantum_pipeline.transports.twilio.server import TwilioServer
-    from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
 
     if options.get("workers"):
         return await run_vantum_pool(urls, k, options)
     usage = Usage()
-    # Phone audio: μ-law from Twilio straight to Deepgram, and from Cartesia straight back.
-    params = TwilioTransportParams(passthrough_input=options.get("audio") == "phone")
+    params = _transport_params(options)
     server = TwilioServer(
         _twilio_settings(urls),
         vantum_factory(urls, options),
@@ -568,6 +575,9 @@ def main() -> int:
     )
     parser.add_argument("--profile", help="py-spy raw output prefix (one file per round)")
     parser.add_argument(
+        "--chunk-ms", type=int, default=0, help="vantum: audio per Twilio media message (0: the transport's default)"
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -581,6 +591,7 @@ def main() -> int:
         "audio": args.audio,
         "profile": args.profile,
         "workers": args.workers,
+        "chunk_ms": args.chunk_ms,
         "baseline": str(Path(args.baseline).resolve()) if args.baseline else None,
     }
     rows = []
