@@ -15,7 +15,7 @@ from websockets.uri import parse_uri
 from vantum_pipeline.frames import TTSAudioRawFrame
 from vantum_pipeline.testing.pipeline import run_pipeline
 from vantum_pipeline.transports.twilio.serializer import TwilioSerializer
-from vantum_pipeline.transports.twilio.transport import TwilioTransport
+from vantum_pipeline.transports.twilio.transport import TwilioTransport, TwilioTransportParams
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -107,4 +107,31 @@ async def test_the_input_still_ends_the_call_as_a_hang_up_after_a_refused_write(
     assert collected.finish_reason == "cancel"  # a hang-up, not an error
     # What was read before the reset ends it ("stop"), or the socket's end does.
     assert transport.end_reason in ("stop", "socket closed without 'stop'")
+    assert transport.violation is None
+
+
+class SilentSocket:
+    """A media socket whose far end stays connected and says nothing."""
+
+    closed = False
+
+    async def send_str(self, data: str) -> None:
+        pass
+
+    async def receive(self, timeout: float | None = None) -> object:
+        await asyncio.Event().wait()  # until cancelled
+        raise AssertionError("unreachable")
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        self.closed = True
+        return True
+
+
+async def test_a_stream_silent_for_receive_timeout_ends_as_a_hang_up():
+    serializer = TwilioSerializer()
+    serializer.deserialize(START)
+    transport = TwilioTransport(SilentSocket(), serializer, TwilioTransportParams(receive_timeout=0.3))
+    collected = await run_pipeline([transport.input(), transport.output()], [], send_end=False, timeout=10)
+    assert collected.finish_reason == "cancel"
+    assert transport.end_reason == "no message from Twilio for 0.3s"
     assert transport.violation is None
