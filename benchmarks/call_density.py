@@ -310,12 +310,23 @@ class VantumFactory:
         self._factory: Callable[[Any], Any] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (VantumFactory, (self.urls, self.options))
+        return (_in_worker, (self.urls, self.options))
 
     def __call__(self, call: Any) -> Any:
         if self._factory is None:
             self._factory = vantum_factory(self.urls, self.options)
         return self._factory(call)
+
+
+def _in_worker(urls: dict[str, str], options: dict[str, Any]) -> VantumFactory:
+    """The factory as a pool worker unpickles it: the worker logs warnings only, as the library process does
+    (loguru's default, every INFO and DEBUG line of every call to stderr, would cost the workers more than the calls).
+    Their warnings are printed, not counted."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING", format="worker {process}: {message}")
+    return VantumFactory(urls, options)
 
 
 async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any]) -> dict[str, Any]:
