@@ -37,7 +37,8 @@ fresh process. Per K and library:
   speech chunk sent → the first chunk of the bot's answer received, minus the
   endpointing silence Deepgram waits for by protocol (the stand-ins answer at
   once; loopback and their own processing are included);
-- **added / react p50/p99** (vantum, one process): measured inside the
+- **added / react p50/p99** (vantum in one process; not with ``--workers``,
+  whose workers also print their warnings instead of counting them): measured inside the
   library process (see :class:`TurnTimes`): *react* is the final transcript
   received -> the answer's first μ-law chunk written; *added* is react minus
   the LLM's time to first token and the TTS's time to first audio (the
