@@ -94,8 +94,8 @@ class DeepgramFaults:
     #: Drop the connection once this many audio bytes were received (the
     #: chunk that crosses the line is lost, as in a real network failure).
     drop_after_audio_bytes: int | None = None
-    #: Stop reading the socket once this many audio bytes were received (a
-    #: frozen service): nothing after is processed, a close frame is never
+    #: Answer nothing once this many audio bytes were received (a frozen
+    #: service): what arrives after is read and ignored, a close frame is never
     #: answered, the TCP connection stays open until the client drops it.
     freeze_after_audio_bytes: int | None = None
     #: How a drop looks: None aborts the TCP connection (no close frame, the
