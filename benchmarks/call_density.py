@@ -37,6 +37,12 @@ fresh process. Per K and library:
   speech chunk sent → the first chunk of the bot's answer received, minus the
   endpointing silence Deepgram waits for by protocol (the stand-ins answer at
   once; loopback and their own processing are included);
+- **added / react p50/p99** (vantum in one process; not with ``--workers``,
+  whose workers also print their warnings instead of counting them): measured inside the
+  library process (see :class:`TurnTimes`): *react* is the final transcript
+  received -> the answer's first μ-law chunk written; *added* is react minus
+  the LLM's time to first token and the TTS's time to first audio (the
+  waits on the stand-ins): the turn latency the library itself adds;
 - **MiB/call**: peak resident memory growth of the library process over the
   calls, divided by K;
 - **done**: calls the callee completed (hung up after its script), and
@@ -69,7 +75,19 @@ import density_standins as standins
 STAGGER = 0.02
 ROUND_TIMEOUT = 150.0
 #: What each round prints as it ends.
-ROUND_KEYS = ("cpu", "late", "chunks", "completed", "error", "end_reasons", "outcomes", "warning_count", "wall", "root")
+ROUND_KEYS = (
+    "cpu",
+    "late",
+    "chunks",
+    "added_p99",
+    "completed",
+    "error",
+    "end_reasons",
+    "outcomes",
+    "warning_count",
+    "wall",
+    "root",
+)
 
 
 # ------------------------------------------------------------------ library side
@@ -141,6 +159,68 @@ class WarningCount:
             print(f"[{os.getpid()}] {text[:2000]}", file=sys.stderr, flush=True)
 
 
+class TurnTimes:
+    """What the library adds to each turn, measured inside the library process.
+
+    An observer on each call's task sees, at the pipeline's ends: the STT's
+    ``latency.stt_final`` metric (the final transcript has arrived: the
+    turn's clock starts), the LLM's ``latency.llm_ttft`` and the TTS's
+    ``latency.tts_ttfb`` (the time spent waiting on the stand-ins, as the
+    services measure it: request sent -> first token / first audio), and the
+    ``BotStartedSpeakingFrame`` the output pushes once the answer's first
+    μ-law chunk is written to the Twilio socket. Per turn:
+
+    - *react*: final transcript received -> first answer byte written;
+    - *added*: react minus the LLM's TTFT and the TTS's TTFB: the library's
+      own work on the turn's path (aggregators, sentence splitting, the SDKs'
+      request building and parsing, queues, the event loop's delays).
+
+    Not included: the callee's audio from the Twilio socket to the STT's
+    socket before the final (per 20 ms frame, measured by the input's lag
+    elsewhere) and Deepgram's endpointing wait (a protocol wait)."""
+
+    def __init__(self) -> None:
+        self.react: list[float] = []
+        self.added: list[float] = []
+
+    def observer(self) -> Callable[[Any, Any], None]:
+        from vantum_pipeline.frames import BotStartedSpeakingFrame, MetricsFrame
+
+        turn: dict[str, float] = {}
+
+        def observe(frame: Any, _direction: Any) -> None:
+            if isinstance(frame, MetricsFrame):
+                if frame.metric == "latency.stt_final":
+                    turn.clear()
+                    turn["final"] = time.monotonic()
+                elif "final" in turn and frame.metric in ("latency.llm_ttft", "latency.tts_ttfb"):
+                    turn.setdefault(frame.metric, frame.value)
+            elif isinstance(frame, BotStartedSpeakingFrame) and len(turn) == 3:
+                react = time.monotonic() - turn["final"]
+                self.react.append(react)
+                self.added.append(react - turn["latency.llm_ttft"] - turn["latency.tts_ttfb"])
+                turn.clear()
+
+        return observe
+
+    def figures(self) -> dict[str, Any]:
+        def pct(values: list[float], q: float) -> float | None:
+            ordered = sorted(values)
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+        return {
+            "turns_measured": len(self.added),
+            "react_p50": pct(self.react, 0.5),
+            "react_p99": pct(self.react, 0.99),
+            "added_p50": pct(self.added, 0.5),
+            "added_p99": pct(self.added, 0.99),
+        }
+
+
+#: The library process's turn clock (one per process; ``--workers`` processes have their own, unreported).
+TURNS = TurnTimes()
+
+
 def _twilio_settings(urls: dict[str, str]) -> Any:
     from vantum_pipeline.settings import Secret
     from vantum_pipeline.telephony.settings import TwilioSettings
@@ -152,6 +232,16 @@ def _twilio_settings(urls: dict[str, str]) -> Any:
         public_base_url="http://127.0.0.1",
         api_base_url=urls["twilio_api"],
     )
+
+
+def _transport_params(options: dict[str, Any]) -> Any:
+    from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
+
+    # Phone audio: μ-law from Twilio straight to Deepgram, and from Cartesia straight back.
+    params = TwilioTransportParams(passthrough_input=options.get("audio") == "phone")
+    if options.get("chunk_ms"):
+        params.chunk_duration = options["chunk_ms"] / 1000
+    return params
 
 
 def vantum_factory(urls: dict[str, str], options: dict[str, Any]) -> Callable[[Any], Any]:
@@ -205,6 +295,7 @@ def vantum_factory(urls: dict[str, str], options: dict[str, Any]) -> Callable[[A
             idle_timeout=120.0,
             metadata={"call_sid": call.call_sid},
         )
+        task.add_observer(TURNS.observer())
         await task.queue_frame(TTSSpeakFrame(standins.GREETING, category="greeting"))
         return task
 
@@ -220,7 +311,7 @@ class VantumFactory:
         self._factory: Callable[[Any], Any] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (VantumFactory, (self.urls, self.options))
+        return (_in_worker, (self.urls, self.options))
 
     def __call__(self, call: Any) -> Any:
         if self._factory is None:
@@ -228,16 +319,26 @@ class VantumFactory:
         return self._factory(call)
 
 
+def _in_worker(urls: dict[str, str], options: dict[str, Any]) -> VantumFactory:
+    """The factory as a pool worker unpickles it: the worker logs warnings only, as the library process does
+    (loguru's default, every INFO and DEBUG line of every call to stderr, would cost the workers more than the calls).
+    Their warnings are printed, not counted."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING", format="worker {process}: {message}")
+    return VantumFactory(urls, options)
+
+
 async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any]) -> dict[str, Any]:
     """The same calls through ``TwilioWorkerPool``: ``options["workers"]`` server processes behind one port."""
     import socket
 
-    from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
     from vantum_pipeline.transports.twilio.workers import TwilioWorkerPool
 
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    params = TwilioTransportParams(passthrough_input=options.get("audio") == "phone")
+    params = _transport_params(options)
     pool = TwilioWorkerPool(
         _twilio_settings(urls),
         VantumFactory(urls, options),
@@ -268,13 +369,11 @@ async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any])
 
 async def run_vantum(urls: dict[str, str], k: int, options: dict[str, Any]) -> dict[str, Any]:
     from vantum_pipeline.transports.twilio.server import TwilioServer
-    from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
 
     if options.get("workers"):
         return await run_vantum_pool(urls, k, options)
     usage = Usage()
-    # Phone audio: μ-law from Twilio straight to Deepgram, and from Cartesia straight back.
-    params = TwilioTransportParams(passthrough_input=options.get("audio") == "phone")
+    params = _transport_params(options)
     server = TwilioServer(
         _twilio_settings(urls),
         vantum_factory(urls, options),
@@ -299,7 +398,7 @@ async def run_vantum(urls: dict[str, str], k: int, options: dict[str, Any]) -> d
         wall = time.monotonic() - t0
         figures = usage.stop()
     outcomes = Counter(r.outcome.value for r in records)
-    return {**figures, "wall": wall, "outcomes": dict(outcomes), "rss_base": usage.base_rss}
+    return {**figures, **TURNS.figures(), "wall": wall, "outcomes": dict(outcomes), "rss_base": usage.base_rss}
 
 
 def library_main(library: str, urls: dict[str, str], k: int, options: dict[str, Any], pipe: Connection) -> None:
@@ -421,17 +520,17 @@ def _per_call(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _fmt_ms(value: float | None) -> str:
-    return "-" if value is None else f"{1000 * value:.0f}"
+def _fmt_ms(value: float | None, decimals: int = 0) -> str:
+    return "-" if value is None else f"{1000 * value:.{decimals}f}"
 
 
 def report(rows: list[dict[str, Any]]) -> None:
     print()
     print(
         "| K | library | CPU/call (% core) | late % | eroded % | worst late ms | turn p50 ms | turn p99 ms "
-        "| MiB/call | done | warnings | stand-ins CPU s |"
+        "| added p50 / p99 ms | react p50 / p99 ms | MiB/call | done | warnings | stand-ins CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r and "cpu" not in r:
             print(f"| {r['k']} | {r['library']} | error: {r['error']} |")
@@ -443,6 +542,8 @@ def report(rows: list[dict[str, Any]]) -> None:
         print(
             f"| {r['k']} | {r['library']} | {p['cpu_pct']:.2f} | {p['late_pct']:.2f} | {p['eroded_pct']:.2f} "
             f"| {1000 * r['worst_late']:.0f} | {_fmt_ms(r['latency_p50'])} | {_fmt_ms(r['latency_p99'])} "
+            f"| {_fmt_ms(r.get('added_p50'), 1)} / {_fmt_ms(r.get('added_p99'), 1)} "
+            f"| {_fmt_ms(r.get('react_p50'))} / {_fmt_ms(r.get('react_p99'))} "
             f"| {p['mib']:.2f} | {r['completed']}/{r['k']} | {r['warning_count']} | {r['stand_in_cpu']:.1f} |"
         )
     by_k: dict[int, dict[str, list[dict[str, float]]]] = {}
@@ -486,6 +587,9 @@ def main() -> int:
     )
     parser.add_argument("--profile", help="py-spy raw output prefix (one file per round)")
     parser.add_argument(
+        "--chunk-ms", type=int, default=0, help="vantum: audio per Twilio media message (0: the transport's default)"
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -499,6 +603,7 @@ def main() -> int:
         "audio": args.audio,
         "profile": args.profile,
         "workers": args.workers,
+        "chunk_ms": args.chunk_ms,
         "baseline": str(Path(args.baseline).resolve()) if args.baseline else None,
     }
     rows = []

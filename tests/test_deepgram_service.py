@@ -592,6 +592,27 @@ async def test_cancel_tears_the_socket_down_at_once() -> None:
     assert sum(m.value for m in metrics(harness, "usage.stt_seconds")) == pytest.approx(0.5)
 
 
+async def test_cancel_does_not_wait_for_a_service_that_stopped_answering() -> None:
+    # A frozen service never answers a close frame: the call's cancel must not
+    # wait for it (it used to, past the task's stop deadline).
+    problems: list[str] = []
+    sink = logger.add(lambda m: problems.append(m.record["message"]), level="ERROR")
+    try:
+        async with FakeDeepgram(faults=DeepgramFaults(freeze_after_audio_bytes=BPS // 4)) as fake:
+            stt = DeepgramSTTService(settings_for(fake))
+            async with PipelineHarness([stt]) as harness:
+                await say(harness, speech(0.5))
+                connection = await fake.wait_for_connection()
+                await until(lambda: len(connection.audio) >= BPS // 4)
+                await harness.task.cancel()
+            await connection.wait_closed(timeout=5)
+    finally:
+        logger.remove(sink)
+    assert harness.collected.finish_reason == "cancel"
+    assert connection.received_of_type("CloseStream") == []
+    assert problems == []  # no "CancelFrame still travelling at the deadline", no task left running
+
+
 async def test_end_waits_for_the_last_results_but_not_forever() -> None:
     async with FakeDeepgram(faults=DeepgramFaults(silent=True)) as fake:
         stt = DeepgramSTTService(settings_for(fake, close_timeout=0.3))

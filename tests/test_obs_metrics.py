@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import math
+import pickle
 import threading
 import urllib.request
 
@@ -11,7 +13,7 @@ from obs_fakes import Reply, ScriptedLLM, ScriptedOutput, ScriptedSTT, ScriptedT
 from vantum_pipeline.frames import HeardTextFrame, MetricsFrame
 from vantum_pipeline.observability.collector import MetricsCollector
 from vantum_pipeline.observability.cost import CostTracker
-from vantum_pipeline.observability.metrics import MetricsRegistry
+from vantum_pipeline.observability.metrics import Histogram, MetricsRegistry
 from vantum_pipeline.observability.prometheus import PrometheusExporter, PrometheusSettings, metric_name
 from vantum_pipeline.testing import PipelineHarness
 
@@ -143,3 +145,32 @@ async def test_the_prometheus_endpoint_scrapes_over_loopback():
     # The server thread has ended (the to_thread workers are the loop's).
     assert not [t for t in set(threading.enumerate()) - threads_before if not t.name.startswith("asyncio_")]
     exporter.close()  # idempotent
+
+
+def test_registries_of_several_processes_add_up():
+    workers = [MetricsRegistry(), MetricsRegistry()]
+    workers[0].counter("service.request", "openai").inc(3)
+    workers[1].counter("service.request", "openai").inc(2)
+    workers[1].counter("service.error", "deepgram").inc()
+    for value in (0.1, 0.3):
+        workers[0].histogram("latency.llm_ttft", "openai").observe(value)
+    workers[1].histogram("latency.llm_ttft", "openai").observe(2.0)
+    total = MetricsRegistry()
+    for worker in workers:
+        total.merge(pickle.loads(pickle.dumps(worker.export())))  # as it crosses the pool's socket
+    assert total.value("service.request", "openai") == 5
+    assert total.value("service.error", "deepgram") == 1
+    summary = total.histograms()[("latency.llm_ttft", "openai")]
+    assert (summary.count, summary.min, summary.max) == (3, 0.1, 2.0)
+    assert summary.sum == pytest.approx(2.4) and summary.p50 == 0.3
+    assert dict(summary.buckets)[0.5] == 2 and dict(summary.buckets)[math.inf] == 3
+    assert total.snapshot()["error_rate"] == {"openai": 0.0}
+
+
+def test_a_histogram_with_other_buckets_is_refused():
+    mine = Histogram(threading.Lock(), bounds=(1.0, 2.0))
+    other = Histogram(threading.Lock(), bounds=(1.0,))
+    other.observe(0.5)
+    with pytest.raises(ValueError, match="buckets"):
+        mine.merge(other.export())
+    assert mine.count == 0

@@ -5,6 +5,7 @@ pipelines: UserAggregator → LLM → (a stand-in for TTS + output transport)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
+    CancelFrame,
     EndFrame,
     EndOfTurnFrame,
     Frame,
@@ -31,6 +33,7 @@ from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.processors.aggregators import AssistantAggregator, UserAggregator
 from vantum_pipeline.processors.context import LLMContext
 from vantum_pipeline.processors.tools import Tool
+from vantum_pipeline.services.llm import LLMReply, LLMService
 from vantum_pipeline.services.openai import OpenAILLMService, OpenAISettings
 from vantum_pipeline.settings import Secret
 from vantum_pipeline.testing.openai import FakeOpenAI, Fault, Reply, ToolCall
@@ -476,3 +479,46 @@ def test_settings_from_env() -> None:
         OpenAISettings.from_env({})
     with pytest.raises(ConfigurationError, match="temperature"):
         OpenAISettings(api_key=Secret("k"), temperature=3.0)
+
+
+# ------------------------------------------------------------ cancel
+
+
+class SlowToStop(LLMService):
+    """A reply that, once cancelled, needs the CancelFrame to have gone by before it can finish
+    (as a stream whose connection closes slowly): a CancelFrame that waited for it would hang."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replying = asyncio.Event()
+        self.cancel_passed = asyncio.Event()
+        self.cancel_passed_first = False
+
+    async def respond(self, context: LLMContext, reply: LLMReply) -> None:
+        self.replying.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self.cancel_passed.wait()
+            self.cancel_passed_first = self.cancel_passed.is_set()
+            raise
+
+
+async def test_a_cancel_goes_by_without_waiting_for_the_reply_to_stop():
+    llm = SlowToStop()
+    harness = PipelineHarness([llm], stop_timeout=10.0)
+
+    def watch(frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, CancelFrame):
+            llm.cancel_passed.set()
+
+    harness.task.add_observer(watch)
+    async with harness:
+        await harness.send(LLMContextFrame(LLMContext("Be brief.")))
+        async with asyncio.timeout(5):
+            await llm.replying.wait()
+        await harness.task.cancel()
+    assert harness.collected.finish_reason == "cancel"
+    assert llm.cancel_passed_first  # the reply stopped after the CancelFrame reached the tail

@@ -62,3 +62,32 @@ async def test_a_client_that_fails_to_close_does_not_stop_the_others() -> None:
     async with asyncio.timeout(5):
         await close_shared_clients(timeout=0.1)
     assert closed == ["fine"]
+
+
+async def test_the_speech_services_share_their_clients_across_calls() -> None:
+    from vantum_pipeline.services.deepgram_tts import DeepgramTTSService, DeepgramTTSSettings
+    from vantum_pipeline.services.openai_tts import OpenAITTSService, OpenAITTSSettings
+
+    def calls() -> list[DeepgramTTSService | OpenAITTSService]:
+        return [
+            DeepgramTTSService(DeepgramTTSSettings(api_key=Secret("dg"), url="ws://127.0.0.1:9")),
+            OpenAITTSService(OpenAITTSSettings(api_key=Secret("sk"), base_url="http://127.0.0.1:9/v1")),
+        ]
+
+    first, second = calls(), calls()
+    for service in (*first, *second):
+        await service.engine_start()
+    try:
+        assert [s._client for s in first] == [s._client for s in second]
+        assert shared_client_count() == 2
+        for service in first:  # one call ends: the others keep the client
+            await service.cancel_tasks(timeout=1.0)
+            await service.engine_close()
+        openai_client = second[1]._client
+        assert isinstance(openai_client, AsyncOpenAI) and not openai_client.is_closed()
+    finally:
+        for service in second:
+            await service.cancel_tasks(timeout=1.0)
+            await service.engine_close()
+        await close_shared_clients()
+    assert shared_client_count() == 0

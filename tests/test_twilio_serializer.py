@@ -153,6 +153,20 @@ def test_output_mulaw_passes_through_and_marks_and_clear():
     assert s.serialize(TextFrame("not for Twilio")) == []
 
 
+def test_media_messages_are_json_even_for_a_stream_sid_that_needs_escaping():
+    odd = 'MZ"quoted\\back\u00e9</script>'
+    s = TwilioSerializer(passthrough=True)
+    s.deserialize(start(streamSid=odd))
+    for size in (1, 160, 320):
+        payload = bytes(range(256))[:size]
+        [m] = s.serialize(OutputAudioRawFrame(payload, 8000, 1, MULAW))
+        assert json.loads(m) == {
+            "event": "media",
+            "streamSid": odd,
+            "media": {"payload": base64.b64encode(payload).decode()},
+        }
+
+
 def test_serialize_refuses_what_twilio_cannot_play():
     s = TwilioSerializer()
     with pytest.raises(PipelineError, match="before the stream started"):

@@ -11,7 +11,9 @@ from loguru import logger
 from twilio.request_validator import RequestValidator
 
 from tests.twilio_scripted import ScriptedAgent, phone_stack, tone
+from vantum_pipeline import Pipeline, PipelineTask
 from vantum_pipeline.frames import HeardTextFrame, MetricsFrame
+from vantum_pipeline.processor import FrameProcessor
 from vantum_pipeline.telephony.outcome import CallOutcome
 from vantum_pipeline.telephony.state import CallState
 from vantum_pipeline.testing.callee import BargeIn, CloseSocket, Drop, HangUp, Listen, Say, SendRaw
@@ -510,3 +512,41 @@ async def test_a_normal_close_without_stop_is_the_callee_going_away(code):
         record = await record_of(call, server)
     assert bot.calls[call.sid].task.finish_reason == "cancel"
     assert record.outcome is CallOutcome.COMPLETED and call.failure is None
+
+
+# ------------------------------------------------------------- stopping
+
+
+class StopsTogether(FrameProcessor):
+    """A processor whose cleanup can only finish once every call's cleanup has begun."""
+
+    def __init__(self, barrier: asyncio.Barrier) -> None:
+        super().__init__()
+        self.barrier = barrier
+        self.cleaned_up = False
+
+    async def cleanup(self) -> None:
+        await self.barrier.wait()
+        self.cleaned_up = True
+
+
+async def test_stopping_the_server_stops_its_live_calls_side_by_side():
+    calls = 3
+    barrier = asyncio.Barrier(calls)
+    built: list[StopsTogether] = []
+
+    def factory(call):
+        built.append(StopsTogether(barrier))
+        return PipelineTask(Pipeline([call.transport.input(), built[-1], call.transport.output()]))
+
+    async with phone_stack(factory) as (fake, server):
+        fake.default.script = [Listen(quiet=30.0), HangUp()]
+        placed = [await server.place_call(f"+1415555010{n}") for n in range(calls)]
+        async with asyncio.timeout(20):
+            while server.streams < calls:  # noqa: ASYNC110 (polled: the server offers no event for it)
+                await asyncio.sleep(0.05)
+        await server.stop()
+        records = [call.record for call in placed]  # no callback reaches a stopped server: stop() settled them
+    # One at a time, the first call's cleanup would wait for the others' until its deadline.
+    assert [p.cleaned_up for p in built] == [True] * calls
+    assert all(record is not None for record in records), records

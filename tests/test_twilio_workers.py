@@ -16,11 +16,15 @@ from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
 from tests.twilio_scripted import ScriptedAgent, tone
+from vantum_pipeline.observability.collector import MetricsCollector
+from vantum_pipeline.observability.metrics import process_registry
 from vantum_pipeline.settings import Secret
+from vantum_pipeline.task import PipelineTask
 from vantum_pipeline.telephony.outcome import CallOutcome
 from vantum_pipeline.telephony.settings import TwilioSettings
 from vantum_pipeline.testing.callee import HangUp, Listen, Say
 from vantum_pipeline.testing.twilio import FakeTwilio
+from vantum_pipeline.transports.twilio.server import TwilioCall
 from vantum_pipeline.transports.twilio.transport import TwilioTransportParams
 from vantum_pipeline.transports.twilio.workers import TwilioWorkerPool, route, worker_paths
 
@@ -40,8 +44,10 @@ def settings_for(fake: FakeTwilio) -> TwilioSettings:
 
 
 @contextlib.asynccontextmanager
-async def pool_stack(workers: int = 2, max_calls: int = 20) -> AsyncIterator[tuple[FakeTwilio, TwilioWorkerPool]]:
-    bot = ScriptedAgent("Hi there", {"first": ("Okay", False)}, ["first"], mulaw=True)
+async def pool_stack(
+    workers: int = 2, max_calls: int = 20, factory: ScriptedAgent | None = None
+) -> AsyncIterator[tuple[FakeTwilio, TwilioWorkerPool]]:
+    bot = factory or ScriptedAgent("Hi there", {"first": ("Okay", False)}, ["first"], mulaw=True)
     async with FakeTwilio() as fake:
         port = free_port()
         pool = TwilioWorkerPool(
@@ -115,6 +121,34 @@ async def test_calls_placed_by_different_workers_are_served_by_their_own_worker(
         assert row["streams_accepted"] == 3  # each worker served the streams of its own calls, no more
         assert row["streams"] == 0
     assert stats.unrouted == 0 and stats.routed >= 6 * 3  # answer, status callbacks, media
+
+
+class MeasuredAgent(ScriptedAgent):
+    """The scripted agent, its pipelines reporting to their worker's process registry."""
+
+    def __call__(self, call: TwilioCall) -> PipelineTask:
+        task = super().__call__(call)
+        process_registry().counter("calls.built", "test").inc()
+        MetricsCollector(process_registry()).attach(task)
+        return task
+
+
+async def test_the_pipelines_metrics_of_every_worker_are_summed():
+    bot = MeasuredAgent("Hi there", {"first": ("Okay", False)}, ["first"], mulaw=True)
+    async with pool_stack(workers=2, factory=bot) as (fake, pool):
+        fake.default.script = SCRIPT
+        numbers = [f"+1415555{n:04d}" for n in range(4)]
+        calls = await asyncio.gather(*(pool.place_call(n, worker=i % 2) for i, n in enumerate(numbers)))
+        async with asyncio.timeout(60):
+            records = await asyncio.gather(*(c.wait() for c in calls))
+        async with asyncio.timeout(30):
+            while (await pool.metrics()).value("usage.call_seconds", "twilio") == 0:  # noqa: ASYNC110 (polled: no event)
+                await asyncio.sleep(0.1)
+        total = await pool.metrics()
+    assert [r.outcome for r in records] == [CallOutcome.COMPLETED] * 4
+    assert {c.worker for c in calls} == {0, 1}
+    assert total.value("calls.built", "test") == 4  # two in each worker's registry
+    assert total.value("usage.call_seconds", "twilio") > 4 * 0.8  # each call lasted over a second
 
 
 async def until(condition: Callable[[], bool], timeout: float) -> None:

@@ -43,6 +43,8 @@ STOPBAND_ATTENUATION_DB = 65.0
 MAX_RATE = 384_000  # beyond any audio device; bounds the prototype's size
 
 _LE_INT16 = np.dtype("<i2")
+_INT16_MIN = np.float32(-32768)
+_INT16_MAX = np.float32(32767)
 _SCRATCH_ELEMENTS = 1 << 20
 
 
@@ -118,6 +120,10 @@ class StreamResampler:
         self.out_rate = out_rate
         self._passthrough = in_rate == out_rate
         d = self._design
+        #: The phases as (taps, up) columns, for the upsampling product.
+        self._phases_t = np.ascontiguousarray(d.phases.T)
+        #: Decimation's polyphase branches: taps r, r + down, r + 2 down, ... of the one phase.
+        self._branches = [d.phases[0][r :: d.down].astype(np.float64) for r in range(d.down)] if d.up == 1 else []
         # Input samples per block: about a million window elements (4 MB) of scratch at most.
         self._block = max(d.down, _SCRATCH_ELEMENTS // d.taps_per_phase * d.down // d.up)
         self.reset()
@@ -198,10 +204,21 @@ class StreamResampler:
         if d.down == 1:
             # Every input sample yields `up` outputs, one per phase: a single matrix product.
             first = n0 // d.up - buf_start - (k - 1)
-            y = (windows[first : first + (n1 - n0) // d.up] @ d.phases.T).ravel()
+            product: npt.NDArray[np.float32] = np.dot(windows[first : first + (n1 - n0) // d.up], self._phases_t)
+            y = product.ravel()
         elif d.up == 1:
+            # Decimation by `down`, in polyphase form: output n is the sum over r of
+            # taps h[r::down] against inputs first + r + down * (n + i). One short
+            # correlation per branch beats a strided product over the overlapping windows.
+            # (numpy correlates float64 faster than float32.)
             first = n0 * d.down - buf_start - (k - 1)
-            y = windows[first : first + (n1 - n0 - 1) * d.down + 1 : d.down] @ d.phases[0]
+            count = n1 - n0
+            wide = buf.astype(np.float64)
+            acc = np.zeros(count)
+            for r, taps in enumerate(self._branches):
+                start = first + r
+                acc += np.correlate(wide[start : start + (count + len(taps) - 1) * d.down : d.down], taps, "valid")
+            y = acc.astype(np.float32)
         else:
             n = np.arange(n0, n1, dtype=np.int64)
             t = n * d.down
@@ -217,5 +234,6 @@ class StreamResampler:
     @staticmethod
     def _to_pcm(y: npt.NDArray[np.float32]) -> bytes:
         y = np.rint(y)
-        np.clip(y, -32768, 32767, out=y)
+        # minimum/maximum: np.clip costs three times as much on a 20 ms frame.
+        np.minimum(np.maximum(y, _INT16_MIN, out=y), _INT16_MAX, out=y)
         return y.astype(_LE_INT16).tobytes()

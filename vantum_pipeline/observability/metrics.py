@@ -17,6 +17,13 @@ The names the services emit (as ``MetricsFrame``) are listed below;
 Thread-safe: the Prometheus exporter reads it from its own thread. Bounded:
 at most ``max_series`` series; beyond that, new series are folded into the
 service ``"other"`` and counted in ``dropped_series``.
+
+Across processes: ``process_registry()`` is the process's own registry (a
+``TwilioWorkerPool`` worker's pipelines feed it through their collectors);
+``export()`` gives a registry's state as plain data and ``merge()`` adds such
+a state to another registry: counters and histogram counts, sums and buckets
+add up, extremes combine, and the recent values (for percentiles) are pooled,
+the newest kept.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import bisect
 import math
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,6 +42,7 @@ __all__ = [
     "Histogram",
     "HistogramSummary",
     "MetricsRegistry",
+    "process_registry",
 ]
 
 # Names carried by MetricsFrame.metric (see the brief's contract).
@@ -134,6 +143,32 @@ class Histogram:
             self.min = value if self.min is None else min(self.min, value)
             self.max = value if self.max is None else max(self.max, value)
 
+    def export(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "bounds": self._bounds,
+                "counts": list(self._counts),
+                "recent": list(self._recent),
+                "count": self.count,
+                "sum": self.sum,
+                "min": self.min,
+                "max": self.max,
+            }
+
+    def merge(self, state: Mapping[str, Any]) -> None:
+        """Add another histogram's ``export()``; its buckets must be these."""
+        if tuple(state["bounds"]) != self._bounds:
+            raise ValueError(f"cannot merge a histogram with buckets {tuple(state['bounds'])} into {self._bounds}")
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, state["counts"], strict=True)]
+            self._recent.extend(state["recent"])
+            self.count += state["count"]
+            self.sum += state["sum"]
+            for name, pick in (("min", min), ("max", max)):
+                theirs, ours = state[name], getattr(self, name)
+                if theirs is not None:
+                    setattr(self, name, theirs if ours is None else pick(ours, theirs))
+
     def summary(self) -> HistogramSummary:
         with self._lock:
             recent = sorted(self._recent)
@@ -226,6 +261,26 @@ class MetricsRegistry:
             items = list(self._histograms.items())
         return {key: histogram.summary() for key, histogram in items}
 
+    def export(self) -> dict[str, Any]:
+        """The registry's state as plain data (picklable), for ``merge`` in another process."""
+        with self._lock:
+            counters = {key: counter.value for key, counter in self._counters.items()}
+            histograms = list(self._histograms.items())
+        return {
+            "counters": counters,
+            "histograms": {key: histogram.export() for key, histogram in histograms},
+            "dropped_series": self.dropped_series,
+        }
+
+    def merge(self, state: Mapping[str, Any]) -> None:
+        """Add another registry's ``export()`` to this one (see the module docstring)."""
+        for (name, service), value in state["counters"].items():
+            if value:
+                self.counter(name, service).inc(value)
+        for (name, service), histogram in state["histograms"].items():
+            self.histogram(name, service).merge(histogram)
+        self.dropped_series += state["dropped_series"]
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serializable view::
 
@@ -245,3 +300,14 @@ class MetricsRegistry:
             if rate is not None:
                 error_rate[service] = rate
         return {"counters": counters, "histograms": histograms, "error_rate": error_rate}
+
+
+_process_registry: MetricsRegistry | None = None
+
+
+def process_registry() -> MetricsRegistry:
+    """This process's registry, made on first use: what a pool worker's pipelines report to."""
+    global _process_registry
+    if _process_registry is None:
+        _process_registry = MetricsRegistry()
+    return _process_registry

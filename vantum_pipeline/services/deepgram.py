@@ -33,7 +33,8 @@ Connection lifecycle, one websocket per call: opened at ``StartFrame``;
 ``KeepAlive`` whenever no audio was sent for ``keepalive_interval``;
 ``Finalize`` on a local VAD's ``UserStoppedSpeakingFrame``; ``CloseStream``
 at ``EndFrame`` (the last results are awaited, at most ``close_timeout``);
-dropped at once on ``CancelFrame``. An unexpected close or error reconnects
+dropped at once on ``CancelFrame`` (its connection aborted, no close
+handshake: the call is over). An unexpected close or error reconnects
 on the ``retry`` schedule (2 s, 4 s, 8 s); audio that the server has not
 confirmed by a final result, or that arrives while disconnected, is kept (the
 last ``replay_seconds``) and replayed first on the new socket, so an
@@ -379,8 +380,12 @@ class DeepgramSTTService(STTService):
         elif isinstance(frame, EndFrame):
             await self._close_gracefully()
         elif isinstance(frame, CancelFrame):
+            # The call is over: drop the socket at once and let the CancelFrame
+            # go on; cleanup awaits the connection task (bounded).
             self._closing = True
-            await self._stop_connection()
+            self._drop_socket()
+            if self._task is not None:
+                self._task.cancel()
             await self._report_usage()
         await self.push_frame(frame, direction)
 
@@ -491,6 +496,18 @@ class DeepgramSTTService(STTService):
                 )
         await self._stop_connection()
         await self._report_usage()
+
+    def _drop_socket(self) -> None:
+        """Abort the open socket's connection: no close handshake, nothing awaited.
+
+        For a call that is over (hung up, failed): waiting for the service to
+        answer a close costs a round trip per call when many end together.
+        The SDK keeps its websockets protocol as ``_websocket``; without it the
+        connection task's bounded close handshake runs instead."""
+        protocol = getattr(self._socket, "_websocket", None)
+        transport = getattr(protocol, "transport", None)
+        if isinstance(transport, asyncio.Transport) and not transport.is_closing():
+            transport.abort()
 
     async def _stop_connection(self) -> None:
         """Tear the socket down now (bounded, even if a close handshake hangs)."""

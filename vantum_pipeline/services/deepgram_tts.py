@@ -40,6 +40,7 @@ from loguru import logger
 
 from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.frames import MULAW, PCM16
+from vantum_pipeline.services.shared_clients import shared_client
 from vantum_pipeline.services.tts import TTSService, TTSTiming, TTSTurn, TurnState
 from vantum_pipeline.services.tts_cache import TTSCacheKey
 from vantum_pipeline.settings import Secret, load_env, require_secret
@@ -150,12 +151,17 @@ class DeepgramTTSService(TTSService):
 
         s = self.settings
         self.stopping = False
-        if s.url is None:
-            self._client = AsyncDeepgramClient(api_key=s.api_key.reveal())
-        else:
+        key = s.api_key.reveal()
+
+        def make() -> AsyncDeepgramClient:
+            if s.url is None:
+                return AsyncDeepgramClient(api_key=key)
             http = s.url.replace("ws://", "http://").replace("wss://", "https://")
             environment = DeepgramClientEnvironment(base=http, production=s.url, agent=s.url, agent_rest=http)
-            self._client = AsyncDeepgramClient(api_key=s.api_key.reveal(), environment=environment)
+            return AsyncDeepgramClient(api_key=key, environment=environment)
+
+        # One client per process and configuration (see shared_clients), as the STT does.
+        self._client = shared_client(("deepgram-speak", key, s.url), make)
         if self._worker is None:
             self._worker = self.create_task(self._run(), "speak")
         if s.connect_early:
@@ -166,7 +172,7 @@ class DeepgramTTSService(TTSService):
 
     async def engine_close(self) -> None:
         await self._close_socket()
-        self._client = None
+        self._client = None  # shared with the process's other calls: not ours to close
 
     async def open_attempt(self, turn: TTSTurn) -> None:
         if self._client is None or self.stopping:

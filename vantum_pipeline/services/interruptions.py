@@ -267,13 +267,16 @@ class AllOf(InterruptionPolicy):
 PHONE_DEFAULT: Final[InterruptionPolicy] = NeverOnBackchannel(MinWords(2) | MinSpeechDuration(0.6))
 
 
+_FULL_SCALE_DB = 20 * math.log10(32768)
+
+
 def level_dbfs(audio: bytes, encoding: str) -> float:
     """RMS level of a chunk of pcm16 or mu-law audio, in dB full scale."""
-    samples = np.frombuffer(as_pcm16(audio, encoding), dtype="<i2")
+    samples = np.frombuffer(as_pcm16(audio, encoding), dtype="<i2").astype(np.float64)
     if samples.size == 0:
         return -math.inf
-    power = float(np.mean(np.square(samples, dtype=np.float64)))
-    return 10 * math.log10(power) - 20 * math.log10(32768) if power > 0 else -math.inf
+    power = float(np.dot(samples, samples)) / samples.size  # every 20 ms: a third of np.mean(np.square())
+    return 10 * math.log10(power) - _FULL_SCALE_DB if power > 0 else -math.inf
 
 
 # ------------------------------------------------------------------ the judge

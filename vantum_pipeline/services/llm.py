@@ -271,7 +271,11 @@ class LLMService(FrameProcessor):
             await self._stop_turn(cancel=True)
             self._bracket_open = False  # the interruption closes it implicitly
         elif isinstance(frame, CancelFrame):
-            await self._stop_turn(cancel=True)
+            # The call is over: the reply is cancelled, not awaited here (the
+            # pipeline's stop awaits this processor's tasks, bounded).
+            task, self._turn_task = self._turn_task, None
+            if task is not None:
+                task.cancel()
         elif isinstance(frame, EndFrame):
             await self._stop_turn(cancel=False)
         await self.push_frame(frame, direction)

@@ -35,6 +35,7 @@ from loguru import logger
 
 from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.frames import PCM16
+from vantum_pipeline.services.shared_clients import shared_client
 from vantum_pipeline.services.tts import TTSService, TTSTiming, TTSTurn, TurnState
 from vantum_pipeline.services.tts_cache import TTSCacheKey
 from vantum_pipeline.settings import Secret, load_env, require_secret
@@ -135,22 +136,22 @@ class OpenAITTSService(TTSService):
         s = self.settings
         self.stopping = False
         if self._client is None:
-            self._client = openai.AsyncOpenAI(
-                api_key=s.api_key.reveal(),
-                base_url=s.base_url,
-                max_retries=0,
-                timeout=openai.Timeout(s.read_timeout, connect=s.connect_timeout),
+            key = s.api_key.reveal()
+            # One client per process and configuration (see shared_clients), as the LLM does.
+            self._client = shared_client(
+                ("openai-speech", key, s.base_url, s.read_timeout, s.connect_timeout),
+                lambda: openai.AsyncOpenAI(
+                    api_key=key,
+                    base_url=s.base_url,
+                    max_retries=0,
+                    timeout=openai.Timeout(s.read_timeout, connect=s.connect_timeout),
+                ),
             )
         if self._worker is None:
             self._worker = self.create_task(self._run(), "speech")
 
     async def engine_close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                await client.close()
-            except Exception as exc:  # closing an HTTP pool must not fail a shutdown
-                logger.debug("{}: closing the OpenAI client: {}", self.name, exc)
+        self._client = None  # shared with the process's other calls: not ours to close
 
     async def open_attempt(self, turn: TTSTurn) -> None:
         if self._client is None or self.stopping:

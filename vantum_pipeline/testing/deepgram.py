@@ -94,6 +94,10 @@ class DeepgramFaults:
     #: Drop the connection once this many audio bytes were received (the
     #: chunk that crosses the line is lost, as in a real network failure).
     drop_after_audio_bytes: int | None = None
+    #: Answer nothing once this many audio bytes were received (a frozen
+    #: service): what arrives after is read and ignored, a close frame is never
+    #: answered, the TCP connection stays open until the client drops it.
+    freeze_after_audio_bytes: int | None = None
     #: How a drop looks: None aborts the TCP connection (no close frame, the
     #: client sees 1006); a code (e.g. 1011) closes with that code.
     drop_close_code: int | None = None
@@ -178,6 +182,22 @@ class DeepgramConnection:
         if self._ws is not None and not self.is_closed:
             self.closed_by = "dropped"
             self._ws.transport.abort()
+
+
+class _Frozen(asyncio.Protocol):
+    """Takes a frozen connection's bytes and ignores them; tells the websocket when the client drops it."""
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self._connection = connection
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes, connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection.connection_lost(exc)
 
 
 def _redact(headers: Headers) -> dict[str, str]:
@@ -443,6 +463,10 @@ class FakeDeepgram:
                     connection.audio += message
                     connection.audio_messages.append(len(message))
                 if isinstance(message, bytes):
+                    frozen = faults.freeze_after_audio_bytes
+                    if frozen is not None and len(connection.audio) >= frozen:
+                        await self._freeze(ws)
+                        return
                     limit = faults.drop_after_audio_bytes
                     if limit is not None and len(connection.audio) >= limit:
                         closer = self._drop(ws, connection)
@@ -455,6 +479,14 @@ class FakeDeepgram:
                 with contextlib.suppress(TimeoutError, ConnectionClosed):
                     async with asyncio.timeout(1.0):
                         await closer
+
+    async def _freeze(self, ws: ServerConnection) -> None:
+        """Answer nothing more (a close frame included) until the client drops
+        the connection, at most ``idle_timeout``: the bytes are read and ignored."""
+        ws.transport.set_protocol(_Frozen(ws))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.idle_timeout):
+                await ws.wait_closed()
 
     async def _on_text(self, connection: DeepgramConnection, stream: ListenStream, message: str) -> None:
         faults = connection.faults

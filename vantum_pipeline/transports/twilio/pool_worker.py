@@ -31,6 +31,7 @@ from aiohttp.typedefs import Handler
 from loguru import logger
 
 from vantum_pipeline.errors import ProtocolError
+from vantum_pipeline.observability.metrics import process_registry
 from vantum_pipeline.settings import Secret
 from vantum_pipeline.telephony.numbers import mask_number
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord
@@ -190,6 +191,19 @@ async def receive_message(reader: asyncio.StreamReader) -> tuple[Any, ...] | Non
     return message
 
 
+def _exported_metrics() -> dict[str, Any]:
+    """This process's registry for the pool, within a control message's size: percentile
+    samples are thinned (the newest kept) when all of them would not fit."""
+    state = process_registry().export()
+    for keep in (None, 256, 32, 0):
+        if keep is not None:
+            for histogram in state["histograms"].values():
+                histogram["recent"] = histogram["recent"][len(histogram["recent"]) - keep :] if keep else []
+        if len(pickle.dumps(state)) < MAX_MESSAGE // 2:
+            break
+    return state
+
+
 @web.middleware
 async def _one_request_per_connection(request: web.Request, handler: Handler) -> web.StreamResponse:
     """``Connection: close`` on every answer but a websocket's: the pool routes connections, not requests."""
@@ -252,6 +266,8 @@ class _Worker:
                 while (message := await receive_message(reader)) is not None and message[0] != "stop":
                     if message[0] == "place":
                         self._own(self._place(writer, message[1], message[2], message[3]), f"place:{message[1]}")
+                    elif message[0] == "metrics":
+                        await send_message(writer, ("metrics", message[1], _exported_metrics()))
             finally:
                 loop.remove_reader(self.handoff.fileno())
                 for task in self._tasks:

@@ -150,6 +150,8 @@ class TwilioSerializer:
         self.stopped = False
         self._inbound = StreamResampler(TWILIO_SAMPLE_RATE, sample_rate)
         self._outbound: StreamResampler | None = None
+        #: The start of every media message, up to its payload (once the stream has started).
+        self._media_prefix: str | None = None
 
     def set_input_rate(self, sample_rate: int) -> None:
         """Produce inbound pcm16 at ``sample_rate`` from now on (the pipeline's rate)."""
@@ -305,7 +307,13 @@ class TwilioSerializer:
         """Messages to send for ``frame`` (none for frames Twilio has no use for)."""
         if isinstance(frame, OutputAudioRawFrame):
             payload = self.encode_audio(frame)
-            return [self._message("media", media={"payload": payload})] if payload else []
+            if not payload:
+                return []
+            # Every 20-40 ms: the fixed part is encoded once per stream, and
+            # base64 needs no JSON escaping (same bytes as json.dumps gives).
+            if self._media_prefix is None:
+                self._media_prefix = self._message("media", media={"payload": ""})[: -len('""}}')] + '"'
+            return [f'{self._media_prefix}{payload}"}}}}']
         if isinstance(frame, TwilioMarkFrame):
             if not frame.name or len(frame.name) > MAX_MARK_NAME:
                 raise PipelineError(f"mark name must be 1-{MAX_MARK_NAME} characters, got {len(frame.name)}")

@@ -65,7 +65,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket as socketlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -88,6 +88,9 @@ from vantum_pipeline.transports.twilio.serializer import TwilioSerializer, Twili
 from vantum_pipeline.transports.twilio.transport import TwilioTransport, TwilioTransportParams
 
 __all__ = ["PipelineFactory", "ServerPaths", "StreamLimit", "TwilioCall", "TwilioServer"]
+
+#: Seconds ``stop()`` gives the REST API for the final status of the calls still without a record.
+SETTLE_TIMEOUT = 5.0
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
@@ -262,11 +265,18 @@ class TwilioServer:
         await asyncio.get_running_loop().connect_accepted_socket(self._runner.server, sock)
 
     async def stop(self) -> None:
-        """Cancel every call's pipeline, close the sockets, stop listening. Bounded."""
-        for active in list(self.active.values()):
-            if active.task is not None:
-                await active.task.cancel("server stopping")
-            await active.transport.close(WSCloseCode.GOING_AWAY, "server stopping")
+        """Cancel every call's pipeline, close the sockets, stop listening. Bounded.
+
+        The calls stop side by side: K live calls take as long as the slowest
+        one's bounded cancel, not K times as long. Every call Twilio accepted
+        from this server then has its record: no status callback can reach a
+        stopped server, so a call still without one gets its status from the
+        REST API (within ``SETTLE_TIMEOUT`` seconds, side by side) or ends as
+        ``error``. A call still ringing is not hung up; one still being placed
+        is left to ``place_call``."""
+        active = list(self.active.values())
+        await self._all(pipeline.cancel("server stopping") for a in active if (pipeline := a.task) is not None)
+        await self._all(a.transport.close(WSCloseCode.GOING_AWAY, "server stopping") for a in active)
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -274,8 +284,24 @@ class TwilioServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        await self._all(self._settle(call) for call in self.registry.calls() if call.sid is not None and not call.ended)
         if self._own_client:
             await self.client.aclose()
+
+    async def _settle(self, call: OutboundCall) -> None:
+        """The record of a call whose last status will never reach this server (it stops)."""
+        try:
+            async with asyncio.timeout(SETTLE_TIMEOUT):
+                await self._await_outcome(call, timeout=0)
+        except TimeoutError:
+            call.finish(CallOutcome.ERROR, "server stopped")
+
+    @staticmethod
+    async def _all(steps: Iterable[Awaitable[None]]) -> None:
+        """Await every step together; one that fails is logged and does not stop the others."""
+        for result in await asyncio.gather(*steps, return_exceptions=True):
+            if isinstance(result, Exception):
+                logger.opt(exception=result).error("stopping a call failed: {}", result)
 
     async def wait_idle(self) -> None:
         """Return once no media stream is open (wrap in ``asyncio.timeout``)."""

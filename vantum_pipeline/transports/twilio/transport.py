@@ -26,7 +26,9 @@ of the call's pipeline and ``transport.output()`` after the TTS:
   ``marker_interval`` seconds of audio and the end of each TTS context, and
   an interruption sends ``clear``. Marks echoed after a clear are ignored.
 
-Sends are serialized by one lock and bounded by ``io_timeout``.
+Sends are serialized by one lock and bounded by ``io_timeout``. A write the
+socket refuses because the far end has closed it is dropped, not an output
+failure: the callee hung up, and the input ends the call as for any hang-up.
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ class TwilioTransport:
         #: The far end's protocol violation that ended the stream, if one did.
         self.violation: str | None = None
         self.ended = asyncio.Event()
+        #: The far end closed the socket under a write: nothing more is sent.
+        self.peer_gone = False
         self._send_lock = asyncio.Lock()
         self._input = TwilioInputTransport(self, name=f"{name}.input#{self.start.call_sid[-6:]}")
         self._output = TwilioOutputTransport(self, name=f"{name}.output#{self.start.call_sid[-6:]}")
@@ -142,14 +146,26 @@ class TwilioTransport:
         return self._output
 
     async def send(self, messages: list[str]) -> None:
-        """Send messages in order; a no-op once the stream has ended."""
-        if not messages:
+        """Send messages in order; a no-op once the stream has ended or the far end has gone.
+
+        A socket the far end has closed refuses writes (aiohttp raises
+        ``ConnectionResetError``) while its last messages (``stop``, the close)
+        may still wait unread: the callee hung up, which is not an output
+        failure. The writes are dropped and the input ends the call when it
+        reads those messages (or the socket's end), as for any hang-up.
+        """
+        if not messages or self.peer_gone:
             return
         async with self._send_lock:
             for message in messages:
-                if self.ended.is_set():
+                if self.ended.is_set() or self.peer_gone:
                     return
-                await self.websocket.send_str(message)
+                try:
+                    await self.websocket.send_str(message)
+                except ConnectionResetError as exc:
+                    self.peer_gone = True
+                    logger.debug("{}: call {}: the far end closed the socket: {}", self.name, self.call_sid, exc)
+                    return
 
     def mark_ended(self, reason: str) -> bool:
         """Record that the stream is over; False if it already was."""
@@ -187,13 +203,16 @@ class TwilioInputTransport(InputTransport):
         #: Malformed messages received so far.
         self.malformed = 0
         self._started_at: float | None = None
+        self._last_message_at = 0.0
+        self._silence_watch: asyncio.Task[None] | None = None
         self._usage_reported = False
 
     async def open_input(self, start: StartFrame) -> None:
         if not self.transport.serializer.passthrough:
             self.transport.serializer.set_input_rate(start.audio_in_sample_rate)
-        self._started_at = asyncio.get_running_loop().time()
-        self.create_task(self._read_socket(), "receive", essential=True)
+        self._started_at = self._last_message_at = asyncio.get_running_loop().time()
+        reader = self.create_task(self._read_socket(), "receive", essential=True)
+        self._silence_watch = self.create_task(self._watch_silence(reader), "silence")
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, EndFrame | CancelFrame) and direction is FrameDirection.DOWNSTREAM:
@@ -204,14 +223,13 @@ class TwilioInputTransport(InputTransport):
         from aiohttp import WebSocketError, WSMsgType
 
         socket = self.transport.websocket
-        timeout = self.transport.params.receive_timeout
+        loop = asyncio.get_running_loop()
         reason = "socket closed without 'stop'"
         while not self.transport.ended.is_set():
-            try:
-                message = await socket.receive(timeout=timeout)
-            except TimeoutError:
-                reason = f"no message from Twilio for {timeout:.0f}s"
-                break
+            # No timeout here: a timer per message (50 a second) would cost more than
+            # the message; _watch_silence bounds the wait instead.
+            message = await socket.receive()
+            self._last_message_at = loop.time()
             if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 outcome = await self._on_message(message.data)
                 if outcome == _STOP:
@@ -237,6 +255,18 @@ class TwilioInputTransport(InputTransport):
             elif message.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
                 break
         await self._stream_ended(reason)
+
+    async def _watch_silence(self, reader: asyncio.Task[Any]) -> None:
+        """``receive_timeout`` seconds without a message end the stream (Twilio sends media every 20 ms)."""
+        loop = asyncio.get_running_loop()
+        timeout = self.transport.params.receive_timeout
+        while not self.transport.ended.is_set():
+            silent = loop.time() - self._last_message_at
+            if silent >= timeout:
+                reader.cancel()
+                await self._stream_ended(f"no message from Twilio for {timeout:g}s")
+                return
+            await asyncio.sleep(timeout - silent)
 
     async def _on_message(self, data: str | bytes) -> str | None:
         """Handle one message; returns ``_STOP`` or ``_GIVE_UP`` when reading must end."""
@@ -269,6 +299,8 @@ class TwilioInputTransport(InputTransport):
         return None
 
     async def _stream_ended(self, reason: str) -> None:
+        if self._silence_watch is not None and self._silence_watch is not asyncio.current_task():
+            self._silence_watch.cancel()
         if not self.transport.mark_ended(reason):
             return
         logger.info("{}: call {}: media stream ended ({})", self.name, self.transport.call_sid, reason)

@@ -30,7 +30,10 @@ others have room; the shared count costs one uncontended lock per upgrade.
 
 Metrics. Each worker writes its own row of counters (open streams, active
 calls, streams accepted, refused signatures, calls placed, connections
-adopted) into the same shared memory; ``stats()`` sums them.
+adopted) into the same shared memory; ``stats()`` sums them. The pipelines'
+own metrics (latencies, usage, errors per service) stay in each worker's
+``process_registry()``, fed by a ``MetricsCollector`` the factory attaches;
+``await metrics()`` asks every worker for its registry and sums them.
 
 Crashes. A worker that exits unasked is logged; its streams are given back,
 its live calls are hung up through the REST API and their records end with
@@ -57,6 +60,7 @@ from typing import Any
 from loguru import logger
 
 from vantum_pipeline.errors import ConfigurationError, PipelineError, ServiceError
+from vantum_pipeline.observability.metrics import MetricsRegistry
 from vantum_pipeline.telephony.client import TwilioRestClient
 from vantum_pipeline.telephony.numbers import mask_number
 from vantum_pipeline.telephony.outcome import CallOutcome, CallRecord
@@ -157,6 +161,8 @@ class _Handle:
     calls: dict[int, PooledCall] = field(default_factory=dict)
     listener: asyncio.Task[None] | None = None
     alive: bool = True
+    #: Pipelines' metrics asked of the worker, by request number.
+    metrics_asked: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
 
 
 class TwilioWorkerPool:
@@ -215,6 +221,7 @@ class TwilioWorkerPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._next = 0
         self._call_ids = 0
+        self._metrics_requests = 0
         self._stopping = False
 
     # ----------------------------------------------------------- lifecycle
@@ -310,6 +317,9 @@ class TwilioWorkerPool:
                 call._placed.set()
             elif kind == "ended" and (call := handle.calls.pop(message[1], None)) is not None:
                 call._finish(message[2])
+            elif kind == "metrics" and (asked := handle.metrics_asked.pop(message[1], None)) is not None:
+                if not asked.done():
+                    asked.set_result(message[2])
 
     async def stop(self) -> None:
         """Stop listening, stop every worker (bounded by ``stop_timeout``), leave no process behind."""
@@ -420,6 +430,41 @@ class TwilioWorkerPool:
         rows = [board.read_stats(i) if board is not None else dict(empty) for i in range(self.workers)]
         totals = {name: sum(row[name] for row in rows) for name in STAT_FIELDS}
         return PoolStats(totals, rows, self.restarts, self.routed, self.unrouted)
+
+    async def metrics(self, timeout: float = 2.0) -> MetricsRegistry:
+        """The pipelines' metrics of every running worker, summed into one registry.
+
+        Each worker's pipelines report to that worker's ``process_registry()``
+        (attach ``MetricsCollector(process_registry())`` in the pipeline
+        factory). A worker that does not answer within ``timeout`` seconds is
+        left out, with a warning; so is one that is not running.
+        """
+        total = MetricsRegistry()
+        alive = [h for h in self._handles if h is not None and h.alive and h.writer is not None]
+        asked: list[tuple[_Handle, int, asyncio.Future[dict[str, Any]]]] = []
+        loop = asyncio.get_running_loop()
+        for handle in alive:
+            self._metrics_requests += 1
+            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            handle.metrics_asked[self._metrics_requests] = future
+            assert handle.writer is not None
+            try:
+                await send_message(handle.writer, ("metrics", self._metrics_requests))
+            except (ConnectionError, RuntimeError) as exc:
+                handle.metrics_asked.pop(self._metrics_requests, None)
+                logger.warning("Twilio worker {}: metrics not asked: {}", handle.index, exc)
+                continue
+            asked.append((handle, self._metrics_requests, future))
+        if asked:
+            await asyncio.wait([future for _, _, future in asked], timeout=timeout)
+        for handle, number, future in asked:
+            if future.done():
+                total.merge(future.result())
+            else:
+                handle.metrics_asked.pop(number, None)
+                future.cancel()
+                logger.warning("Twilio worker {}: no metrics within {:.1f}s; not in the sum", handle.index, timeout)
+        return total
 
     # ------------------------------------------------------------- crashes
 
