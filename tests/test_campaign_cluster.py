@@ -339,3 +339,70 @@ async def test_a_job_another_worker_placed_is_never_redialled(
         assert [job_id for job_id, _ in dials] == [f"{config.id}:{number}:2"], "attempt 1 was dialled again"
         assert attempts[0]["outcome"] == "interrupted" and "worker was lost" in attempts[0]["notes"]
         assert attempts[1]["outcome"] == "completed"
+
+
+@pytest.mark.parametrize("second", ["another-worker", "same-worker"])
+async def test_a_job_run_twice_at_once_is_dialled_once(redis_server: Any, tmp_path: Path, second: str) -> None:
+    """A job runs twice at once when its in-progress key lapses while its worker is held up (a
+    loaded machine, a Redis restart) and arq hands it out again. Here the first run is held
+    between reading the attempt's marker and its dial (opening the campaign's dialer, as on a
+    worker's first job) while the second runs the whole call: the held run must dial nobody
+    and leave the job to the queue, whose next run finds it done."""
+    import redis.asyncio as redis_asyncio
+    from arq.worker import Retry
+
+    number = "+14155550106"
+    path = write_campaign(tmp_path, [number])
+    config = load_campaign(path)
+    with CampaignStore(tmp_path / "store.db") as store:
+        prepare_campaign(config, store)
+        claimed = store.claim(config.id, number, TUESDAY_MORNING.timestamp())
+    assert claimed is not None
+    dials: list[tuple[str, str]] = []
+    line = ScriptedLine(dials)
+    opening, opened = asyncio.Event(), asyncio.Event()
+
+    def dialers(held: bool) -> Any:
+        @contextlib.asynccontextmanager
+        async def factory(config: Any, dnc: Any) -> AsyncIterator[ScriptedLine]:
+            if held:
+                opening.set()
+                await opened.wait()
+            yield line
+
+        return factory
+
+    client = redis_asyncio.Redis.from_url(redis_server.url)
+    await client.set(Keys(config.id).config, json.dumps({"text": path.read_text(), "path": str(path)}))
+    options: dict[str, Any] = {"limits": {"calls": 3}, "calls_per_second": 100, "lease_ttl": 2.0,
+                               "queue_name": "vantum:calls:unused"}  # fmt: skip
+    slow = CampaignWorker(redis_server.url, dialers(held=True), worker_id="slow", **options)
+    other = CampaignWorker(redis_server.url, dialers(held=False), worker_id="other", **options)
+    running = [asyncio.get_running_loop().create_task(w.run()) for w in (slow, other)]
+    try:
+        async with asyncio.timeout(20):
+            while not (slow.redis_ok and other.redis_ok):  # noqa: ASYNC110 - run() reports no readiness event
+                await asyncio.sleep(0.05)
+            ctx, text = {"job_id": claimed.job_id}, encode_job(CallJob(claimed))
+            held = asyncio.get_running_loop().create_task(slow.place_call(ctx, text))
+            await opening.wait()
+            if second == "another-worker":
+                assert await other.place_call(ctx, text) == "completed"
+                opened.set()
+                with pytest.raises(Retry):
+                    await held
+            else:
+                with pytest.raises(Retry):
+                    await slow.place_call(ctx, text)
+                opened.set()
+                assert await held == "completed"
+            assert await slow.place_call(ctx, text) == "done before"  # the queue's next run of the job
+            marker = await client.hgetall(Keys(config.id).dial(claimed.job_id))
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await client.aclose()
+    assert dials == [(claimed.job_id, number)], "the attempt was dialled twice"
+    assert marker[b"state"] == b"done"
+    assert marker[b"worker"] == (b"other" if second == "another-worker" else b"slow")
