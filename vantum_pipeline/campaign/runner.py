@@ -54,7 +54,7 @@ from vantum_pipeline.campaign.dnc import read_dnc_file
 from vantum_pipeline.campaign.prospects import ProspectList, RejectedRow, read_prospects
 from vantum_pipeline.campaign.rules import ProspectState, decide, zone
 from vantum_pipeline.campaign.store import AttemptRecord, AttemptRow, CampaignStore
-from vantum_pipeline.campaign.twilio_rest import ask_twilio, follow_to_end, reconciled_record
+from vantum_pipeline.campaign.twilio_rest import ConfirmingDialer, ask_twilio, follow_to_end, reconciled_record
 from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.telephony.numbers import mask_number
 
@@ -160,7 +160,7 @@ class CampaignRunner:
         self.reconcile_timeout = reconcile_timeout
         self.dnc = dnc or StoreDoNotCall(store, on_event)
         self.dispatcher: Dispatcher = dispatcher or InProcessDispatcher(
-            dialer,
+            ConfirmingDialer(dialer, self._earlier_sids, timeout=reconcile_timeout),
             self,
             max_concurrent=config.max_concurrent_calls,
             calls_per_second=config.calls_per_second,
@@ -299,6 +299,10 @@ class CampaignRunner:
     async def placed(self, job: CallJob, sid: str) -> None:
         self.store.placed(job.attempt, sid)
         self._emit(CampaignEvent("placed", job.job_id, job.attempt.prospect_id, text=sid))
+
+    async def _earlier_sids(self, job: CallJob) -> set[str]:
+        """The calls of the prospect's attempts so far (a failed dial's search must skip them)."""
+        return self.store.call_sids(job.attempt.campaign_id, job.attempt.prospect_id)
 
     async def finished(self, job: CallJob, record: AttemptRecord) -> None:
         self._record(job.attempt, record)

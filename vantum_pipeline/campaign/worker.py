@@ -65,7 +65,13 @@ from vantum_pipeline.campaign.jobs import BadJob, Keys, decode_job, encode_event
 from vantum_pipeline.campaign.leases import ClusterLeases, Lease
 from vantum_pipeline.campaign.redis_link import is_connection_error, redis_settings, with_redis
 from vantum_pipeline.campaign.store import AttemptRecord
-from vantum_pipeline.campaign.twilio_rest import ask_twilio, follow_to_end, reconciled_record
+from vantum_pipeline.campaign.twilio_rest import (
+    ConfirmingDialer,
+    UnconfirmedCall,
+    ask_twilio,
+    follow_to_end,
+    reconciled_record,
+)
 from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.telephony.numbers import mask_number, validate_e164
 
@@ -353,8 +359,13 @@ class CampaignWorker:
                 raise Retry(defer=float(prepared))
             lease, dialer, dnc, claim = prepared
             keys = Keys(job.attempt.campaign_id)
-            async with self._leases_of().keep(lease):
-                dialled = await self._dial(job, keys, dialer, dnc, claim)
+            try:
+                async with self._leases_of().keep(lease):
+                    dialled = await self._dial(job, keys, dialer, dnc, claim)
+            except UnconfirmedCall as exc:
+                # The marker stays dialing/placed: the job's next run asks Twilio again (_recover).
+                logger.warning("job {}: {}; the job runs again to settle it", job_id, exc)
+                raise Retry(defer=30.0) from None
             if dialled is None:  # another run of this job took its marker after this run read it
                 raise Retry(defer=self.lease_ttl)
             await self._report_finished(keys, job_id, encode_job(job), dialled)
@@ -450,8 +461,12 @@ class CampaignWorker:
 
         self.calls += 1
         self.running += 1
+        # A dial that failed without Twilio's answer is looked up among Twilio's calls at once.
+        confirming = ConfirmingDialer(dialer, self._earlier_sids, timeout=self.reconcile_timeout)
         try:
-            record = await dialer.call(job, placed)
+            record = await confirming.call(job, placed)
+        except UnconfirmedCall:
+            raise
         except Exception as exc:  # one broken call never hurts another
             logger.opt(exception=exc).error("worker {}: call {} failed: {}", self.worker_id, job_id, exc)
             record = AttemptRecord(outcome="error", notes=f"{type(exc).__name__}: {exc}"[:200])
