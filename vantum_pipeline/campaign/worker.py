@@ -431,12 +431,10 @@ class CampaignWorker:
         """Place the call if this run still owns the attempt; None: another run of the job
         claimed its marker since this one read it (``read_claim``), and this run dials nobody."""
         job_id = job.job_id
-        if await self._redis.sismember(Keys.DNC, job.number) or dnc.blocks(job.number):
-            logger.info("job {}: {} is on the do-not-call list: not dialled", job_id, mask_number(job.number))
-            return AttemptRecord(outcome="do_not_call_list", notes="on the do-not-call list: not dialled")
         # A job can run twice at once: its in-progress key lapses while its worker is stalled
         # (load, a Redis restart) and another worker, or this one, takes it again. The marker
-        # is the lock: taken atomically, and only if it is still as _prepare read it.
+        # is the lock: taken atomically, and only if it is still as _prepare read it; taken
+        # before the DNC check too, so that only the run that dials reports the attempt.
         claim = uuid.uuid4().hex
         args = [read_claim, claim, self.worker_id, repr(time.time()), _MARKER_TTL]
         claimed = await with_redis(  # never dial without the marker
@@ -445,6 +443,9 @@ class CampaignWorker:
         if not int(claimed):
             logger.warning("job {}: another run of it took the attempt after this one looked: not dialled", job_id)
             return None
+        if await self._redis.sismember(Keys.DNC, job.number) or dnc.blocks(job.number):
+            logger.info("job {}: {} is on the do-not-call list: not dialled", job_id, mask_number(job.number))
+            return AttemptRecord(outcome="do_not_call_list", notes="on the do-not-call list: not dialled")
         job_text = encode_job(job)
 
         async def placed(sid: str) -> None:
