@@ -23,7 +23,11 @@ into the store (idempotent: a restart imports nothing twice).
    outside their calling hours to the next opening; stops dialling when the
    spend so far plus ``reserve_per_call_usd`` per call in progress reaches
    the budget; records each result in one transaction with the rule's
-   decision;
+   decision. The in-process dispatcher's calls go through a
+   :class:`~.twilio_rest.ConfirmingDialer`: a dial that failed without
+   Twilio's answer is looked up among Twilio's calls to the number, and a
+   call found there (not one of the prospect's earlier calls) is the
+   attempt's;
 3. lets the calls in progress finish.
 """
 

@@ -19,7 +19,9 @@ worker's own public URL). For each job, in this order:
 4. check the cluster-wide do-not-call set, mark the attempt ``dialing``, place
    the call, keep the leases renewed while it lasts, and put ``placed`` and
    ``finished`` on the campaign's result stream (``finished`` and the ``done``
-   marker in one transaction).
+   marker in one transaction). A dial that failed without Twilio's answer is
+   looked up among Twilio's calls (:class:`~.twilio_rest.ConfirmingDialer`);
+   when Twilio cannot be asked, the marker stays open and the job runs again.
 
 The dial marker is the attempt's lock: a job can run twice at once (its
 in-progress key lapsed while its worker was stalled, and arq handed it out
