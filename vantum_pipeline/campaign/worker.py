@@ -365,8 +365,11 @@ class CampaignWorker:
                 async with self._leases_of().keep(lease):
                     dialled = await self._dial(job, keys, dialer, dnc, claim)
             except UnconfirmedCall as exc:
-                # The marker stays dialing/placed: the job's next run asks Twilio again (_recover).
+                # The marker stays dialing/placed, owned by nobody: the job's next run, on any
+                # worker, asks Twilio again (_recover) instead of waiting for this live worker.
                 logger.warning("job {}: {}; the job runs again to settle it", job_id, exc)
+                with contextlib.suppress(Exception):
+                    await self._redis.hset(keys.dial(job_id), "worker", "")
                 raise Retry(defer=30.0) from None
             if dialled is None:  # another run of this job took its marker after this run read it
                 raise Retry(defer=self.lease_ttl)
@@ -398,7 +401,7 @@ class CampaignWorker:
         dialer, dnc = opened
         if state in ("dialing", "placed"):
             owner = marker.get(b"worker", b"").decode()
-            if owner != self.worker_id and await self._redis.exists(Keys.worker(owner)):
+            if owner and owner != self.worker_id and await self._redis.exists(Keys.worker(owner)):
                 logger.info("job {}: worker {} is still on it; waiting", job_id, owner)
                 return self.lease_ttl
             recovered = await self._recover(job, marker, dialer)
