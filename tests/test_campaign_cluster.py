@@ -22,6 +22,7 @@ from vantum_pipeline.campaign.jobs import BadJob, Keys, decode_job, encode_job
 from vantum_pipeline.campaign.redis_dispatch import RedisDispatcher
 from vantum_pipeline.campaign.store import AttemptRecord
 from vantum_pipeline.campaign.worker import CampaignWorker
+from vantum_pipeline.errors import ServiceError
 
 TUESDAY_MORNING = dt.datetime(2026, 12, 8, 15, 0, tzinfo=dt.UTC)  # 10:00 in New York
 
@@ -383,3 +384,147 @@ async def test_a_job_another_worker_placed_is_never_redialled(
         assert [job_id for job_id, _ in dials] == [f"{config.id}:{number}:2"], "attempt 1 was dialled again"
         assert attempts[0]["outcome"] == "interrupted" and "worker was lost" in attempts[0]["notes"]
         assert attempts[1]["outcome"] == "completed"
+
+
+@pytest.mark.parametrize("second", ["another-worker", "same-worker"])
+async def test_a_job_run_twice_at_once_is_dialled_once(redis_server: Any, tmp_path: Path, second: str) -> None:
+    """A job runs twice at once when its in-progress key lapses while its worker is held up (a
+    loaded machine, a Redis restart) and arq hands it out again. Here the first run is held
+    between reading the attempt's marker and its dial (opening the campaign's dialer, as on a
+    worker's first job) while the second runs the whole call: the held run must dial nobody
+    and leave the job to the queue, whose next run finds it done."""
+    import redis.asyncio as redis_asyncio
+    from arq.worker import Retry
+
+    number = "+14155550106"
+    path = write_campaign(tmp_path, [number])
+    config = load_campaign(path)
+    with CampaignStore(tmp_path / "store.db") as store:
+        prepare_campaign(config, store)
+        claimed = store.claim(config.id, number, TUESDAY_MORNING.timestamp())
+    assert claimed is not None
+    dials: list[tuple[str, str]] = []
+    line = ScriptedLine(dials)
+    opening, opened = asyncio.Event(), asyncio.Event()
+
+    def dialers(held: bool) -> Any:
+        @contextlib.asynccontextmanager
+        async def factory(config: Any, dnc: Any) -> AsyncIterator[ScriptedLine]:
+            if held:
+                opening.set()
+                await opened.wait()
+            yield line
+
+        return factory
+
+    client = redis_asyncio.Redis.from_url(redis_server.url)
+    await client.set(Keys(config.id).config, json.dumps({"text": path.read_text(), "path": str(path)}))
+    options: dict[str, Any] = {"limits": {"calls": 3}, "calls_per_second": 100, "lease_ttl": 2.0,
+                               "queue_name": "vantum:calls:unused"}  # fmt: skip
+    slow = CampaignWorker(redis_server.url, dialers(held=True), worker_id="slow", **options)
+    other = CampaignWorker(redis_server.url, dialers(held=False), worker_id="other", **options)
+    running = [asyncio.get_running_loop().create_task(w.run()) for w in (slow, other)]
+    try:
+        async with asyncio.timeout(20):
+            while not (slow.redis_ok and other.redis_ok):  # noqa: ASYNC110 - run() reports no readiness event
+                await asyncio.sleep(0.05)
+            ctx, text = {"job_id": claimed.job_id}, encode_job(CallJob(claimed))
+            held = asyncio.get_running_loop().create_task(slow.place_call(ctx, text))
+            await opening.wait()
+            if second == "another-worker":
+                assert await other.place_call(ctx, text) == "completed"
+                opened.set()
+                with pytest.raises(Retry):
+                    await held
+            else:
+                with pytest.raises(Retry):
+                    await slow.place_call(ctx, text)
+                opened.set()
+                assert await held == "completed"
+            assert await slow.place_call(ctx, text) == "done before"  # the queue's next run of the job
+            marker = await client.hgetall(Keys(config.id).dial(claimed.job_id))
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await client.aclose()
+    assert dials == [(claimed.job_id, number)], "the attempt was dialled twice"
+    assert marker[b"state"] == b"done"
+    assert marker[b"worker"] == (b"other" if second == "another-worker" else b"slow")
+
+
+class LostAnswerLine(ScriptedLine):
+    """Places each call, but the dial's answer is lost (an ``error`` without a sid); Twilio's
+    list of calls cannot be read while ``twilio_down``."""
+
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        super().__init__(log)
+        self.twilio_down = True
+        self.placed: dict[str, str] = {}
+
+    async def call(self, job: CallJob, placed: PlacedCallback) -> AttemptRecord:
+        self.log.append((job.job_id, job.number))
+        self.placed[f"CA{len(self.log):032d}"] = job.number
+        return AttemptRecord("error", twilio_status="failed", notes="creating a call: no answer within 10s")
+
+    async def find_calls(self, number: str, since: float) -> list[CallStatus]:
+        if self.twilio_down:
+            raise ServiceError("Twilio is unreachable", service="twilio", retryable=True)
+        return [CallStatus(sid, "completed", 3.0) for sid, to in self.placed.items() if to == number]
+
+
+async def test_a_dial_twilio_cannot_confirm_is_settled_by_the_jobs_next_run_on_any_worker(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    """The dial's answer is lost and Twilio cannot be asked whether it placed the call: the
+    attempt is not reported, its marker stays open and owned by nobody, so the job's next run,
+    on another worker while the first one lives, finds the call through Twilio instead of
+    waiting for the first worker for ever or dialling again."""
+    import redis.asyncio as redis_asyncio
+    from arq.worker import Retry
+
+    number = "+14155550107"
+    path = write_campaign(tmp_path, [number])
+    config = load_campaign(path)
+    with CampaignStore(tmp_path / "store.db") as store:
+        prepare_campaign(config, store)
+        claimed = store.claim(config.id, number, TUESDAY_MORNING.timestamp())
+    assert claimed is not None
+    dials: list[tuple[str, str]] = []
+    line = LostAnswerLine(dials)
+
+    @contextlib.asynccontextmanager
+    async def factory(config: Any, dnc: Any) -> AsyncIterator[ScriptedLine]:
+        yield line
+
+    client = redis_asyncio.Redis.from_url(redis_server.url)
+    await client.set(Keys(config.id).config, json.dumps({"text": path.read_text(), "path": str(path)}))
+    options: dict[str, Any] = {"limits": {"calls": 3}, "calls_per_second": 100, "lease_ttl": 2.0,
+                               "queue_name": "vantum:calls:unused", "reconcile_timeout": 5.0}  # fmt: skip
+    first = CampaignWorker(redis_server.url, factory, worker_id="first", **options)
+    second = CampaignWorker(redis_server.url, factory, worker_id="second", **options)
+    running = [asyncio.get_running_loop().create_task(w.run()) for w in (first, second)]
+    marker_key = Keys(config.id).dial(claimed.job_id)
+    try:
+        async with asyncio.timeout(120):
+            while not (first.redis_ok and second.redis_ok):  # noqa: ASYNC110 - run() reports no readiness event
+                await asyncio.sleep(0.05)
+            ctx, text = {"job_id": claimed.job_id}, encode_job(CallJob(claimed))
+            with pytest.raises(Retry):
+                await first.place_call(ctx, text)
+            left = await client.hgetall(marker_key)
+            line.twilio_down = False
+            assert await second.place_call(ctx, text) == "interrupted"
+            marker = await client.hgetall(marker_key)
+            results = await client.xrange(Keys(config.id).results)
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await client.aclose()
+    assert (left[b"state"], left[b"worker"]) == (b"dialing", b"")
+    assert dials == [(claimed.job_id, number)], "the attempt was dialled again"
+    assert marker[b"state"] == b"done"
+    (sid,) = line.placed
+    finished = [fields for _, fields in results if fields[b"type"] == b"finished"]
+    assert len(finished) == 1 and json.loads(finished[0][b"record"])["call_sid"] == sid

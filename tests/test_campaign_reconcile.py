@@ -1,6 +1,7 @@
 """Reconciliation through Twilio's REST API (``campaign.twilio_rest``), shared by the runner and the
 workers: a call still up after the timeout is hung up and settled as ``interrupted`` with its cost,
-and a Twilio that keeps failing stops the runner with a clear error before anyone is dialled."""
+a Twilio that keeps failing stops the runner with a clear error before anyone is dialled, and a dial
+whose answer was lost is found among Twilio's calls and recorded on its attempt."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import pytest
 from tests.campaign_support import CALLER_ID, RestDialer, twilio_settings, write_campaign
 from vantum_pipeline.campaign.clock import SystemClock
 from vantum_pipeline.campaign.config import load_campaign
-from vantum_pipeline.campaign.dispatch import CallStatus
+from vantum_pipeline.campaign.dispatch import CallJob, CallStatus
 from vantum_pipeline.campaign.runner import CampaignRunner, prepare_campaign
-from vantum_pipeline.campaign.store import CampaignStore
+from vantum_pipeline.campaign.store import AttemptRow, CampaignStore
 from vantum_pipeline.campaign.twilio_rest import (
     TWILIO_PRICE_PER_MINUTE,
+    ConfirmingDialer,
     TwilioCallLookup,
     ask_twilio,
     follow_to_end,
@@ -115,3 +117,42 @@ async def test_a_call_twilio_keeps_reporting_up_is_given_up_on_after_a_bounded_n
     assert account.hang_ups == 2
     assert status is not None and status.status == "in-progress"
     assert reconciled_record("CA1", status, notes="").outcome == "error"
+
+
+@pytest.mark.parametrize("placed_anyway", [True, False], ids=["answer-lost", "refused"])
+async def test_a_dial_whose_answer_was_lost_is_found_through_twilio_and_recorded(placed_anyway: bool) -> None:
+    """The create request gets no answer within the client's deadline, and Twilio places the call
+    all the same: the dial is not retried (that rang prospects twice), the call is found among
+    Twilio's calls to the number (the prospect's earlier call is not taken for it), reported as
+    placed and followed to its end. A create Twilio refused stays an ``error`` with no call."""
+    async with FakeTwilio() as twilio:
+        settings = twilio_settings(twilio.base_url, twilio.account_sid, twilio.auth_token)
+        policy = RetryPolicy(max_retries=2, base_delay=0.01, attempt_timeout=0.3)
+        async with TwilioRestClient(settings, retry=policy) as client:
+            earlier = await place_call(client, NUMBER, CALLER_ID, twiml="<Response/>")  # attempt 1's call
+            await twilio.wait_ended(earlier.sid, within=10)
+
+            async def known(job: CallJob) -> set[str]:
+                return {earlier.sid}
+
+            dialer = ConfirmingDialer(RestDialer(client), known, timeout=10.0, settle=2.0)
+            job = CallJob(AttemptRow("test", NUMBER, 2, NUMBER, "claimed", None, 0.0))
+            placed: list[str] = []
+
+            async def on_placed(sid: str) -> None:
+                placed.append(sid)
+
+            # Answered after the deadline (the call is placed), or refused before any call.
+            twilio.fail_next(RestFault(200, delay=1.0) if placed_anyway else RestFault.unavailable())
+            record = await asyncio.wait_for(dialer.call(job, on_placed), timeout=60.0)
+            await twilio.wait_ended(within=10)
+    creates = [r for r in twilio.requests if r.method == "POST" and r.path.endswith("/Calls.json")]
+    assert len(creates) == 2, "the dial was retried"
+    if placed_anyway:
+        (sid,) = set(twilio.calls) - {earlier.sid}
+        assert placed == [sid] and record.call_sid == sid
+        assert record.outcome == "interrupted" and record.twilio_status == "completed"
+        assert "placed, though the dial failed" in record.notes
+    else:
+        assert list(twilio.calls) == [earlier.sid]
+        assert placed == [] and record.call_sid is None and record.outcome == "error"

@@ -73,6 +73,29 @@ async def test_keep_renews_past_the_ttl_and_releases(redis_server: Any) -> None:
         await r.aclose()
 
 
+async def test_a_place_that_lapsed_mid_call_is_taken_again_while_it_is_free(redis_server: Any) -> None:
+    """A holder renews too late (its process stalled past the ttl): its place lapsed, and the next
+    renewal takes it again while nobody else has (without a calls-per-second slot); once another
+    holder took it, nothing is taken (the call goes on over the limit, logged)."""
+    r = client(redis_server)
+    try:
+        leases = ClusterLeases(r, namespace="t5", limits={"calls": 1}, calls_per_second=1, ttl=0.3)
+        lease = await leases.acquire("stalled-call")
+        assert isinstance(lease, Lease)
+        await asyncio.sleep(0.5)  # no renewal within the ttl
+        assert await leases.usage() == {"calls": 0}
+        assert await leases.keep_up(lease) == lease
+        assert await leases.usage() == {"calls": 1}
+        assert isinstance(await leases.acquire("other"), LeaseRefused)
+        await asyncio.sleep(0.5)  # lapsed again, and this time another holder is quicker
+        assert isinstance(await leases.acquire("other", start=False), Lease)
+        refused = await leases.keep_up(lease)
+        assert isinstance(refused, LeaseRefused) and refused.limit == "calls"
+        assert await r.zscore("vantum:t5:lease:calls", "stalled-call") is None
+    finally:
+        await r.aclose()
+
+
 async def test_calls_per_second_window(redis_server: Any) -> None:
     r = client(redis_server)
     try:

@@ -258,6 +258,20 @@ async def test_a_5xx_on_create_is_not_retried_but_a_hang_up_is():
         assert (await client.fetch(placed.sid)).status == "completed"
 
 
+async def test_a_create_that_times_out_is_not_retried_for_twilio_may_have_placed_it():
+    policy = RetryPolicy(max_retries=2, base_delay=0.01, attempt_timeout=0.3)
+    async with FakeTwilio() as fake, TwilioRestClient(settings_for(fake), retry=policy) as client:
+        fake.fail_next(RestFault(200, delay=1.0))  # slow, not failed: the call is placed after the deadline
+        with pytest.raises(TwilioCallError, match="may have been placed") as info:
+            await place_call(client, "+14155550100", "+15005550006", twiml="<Response/>")
+        assert not info.value.retryable and client.requests == 1
+        async with asyncio.timeout(5):
+            while not fake.calls:  # noqa: ASYNC110 - the fake signals no creation
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert len(fake.calls) == 1, "the call was placed twice"
+
+
 async def test_a_stalled_api_is_bounded_by_the_attempt_deadline():
     policy = RetryPolicy(max_retries=1, base_delay=0.01, attempt_timeout=0.3)
     async with FakeTwilio() as fake, TwilioRestClient(settings_for(fake), retry=policy) as client:

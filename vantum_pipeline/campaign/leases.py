@@ -167,14 +167,17 @@ class ClusterLeases:
             return 0
         return max(1, round(self.calls_per_second * self.rate_window))
 
-    async def acquire(self, holder: str, *, needs: Iterable[str] | None = None) -> Lease | LeaseRefused:
+    async def acquire(
+        self, holder: str, *, needs: Iterable[str] | None = None, start: bool = True
+    ) -> Lease | LeaseRefused:
         """Take a place under every limit in ``needs`` (default: all) and a rate slot, or none.
 
         Idempotent for a holder that already holds its places (a job retried
         by the queue after its worker restarted finds its own lease): it is
-        renewed, and no second place is taken. Not cancel-safe in the sense
-        that a cancelled call may still have taken the places: release by
-        holder name in a ``finally``.
+        renewed, and no second place is taken. ``start=False``: the places of
+        a call already going (taken again after they lapsed), no rate slot.
+        Not cancel-safe in the sense that a cancelled call may still have taken
+        the places: release by holder name in a ``finally``.
         """
         names = tuple(self.limits if needs is None else needs)
         unknown = [name for name in names if name not in self.limits]
@@ -183,7 +186,7 @@ class ClusterLeases:
         keys = [self._key(name) for name in names] + [self._rate_key]
         args: list[Any] = [holder, int(self.ttl * 1000), len(names)]
         args += [self.limits[name] for name in names]
-        args += [self._rate_capacity, int(self.rate_window * 1000)]
+        args += [self._rate_capacity if start else 0, int(self.rate_window * 1000)]
         ok, which, value = await self._acquire(keys=keys, args=args)
         if int(ok) == 1:
             return Lease(holder, names)
@@ -196,6 +199,23 @@ class ClusterLeases:
         keys = [self._key(name) for name in lease.limits]
         held = await self._renew(keys=keys, args=[lease.holder, int(self.ttl * 1000)])
         return int(held) == len(keys)
+
+    async def keep_up(self, lease: Lease) -> Lease | LeaseRefused:
+        """Renew ``lease``; a place that lapsed (its holder stalled or Redis away past ``ttl``) is
+        taken again if it is free (no calls-per-second slot: the call is going already). Refused:
+        another holder has it, and the call goes on over the limit (logged)."""
+        if await self.renew(lease):
+            return lease
+        again = await self.acquire(lease.holder, needs=lease.limits, start=False)
+        if isinstance(again, Lease):
+            logger.warning("lease {} lost a place (expired before renewal); taken again", lease.holder)
+        else:
+            logger.warning(
+                "lease {} lost a place (expired before renewal); none free under {}: over the limit",
+                lease.holder,
+                again.limit,
+            )
+        return again
 
     async def release(self, lease: Lease | str, limits: Iterable[str] | None = None) -> None:
         """Give the places back (by lease, or by holder name for every limit)."""
@@ -219,7 +239,10 @@ class ClusterLeases:
         A renewal that fails (Redis away) is logged and tried again at the next
         tick: the call goes on; if Redis stays away past ``ttl`` the places
         expire and other workers may use them, which is the safe direction for
-        a crashed worker and a bounded overshoot for a partitioned one.
+        a crashed worker and a bounded overshoot for a partitioned one. A place
+        that lapsed (Redis away, or this process stalled past ``ttl``) is taken
+        again at the next tick if it is still free, so that the overshoot lasts
+        no longer than the lapse.
         """
         interval = every if every is not None else self.ttl / 3
 
@@ -227,8 +250,7 @@ class ClusterLeases:
             while True:
                 await asyncio.sleep(interval)
                 try:
-                    if not await asyncio.wait_for(self.renew(lease), timeout=interval):
-                        logger.warning("lease {} lost a place (expired before renewal)", lease.holder)
+                    await asyncio.wait_for(self.keep_up(lease), timeout=interval)
                 except (TimeoutError, OSError) as exc:
                     logger.warning("lease {}: renewal failed ({}); retrying", lease.holder, type(exc).__name__)
                 except Exception as exc:  # a redis-py error class that is not an OSError

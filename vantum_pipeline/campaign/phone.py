@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import importlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -258,6 +259,7 @@ class PhoneDialer:
         self._lookup = TwilioCallLookup(self.server.client)
 
     async def __aenter__(self) -> PhoneDialer:
+        _load_call_modules()
         await self.server.start()
         if self._public_base_url is not None:
             self.server.public_base_url = self._public_base_url
@@ -548,6 +550,34 @@ class PhoneDialer:
         if not resumed:
             await task.queue_frame(LLMContextFrame(llm_context))  # outbound: the bot speaks first
         return task
+
+
+#: What a call's pipeline is built from (``PhoneDialer._build_pipeline`` imports them where it needs them).
+_CALL_MODULES = (
+    "vantum_pipeline.observability.collector",
+    "vantum_pipeline.observability.cost",
+    "vantum_pipeline.observability.record",
+    "vantum_pipeline.pipeline",
+    "vantum_pipeline.processors.aggregators",
+    "vantum_pipeline.processors.context",
+    "vantum_pipeline.processors.sentence",
+    "vantum_pipeline.services.cartesia",
+    "vantum_pipeline.services.deepgram",
+    "vantum_pipeline.services.openai",
+    "vantum_pipeline.task",
+    "vantum_pipeline.telephony.actions",
+    "vantum_pipeline.telephony.keypad",
+    "vantum_pipeline.telephony.voicemail",
+)
+
+
+def _load_call_modules() -> None:
+    """Import the call pipeline's modules (the services' SDKs among them) when the dialer opens,
+    before any call: left to the first call, they hold the event loop for seconds on a loaded
+    machine while that call is up, and a worker's lease renewals and keep-alives wait for it
+    (its places lapse and other workers take them: more calls than the cluster's cap)."""
+    for name in _CALL_MODULES:
+        importlib.import_module(name)
 
 
 class _LineTaps:

@@ -23,7 +23,11 @@ into the store (idempotent: a restart imports nothing twice).
    outside their calling hours to the next opening; stops dialling when the
    spend so far plus ``reserve_per_call_usd`` per call in progress reaches
    the budget; records each result in one transaction with the rule's
-   decision;
+   decision. The in-process dispatcher's calls go through a
+   :class:`~.twilio_rest.ConfirmingDialer`: a dial that failed without
+   Twilio's answer is looked up among Twilio's calls to the number, and a
+   call found there (not one of the prospect's earlier calls) is the
+   attempt's;
 3. lets the calls in progress finish.
 """
 
@@ -54,7 +58,7 @@ from vantum_pipeline.campaign.dnc import read_dnc_file
 from vantum_pipeline.campaign.prospects import ProspectList, RejectedRow, read_prospects
 from vantum_pipeline.campaign.rules import ProspectState, decide, zone
 from vantum_pipeline.campaign.store import AttemptRecord, AttemptRow, CampaignStore
-from vantum_pipeline.campaign.twilio_rest import ask_twilio, follow_to_end, reconciled_record
+from vantum_pipeline.campaign.twilio_rest import ConfirmingDialer, ask_twilio, follow_to_end, reconciled_record
 from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.telephony.numbers import mask_number
 
@@ -160,7 +164,7 @@ class CampaignRunner:
         self.reconcile_timeout = reconcile_timeout
         self.dnc = dnc or StoreDoNotCall(store, on_event)
         self.dispatcher: Dispatcher = dispatcher or InProcessDispatcher(
-            dialer,
+            ConfirmingDialer(dialer, self._earlier_sids, timeout=reconcile_timeout),
             self,
             max_concurrent=config.max_concurrent_calls,
             calls_per_second=config.calls_per_second,
@@ -299,6 +303,10 @@ class CampaignRunner:
     async def placed(self, job: CallJob, sid: str) -> None:
         self.store.placed(job.attempt, sid)
         self._emit(CampaignEvent("placed", job.job_id, job.attempt.prospect_id, text=sid))
+
+    async def _earlier_sids(self, job: CallJob) -> set[str]:
+        """The calls of the prospect's attempts so far (a failed dial's search must skip them)."""
+        return self.store.call_sids(job.attempt.campaign_id, job.attempt.prospect_id)
 
     async def finished(self, job: CallJob, record: AttemptRecord) -> None:
         self._record(job.attempt, record)

@@ -14,12 +14,18 @@ a bounded number of times, :func:`follow_to_end` polls a call until it has
 ended (hanging it up if it is still up after a timeout), and
 :func:`reconciled_record` turns Twilio's last word on the call into the
 attempt's record.
+
+A dial whose answer was lost (no answer in time, a 5xx, a dropped
+connection: the call may have been placed all the same) is settled the same
+way, at once, by :class:`ConfirmingDialer`, which both the runner's calls
+and the workers' go through: every call Twilio placed is some attempt's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
@@ -36,8 +42,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TWILIO_PRICE_PER_MINUTE",
+    "ConfirmingDialer",
+    "KnownSids",
     "ReconcilingDialer",
     "TwilioCallLookup",
+    "UnconfirmedCall",
     "ask_twilio",
     "follow_to_end",
     "reconciled_record",
@@ -50,6 +59,8 @@ TWILIO_PRICE_PER_MINUTE = 0.014
 _HANG_UP_GRACE = 30.0
 #: Hang-ups reconciliation sends before it gives up on a call Twilio keeps reporting up.
 _MAX_HANG_UPS = 3
+#: Seconds before a dial that the search for its call starts (Twilio's clock and whole-second dates).
+CLOCK_MARGIN = 60.0
 
 T = TypeVar("T")
 
@@ -163,6 +174,96 @@ def reconciled_record(sid: str, status: CallStatus | None, *, notes: str) -> Att
         cost_by_service={"twilio": cost},
         notes=notes,
     )
+
+
+#: The call sids of a job's prospect's earlier attempts (not this attempt's call, whatever their dates).
+KnownSids = Callable[[CallJob], Awaitable[set[str]]]
+
+
+class UnconfirmedCall(ServiceError):
+    """A dial failed without Twilio's answer, and Twilio could not be asked whether it placed the call."""
+
+
+class ConfirmingDialer:
+    """``dialer``, whose failed dials are checked with Twilio before they count as not placed.
+
+    A call that ends in ``error`` without a call sid (the create request got no answer in
+    time, a 5xx, a dropped connection, an exception) may have been placed all the same. The
+    calls Twilio placed to the number since the dial began (less :data:`CLOCK_MARGIN`) that
+    are none of ``known(job)`` are then this attempt's: the newest is reported to ``placed``,
+    followed to its end and recorded (:func:`reconciled_record`). A request Twilio received
+    may take a moment to become a call: none found, Twilio is asked again ``settle`` seconds
+    later. Twilio out of reach for that search raises :class:`UnconfirmedCall`: the attempt
+    must stay open.
+    """
+
+    def __init__(self, dialer: Dialer, known: KnownSids, *, timeout: float = 120.0, settle: float = 10.0) -> None:
+        self.dialer = dialer
+        self.known = known
+        self.timeout = timeout
+        self.settle = settle
+
+    async def call(self, job: CallJob, placed: PlacedCallback) -> AttemptRecord:
+        started = time.time()
+        confirmed: list[str] = []
+
+        async def placed_here(sid: str) -> None:
+            confirmed.append(sid)
+            await placed(sid)
+
+        try:
+            record = await self.dialer.call(job, placed_here)
+        except Exception as exc:  # one broken call never hurts another
+            logger.opt(exception=exc).error("campaign call {} failed: {}", job.log_id, exc)
+            record = AttemptRecord(outcome="error", notes=f"{type(exc).__name__}: {exc}"[:200])
+        if confirmed or record.call_sid is not None or record.outcome != "error":
+            return record
+        found = await self._search(job, record, started)
+        if not found:
+            await asyncio.sleep(self.settle)
+            found = await self._search(job, record, started)
+        if not found:
+            logger.info("campaign call {}: Twilio placed no call ({})", job.log_id, record.notes)
+            return record
+        sid = found[-1].sid
+        logger.warning(
+            "campaign call {}: Twilio placed call {} though the dial failed ({}); following it",
+            job.log_id,
+            sid,
+            record.notes,
+        )
+        await placed(sid)
+        try:
+            status = await follow_to_end(self.dialer, sid, timeout=self.timeout)
+        except ServiceError as exc:
+            raise UnconfirmedCall(
+                f"call {job.log_id} is Twilio's call {sid}, whose end Twilio could not tell: {exc}",
+                service="twilio",
+                retryable=True,
+            ) from exc
+        return reconciled_record(sid, status, notes=f"placed, though the dial failed: {record.notes}"[:300])
+
+    async def _search(self, job: CallJob, record: AttemptRecord, started: float) -> list[CallStatus]:
+        """Twilio's calls to the job's number since the dial began that no earlier attempt made."""
+        try:
+            found = await ask_twilio(lambda: self.dialer.find_calls(job.number, started - CLOCK_MARGIN))
+            known = await self.known(job)
+        except ServiceError as exc:
+            raise UnconfirmedCall(
+                f"call {job.log_id} failed ({record.notes}), and Twilio could not say whether it was placed: {exc}",
+                service="twilio",
+                retryable=True,
+            ) from exc
+        return [call for call in found if call.sid not in known]
+
+    async def call_status(self, sid: str) -> CallStatus | None:
+        return await self.dialer.call_status(sid)
+
+    async def find_calls(self, number: str, since: float) -> list[CallStatus]:
+        return await self.dialer.find_calls(number, since)
+
+    async def hang_up(self, sid: str) -> None:
+        await self.dialer.hang_up(sid)
 
 
 def rest_settings_from_env(caller_id: str, env: Mapping[str, str] | None = None) -> TwilioSettings:

@@ -19,7 +19,16 @@ worker's own public URL). For each job, in this order:
 4. check the cluster-wide do-not-call set, mark the attempt ``dialing``, place
    the call, keep the leases renewed while it lasts, and put ``placed`` and
    ``finished`` on the campaign's result stream (``finished`` and the ``done``
-   marker in one transaction).
+   marker in one transaction). A dial that failed without Twilio's answer is
+   looked up among Twilio's calls (:class:`~.twilio_rest.ConfirmingDialer`);
+   when Twilio cannot be asked, the marker stays open and the job runs again.
+
+The dial marker is the attempt's lock: a job can run twice at once (its
+in-progress key lapsed while its worker was stalled, and arq handed it out
+again), so step 4 takes the marker in one Lua script, and only if it is still
+as step 2 read it (its ``claim``); a run that finds it taken since dials
+nobody and leaves the job to the queue. A worker never runs one job twice at
+once itself.
 
 A worker renews, every ``lease_ttl / 3`` seconds, its leases, its health
 key (``vantum:worker:<id>``, which says it is alive) and arq's in-progress key
@@ -44,6 +53,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -57,7 +67,13 @@ from vantum_pipeline.campaign.jobs import BadJob, Keys, decode_job, encode_event
 from vantum_pipeline.campaign.leases import ClusterLeases, Lease
 from vantum_pipeline.campaign.redis_link import is_connection_error, redis_settings, with_redis
 from vantum_pipeline.campaign.store import AttemptRecord
-from vantum_pipeline.campaign.twilio_rest import ask_twilio, follow_to_end, reconciled_record
+from vantum_pipeline.campaign.twilio_rest import (
+    ConfirmingDialer,
+    UnconfirmedCall,
+    ask_twilio,
+    follow_to_end,
+    reconciled_record,
+)
 from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.telephony.numbers import mask_number, validate_e164
 
@@ -71,6 +87,20 @@ _MAX_TRIES = 1_000_000
 _MARKER_TTL = 7 * 24 * 3600
 #: Seconds after a dial marker within which its worker may still be placing the call (REST retries included).
 _PLACING_WINDOW = 60.0
+
+#: Take the attempt's dial marker for one run of its job, if it is still as that run read it.
+#: KEYS: the marker; ARGV: the claim read ('' for none), this run's claim, worker, at, ttl (s).
+#: 1: this run may dial (or already had the claim: a retried write); 0: another run took it since.
+_CLAIM = """
+if redis.call('HGET', KEYS[1], 'state') == 'done' then return 0 end
+local claim = redis.call('HGET', KEYS[1], 'claim') or ''
+if claim == ARGV[2] then return 1 end
+if claim ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'dialing', 'worker', ARGV[3], 'at', ARGV[4], 'claim', ARGV[2])
+redis.call('HDEL', KEYS[1], 'sid')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+return 1
+"""
 
 
 class RedisDoNotCall:
@@ -128,6 +158,7 @@ class CampaignWorker:
         self.poll_delay = poll_delay
         self._redis: Any = None
         self._leases: ClusterLeases | None = None
+        self._claim: Any = None
         self._dialers: dict[str, tuple[AbstractAsyncContextManager[Dialer], Dialer, RedisDoNotCall]] = {}
         self._dialer_lock = asyncio.Lock()
         self._dnc_writes: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(maxsize=10_000)
@@ -152,6 +183,7 @@ class CampaignWorker:
         from arq.worker import Worker, func
 
         self._redis = await create_pool(redis_settings(self.redis_url))
+        self._claim = self._redis.register_script(_CLAIM)
         self._leases = ClusterLeases(
             self._redis,
             namespace="cluster",
@@ -271,8 +303,8 @@ class CampaignWorker:
                 async with asyncio.timeout(interval * 2):
                     async with self._redis.pipeline(transaction=False) as pipe:
                         pipe.set(Keys.worker(self.worker_id), json.dumps(self.health()), px=ttl_ms)
-                        for job_id in self._active:
-                            pipe.pexpire(Keys.IN_PROGRESS + job_id, ttl_ms)
+                        for job_id in self._active:  # set, not renewed: a key that lapsed in a stall is back
+                            pipe.set(Keys.IN_PROGRESS + job_id, b"1", px=ttl_ms)
                         await pipe.execute()
                 self.redis_ok = True
             except Exception as exc:
@@ -295,6 +327,11 @@ class CampaignWorker:
         except BadJob as exc:
             await self._refuse(job_id, exc)
             raise
+        if job_id in self._active:
+            # Its in-progress key lapsed while this worker was stalled, and arq handed it out again:
+            # the run in progress here goes on; this one leaves it (and the queue) alone.
+            logger.warning("job {}: already running on this worker; this second run waits", job_id)
+            raise Retry(defer=self.lease_ttl)
         self._active.add(job_id)
         try:
             try:
@@ -322,12 +359,22 @@ class CampaignWorker:
                 return prepared
             if not isinstance(prepared, tuple):
                 raise Retry(defer=float(prepared))
-            lease, dialer, dnc = prepared
+            lease, dialer, dnc, claim = prepared
             keys = Keys(job.attempt.campaign_id)
-            async with self._leases_of().keep(lease):
-                record = await self._dial(job, keys, dialer, dnc)
-            await self._report_finished(keys, job_id, encode_job(job), record)
-            return record.outcome
+            try:
+                async with self._leases_of().keep(lease):
+                    dialled = await self._dial(job, keys, dialer, dnc, claim)
+            except UnconfirmedCall as exc:
+                # The marker stays dialing/placed, owned by nobody: the job's next run, on any
+                # worker, asks Twilio again (_recover) instead of waiting for this live worker.
+                logger.warning("job {}: {}; the job runs again to settle it", job_id, exc)
+                with contextlib.suppress(Exception):
+                    await self._redis.hset(keys.dial(job_id), "worker", "")
+                raise Retry(defer=30.0) from None
+            if dialled is None:  # another run of this job took its marker after this run read it
+                raise Retry(defer=self.lease_ttl)
+            await self._report_finished(keys, job_id, encode_job(job), dialled)
+            return dialled.outcome
         finally:
             self._active.discard(job_id)
 
@@ -336,13 +383,15 @@ class CampaignWorker:
             raise ConfigurationError("CampaignWorker.place_call runs under run() only")
         return self._leases
 
-    async def _prepare(self, job: CallJob) -> str | float | tuple[Lease, Dialer, RedisDoNotCall]:
+    async def _prepare(self, job: CallJob) -> str | float | tuple[Lease, Dialer, RedisDoNotCall, str]:
         """Before the dial: the outcome when the job is settled (str), the delay when it must wait
-        (float), or the leases and dialer of a call to place now."""
+        (float), or the leases and dialer of a call to place now, with the marker's claim as read
+        here (the dial takes the marker only if nobody claimed it since)."""
         job_id = job.job_id
         keys = Keys(job.attempt.campaign_id)
         marker = await self._redis.hgetall(keys.dial(job_id))
         state = marker.get(b"state", b"").decode()
+        claim = marker.get(b"claim", b"").decode()
         if state == "done":
             logger.info("job {} ran before: its result is on the stream", job_id)
             return "done before"
@@ -352,7 +401,7 @@ class CampaignWorker:
         dialer, dnc = opened
         if state in ("dialing", "placed"):
             owner = marker.get(b"worker", b"").decode()
-            if owner != self.worker_id and await self._redis.exists(Keys.worker(owner)):
+            if owner and owner != self.worker_id and await self._redis.exists(Keys.worker(owner)):
                 logger.info("job {}: worker {} is still on it; waiting", job_id, owner)
                 return self.lease_ttl
             recovered = await self._recover(job, marker, dialer)
@@ -370,7 +419,7 @@ class CampaignWorker:
             with contextlib.suppress(Exception):
                 await self._redis.hincrby(keys.metrics, "lease_refusals", 1)
             return max(0.05, min(grant.retry_after, 5.0))
-        return grant, dialer, dnc
+        return grant, dialer, dnc, claim
 
     async def _refuse(self, job_id: str, exc: BadJob) -> None:
         """A poison job: logged, and reported to its coordinator as an ``error`` attempt."""
@@ -381,20 +430,27 @@ class CampaignWorker:
             record = AttemptRecord("error", notes=f"bad job: {exc}"[:300])
             await self._report_finished(Keys(campaign), job_id, "", record)
 
-    async def _dial(self, job: CallJob, keys: Keys, dialer: Dialer, dnc: RedisDoNotCall) -> AttemptRecord:
+    async def _dial(
+        self, job: CallJob, keys: Keys, dialer: Dialer, dnc: RedisDoNotCall, read_claim: str
+    ) -> AttemptRecord | None:
+        """Place the call if this run still owns the attempt; None: another run of the job
+        claimed its marker since this one read it (``read_claim``), and this run dials nobody."""
         job_id = job.job_id
+        # A job can run twice at once: its in-progress key lapses while its worker is stalled
+        # (load, a Redis restart) and another worker, or this one, takes it again. The marker
+        # is the lock: taken atomically, and only if it is still as _prepare read it; taken
+        # before the DNC check too, so that only the run that dials reports the attempt.
+        claim = uuid.uuid4().hex
+        args = [read_claim, claim, self.worker_id, repr(time.time()), _MARKER_TTL]
+        claimed = await with_redis(  # never dial without the marker
+            lambda: self._claim(keys=[keys.dial(job_id)], args=args), what="dial marker"
+        )
+        if not int(claimed):
+            logger.warning("job {}: another run of it took the attempt after this one looked: not dialled", job_id)
+            return None
         if await self._redis.sismember(Keys.DNC, job.number) or dnc.blocks(job.number):
             logger.info("job {}: {} is on the do-not-call list: not dialled", job_id, mask_number(job.number))
             return AttemptRecord(outcome="do_not_call_list", notes="on the do-not-call list: not dialled")
-
-        async def mark_dialing() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                marker = {"state": "dialing", "worker": self.worker_id, "at": str(time.time())}
-                pipe.hset(keys.dial(job_id), mapping=marker)
-                pipe.expire(keys.dial(job_id), _MARKER_TTL)
-                await pipe.execute()
-
-        await with_redis(mark_dialing, what="dial marker")  # never dial without the marker
         job_text = encode_job(job)
 
         async def placed(sid: str) -> None:
@@ -411,8 +467,12 @@ class CampaignWorker:
 
         self.calls += 1
         self.running += 1
+        # A dial that failed without Twilio's answer is looked up among Twilio's calls at once.
+        confirming = ConfirmingDialer(dialer, self._earlier_sids, timeout=self.reconcile_timeout)
         try:
-            record = await dialer.call(job, placed)
+            record = await confirming.call(job, placed)
+        except UnconfirmedCall:
+            raise
         except Exception as exc:  # one broken call never hurts another
             logger.opt(exception=exc).error("worker {}: call {} failed: {}", self.worker_id, job_id, exc)
             record = AttemptRecord(outcome="error", notes=f"{type(exc).__name__}: {exc}"[:200])

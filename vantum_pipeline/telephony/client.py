@@ -8,13 +8,17 @@ client ignores its ``timeout`` setting), our retry policy, errors as
 and phone numbers masked in every message.
 
 Retries: creating a call is retried only when Twilio said "too many
-requests" (a 5xx may have placed the call already: a retry could ring the
-callee twice); hanging up and fetching are idempotent and are also retried
-on 5xx and network errors.
+requests": a 5xx, a network error or no answer within ``request_timeout``
+may have placed the call already, and a retry could ring the callee twice
+(the caller finds such a call through ``list_calls``); hanging up and
+fetching are idempotent and are also retried on 5xx, network errors and
+timeouts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
 from typing import Any
 
@@ -97,7 +101,7 @@ class TwilioRestClient:
                 self._client.api.base_url = self.settings.api_base_url
         return self._client
 
-    async def _call(self, what: str, operation: Any, *, retryable: Any) -> Any:
+    async def _call(self, what: str, operation: Any, *, retryable: Any, policy: RetryPolicy | None = None) -> Any:
         from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 
         async def attempt() -> Any:
@@ -137,14 +141,31 @@ class TwilioRestClient:
                     ) from None
                 raise
 
-        return await self.retry.run(attempt, retryable=retryable, service="twilio")
+        return await (policy or self.retry).run(attempt, retryable=retryable, service="twilio")
 
     async def create_call(self, **parameters: Any) -> Any:
-        """``calls.create`` with the SDK's keyword arguments; returns the CallInstance."""
+        """``calls.create`` with the SDK's keyword arguments; returns the CallInstance.
+
+        Retried on a 429 only. No answer within the attempt deadline is a ``TwilioCallError``
+        that is not retried (the policy would retry its own timeout): Twilio may have placed it."""
         client = self._sdk()
-        return await self._call(
-            "creating a call", lambda: client.calls.create_async(**parameters), retryable=_rate_limited
-        )
+        deadline = self.retry.attempt_timeout
+
+        async def create() -> Any:
+            try:
+                async with asyncio.timeout(deadline):
+                    return await client.calls.create_async(**parameters)
+            except TimeoutError:
+                within = f" within {deadline:g}s" if deadline is not None else ""
+                raise TwilioCallError(
+                    f"creating a call: no answer{within} (the call may have been placed)",
+                    status=None,
+                    code=None,
+                    retryable=False,
+                ) from None
+
+        once = dataclasses.replace(self.retry, attempt_timeout=None)
+        return await self._call("creating a call", create, retryable=_rate_limited, policy=once)
 
     async def hang_up(self, call_sid: str, *, status: str = "completed") -> Any:
         """End a call: ``completed`` once answered, ``canceled`` while it rings."""

@@ -83,7 +83,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from aiohttp import BasicAuth, ClientSession, ClientTimeout, TCPConnector, WSServerHandshakeError, web
+from aiohttp import BasicAuth, ClientError, ClientSession, ClientTimeout, TCPConnector, WSServerHandshakeError, web
 from loguru import logger
 
 from vantum_pipeline.testing.callee import Callee, CalleeScript
@@ -555,7 +555,7 @@ class FakeTwilio:
         try:
             async with self._session.post(url, data=params, headers=headers) as response:
                 return response.status, await response.text()
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ClientError) as exc:  # Twilio logs it; the call goes on
             logger.warning("fake twilio: {} POST to {} failed: {}", where, url.split("?")[0], exc)
             return None, ""
 
