@@ -1,6 +1,6 @@
 """The smallest pipeline: text in, upper-cased text out, with an interruption.
 
-    python examples/hello_pipeline.py
+python examples/hello_pipeline.py
 """
 
 import asyncio

@@ -17,7 +17,11 @@ def test_readme_example_runs(code: str, tmp_path: Path) -> None:
     script.write_text(code)
     root = README.parent
     result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=root,
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
