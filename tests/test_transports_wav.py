@@ -212,11 +212,12 @@ async def test_output_transport_plays_into_the_file_in_real_time() -> None:
     elapsed = time.monotonic() - started
     track = samples(decode_wav(buffer.getvalue()).pcm)
     loud = np.nonzero(track)[0]
-    # Two clips of 0.1 s, the second at least 0.3 s after the first began, silence around them.
+    # Two clips of 0.1 s with silence around them; the second was sent 0.3 s after the first, so it
+    # starts at least 0.3 s into the file (the first may itself start late on a loaded machine).
     assert int(np.count_nonzero(track)) == 3200
     first_end = loud[np.nonzero(np.diff(loud) > 1)[0][0]]
     second_start = loud[np.nonzero(np.diff(loud) > 1)[0][0] + 1]
-    assert first_end - loud[0] == 1599 and second_start - loud[0] >= int(0.3 * 16000)
+    assert first_end - loud[0] == 1599 and second_start >= int(0.3 * 16000)
     assert len(track) <= (elapsed + 0.1) * 16000
     assert out.types(FrameDirection.UPSTREAM).count("BotStartedSpeakingFrame") == 2
     assert out.types().count("BotStoppedSpeakingFrame") == 2
