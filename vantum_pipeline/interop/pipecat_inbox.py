@@ -189,8 +189,15 @@ class HostedInbox:
                     await self._process_system_frame(inputs, frame, direction, callback)
                     return True
         if self._direct and not self.processor._cancelling and not isinstance(frame, pc.StartFrame):
-            # What pipecat's queue_frame does with it in direct mode, one call less.
-            await self._process_frame(frame, direction, callback)
+            # What pipecat's queue_frame does with it in direct mode, one call less; processed
+            # when the call returns, so ours is settled then, not by a frame callback.
+            if callback is None:
+                await self._process_frame(frame, direction, None)
+                return True
+            try:
+                await self._process_frame(frame, direction, None)
+            finally:
+                self._settle(frame)
             return True
         await self.processor.queue_frame(frame, direction, callback)
         return True
@@ -244,6 +251,10 @@ class HostedInbox:
 
     async def _processed(self, processor: Any, frame: pc.Frame, direction: Any) -> None:
         """Pipecat's frame callback: the hosted processor is done with ``frame``."""
+        self._settle(frame)
+
+    def _settle(self, frame: pc.Frame) -> None:
+        """The hosted processor is done with ``frame``: it is no longer outstanding."""
         if self._outstanding.pop(frame.id, None) is not None and self._waiting:
             if len(self._outstanding) <= self._low_water:
                 self._made_room()
