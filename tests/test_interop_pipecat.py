@@ -468,24 +468,3 @@ async def test_a_whole_pipecat_pipeline_is_hosted_as_one_processor():
     collected = await run_pipeline([hosted, Tagger()], [TextFrame("a"), TextFrame("x"), TextFrame("b"), TextFrame("c")])
     assert [f.text for f in collected.of_type(TextFrame)] == ["x+", "c+"]
     assert collected.finish_reason == "end" and hosted.pipecat_tasks == []
-
-
-@pytest.mark.parametrize(("ours", "theirs"), [(TextFrame, pc.TextFrame), (LLMTextFrame, pc.LLMTextFrame)])
-def test_a_text_frame_built_the_short_way_is_what_pipecats_constructor_makes(ours: type, theirs: type) -> None:
-    (row,) = [row for row in TABLE if row.ours is ours]
-    assert row.to_theirs is not None
-    built = [row.to_theirs(ours("héllo")) for _ in range(3)]
-    made = theirs("héllo")
-    for frame in built:
-        assert type(frame) is theirs
-        assert vars(frame).keys() == vars(made).keys()
-        assert {k: v for k, v in vars(frame).items() if k not in ("id", "name")} == {
-            k: v for k, v in vars(made).items() if k not in ("id", "name")
-        }
-    # Ids and names come from pipecat's own counters: unique, and in step with its constructor.
-    ids = [frame.id for frame in built] + [made.id]
-    assert ids == sorted(set(ids))
-    numbers = [int(frame.name.split("#")[1]) for frame in [*built, made]]
-    assert numbers == list(range(numbers[0], numbers[0] + 4))
-    assert all(frame.name.startswith(f"{theirs.__name__}#") for frame in built)
-    assert built[0].metadata is not built[1].metadata

@@ -38,7 +38,6 @@ try:
         TTFBMetricsData,
         TTSUsageMetricsData,
     )
-    from pipecat.utils.utils import obj_count, obj_id
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     from vantum_pipeline.interop import PIPECAT_MISSING
 
@@ -67,49 +66,6 @@ __all__ = [
     "to_ours",
     "to_pipecat",
 ]
-
-
-_IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple)
-
-
-def _text_builder(cls: type[pc.Frame]) -> Callable[[Any], pc.Frame]:
-    """``lambda f: cls(f.text)``, built cheaper: the frames translated most often are text.
-
-    Pipecat's constructor runs the dataclass ``__init__`` and a chain of
-    ``__post_init__`` s that set the same constants on every frame, then a
-    fresh id, a per-class name and an empty ``metadata``. This builder copies
-    those constants from a frame built once with the constructor and takes
-    the id and the name from pipecat's own counters, so each frame equals
-    what the constructor makes. A class whose constructed frame holds a
-    mutable value other than ``metadata`` (or differs between two builds) is
-    built with its constructor.
-    """
-    first, second = cls("x"), cls("x")  # type: ignore[call-arg]
-    variable = {"id", "name", "metadata", "text"}
-    constants = {k: v for k, v in vars(first).items() if k not in variable}
-    others = {k: v for k, v in vars(second).items() if k not in variable}
-    if (
-        constants != others
-        or set(vars(first)) - set(constants) != variable
-        or first.metadata != {}
-        or not all(isinstance(v, _IMMUTABLE) for v in constants.values())
-    ):
-        return lambda f: cls(f.text)  # type: ignore[call-arg]
-    new = object.__new__
-    prefix = f"{cls.__name__}#"
-
-    def build(f: Any) -> pc.Frame:
-        frame: pc.Frame = new(cls)
-        attributes = frame.__dict__
-        attributes.update(constants)
-        attributes["text"] = f.text
-        attributes["id"] = obj_id()
-        attributes["name"] = prefix + str(obj_count(frame))
-        attributes["metadata"] = {}
-        return frame
-
-    return build
-
 
 ToPipecat = Callable[[Any], "pc.Frame"]
 ToOurs = Callable[[Any], "vp.Frame | tuple[vp.Frame, ...]"]
@@ -328,8 +284,8 @@ TABLE: tuple[Translation, ...] = (
         vp.TTSWordTimestampsFrame, pc.TTSTextFrame, None, None,
         "adapter: a spoken word and its time; a word ends where the next begins",
     ),
-    Translation(vp.LLMTextFrame, pc.LLMTextFrame, _text_builder(pc.LLMTextFrame), lambda f: vp.LLMTextFrame(f.text)),
-    Translation(vp.TextFrame, pc.TextFrame, _text_builder(pc.TextFrame), lambda f: vp.TextFrame(f.text)),
+    Translation(vp.LLMTextFrame, pc.LLMTextFrame, lambda f: pc.LLMTextFrame(f.text), lambda f: vp.LLMTextFrame(f.text)),
+    Translation(vp.TextFrame, pc.TextFrame, lambda f: pc.TextFrame(f.text), lambda f: vp.TextFrame(f.text)),
     Translation(
         vp.TTSSpeakFrame, pc.TTSSpeakFrame, lambda f: pc.TTSSpeakFrame(f.text), lambda f: vp.TTSSpeakFrame(f.text),
     ),
