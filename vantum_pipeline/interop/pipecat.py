@@ -414,8 +414,8 @@ class PipecatProcessor(FrameProcessor):
         if not self._llm:
             return pc.LLMContextFrame(to_pipecat_context(context, self.tools.values()))
         prompt = system_instruction(context)
-        if prompt != self._system_instruction:
-            self._system_instruction = prompt
+        if prompt != self._system_instruction and self._started and not self._finished:
+            self._system_instruction = prompt  # noted only once it is handed over
             delta = LLMSettings(system_instruction=prompt)
             await self._send(pc.LLMUpdateSettingsFrame(delta=delta, service=self.hosted), direction)
         return pc.LLMContextFrame(to_pipecat_context(context, self.tools.values(), system_in_context=False))
