@@ -74,6 +74,9 @@ CHAINS: dict[str, Callable[[int, OnTail], Any]] = {
 }
 
 
+DIRECT = ("pipecat-direct", "hosted-direct")
+
+
 def chain(name: str) -> MakeChain:
     if name.startswith("native+"):
         hosted = int(name.removeprefix("native+"))
@@ -261,6 +264,10 @@ def report_instructions(frames: int) -> None:
         if kind != "bulk":
             second = counts[("native+2", 10)] - counts[("native+1", 10)]
             print(f"  {'':<22} a second hosted pass adds  {second:9,.0f}   ratio {pipecat / second:5.2f}x")
+        if kind == "text":
+            direct = {(name, n): instructions(name, n, kind, frames) / frames for name in DIRECT for n in (10, 20)}
+            theirs, ours = ((direct[(name, 20)] - direct[(name, 10)]) / 10 for name in DIRECT)
+            print(f"  {'':<22} direct mode, pipecat/hosted {theirs:8,.0f} / {ours:,.0f}   ratio {theirs / ours:5.2f}x")
     print()
 
 

@@ -256,3 +256,25 @@ async def test_pipecat_queues_filled_by_the_processor_itself_are_an_overrun_coun
         logger.remove(sink)
     assert [f.text for f in harness.collected.of_type(TextFrame)] == ["first", *["own"] * 6, "second"]
     assert any("pipecat's queues hold 6 frames" in w for w in warnings)
+
+
+class Failing(PipecatFrameProcessor):
+    """Raises on every text frame; passes the rest on."""
+
+    async def process_frame(self, frame: pc.Frame, direction: PipecatDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, pc.TextFrame):
+            raise ValueError(f"cannot take {frame.text!r}")
+        await self.push_frame(frame, direction)
+
+
+async def test_a_frame_a_direct_mode_processor_failed_on_does_not_stay_outstanding():
+    adapter = PipecatProcessor(Failing(enable_direct_mode=True), max_outstanding=2)
+    async with PipelineHarness([adapter]) as harness:
+        for text in ("a", "b", "c", "d"):
+            await harness.send(TextFrame(text))
+        # Each was processed (and failed) when it was handed over: none stays outstanding,
+        # so the bound never made the sender wait.
+        assert adapter.inbox.outstanding == 0
+        await harness.send(EndFrame())
+    assert adapter.inbox.overruns == 0

@@ -23,7 +23,7 @@ from vantum_pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from vantum_pipeline.interop.pipecat import PipecatProcessor
-from vantum_pipeline.interop.pipecat_context import to_pipecat_context
+from vantum_pipeline.interop.pipecat_context import system_instruction, to_pipecat_context
 from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.processors.context import LLMContext
 from vantum_pipeline.processors.tools import Tool, ToolResult, end_call_tool
@@ -89,6 +89,34 @@ def test_our_context_becomes_pipecats_without_our_flags():
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert all(set(m) <= {"role", "content", "name", "tool_calls", "tool_call_id"} for m in messages)
     assert sorted(tool.name for tool in converted.tools.standard_tools) == ["end_call", "lookup"]
+    # For a pipecat LLM service the prompt goes to its system instruction, not into the context.
+    assert system_instruction(context) == "Be brief."
+    apart = to_pipecat_context(context, system_in_context=False).get_messages()
+    assert apart == context.api_messages()[1:]
+    assert system_instruction(LLMContext()) is None
+
+
+async def test_a_changed_system_prompt_reaches_the_next_request_and_only_it():
+    async with FakeOpenAI(api_key="sk-key") as fake:
+        fake.script(Reply("One."), Reply("Two."), Reply("Three."))
+        llm = PipecatProcessor(
+            OpenAILLMService(
+                api_key="sk-key", base_url=fake.base_url, settings=OpenAILLMService.Settings(model="gpt-4o")
+            )
+        )
+        context = LLMContext("Be brief.")
+        context.add_user("Hello?")
+        async with PipelineHarness([llm]) as harness:
+            await harness.send(LLMContextFrame(context))
+            await harness.wait_for(LLMFullResponseEndFrame, count=1, timeout=10)
+            context.system_prompt = "Be very brief."
+            await harness.send(LLMContextFrame(context))
+            await harness.wait_for(LLMFullResponseEndFrame, count=2, timeout=10)
+            await harness.send(LLMContextFrame(context))
+            await harness.wait_for(LLMFullResponseEndFrame, count=3, timeout=10)
+        requests = list(fake.requests)
+    systems = [[m["content"] for m in r.body["messages"] if m["role"] == "system"] for r in requests]
+    assert systems == [["Be brief."], ["Be very brief."], ["Be very brief."]]
 
 
 async def test_a_pipecat_llm_answers_our_aggregators_and_runs_our_tools():
@@ -133,6 +161,11 @@ async def test_a_pipecat_llm_answers_our_aggregators_and_runs_our_tools():
     assert len(requests) == 2
     second = requests[1].body["messages"]
     assert [m["role"] for m in second][-2:] == ["assistant", "tool"]
+    # Our system prompt reached both requests once, as the service's system instruction.
+    for request in requests:
+        system = [m for m in request.body["messages"] if m["role"] == "system"]
+        assert system == [{"role": "system", "content": "Book demos."}]
+        assert request.body["messages"][0] == system[0]
     assert {t["function"]["name"] for t in requests[0].body["tools"]} == {"book_demo", "end_call"}
     metrics = {f.metric for f in harness.collected.of_type(MetricsFrame)}
     assert {"latency.llm_ttft", "usage.llm_prompt_tokens", "usage.llm_completion_tokens"} <= metrics, metrics

@@ -78,6 +78,7 @@ try:
     from pipecat.processors.frame_processor import FrameProcessor as PipecatFrameProcessor
     from pipecat.processors.frame_processor import FrameProcessorSetup
     from pipecat.services.llm_service import FunctionCallParams, LLMService
+    from pipecat.services.settings import LLMSettings
     from pipecat.services.stt_service import STTService
     from pipecat.services.tts_service import TTSService
     from pipecat.utils.asyncio.task_manager import TaskManager
@@ -105,7 +106,7 @@ from vantum_pipeline.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from vantum_pipeline.interop.pipecat_context import ToolRound, to_pipecat_context
+from vantum_pipeline.interop.pipecat_context import ToolRound, system_instruction, to_pipecat_context
 from vantum_pipeline.interop.pipecat_frames import (
     TTFB,
     Carried,
@@ -297,6 +298,7 @@ class PipecatProcessor(FrameProcessor):
         self._turn_deadline: asyncio.Task[None] | None = None
         self._context: LLMContext | None = None
         self._round: ToolRound | None = None
+        self._system_instruction: str | None = None  # the prompt the hosted LLM service was given
         if isinstance(processor, LLMService):
             for tool in self.tools.values():
                 processor.register_function(tool.name, self._run_tool)
@@ -387,7 +389,7 @@ class PipecatProcessor(FrameProcessor):
             if isinstance(frame.context, LLMContext):
                 self._context = frame.context
                 self._round = ToolRound(self.max_tool_rounds)
-                theirs = pc.LLMContextFrame(to_pipecat_context(frame.context, self.tools.values()))
+                theirs = await self._request(frame.context, direction)
             elif isinstance(frame.context, PipecatLLMContext):
                 self._context = self._round = None  # pipecat's own context: its tools are pipecat's
                 theirs = pc.LLMContextFrame(frame.context)
@@ -400,6 +402,23 @@ class PipecatProcessor(FrameProcessor):
             theirs = self._translation(type(frame))(frame)
         setattr(theirs, _ORIGIN, frame)
         await self._send(theirs, direction, frame if frame.in_band else None)
+
+    async def _request(self, context: LLMContext, direction: FrameDirection) -> pc.LLMContextFrame:
+        """The pipecat request for ``context``; an LLM service first gets its system prompt.
+
+        A pipecat LLM service takes the prompt as its ``system_instruction``
+        setting (a ``"system"`` context message is deprecated there): it is
+        sent as an ``LLMUpdateSettingsFrame`` ahead of the request whenever it
+        changed, and the request carries the other messages.
+        """
+        if not self._llm:
+            return pc.LLMContextFrame(to_pipecat_context(context, self.tools.values()))
+        prompt = system_instruction(context)
+        if prompt != self._system_instruction and self._started and not self._finished:
+            self._system_instruction = prompt  # noted only once it is handed over
+            delta = LLMSettings(system_instruction=prompt)
+            await self._send(pc.LLMUpdateSettingsFrame(delta=delta, service=self.hosted), direction)
+        return pc.LLMContextFrame(to_pipecat_context(context, self.tools.values(), system_in_context=False))
 
     async def _send(self, frame: pc.Frame, direction: FrameDirection, origin: Frame | None = None) -> None:
         """Hand ``frame`` over; with ``origin`` (our in-band frame), bounded by the inbox."""
@@ -650,8 +669,7 @@ class PipecatProcessor(FrameProcessor):
             round_ = self._round
             if round_ is not None and round_.settle(frame.tool_call_id) and self._context is not None:
                 if round_.continue_model():
-                    theirs = pc.LLMContextFrame(to_pipecat_context(self._context, self.tools.values()))
-                    await self._send(theirs, _DOWN)
+                    await self._send(await self._request(self._context, _DOWN), _DOWN)
                 elif round_.end_call:
                     await self._end_call()
             return True

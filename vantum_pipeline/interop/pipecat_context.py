@@ -7,6 +7,11 @@ creation times never reach a request; an interrupted reply is sent as what
 the callee heard). Tools are our ``Tool``\\ s plus the context's own schemas,
 as pipecat ``FunctionSchema``\\ s.
 
+A pipecat LLM service takes the system prompt as its ``system_instruction``
+setting, not as a ``"system"`` message in the context (deprecated since
+pipecat 1.9): ``to_pipecat_context(..., system_in_context=False)`` leaves the
+system message(s) out, and ``system_instruction`` gives the prompt to set.
+
 ``ToolRound`` follows the function calls of one turn: which calls are still
 running, what their results asked for (end the call, ask the model again),
 and how many rounds the turn has left.
@@ -31,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 from vantum_pipeline.processors.context import LLMContext
 from vantum_pipeline.processors.tools import Tool, ToolResult
 
-__all__ = ["ToolRound", "to_pipecat_context", "to_pipecat_tools"]
+__all__ = ["ToolRound", "system_instruction", "to_pipecat_context", "to_pipecat_tools"]
 
 
 def _schema(tool: Mapping[str, Any]) -> FunctionSchema:
@@ -56,10 +61,24 @@ def to_pipecat_tools(tools: Iterable[Tool], extra: Iterable[Mapping[str, Any]] =
     return ToolsSchema(standard_tools=list(schemas.values())) if schemas else None
 
 
-def to_pipecat_context(context: LLMContext, tools: Iterable[Tool] = ()) -> PipecatLLMContext:
-    """A pipecat ``LLMContext`` holding what a request built from ``context`` would send."""
+def system_instruction(context: LLMContext) -> str | None:
+    """The system message(s) of ``context`` as one pipecat ``system_instruction`` (None: there is none)."""
+    parts = [m.content or "" for m in context.messages if m.role == "system"]
+    return "\n\n".join(parts) if parts else None
+
+
+def to_pipecat_context(
+    context: LLMContext, tools: Iterable[Tool] = (), *, system_in_context: bool = True
+) -> PipecatLLMContext:
+    """A pipecat ``LLMContext`` holding what a request built from ``context`` would send.
+
+    With ``system_in_context=False`` the system message(s) are left out: the
+    prompt then goes to the service as its ``system_instruction``.
+    """
     schema = to_pipecat_tools(tools, context.tools)
     messages: list[Any] = context.api_messages()
+    if not system_in_context:
+        messages = [m for m in messages if m.get("role") != "system"]
     if schema is None:
         return PipecatLLMContext(messages=messages)
     return PipecatLLMContext(messages=messages, tools=schema)

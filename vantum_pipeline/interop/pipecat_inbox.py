@@ -32,8 +32,10 @@ through instead of calling ``queue_frame`` blindly:
   frames, ``queue_frame`` as usual. This reads pipecat's private queues and its ``__process_frame``
   (pipecat-ai 1.x, a ``FrameProcessor`` with pipecat's ``queue_frame``) and
   asyncio's queue of getters; a processor built differently (its own
-  ``queue_frame``, direct mode, another layout) always takes ``queue_frame``,
-  as does any with ``short_way=False``; ``short_way`` says which applies.
+  ``queue_frame``, another layout) always takes ``queue_frame``, as does any
+  with ``short_way=False``; ``short_way`` says which applies. A processor in
+  direct mode has no queues: a frame other than its start is processed as its
+  ``queue_frame`` would (unless it is cancelling), without that call.
 
 Importing this module imports pipecat: only ``interop/pipecat.py`` does.
 """
@@ -117,6 +119,13 @@ class HostedInbox:
         if not callable(process_frame):
             self._queues = None  # not the layout the short way knows
         self._process_frame: Callable[..., Awaitable[None]] = process_frame or processor.queue_frame
+        # Direct mode: pipecat's queue_frame only checks for a cancel and a start, then processes.
+        self._direct = (
+            short_way
+            and callable(process_frame)
+            and type(processor).queue_frame is PipecatFrameProcessor.queue_frame
+            and getattr(processor, "_enable_direct_mode", False) is True
+        )
 
     @property
     def short_way(self) -> bool:
@@ -179,6 +188,17 @@ class HostedInbox:
                 if not isinstance(frame, _QUEUED):
                     await self._process_system_frame(inputs, frame, direction, callback)
                     return True
+        if self._direct and not self.processor._cancelling and not isinstance(frame, pc.StartFrame):
+            # What pipecat's queue_frame does with it in direct mode, one call less; processed
+            # when the call returns, so ours is settled then, not by a frame callback.
+            if callback is None:
+                await self._process_frame(frame, direction, None)
+                return True
+            try:
+                await self._process_frame(frame, direction, None)
+            finally:
+                self._settle(frame)
+            return True
         await self.processor.queue_frame(frame, direction, callback)
         return True
 
@@ -231,6 +251,10 @@ class HostedInbox:
 
     async def _processed(self, processor: Any, frame: pc.Frame, direction: Any) -> None:
         """Pipecat's frame callback: the hosted processor is done with ``frame``."""
+        self._settle(frame)
+
+    def _settle(self, frame: pc.Frame) -> None:
+        """The hosted processor is done with ``frame``: it is no longer outstanding."""
         if self._outstanding.pop(frame.id, None) is not None and self._waiting:
             if len(self._outstanding) <= self._low_water:
                 self._made_room()
