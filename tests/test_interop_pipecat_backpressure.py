@@ -278,3 +278,30 @@ async def test_a_frame_a_direct_mode_processor_failed_on_does_not_stay_outstandi
         assert adapter.inbox.outstanding == 0
         await harness.send(EndFrame())
     assert adapter.inbox.overruns == 0
+
+
+class FailingOnOdd(PipecatFrameProcessor):
+    """Raises on the text frames that carry an odd number; passes the rest on."""
+
+    async def process_frame(self, frame: pc.Frame, direction: PipecatDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, pc.TextFrame) and int(frame.text) % 2:
+            raise ValueError(f"cannot take {frame.text!r}")
+        await self.push_frame(frame, direction)
+
+
+@pytest.mark.parametrize("short_way", [True, False], ids=["short-way", "queue-frame"])
+async def test_frames_a_queued_processor_failed_on_are_settled_by_the_next_one_it_processes(short_way: bool):
+    # Pipecat calls no frame callback for a frame its processor raised on. Each queue is taken in
+    # order, so the next frame processed settles the failed ones before it: failures never pile
+    # up in the bound and make the sender wait out the backlog timeout.
+    adapter = PipecatProcessor(FailingOnOdd(), max_outstanding=2, backlog_timeout=0.5, short_way=short_way)
+    async with PipelineHarness([adapter]) as harness:
+        for i in range(20):  # ends on 19 (fails); 20 is processed and settles it
+            await harness.send(TextFrame(str(i)))
+        await harness.send(TextFrame("20"))
+        await wait_until(lambda: adapter.inbox.outstanding == 0)
+        await harness.send(EndFrame())
+    assert adapter.inbox.overruns == 0
+    texts = [f.text for f in harness.collected.of_type(TextFrame)]
+    assert texts == [str(i) for i in range(0, 21, 2)]

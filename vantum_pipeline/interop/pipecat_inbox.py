@@ -254,10 +254,26 @@ class HostedInbox:
         self._settle(frame)
 
     def _settle(self, frame: pc.Frame) -> None:
-        """The hosted processor is done with ``frame``: it is no longer outstanding."""
-        if self._outstanding.pop(frame.id, None) is not None and self._waiting:
-            if len(self._outstanding) <= self._low_water:
-                self._made_room()
+        """The hosted processor is done with ``frame``: it is no longer outstanding, and neither
+        is any frame of the same queue handed over before it. Pipecat takes each of its queues
+        in order (system frames in one, the others in another), so those were processed too,
+        or failed: a frame the processor raised on never gets its callback, and without this
+        each failure would hold a place in the bound for ever."""
+        outstanding = self._outstanding
+        if frame.id not in outstanding:
+            return
+        system = isinstance(frame, pc.SystemFrame)
+        earlier = []
+        for key, held in outstanding.items():
+            if key == frame.id:
+                break
+            if isinstance(held, pc.SystemFrame) == system:
+                earlier.append(key)
+        for key in earlier:
+            del outstanding[key]
+        del outstanding[frame.id]
+        if self._waiting and len(outstanding) <= self._low_water:
+            self._made_room()
 
     def _made_room(self) -> None:
         if self._waiting:
