@@ -145,9 +145,16 @@ async def follow_to_end(
             if hung_up >= hang_ups:
                 logger.error("call {} still {} after {} hang-ups: giving up on it", sid, status.status, hung_up)
                 return status
-            logger.warning("call {} still {} after {:.0f}s: hanging up", sid, status.status, timeout)
-            await ask_twilio(lambda: dialer.hang_up(sid))
             hung_up += 1
+            logger.warning(
+                "call {} still {} after {:g}s: hanging up ({} of at most {})",
+                sid,
+                status.status,
+                timeout if hung_up == 1 else grace,
+                hung_up,
+                hang_ups,
+            )
+            await ask_twilio(lambda: dialer.hang_up(sid))
             deadline = loop.time() + grace
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
