@@ -421,7 +421,13 @@ def library_main(library: str, urls: dict[str, str], k: int, options: dict[str, 
         runner = density_pipecat.run_pipecat
         density_pipecat.quiet_logs(logs)
     try:
-        result = asyncio.run(runner(urls, k, options))
+        factory = None
+        if options.get("loop") == "uvloop":
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as loop_runner:
+            result = loop_runner.run(runner(urls, k, options))
         if library != "pipecat":
             result["root"] = result_root
     except BaseException as exc:  # report, never hang the orchestrator
@@ -585,6 +591,12 @@ def main() -> int:
         help="wideband: 16 kHz PCM with the services (both libraries); phone: 8 kHz "
         "(vantum: μ-law end to end, no conversion; pipecat: 8 kHz PCM, as its Twilio example)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of the library processes, both libraries alike (uvloop: pip install uvloop)",
+    )
     parser.add_argument("--profile", help="py-spy raw output prefix (one file per round)")
     parser.add_argument(
         "--chunk-ms", type=int, default=0, help="vantum: audio per Twilio media message (0: the transport's default)"
@@ -601,6 +613,7 @@ def main() -> int:
         libraries.insert(1, "base")
     options = {
         "audio": args.audio,
+        "loop": args.loop,
         "profile": args.profile,
         "workers": args.workers,
         "chunk_ms": args.chunk_ms,
