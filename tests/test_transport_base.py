@@ -7,6 +7,8 @@ import json
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
@@ -28,7 +30,7 @@ from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.task import PipelineTask
 from vantum_pipeline.testing import FrameRecorder, PipelineHarness, run_pipeline
 from vantum_pipeline.transports.base import AudioChunk, InputTransport, OutputTransport
-from vantum_pipeline.transports.heard import HeardTextTracker
+from vantum_pipeline.transports.heard import WORD_END_TOLERANCE, HeardTextTracker
 from vantum_pipeline.transports.playback import PlaybackTimeline, Segment
 from vantum_pipeline.transports.twilio.serializer import TwilioSerializer
 from vantum_pipeline.transports.twilio.transport import TwilioTransport, TwilioTransportParams
@@ -104,6 +106,38 @@ def test_heard_words_count_once_their_end_played():
     [final] = tracker.progress(1.0)
     assert (final.text, final.final) == ("Hello there, friend.", True)
     assert tracker.active == 0
+
+
+_WORD = st.tuples(
+    st.sampled_from(["yes", "no", "we", "call", "today,", "about", "your", "plan."]),
+    st.floats(0.0, 5.0, allow_nan=False),
+    st.floats(0.0, 1.0, allow_nan=False),
+).map(lambda w: (w[0], w[1], w[1] + w[2]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    batches=st.lists(st.lists(_WORD, max_size=6), min_size=1, max_size=4),
+    steps=st.lists(st.floats(0.0, 0.5, allow_nan=False), min_size=1, max_size=30),
+)
+def test_heard_words_match_their_definition_whatever_the_timings(batches, steps):
+    """The heard text is every word whose end has played (within the tolerance), in start order, whether
+    the words come in order or overlap, in one frame or several, between playout steps or not."""
+    tracker = HeardTextTracker()
+    tracker.open("c1")
+    given_words: list[tuple[str, float, float]] = []
+    tracker.place("c1", Segment(0.0, 7.0))
+    heard_line = 0.0
+    for i, step in enumerate(steps):
+        if i < len(batches):
+            tracker.add_words("c1", tuple(batches[i]))
+            given_words.extend(batches[i])
+        heard_line += step
+        context = tracker._contexts["c1"]
+        played = context.played(heard_line)
+        in_order = sorted(given_words, key=lambda w: w[1])
+        expected = " ".join(w for w, _start, end in in_order if end <= played + WORD_END_TOLERANCE)
+        assert context.heard_text(played) == expected
 
 
 def test_heard_text_without_timestamps_is_estimated_by_characters():

@@ -226,6 +226,50 @@ class _ContextEnd:
 _Item = AudioChunk | _ContextEnd
 
 
+class _Alarm:
+    """The playout task's wake-up: ``set()`` from anywhere, or the deadline.
+
+    What ``Event.wait()`` under ``asyncio.timeout()`` does, for the one task
+    that sleeps on it, without a timeout context and a cancellation per
+    sleep: the playout loop sleeps once or twice per chunk, 25 to 50 times a
+    second for every call.
+    """
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def sleep(self, seconds: float | None) -> None:
+        """Until ``set()`` is called (at once if it was since the last ``clear()``), or ``seconds`` pass."""
+        if self._flag:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if seconds is None else loop.call_later(seconds, _ring, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _ring(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class OutputTransport(FrameProcessor):
     """Paced audio output with playback tracking; see the module docstring."""
 
@@ -266,7 +310,7 @@ class OutputTransport(FrameProcessor):
         self._queued_seconds = 0.0
         self._room = asyncio.Event()
         self._room.set()
-        self._wake = asyncio.Event()
+        self._wake = _Alarm()
         self._idle = asyncio.Event()
         self._idle.set()
         self._io_lock = asyncio.Lock()
@@ -442,11 +486,7 @@ class OutputTransport(FrameProcessor):
 
     async def _sleep(self, seconds: float | None) -> None:
         self._wake.clear()
-        try:
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+        await self._wake.sleep(seconds)
 
     async def _write(self, chunk: AudioChunk) -> None:
         generation = self._generation

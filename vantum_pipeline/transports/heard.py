@@ -18,8 +18,10 @@ to the next one to open.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from vantum_pipeline.transports.playback import Segment
 
@@ -59,6 +61,11 @@ class SpokenContext:
     accepting_text: bool = True
     complete: bool = False  # all its audio has been written
     last_text: str | None = None
+    # The words' ends in order (None: not in order), for as many words as ``_ends_of``,
+    # and the last count of heard words with its text: playout asks once or twice per chunk.
+    _ends: list[float] | None = field(default=None, repr=False)
+    _ends_of: int = field(default=-1, repr=False)
+    _heard: tuple[int, str] = field(default=(-1, ""), repr=False)
 
     def place(self, line: Segment) -> None:
         """Its next ``line.end - line.start`` seconds were written at ``line``."""
@@ -88,7 +95,7 @@ class SpokenContext:
         if self.complete and played >= self.written - 1e-6:
             return self.full_text()
         if self.words:
-            return " ".join(w for w, _start, end in self.words if end <= played + WORD_END_TOLERANCE)
+            return self._heard_words(played + WORD_END_TOLERANCE)
         text = self.text
         if not text or played <= 0:
             return ""
@@ -97,6 +104,20 @@ class SpokenContext:
         else:
             count = int(played * NOMINAL_CHARS_PER_SECOND)
         return _whole_words(text, count)
+
+    def _heard_words(self, line: float) -> str:
+        """The words whose end is at or before ``line``, in order."""
+        if self._ends_of != len(self.words):
+            ends = [end for _word, _start, end in self.words]
+            self._ends = ends if all(a <= b for a, b in pairwise(ends)) else None
+            self._ends_of = len(self.words)
+            self._heard = (-1, "")
+        if self._ends is None:  # overlapping words: no prefix to count
+            return " ".join(w for w, _start, end in self.words if end <= line)
+        count = bisect_right(self._ends, line)
+        if count != self._heard[0]:
+            self._heard = (count, " ".join(w for w, _start, _end in self.words[:count]))
+        return self._heard[1]
 
     def full_text(self) -> str:
         if self.words:
@@ -172,6 +193,7 @@ class HeardTextTracker:
         context = self.open(context_id)
         context.words.extend(words)
         context.words.sort(key=lambda w: w[1])
+        context._ends_of = -1  # the order may have changed with the same count (never in practice)
 
     def place(self, context_id: str, line: Segment) -> None:
         self.open(context_id).place(line)
