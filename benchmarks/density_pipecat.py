@@ -76,13 +76,19 @@ async def _bot(websocket: Any, urls: dict[str, str], done: Any, rate: int) -> No
             base_url=urls["deepgram_ws"],
             settings=DeepgramSTTService.Settings(endpointing=standins.ENDPOINTING_MS, interim_results=True),
         )
-        llm = OpenAILLMService(api_key=standins.API_KEYS["openai"], base_url=urls["openai"], model="gpt-4o")
+        llm = OpenAILLMService(
+            api_key=standins.API_KEYS["openai"],
+            base_url=urls["openai"],
+            settings=OpenAILLMService.Settings(
+                model="gpt-4o", system_instruction="You are Sarah, a sales representative for Vantum."
+            ),
+        )
         tts = CartesiaTTSService(
             api_key=standins.API_KEYS["cartesia"],
-            voice_id="a0e99841-438c-4a64-b679-ae501e7d6091",
             url=urls["cartesia_ws"] + "/tts/websocket",
+            settings=CartesiaTTSService.Settings(voice="a0e99841-438c-4a64-b679-ae501e7d6091"),
         )
-        context = LLMContext([{"role": "system", "content": "You are Sarah, a sales representative for Vantum."}])
+        context = LLMContext()
         aggregators = LLMContextAggregatorPair(
             context,
             user_params=LLMUserAggregatorParams(
@@ -136,7 +142,12 @@ async def run_pipecat(urls: dict[str, str], k: int, options: dict[str, Any]) -> 
     finished: list[float] = []
     all_done = asyncio.Event()
 
+    warmed = asyncio.Event()
+
     def done() -> None:
+        if options.get("warmup") and not warmed.is_set():
+            warmed.set()  # the warm-up call: not counted
+            return
         finished.append(time.monotonic())
         if len(finished) >= k:
             all_done.set()
@@ -154,20 +165,25 @@ async def run_pipecat(urls: dict[str, str], k: int, options: dict[str, Any]) -> 
             await asyncio.sleep(0.05)
     twiml = f'<Response><Connect><Stream url="ws://127.0.0.1:{port}/ws"/></Connect></Response>'
     usage = Usage()
-    usage.start()
-    t0 = time.monotonic()
     outcomes: Counter[str] = Counter()
     auth = aiohttp.BasicAuth(standins.TWILIO_ACCOUNT, standins.TWILIO_TOKEN)
     url = f"{urls['twilio_api']}/2010-04-01/Accounts/{standins.TWILIO_ACCOUNT}/Calls.json"
     async with aiohttp.ClientSession(auth=auth) as session:
 
-        async def one(i: int) -> None:
+        async def one(i: int, to: str) -> None:
             await asyncio.sleep(i * 0.02)
-            data = {"To": f"+1415555{i:04d}", "From": "+15005550006", "Twiml": twiml}
+            data = {"To": to, "From": "+15005550006", "Twiml": twiml}
             async with session.post(url, data=data) as response:
                 outcomes["placed" if response.status == 201 else f"http {response.status}"] += 1
 
-        await asyncio.gather(*(one(i) for i in range(k)))
+        if options.get("warmup"):  # one call first, as for vantum (see call_density._warm_up)
+            await one(0, f"{standins.WARMUP_PREFIX}0000")
+            async with asyncio.timeout(150.0):
+                await warmed.wait()
+            outcomes.clear()
+        usage.start()
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(i, f"+1415555{i:04d}") for i in range(k)))
         try:
             async with asyncio.timeout(150.0):
                 await all_done.wait()

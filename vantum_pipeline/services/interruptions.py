@@ -44,7 +44,7 @@ from typing import Final
 
 import numpy as np
 
-from vantum_pipeline.audio.mulaw import as_pcm16
+from vantum_pipeline.audio.mulaw import MULAW, ULAW_TO_PCM16, as_pcm16
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.settings import DEFAULT_BACKCHANNELS, InterruptionSettings
 
@@ -270,12 +270,21 @@ PHONE_DEFAULT: Final[InterruptionPolicy] = NeverOnBackchannel(MinWords(2) | MinS
 _FULL_SCALE_DB = 20 * math.log10(32768)
 
 
+#: The power of each mu-law byte's sample: a phone call's level without decoding it.
+_MULAW_POWER: Final = ULAW_TO_PCM16.astype(np.float64) ** 2
+
+
 def level_dbfs(audio: bytes, encoding: str) -> float:
     """RMS level of a chunk of pcm16 or mu-law audio, in dB full scale."""
-    samples = np.frombuffer(as_pcm16(audio, encoding), dtype="<i2").astype(np.float64)
-    if samples.size == 0:
-        return -math.inf
-    power = float(np.dot(samples, samples)) / samples.size  # every 20 ms: a third of np.mean(np.square())
+    if encoding == MULAW:
+        if not audio:
+            return -math.inf
+        power = float(_MULAW_POWER.take(np.frombuffer(audio, dtype=np.uint8)).sum()) / len(audio)
+    else:
+        samples = np.frombuffer(as_pcm16(audio, encoding), dtype="<i2").astype(np.float64)
+        if samples.size == 0:
+            return -math.inf
+        power = float(np.dot(samples, samples)) / samples.size  # every 20 ms: a third of np.mean(np.square())
     return 10 * math.log10(power) - _FULL_SCALE_DB if power > 0 else -math.inf
 
 
