@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vantum_pipeline.audio.mulaw import ulaw2lin
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
     EndOfTurnFrame,
@@ -128,6 +129,14 @@ def test_level_of_pcm_and_mulaw_audio() -> None:
     assert level_dbfs(loud, "pcm16") == pytest.approx(-18.0, abs=0.5)
     assert level_dbfs(mulaw(loud), "mulaw") == pytest.approx(-18.0, abs=0.5)
     assert level_dbfs(silence(0.02, 8000), "pcm16") == float("-inf")
+
+
+@given(st.binary(max_size=400))
+def test_mulaw_level_equals_the_level_of_its_decoded_samples(audio: bytes) -> None:
+    """The mu-law level is read from a table of powers, without decoding: it must be the decoded audio's."""
+    expected = level_dbfs(ulaw2lin(audio), "pcm16")
+    got = level_dbfs(audio, "mulaw")
+    assert got == pytest.approx(expected, abs=1e-9) if expected != float("-inf") else got == expected
 
 
 # ------------------------------------------------------------------- the judge
