@@ -234,6 +234,29 @@ async def test_output_paces_audio_and_reports_what_was_heard():
     assert kinds.index("BotStoppedSpeakingFrame") < kinds.index("EndFrame")
 
 
+async def test_small_frames_queued_back_to_back_are_written_together_up_to_a_chunk():
+    """A TTS streaming 10 ms frames: the writes join them up to ``chunk_duration`` (fewer, larger writes),
+    never across two contexts, and the audio written is exactly the audio given, in order."""
+    output = RecordingOutput(lead=0.1, chunk_duration=0.04)
+    frames: list = []
+    given = b""
+    for context_id, seconds in (("c1", 0.5), ("c2", 0.3)):
+        frames.append(TTSStartedFrame(context_id=context_id))
+        for i in range(int(seconds / 0.01)):
+            audio = bytes((i % 256, 0)) * int(RATE * 0.01)  # each frame its own samples
+            given += audio
+            frames.append(TTSAudioRawFrame(audio, RATE, context_id=context_id))
+        frames.append(TTSStoppedFrame(context_id=context_id))
+    await run_pipeline([output], frames, timeout=5)
+    chunks = [c for _, c in output.writes]
+    assert b"".join(c.audio for c in chunks) == given
+    assert max(c.duration for c in chunks) == pytest.approx(0.04)
+    assert all(c.duration <= 0.04 + 1e-9 for c in chunks)
+    assert len(chunks) <= 0.8 / 0.04 + 4  # joined: 80 frames of 10 ms in about 20 writes
+    assert sum(c.duration for c in chunks if c.context_id == "c1") == pytest.approx(0.5)
+    assert sum(c.duration for c in chunks if c.context_id == "c2") == pytest.approx(0.3)
+
+
 async def test_interruption_clears_and_reports_only_the_played_words():
     output = EchoingOutput(lead=0.1, marker_interval=0.1)
     async with PipelineHarness([output]) as h:

@@ -27,7 +27,8 @@ Plays the bot's audio and reports what the listener heard.
 - Audio frames (``OutputAudioRawFrame``, ``TTSAudioRawFrame``; pcm16 at any
   rate, or mulaw) are queued (at most ``max_buffer`` seconds: beyond that
   ``process_frame`` waits, which slows the producer) and cut into chunks of
-  ``chunk_duration``. A task writes them paced on an absolute clock, at most
+  ``chunk_duration``; smaller frames of one context queued back to back are
+  written together, up to ``chunk_duration``. A task writes them paced on an absolute clock, at most
   ``lead`` seconds ahead of real time, so that a barge-in has little to
   throw away. Audio frames are consumed, not passed on.
 - ``BotStartedSpeakingFrame`` goes both upstream and downstream when the
@@ -495,6 +496,8 @@ class OutputTransport(FrameProcessor):
             if generation != self._generation or not self._queue or self._queue[0] is not chunk:
                 return
             self._queue.popleft()
+            if self._queue:
+                chunk = self._join_queued(chunk)
             self._queued_seconds = max(0.0, self._queued_seconds - chunk.duration)
             if self._queued_seconds < self.max_buffer:
                 self._room.set()
@@ -510,6 +513,35 @@ class OutputTransport(FrameProcessor):
             self._idle_since = None
         if started:
             await self._both_ways(BotStartedSpeakingFrame)
+
+    def _join_queued(self, chunk: AudioChunk) -> AudioChunk:
+        """``chunk`` with the queued chunks of the same audio that follow it, up to ``chunk_duration``:
+        a TTS that streams small frames fills fewer, larger writes (on the phone: fewer media
+        messages, each a JSON text, a base64 payload and a socket write)."""
+        pieces: list[bytes] | None = None
+        duration = chunk.duration
+        limit = self.chunk_duration + 1e-9
+        queue = self._queue
+        while queue:
+            item = queue[0]
+            if (
+                not isinstance(item, AudioChunk)
+                or duration + item.duration > limit
+                or item.context_id != chunk.context_id
+                or item.sample_rate != chunk.sample_rate
+                or item.encoding != chunk.encoding
+                or item.num_channels != chunk.num_channels
+            ):
+                break
+            queue.popleft()
+            if pieces is None:
+                pieces = [chunk.audio]
+            pieces.append(item.audio)
+            duration += item.duration
+        if pieces is None:
+            return chunk
+        audio = b"".join(pieces)
+        return AudioChunk(audio, chunk.sample_rate, chunk.encoding, chunk.num_channels, chunk.context_id, duration)
 
     async def _end_context(self, end: _ContextEnd) -> None:
         generation = self._generation
