@@ -619,10 +619,10 @@ def main() -> int:
         help="the event loop of the library processes, both libraries alike (uvloop: pip install uvloop)",
     )
     parser.add_argument(
-        "--no-warmup",
+        "--warmup",
         action="store_true",
-        help="measure from the first call (by default each library process first makes one warm-up call "
-        "per server process, not counted)",
+        help="each library process first makes one call per server process, not counted: the steady "
+        "state of a long-lived server (first-use imports and clients left out)",
     )
     parser.add_argument("--profile", help="py-spy raw output prefix (one file per round)")
     parser.add_argument(
@@ -641,7 +641,7 @@ def main() -> int:
     options = {
         "audio": args.audio,
         "loop": args.loop,
-        "warmup": not args.no_warmup,
+        "warmup": args.warmup,
         "profile": args.profile,
         "workers": args.workers,
         "chunk_ms": args.chunk_ms,
