@@ -71,7 +71,8 @@ def warnings() -> Iterator[list[str]]:
 @MODES
 async def test_compression_is_negotiated_only_with_the_sdk_connect(compression: bool) -> None:
     async with FakeDeepgram(api_key=KEY, recognizer=ScriptedRecognizer(["hello there"])) as fake:
-        stt = DeepgramSTTService(settings_for(fake, compression=compression))
+        chosen = {"compression": True} if compression else {}  # off is the default
+        stt = DeepgramSTTService(settings_for(fake, **chosen))
         async with PipelineHarness([stt]) as harness:
             await say(harness, silence(0.2) + speech(0.8) + silence(1.2))
             end = await harness.wait_for(EndOfTurnFrame, timeout=10)
