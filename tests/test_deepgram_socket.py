@@ -142,8 +142,11 @@ async def test_a_refused_upgrade_raises_the_same_api_error_as_the_sdk(status: in
     sdk, ours = errors
     assert (ours.status_code, ours.headers, ours.body) == (sdk.status_code, sdk.headers, sdk.body)
     assert ours.status_code == status and KEY not in str(ours)
+    # The refused response, where the service reads dg-error and Retry-After.
     response: Any = ours.__context__
-    assert response.headers["dg-error"] == f"injected failure {status}" == sdk.__context__.headers["dg-error"]  # type: ignore[union-attr]
+    sdk_response: Any = sdk.__context__
+    assert type(response) is type(sdk_response)
+    assert response.headers["dg-error"] == f"injected failure {status}" == sdk_response.headers["dg-error"]
     assert response.headers.get("Retry-After") == (None if retry_after is None else "1.5")
 
 
