@@ -21,10 +21,9 @@ Every upgrade request is recorded in ``attempts`` and every accepted stream
 in ``connections`` (query, headers with the key redacted, the websocket
 extensions negotiated, audio received, control messages, messages sent, how
 it closed). Like ``websockets``' server, it accepts permessage-deflate when
-the client offers it. Faults are injected per
-connection with :class:`DeepgramFaults`: as the default for all, or queued
-for the next connections with :meth:`FakeDeepgram.inject` /
-:meth:`FakeDeepgram.refuse`.
+the client offers it. Faults are injected per connection with
+:class:`DeepgramFaults`: as the default for all, or queued for the next
+connections with :meth:`FakeDeepgram.inject` / :meth:`FakeDeepgram.refuse`.
 
 Run standalone: ``python -m vantum_pipeline.testing deepgram --port 8080``.
 """
