@@ -25,9 +25,14 @@ Audio goes out frame by frame while speech is heard (from ``SpeechStarted``,
 or a local VAD's ``UserStartedSpeakingFrame``, to the end of the turn), so
 the end of a turn is never delayed; in between, in ``quiet_send_seconds``
 sends (100 ms: a fifth of the websocket messages). Everything held is sent
-before ``Finalize`` and ``CloseStream``. The SDK's websocket offers
-permessage-deflate and gives no way to turn it off: if the service accepts
-it, the audio is compressed for nothing.
+before ``Finalize`` and ``CloseStream``.
+
+The SDK's own connect offers permessage-deflate and has no option to turn it
+off: when the service accepts it, every audio message is deflated for nothing
+(μ-law and PCM do not compress) and every result inflated. So by default the
+service opens the same request itself without compression and hands the
+connection to the SDK's socket client (``deepgram_socket``);
+``DeepgramSettings.compression=True`` uses the SDK's connect as it is.
 
 Connection lifecycle, one websocket per call: opened at ``StartFrame``;
 ``KeepAlive`` whenever no audio was sent for ``keepalive_interval``;
@@ -85,6 +90,7 @@ from vantum_pipeline.frames import (
 )
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processor import FrameDirection
+from vantum_pipeline.services.deepgram_socket import connect_listen
 from vantum_pipeline.services.deepgram_turns import TurnAssembler, number
 from vantum_pipeline.services.interruptions import InterruptionPolicy
 from vantum_pipeline.services.shared_clients import shared_client
@@ -155,6 +161,9 @@ class DeepgramSettings:
     #: speaks every frame goes out at once, so the end of a turn is not delayed.
     #: 0: send every frame at once.
     quiet_send_seconds: float = 0.1
+    #: Open the websocket with the SDK's own connect, which offers permessage-deflate
+    #: (off: the same request without compression; audio does not compress).
+    compression: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, Secret):
@@ -544,7 +553,11 @@ class DeepgramSTTService(STTService):
                 logger.warning("{}: reconnecting to Deepgram in {:.2f}s (attempt {})", self.name, delay, retry)
                 await asyncio.sleep(delay)
             await self.metric("service.request", 1)
-            connection = self._client.listen.v1.connect(**self.settings.connect_options())
+            options = self.settings.connect_options()
+            if self.settings.compression:
+                connection = self._client.listen.v1.connect(**options)
+            else:
+                connection = connect_listen(self._client, options)
             try:
                 async with asyncio.timeout(self.settings.connect_timeout):
                     socket = await connection.__aenter__()

@@ -18,11 +18,12 @@ message for ``idle_timeout`` seconds with close code 1011 (NET-0001), as the
 service does.
 
 Every upgrade request is recorded in ``attempts`` and every accepted stream
-in ``connections`` (query, headers with the key redacted, audio received,
-control messages, messages sent, how it closed). Faults are injected per
-connection with :class:`DeepgramFaults`: as the default for all, or queued
-for the next connections with :meth:`FakeDeepgram.inject` /
-:meth:`FakeDeepgram.refuse`.
+in ``connections`` (query, headers with the key redacted, the websocket
+extensions negotiated, audio received, control messages, messages sent, how
+it closed). Like ``websockets``' server, it accepts permessage-deflate when
+the client offers it. Faults are injected per connection with
+:class:`DeepgramFaults`: as the default for all, or queued for the next
+connections with :meth:`FakeDeepgram.inject` / :meth:`FakeDeepgram.refuse`.
 
 Run standalone: ``python -m vantum_pipeline.testing deepgram --port 8080``.
 """
@@ -133,6 +134,8 @@ class DeepgramConnection:
     options: ListenOptions
     faults: DeepgramFaults
     opened_at: float
+    #: Websocket extensions negotiated in the upgrade (``permessage-deflate`` when the client offered it).
+    extensions: tuple[str, ...] = ()
     audio: bytearray = field(default_factory=bytearray)
     #: The size of each binary (audio) message, in order.
     audio_messages: list[int] = field(default_factory=list)
@@ -406,6 +409,7 @@ class FakeDeepgram:
     async def _handle(self, ws: ServerConnection) -> None:
         connection = self._accepted.pop(ws)
         connection._ws = ws
+        connection.extensions = tuple(extension.name for extension in ws.protocol.extensions)
         self.connections.append(connection)
         self._notify()
         stream = ListenStream(connection.options, self._transcribe, timing=self.timing, request_id=str(uuid.uuid4()))
