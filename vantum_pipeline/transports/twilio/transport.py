@@ -87,9 +87,11 @@ class TwilioTransportParams:
 
     #: Hand inbound μ-law to the pipeline undecoded (for an STT that takes mulaw).
     passthrough_input: bool = False
-    #: Audio per media message: Twilio plays any length; 40 ms halves the
-    #: messages (JSON, base64, socket writes) of 20 ms, within the lead.
-    chunk_duration: float = 0.04
+    #: Audio per media message, at most: Twilio plays any length. Longer frames
+    #: are cut to it and shorter ones queued back to back are joined up to it:
+    #: 80 ms sends a quarter of the messages (JSON, base64, socket writes) of
+    #: 20 ms. A barge-in's ``clear`` drops what Twilio holds, however long.
+    chunk_duration: float = 0.08
     #: How far ahead of real time audio is sent; what a barge-in throws away.
     lead: float = 0.1
     marker_interval: float = 0.5
