@@ -151,8 +151,6 @@ class WarningCount:
 
     def _loguru(self, message: Any) -> None:
         text = str(message.record["message"])
-        if "finishing: cancel (call ended: stop)" in text:
-            return  # the callee hung up: every call ends so
         key = " ".join(text.split()[:6])[:70]
         self.counts[key] += 1
         if os.environ.get("DENSITY_DEBUG") and self.counts[key] == 1:

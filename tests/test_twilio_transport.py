@@ -135,3 +135,44 @@ async def test_a_stream_silent_for_receive_timeout_ends_as_a_hang_up():
     assert collected.finish_reason == "cancel"
     assert transport.end_reason == "no message from Twilio for 0.3s"
     assert transport.violation is None
+
+
+class ScriptedSocket(SilentSocket):
+    """A media socket whose far end sends ``texts``, then closes normally."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = list(texts)
+
+    async def receive(self, timeout: float | None = None) -> object:
+        from aiohttp import WSMessage, WSMsgType
+
+        await asyncio.sleep(0.01)
+        if self.texts:
+            return WSMessage(WSMsgType.TEXT, self.texts.pop(0), None)
+        return WSMessage(WSMsgType.CLOSE, 1000, None)
+
+
+@pytest.mark.parametrize(
+    ("texts", "level", "reason"),
+    [
+        ([_message("stop")], "INFO", "stop"),  # a hang-up: how calls end
+        ([], "WARNING", "socket closed without 'stop'"),  # the socket went away without a word
+    ],
+)
+async def test_a_hang_up_ends_the_call_without_a_warning(texts: list[str], level: str, reason: str) -> None:
+    from loguru import logger
+
+    serializer = TwilioSerializer()
+    serializer.deserialize(START)
+    media = _message("media", media={"payload": "//8=", "track": "inbound"})
+    transport = TwilioTransport(ScriptedSocket([media, *texts]), serializer)
+    lines: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="INFO")
+    try:
+        collected = await run_pipeline([transport.input(), transport.output()], [], send_end=False, timeout=10)
+    finally:
+        logger.remove(sink)
+    assert collected.finish_reason == "cancel"
+    assert transport.end_reason == reason
+    finishing = [lvl for lvl, message in lines if "finishing: cancel" in message]
+    assert finishing == [level]

@@ -159,9 +159,13 @@ class StartFrame(SystemFrame):
 
 @dataclass(slots=True, eq=False)
 class CancelFrame(SystemFrame):
-    """Stop now: processors drop what they hold and release resources."""
+    """Stop now: processors drop what they hold and release resources.
+
+    ``expected``: the usual end of a session rather than a failure (the callee
+    hung up): the task logs it at INFO instead of WARNING."""
 
     reason: str = ""
+    expected: bool = False
 
 
 @dataclass(slots=True, eq=False)

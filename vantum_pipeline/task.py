@@ -199,11 +199,11 @@ class PipelineTask:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _finish(self, reason: str, detail: str = "") -> None:
+    def _finish(self, reason: str, detail: str = "", *, expected: bool = False) -> None:
         if self._reason is None:
             self._reason = reason
             self._graceful = reason == "end"
-            level = "DEBUG" if reason == "end" else "WARNING"
+            level = "DEBUG" if reason == "end" else "INFO" if expected else "WARNING"
             logger.log(level, "{} finishing: {}{}", self.pipeline.name, reason, f" ({detail})" if detail else "")
         self._done.set()
 
@@ -271,7 +271,9 @@ class PipelineTask:
             if self._status == "running" and self._reason is None and not self._end_requested:
                 self._end_requested = True
                 self._spawn(self._queue_end(frame.reason), "end")
-        elif isinstance(frame, CancelTaskFrame | CancelFrame):
+        elif isinstance(frame, CancelFrame):
+            self._finish("cancel", frame.reason, expected=frame.expected)
+        elif isinstance(frame, CancelTaskFrame):
             self._finish("cancel", frame.reason)
 
     async def _queue_end(self, reason: str) -> None:

@@ -307,7 +307,9 @@ class TwilioInputTransport(InputTransport):
             return
         logger.info("{}: call {}: media stream ended ({})", self.name, self.transport.call_sid, reason)
         await self._report_usage()
-        await self.push_frame(CancelFrame(reason=f"call ended: {reason}"), FrameDirection.UPSTREAM)
+        # Twilio's ``stop`` is how a call ends (a hang-up): expected, not a failure.
+        cancel = CancelFrame(reason=f"call ended: {reason}", expected=reason == "stop")
+        await self.push_frame(cancel, FrameDirection.UPSTREAM)
 
     async def _violated(self, reason: str) -> None:
         """The far end broke the protocol: end the call as a failure (the server hangs up)."""
