@@ -44,8 +44,9 @@ from typing import Final
 
 import numpy as np
 
-from vantum_pipeline.audio.mulaw import MULAW, ULAW_TO_PCM16, as_pcm16
+from vantum_pipeline.audio.mulaw import ULAW_TO_PCM16, as_pcm16
 from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.frames import MULAW
 from vantum_pipeline.settings import DEFAULT_BACKCHANNELS, InterruptionSettings
 
 __all__ = [
