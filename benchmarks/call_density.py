@@ -239,6 +239,8 @@ def _transport_params(options: dict[str, Any]) -> Any:
     params = TwilioTransportParams(passthrough_input=options.get("audio") == "phone")
     if options.get("chunk_ms"):
         params.chunk_duration = options["chunk_ms"] / 1000
+    if options.get("lead_ms"):
+        params.lead = options["lead_ms"] / 1000
     return params
 
 
@@ -487,7 +489,7 @@ def one_round(library: str, k: int, options: dict[str, Any]) -> dict[str, Any]:
             profiler = _py_spy(process.pid, f"{options['profile']}-{library}-k{k}")
         result = _recv(pipe, ROUND_TIMEOUT + 60)
         process.join(30)
-        lead = 0.04 if library == "pipecat" else 0.1
+        lead = 0.04 if library == "pipecat" else (options.get("lead_ms") or 100) / 1000
         twilio_pipe.send(("collect", lead))
         result.update(_recv(twilio_pipe, 60))
         services_pipe.send("cpu")
@@ -627,6 +629,9 @@ def main() -> int:
         "--chunk-ms", type=int, default=0, help="vantum: audio per Twilio media message (0: the transport's default)"
     )
     parser.add_argument(
+        "--lead-ms", type=int, default=0, help="vantum: audio sent ahead of real time (0: the transport's default)"
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -643,6 +648,7 @@ def main() -> int:
         "profile": args.profile,
         "workers": args.workers,
         "chunk_ms": args.chunk_ms,
+        "lead_ms": args.lead_ms,
         "baseline": str(Path(args.baseline).resolve()) if args.baseline else None,
     }
     rows = []
