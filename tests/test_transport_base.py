@@ -257,6 +257,33 @@ async def test_small_frames_queued_back_to_back_are_written_together_up_to_a_chu
     assert sum(c.duration for c in chunks if c.context_id == "c2") == pytest.approx(0.3)
 
 
+async def test_an_interruption_handled_while_playout_waits_downstream_still_stops_the_bot_downstream():
+    """The playout task is held inside a pass (its heard-text push waits on a full lane) while an
+    interruption is handled: the wake-up the interruption gives must not be lost, or the
+    downstream BotStoppedSpeakingFrame waits for the next audio or marker echo."""
+
+    class HeldOutput(RecordingOutput):
+        gate: asyncio.Event | None = None
+
+        async def _check_progress(self, now: float) -> None:
+            await super()._check_progress(now)
+            if self.gate is not None:  # stands for a push_frame waiting on a full lane
+                await self.gate.wait()
+
+    output = HeldOutput(lead=0.1)
+    async with PipelineHarness([output]) as harness:
+        for frame in speech("c1", seconds=2.0):
+            await harness.send(frame)
+        await harness.wait_for(BotStartedSpeakingFrame, timeout=2)
+        output.gate = asyncio.Event()
+        await asyncio.sleep(0.2)  # the playout is now held inside its pass
+        await harness.send(InterruptionFrame())
+        await harness.wait_for(BotStoppedSpeakingFrame, direction=FrameDirection.UPSTREAM, timeout=2)
+        gate, output.gate = output.gate, None
+        gate.set()
+        await harness.wait_for(BotStoppedSpeakingFrame, timeout=2)  # before the fix: never
+
+
 async def test_interruption_clears_and_reports_only_the_played_words():
     output = EchoingOutput(lead=0.1, marker_interval=0.1)
     async with PipelineHarness([output]) as h:

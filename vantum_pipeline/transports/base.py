@@ -465,6 +465,9 @@ class OutputTransport(FrameProcessor):
 
     async def _play(self) -> None:
         while True:
+            # Cleared at the top of each pass, not just before sleeping: a wake-up given while
+            # this pass awaits (a heard-text push on a full lane) must end this pass's sleep.
+            self._wake.clear()
             if self._stop_after_interruption:
                 await self._announce_stop_after_interruption()
             now = self._now()
@@ -486,7 +489,6 @@ class OutputTransport(FrameProcessor):
                 await self._sleep(self.progress_interval if busy else None)
 
     async def _sleep(self, seconds: float | None) -> None:
-        self._wake.clear()
         await self._wake.sleep(seconds)
 
     async def _write(self, chunk: AudioChunk) -> None:
