@@ -81,6 +81,27 @@ async def test_cancel_frame_reaches_processors_and_stuck_cleanup_is_bounded():
     assert _other_tasks() == set()
 
 
+@pytest.mark.parametrize("expected", [True, False])
+async def test_an_expected_cancel_is_logged_at_info_and_says_so_to_the_processors(expected: bool):
+    from loguru import logger
+
+    recorder = FrameRecorder()
+    task = PipelineTask(recorder, stop_timeout=0.5)
+    lines: list[str] = []
+    sink = logger.add(
+        lambda m: lines.append(m.record["level"].name), level="INFO", filter=lambda r: "finishing" in r["message"]
+    )
+    try:
+        runner = asyncio.ensure_future(task.run())
+        await asyncio.sleep(0.01)
+        await task.queue_frame(CancelFrame("call ended: stop", expected=expected))
+        await asyncio.wait_for(runner, 2)
+    finally:
+        logger.remove(sink)
+    assert lines == ["INFO" if expected else "WARNING"]
+    assert [frame.expected for frame in recorder.of_type(CancelFrame)] == [expected]
+
+
 async def test_a_thousand_pipelines_leave_no_task_behind():
     for i in range(1000):
         procs = [WithLoop(), FrameRecorder(), WithLoop()]

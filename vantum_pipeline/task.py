@@ -107,6 +107,7 @@ class PipelineTask:
         self._stopped = asyncio.Event()
         self._reason: str | None = None
         self._graceful = False
+        self._expected = False  # the cancel is the usual end of a session (CancelFrame.expected)
         self._activity = 0
         self._queued_interruptions = 0
         self._end_requested = False
@@ -142,7 +143,7 @@ class PipelineTask:
         if self._status == "finished":
             raise PipelineError(f"{self.pipeline.name} has finished; {frame.tag} was not queued")
         if isinstance(frame, CancelFrame):
-            await self.cancel(frame.reason or "cancel frame queued")
+            await self.cancel(frame.reason or "cancel frame queued", expected=frame.expected)
             return
         self._activity += 1
         if type(frame) is InterruptionFrame:
@@ -175,14 +176,17 @@ class PipelineTask:
         finally:
             await self._shutdown(feeder)
 
-    async def cancel(self, reason: str = "cancelled") -> None:
-        """Stop the pipeline now. Returns once ``run()`` has stopped (bounded)."""
+    async def cancel(self, reason: str = "cancelled", *, expected: bool = False) -> None:
+        """Stop the pipeline now. Returns once ``run()`` has stopped (bounded).
+
+        ``expected``: the usual end of a session (a hang-up), logged at INFO; the
+        ``CancelFrame`` the processors receive says so too."""
         if self._status == "idle":
             self._status = "finished"
             self._reason = "cancel"
             self._stopped.set()
             return
-        self._finish("cancel", reason)
+        self._finish("cancel", reason, expected=expected)
         try:
             async with asyncio.timeout(self._stop_timeout + 0.5):
                 await self._stopped.wait()
@@ -203,6 +207,7 @@ class PipelineTask:
         if self._reason is None:
             self._reason = reason
             self._graceful = reason == "end"
+            self._expected = expected
             level = "DEBUG" if reason == "end" else "INFO" if expected else "WARNING"
             logger.log(level, "{} finishing: {}{}", self.pipeline.name, reason, f" ({detail})" if detail else "")
         self._done.set()
@@ -293,7 +298,7 @@ class PipelineTask:
             if pending:
                 await asyncio.wait(pending, timeout=left(0.3))
             if not self._graceful:
-                cancel = CancelFrame(reason=self._reason or "cancel")
+                cancel = CancelFrame(reason=self._reason or "cancel", expected=self._expected)
                 cancel.epoch = self._state.epoch
                 delivery = self._spawn(self._head._receive(cancel, FrameDirection.DOWNSTREAM), "cancel")
                 done, _ = await asyncio.wait({delivery}, timeout=left(0.4))
