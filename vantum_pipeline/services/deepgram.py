@@ -53,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,12 +90,23 @@ from vantum_pipeline.frames import (
 )
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processor import FrameDirection
-from vantum_pipeline.services.deepgram_socket import connect_listen
 from vantum_pipeline.services.deepgram_turns import TurnAssembler, number
 from vantum_pipeline.services.interruptions import InterruptionPolicy
 from vantum_pipeline.services.shared_clients import shared_client
 from vantum_pipeline.services.stt import STTService
 from vantum_pipeline.settings import InterruptionSettings, Secret, load_env, optional_env, require_secret
+
+#: The socket without compression (``deepgram_socket``) reads deepgram-sdk 7's internals:
+#: with a release that moved them, the SDK's own connect is used (and a warning says so).
+_connect_listen: Callable[..., Any] | None
+_RAW_CONNECT_MISSING = ""
+try:
+    from vantum_pipeline.services.deepgram_socket import connect_listen as _raw_connect
+
+    _connect_listen = _raw_connect
+except ImportError as _exc:  # pragma: no cover (depends on the installed SDK)
+    _connect_listen = None
+    _RAW_CONNECT_MISSING = f"{type(_exc).__name__}: {_exc}"
 
 __all__ = ["AudioBacklog", "DeepgramSTTService", "DeepgramSettings", "TurnAssembler"]
 
@@ -345,6 +356,7 @@ class DeepgramSTTService(STTService):
         self._socket_start = 0  # absolute byte position of the current socket's t=0
         self._unbilled = 0  # bytes streamed not yet reported as usage
         self._last_send = 0.0
+        self._raw_connect_warned = False
         self._last_finalize_at = -1
         #: Speech is being heard (see ``DeepgramSettings.quiet_send_seconds``).
         self._speech = False
@@ -554,10 +566,17 @@ class DeepgramSTTService(STTService):
                 await asyncio.sleep(delay)
             await self.metric("service.request", 1)
             options = self.settings.connect_options()
-            if self.settings.compression:
+            if self.settings.compression or _connect_listen is None:
+                if _connect_listen is None and not self.settings.compression and not self._raw_connect_warned:
+                    self._raw_connect_warned = True
+                    logger.warning(
+                        "{}: this deepgram-sdk cannot open its socket without compression ({}); using its connect",
+                        self.name,
+                        _RAW_CONNECT_MISSING,
+                    )
                 connection = self._client.listen.v1.connect(**options)
             else:
-                connection = connect_listen(self._client, options)
+                connection = _connect_listen(self._client, options)
             try:
                 async with asyncio.timeout(self.settings.connect_timeout):
                     socket = await connection.__aenter__()
@@ -607,6 +626,8 @@ class DeepgramSTTService(STTService):
             logger.warning("{}: no answer from Deepgram within {:.1f}s", self.name, self.settings.connect_timeout)
         elif isinstance(exc, OSError | WebSocketException | EOFError):
             logger.warning("{}: cannot connect to Deepgram: {}: {}", self.name, type(exc).__name__, exc)
+        elif isinstance(exc, ConfigurationError):
+            raise _Fatal(str(exc)) from exc
         else:
             raise _Fatal(f"Deepgram connection failed unexpectedly: {type(exc).__name__}") from exc
         return None
