@@ -161,6 +161,34 @@ def test_heard_cut_reports_unplayed_contexts_as_empty():
     assert [(u.context_id, u.text) for u in tracker.cut(0.1)] == [("c1", ""), ("c2", "")]
 
 
+async def test_the_playout_alarm_wakes_on_set_or_its_deadline_and_leaves_no_timer():
+    from vantum_pipeline.transports.base import _Alarm
+
+    loop = asyncio.get_running_loop()
+    alarm = _Alarm()
+    alarm.set()  # given before the sleep: the sleep returns at once
+    started = loop.time()
+    await alarm.sleep(5.0)
+    assert loop.time() - started < 0.5
+    alarm.clear()
+    started = loop.time()
+    await alarm.sleep(0.05)  # nobody sets it: the deadline
+    assert loop.time() - started >= 0.04
+    loop.call_later(0.02, alarm.set)
+    started = loop.time()
+    await alarm.sleep(None)  # no deadline: only set() ends it
+    assert loop.time() - started < 0.5
+    alarm.clear()
+    sleeper = asyncio.ensure_future(alarm.sleep(5.0))
+    await asyncio.sleep(0.01)
+    sleeper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeper
+    alarm.set()  # after a cancelled sleep: harmless, and the next sleep returns at once
+    await asyncio.wait_for(alarm.sleep(5.0), 1.0)
+    assert alarm._waiter is None
+
+
 # ------------------------------------------------------------- output base
 
 
