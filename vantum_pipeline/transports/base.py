@@ -28,9 +28,11 @@ Plays the bot's audio and reports what the listener heard.
   rate, or mulaw) are queued (at most ``max_buffer`` seconds: beyond that
   ``process_frame`` waits, which slows the producer) and cut into chunks of
   ``chunk_duration``; smaller frames of one context queued back to back are
-  written together, up to ``chunk_duration``. A task writes them paced on an absolute clock, at most
-  ``lead`` seconds ahead of real time, so that a barge-in has little to
-  throw away. Audio frames are consumed, not passed on.
+  written together, up to ``chunk_duration``. A task writes them paced on an
+  absolute clock: a chunk is written once at most ``lead`` seconds are
+  buffered ahead of real time (so never more than ``lead`` plus one chunk
+  is), so that a barge-in has little to throw away. Audio frames are
+  consumed, not passed on.
 - ``BotStartedSpeakingFrame`` goes both upstream and downstream when the
   first chunk is written to an idle line; ``BotStoppedSpeakingFrame`` when
   the line has been idle for ``stop_hangover`` seconds, or at once on an
