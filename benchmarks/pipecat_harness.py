@@ -54,7 +54,39 @@ def pipecat_pass(*, direct: bool = False) -> Any:
     return Pass(enable_direct_mode=direct)
 
 
-class Vantum:
+class _Chain:
+    """What both chains share once built: ``F`` (the library's frames module), ``task`` (queues frames
+    at the head) and ``_runner`` (the running task); the frame makers and tests read ``F``."""
+
+    F: Any
+    task: Any
+    _runner: asyncio.Task[None] | None = None
+
+    def text(self, text: str) -> Any:
+        return self.F.TextFrame(text)
+
+    def audio(self) -> Any:
+        return self.F.InputAudioRawFrame(audio=b"\0" * 640, sample_rate=16000, num_channels=1)
+
+    def is_interruption(self, frame: Any) -> bool:
+        return isinstance(frame, self.F.InterruptionFrame)
+
+    def is_text(self, frame: Any) -> bool:
+        return isinstance(frame, self.F.TextFrame)
+
+    def is_audio(self, frame: Any) -> bool:
+        return isinstance(frame, self.F.InputAudioRawFrame)
+
+    async def send(self, frame: Any) -> None:
+        await self.task.queue_frame(frame)
+
+    async def stop(self) -> None:
+        await self.task.queue_frame(self.F.EndFrame())
+        assert self._runner is not None
+        await asyncio.wait_for(self._runner, 10)
+
+
+class Vantum(_Chain):
     """A vantum chain: ``n`` passes (the first ``hosted`` of them pipecat's, hosted) and a sink."""
 
     name = "vantum"
@@ -95,40 +127,16 @@ class Vantum:
         self.head = passes[0] if passes else self.gate
         chain = [*passes, *([self.gate] if gate else []), Sink()]
         self.task = PipelineTask(Pipeline(chain), end_timeout=5)
-        self._runner: asyncio.Task[None] | None = None
-
-    def text(self, text: str) -> Any:
-        return self.F.TextFrame(text)
-
-    def audio(self) -> Any:
-        return self.F.InputAudioRawFrame(b"\0" * 640, 16000)
-
-    def is_interruption(self, frame: Any) -> bool:
-        return isinstance(frame, self.F.InterruptionFrame)
-
-    def is_text(self, frame: Any) -> bool:
-        return isinstance(frame, self.F.TextFrame)
-
-    def is_audio(self, frame: Any) -> bool:
-        return isinstance(frame, self.F.InputAudioRawFrame)
 
     async def start(self) -> None:
         self._runner = asyncio.get_running_loop().create_task(self.task.run())
         await asyncio.sleep(0.05)
 
-    async def send(self, frame: Any) -> None:
-        await self.task.queue_frame(frame)
-
     async def interrupt(self) -> None:
         await self.head.push_interruption()
 
-    async def stop(self) -> None:
-        await self.task.queue_frame(self.F.EndFrame())
-        assert self._runner is not None
-        await asyncio.wait_for(self._runner, 10)
 
-
-class Pipecat:
+class Pipecat(_Chain):
     """A pipecat chain of ``n`` passes and a sink, run by a lean ``PipelineWorker``."""
 
     name = "pipecat"
@@ -173,41 +181,17 @@ class Pipecat:
             check_dangling_tasks=False,
             observers=[],
         )
-        self._runner_task: asyncio.Task[None] | None = None
-
-    def text(self, text: str) -> Any:
-        return self.F.TextFrame(text)
-
-    def audio(self) -> Any:
-        return self.F.InputAudioRawFrame(audio=b"\0" * 640, sample_rate=16000, num_channels=1)
-
-    def is_interruption(self, frame: Any) -> bool:
-        return isinstance(frame, self.F.InterruptionFrame)
-
-    def is_text(self, frame: Any) -> bool:
-        return isinstance(frame, self.F.TextFrame)
-
-    def is_audio(self, frame: Any) -> bool:
-        return isinstance(frame, self.F.InputAudioRawFrame)
 
     async def start(self) -> None:
         from pipecat.workers.runner import WorkerRunner
 
         self.runner = WorkerRunner(handle_sigint=False, check_dangling_tasks=False)
         await self.runner.add_workers(self.task)
-        self._runner_task = asyncio.get_running_loop().create_task(self.runner.run())
+        self._runner = asyncio.get_running_loop().create_task(self.runner.run())
         await asyncio.sleep(0.05)
-
-    async def send(self, frame: Any) -> None:
-        await self.task.queue_frame(frame)
 
     async def interrupt(self) -> None:
         await self.head.broadcast_interruption()
-
-    async def stop(self) -> None:
-        await self.task.queue_frame(self.F.EndFrame())
-        assert self._runner_task is not None
-        await asyncio.wait_for(self._runner_task, 10)
 
 
 Chain = Vantum | Pipecat
