@@ -386,6 +386,17 @@ async def test_a_job_another_worker_placed_is_never_redialled(
         assert attempts[1]["outcome"] == "completed"
 
 
+def claim_one(tmp_path: Path, number: str) -> tuple[Path, Any, Any]:
+    """A campaign of one prospect (its file, its config) in a fresh store, its attempt claimed for Tuesday morning."""
+    path = write_campaign(tmp_path, [number])
+    config = load_campaign(path)
+    with CampaignStore(tmp_path / "store.db") as store:
+        prepare_campaign(config, store)
+        claimed = store.claim(config.id, number, TUESDAY_MORNING.timestamp())
+    assert claimed is not None
+    return path, config, claimed
+
+
 @pytest.mark.parametrize("second", ["another-worker", "same-worker"])
 async def test_a_job_run_twice_at_once_is_dialled_once(redis_server: Any, tmp_path: Path, second: str) -> None:
     """A job runs twice at once when its in-progress key lapses while its worker is held up (a
@@ -397,12 +408,7 @@ async def test_a_job_run_twice_at_once_is_dialled_once(redis_server: Any, tmp_pa
     from arq.worker import Retry
 
     number = "+14155550106"
-    path = write_campaign(tmp_path, [number])
-    config = load_campaign(path)
-    with CampaignStore(tmp_path / "store.db") as store:
-        prepare_campaign(config, store)
-        claimed = store.claim(config.id, number, TUESDAY_MORNING.timestamp())
-    assert claimed is not None
+    path, config, claimed = claim_one(tmp_path, number)
     dials: list[tuple[str, str]] = []
     line = ScriptedLine(dials)
     opening, opened = asyncio.Event(), asyncio.Event()
@@ -484,12 +490,7 @@ async def test_a_dial_twilio_cannot_confirm_is_settled_by_the_jobs_next_run_on_a
     from arq.worker import Retry
 
     number = "+14155550107"
-    path = write_campaign(tmp_path, [number])
-    config = load_campaign(path)
-    with CampaignStore(tmp_path / "store.db") as store:
-        prepare_campaign(config, store)
-        claimed = store.claim(config.id, number, TUESDAY_MORNING.timestamp())
-    assert claimed is not None
+    path, config, claimed = claim_one(tmp_path, number)
     dials: list[tuple[str, str]] = []
     line = LostAnswerLine(dials)
 
