@@ -133,10 +133,9 @@ class VantumTurns:
 class PipecatTurns:
     def __init__(self, switcher: bool) -> None:
         from pipecat.frames import frames as F
-        from pipecat.pipeline.pipeline import Pipeline
         from pipecat.pipeline.service_switcher import ServiceSwitcher, ServiceSwitcherStrategyFailover
-        from pipecat.pipeline.worker import PipelineParams, PipelineWorker
         from pipecat.processors.frame_processor import FrameProcessor
+        from pipecat_harness import lean_worker
 
         self.F = F
         self.done = asyncio.Event()
@@ -162,15 +161,7 @@ class PipecatTurns:
         service: Any = NullTTS()
         if switcher:
             service = ServiceSwitcher([service, NullTTS()], ServiceSwitcherStrategyFailover)
-        self.task = PipelineWorker(
-            Pipeline([service, Sink()]),
-            params=PipelineParams(enable_metrics=False, enable_usage_metrics=False, send_initial_empty_metrics=False),
-            idle_timeout_secs=None,
-            enable_rtvi=False,
-            enable_turn_tracking=False,
-            check_dangling_tasks=False,
-            observers=[],
-        )
+        self.task = lean_worker([service, Sink()])
 
     async def start(self) -> None:
         from pipecat.workers.runner import WorkerRunner

@@ -54,6 +54,23 @@ def pipecat_pass(*, direct: bool = False) -> Any:
     return Pass(enable_direct_mode=direct)
 
 
+def lean_worker(processors: list[Any]) -> Any:
+    """A pipecat ``PipelineWorker`` of ``processors``, run lean: no metrics, observers, RTVI, turn
+    tracking, idle timeout or dangling-task checks (what the benchmarks compare against)."""
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+
+    return PipelineWorker(
+        Pipeline(processors),
+        params=PipelineParams(enable_metrics=False, enable_usage_metrics=False, send_initial_empty_metrics=False),
+        idle_timeout_secs=None,
+        enable_rtvi=False,
+        enable_turn_tracking=False,
+        check_dangling_tasks=False,
+        observers=[],
+    )
+
+
 class _Chain:
     """What both chains share once built: ``F`` (the library's frames module), ``task`` (queues frames
     at the head) and ``_runner`` (the running task); the frame makers and tests read ``F``."""
@@ -143,8 +160,6 @@ class Pipecat(_Chain):
 
     def __init__(self, n: int, on_tail: OnTail, *, gate: bool = False, direct: bool = False) -> None:
         from pipecat.frames import frames as F
-        from pipecat.pipeline.pipeline import Pipeline
-        from pipecat.pipeline.worker import PipelineParams, PipelineWorker
         from pipecat.processors.frame_processor import FrameProcessor
 
         self.F = F
@@ -172,15 +187,7 @@ class Pipecat(_Chain):
         self.gate = Gate() if gate else None
         self.head = passes[0] if passes else self.gate
         chain = [*passes, *([self.gate] if gate else []), Sink()]
-        self.task = PipelineWorker(
-            Pipeline(chain),
-            params=PipelineParams(enable_metrics=False, enable_usage_metrics=False, send_initial_empty_metrics=False),
-            idle_timeout_secs=None,
-            enable_rtvi=False,
-            enable_turn_tracking=False,
-            check_dangling_tasks=False,
-            observers=[],
-        )
+        self.task = lean_worker(chain)
 
     async def start(self) -> None:
         from pipecat.workers.runner import WorkerRunner
