@@ -44,10 +44,28 @@ def redis_url_from_env(url: str | None = None, env: Mapping[str, str] | None = N
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """A failure to reach Redis (worth a retry), as opposed to a command Redis refused."""
-    from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+    """A failure to reach Redis (worth a retry), as opposed to a command Redis refused.
 
-    return isinstance(exc, ConnectionError | TimeoutError | BusyLoadingError | OSError)
+    redis-py reports a connection lost while a transaction WATCHes a key (arq
+    queues every job that way) as a ``WatchError`` raised while handling the
+    connection error: that one is a connection failure too. A ``WatchError``
+    for a watched key that changed is not.
+    """
+    from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError, WatchError
+
+    lost = ConnectionError | TimeoutError | BusyLoadingError | OSError
+    if isinstance(exc, lost):
+        return True
+    seen: set[int] = set()
+    while isinstance(exc, WatchError) and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, lost):
+            return True
+        if cause is None:
+            return False
+        exc = cause
+    return False
 
 
 def redis_settings(url: str, *, conn_retries: int = 30) -> Any:
