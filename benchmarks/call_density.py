@@ -93,6 +93,40 @@ ROUND_KEYS = (
 # ------------------------------------------------------------------ library side
 
 
+class GcPauses:
+    """Python's garbage collections in this process: how many, their CPU, the longest pause."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.total = 0.0
+        self.longest = 0.0
+        self._started = 0.0
+
+    def install(self) -> None:
+        import gc
+
+        gc.callbacks.append(self._callback)
+
+    def remove(self) -> None:
+        import gc
+
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.count[info["generation"]] += 1
+        self.total += pause
+        self.longest = max(self.longest, pause)
+
+    def figures(self) -> dict[str, Any]:
+        longest = round(self.longest * 1e3, 1)
+        return {"gc_counts": list(self.count), "gc_seconds": round(self.total, 3), "gc_longest_ms": longest}
+
+
 class Usage:
     """CPU and peak RSS of this process (and its children) over a window."""
 
@@ -104,6 +138,7 @@ class Usage:
         self.base_rss = 0
         self.cpu0 = 0.0
         self._task: asyncio.Task[None] | None = None
+        self.collections = GcPauses()
 
     def _rss(self) -> int:
         total = self._process.memory_info().rss
@@ -122,6 +157,7 @@ class Usage:
         return total + times.children_user + times.children_system
 
     def start(self) -> None:
+        self.collections.install()
         self.base_rss = self.peak = self._rss()
         self.cpu0 = self._cpu()
         self._task = asyncio.ensure_future(self._sample())
@@ -131,10 +167,15 @@ class Usage:
             await asyncio.sleep(0.25)
             self.peak = max(self.peak, self._rss())
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
         if self._task is not None:
             self._task.cancel()
-        return {"cpu": self._cpu() - self.cpu0, "rss_growth": max(0, self.peak - self.base_rss)}
+        self.collections.remove()
+        return {
+            "cpu": self._cpu() - self.cpu0,
+            "rss_growth": max(0, self.peak - self.base_rss),
+            **self.collections.figures(),
+        }
 
 
 class WarningCount:
