@@ -86,6 +86,9 @@ ROUND_KEYS = (
     "outcomes",
     "warning_count",
     "wall",
+    "gc_counts",
+    "gc_seconds",
+    "gc_longest_ms",
     "root",
 )
 
@@ -592,13 +595,20 @@ def _fmt_ms(value: float | None, decimals: int = 0) -> str:
     return "-" if value is None else f"{1000 * value:.{decimals}f}"
 
 
+def _gc(row: dict[str, Any]) -> str:
+    if "gc_seconds" not in row or not row.get("cpu"):
+        return "-"
+    return f"{100 * row['gc_seconds'] / row['cpu']:.1f} / {row['gc_longest_ms']:.0f}"
+
+
 def report(rows: list[dict[str, Any]]) -> None:
     print()
     print(
         "| K | library | CPU/call (% core) | late % | eroded % | worst late ms | turn p50 ms | turn p99 ms "
-        "| added p50 / p99 ms | react p50 / p99 ms | MiB/call | done | warnings | stand-ins CPU s |"
+        "| added p50 / p99 ms | react p50 / p99 ms | MiB/call | GC % of CPU / longest ms | done | warnings "
+        "| stand-ins CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r and "cpu" not in r:
             print(f"| {r['k']} | {r['library']} | error: {r['error']} |")
@@ -612,7 +622,8 @@ def report(rows: list[dict[str, Any]]) -> None:
             f"| {1000 * r['worst_late']:.0f} | {_fmt_ms(r['latency_p50'])} | {_fmt_ms(r['latency_p99'])} "
             f"| {_fmt_ms(r.get('added_p50'), 1)} / {_fmt_ms(r.get('added_p99'), 1)} "
             f"| {_fmt_ms(r.get('react_p50'))} / {_fmt_ms(r.get('react_p99'))} "
-            f"| {p['mib']:.2f} | {r['completed']}/{r['k']} | {r['warning_count']} | {r['stand_in_cpu']:.1f} |"
+            f"| {p['mib']:.2f} | {_gc(r)} | {r['completed']}/{r['k']} | {r['warning_count']} "
+            f"| {r['stand_in_cpu']:.1f} |"
         )
     by_k: dict[int, dict[str, list[dict[str, float]]]] = {}
     for r in rows:
