@@ -554,11 +554,14 @@ def one_round(library: str, k: int, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _py_spy(pid: int, out: str) -> Any:
+    import shutil
     import subprocess
 
+    # On PATH, or installed beside this Python (a venv not activated).
+    program = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     return subprocess.Popen(
         [
-            "py-spy",
+            program,
             "record",
             "--pid",
             str(pid),
