@@ -39,8 +39,7 @@ def _free_port() -> int:
 async def _bot(websocket: Any, urls: dict[str, str], done: Any, rate: int) -> None:
     from pipecat.frames.frames import TTSSpeakFrame
     from pipecat.pipeline.pipeline import Pipeline
-    from pipecat.pipeline.runner import PipelineRunner
-    from pipecat.pipeline.task import PipelineParams, PipelineTask
+    from pipecat.pipeline.worker import PipelineParams, PipelineWorker
     from pipecat.processors.aggregators.llm_context import LLMContext
     from pipecat.processors.aggregators.llm_response_universal import (
         LLMContextAggregatorPair,
@@ -55,6 +54,7 @@ async def _bot(websocket: Any, urls: dict[str, str], done: Any, rate: int) -> No
     from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy
     from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
     from pipecat.turns.user_turn_strategies import UserTurnStrategies
+    from pipecat.workers.runner import WorkerRunner
 
     try:
         _kind, call_data = await parse_telephony_websocket(websocket)
@@ -109,7 +109,7 @@ async def _bot(websocket: Any, urls: dict[str, str], done: Any, rate: int) -> No
                 aggregators.assistant(),
             ]
         )
-        task = PipelineTask(
+        task = PipelineWorker(
             pipeline,
             params=PipelineParams(
                 audio_in_sample_rate=rate,
@@ -128,7 +128,7 @@ async def _bot(websocket: Any, urls: dict[str, str], done: Any, rate: int) -> No
             await task.cancel()
 
         await task.queue_frames([TTSSpeakFrame(standins.GREETING)])
-        await PipelineRunner(handle_sigint=False).run(task)
+        await WorkerRunner(handle_sigint=False).run(task)
     finally:
         done()
 
