@@ -108,10 +108,15 @@ async def in_browser(fn: Callable[[], Any]) -> Any:
 
 
 def wait_until(driver: Any, condition: Callable[[Any], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll ``condition`` until it holds; an element the page re-rendered meanwhile (stale) is polled again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    ignored = (NoSuchElementException, StaleElementReferenceException)
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, f"waited {timeout:.0f}s for {what}")
+        return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(
+            condition, f"waited {timeout:.0f}s for {what}"
+        )
     except Exception:
         print("the page showed:", driver.execute_script("return document.body.innerText"))
         raise
@@ -123,6 +128,14 @@ def text_of(driver: Any, selector: str) -> str:
         "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText);", selector
     )
     return " ".join(texts)
+
+
+def attribute_of(driver: Any, selector: str, name: str) -> str | None:
+    """An attribute of the first element matching ``selector``, read at once (the page re-renders)."""
+    value: str | None = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e && e.getAttribute(arguments[1]);", selector, name
+    )
+    return value
 
 
 async def test_the_console_follows_a_faked_call_live_to_its_recording(browser, tmp_path):
@@ -232,8 +245,7 @@ async def test_the_console_follows_a_faked_call_live_to_its_recording(browser, t
                     lambda d: d.find_element(By.ID, "detail").get_attribute("data-call-id") == call.sid,
                     "the call's details",
                 )
-                audio = browser.find_element(By.ID, "recording")
-                wait_until(browser, lambda d: audio.is_displayed(), "the audio player")
+                wait_until(browser, lambda d: d.find_element(By.ID, "recording").is_displayed(), "the audio player")
                 playback = browser.execute_async_script(
                     """
                     const done = arguments[arguments.length - 1];
@@ -258,9 +270,7 @@ async def test_the_console_follows_a_faked_call_live_to_its_recording(browser, t
                     "cost": text_of(browser, "#detail-cost"),
                     "facts": text_of(browser, "#detail-facts"),
                     "campaign": text_of(browser, "#campaigns .campaign"),
-                    "progress": browser.find_element(By.CSS_SELECTOR, "#campaigns .progress").get_attribute(
-                        "aria-valuenow"
-                    ),
+                    "progress": attribute_of(browser, "#campaigns .progress", "aria-valuenow"),
                     "chart": len(browser.find_elements(By.CSS_SELECTOR, "#campaigns svg.spend path.line")),
                     "source": browser.page_source,
                 }
@@ -432,8 +442,9 @@ voices = false
                 "[...document.querySelectorAll('#finished-calls tr.call')]"
                 ".find(r => r.querySelector('.outcome').textContent === 'meeting_booked').click();"
             )
-            audio = browser.find_element(By.ID, "recording")
-            wait_until(browser, lambda d: audio.is_displayed(), "the booked call's recording")
+            wait_until(
+                browser, lambda d: d.find_element(By.ID, "recording").is_displayed(), "the booked call's recording"
+            )
             duration = browser.execute_async_script(
                 """
                 const done = arguments[arguments.length - 1];
@@ -452,7 +463,7 @@ voices = false
                     ".map(e => [e.dataset.outcome, Number(e.querySelector('b').textContent)]));",
                     f"{card} .outcome-count",
                 ),
-                "progress": browser.find_element(By.CSS_SELECTOR, f"{card} .progress").get_attribute("aria-valuenow"),
+                "progress": attribute_of(browser, f"{card} .progress", "aria-valuenow"),
                 "finished": text_of(browser, "#finished-calls .outcome"),
                 "seen": browser.execute_script("return window.seen;"),
                 "source": browser.page_source,
