@@ -87,6 +87,7 @@ ROUND_KEYS = (
     "warning_count",
     "wall",
     "gc_counts",
+    "gc_collected",
     "gc_seconds",
     "gc_longest_ms",
     "root",
@@ -101,6 +102,7 @@ class GcPauses:
 
     def __init__(self) -> None:
         self.count = [0, 0, 0]
+        self.collected = [0, 0, 0]
         self.total = 0.0
         self.longest = 0.0
         self._started = 0.0
@@ -122,12 +124,18 @@ class GcPauses:
             return
         pause = time.perf_counter() - self._started
         self.count[info["generation"]] += 1
+        self.collected[info["generation"]] += info["collected"]
         self.total += pause
         self.longest = max(self.longest, pause)
 
     def figures(self) -> dict[str, Any]:
         longest = round(self.longest * 1e3, 1)
-        return {"gc_counts": list(self.count), "gc_seconds": round(self.total, 3), "gc_longest_ms": longest}
+        return {
+            "gc_counts": list(self.count),
+            "gc_collected": list(self.collected),
+            "gc_seconds": round(self.total, 3),
+            "gc_longest_ms": longest,
+        }
 
 
 class Usage:

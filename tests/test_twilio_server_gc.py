@@ -1,4 +1,4 @@
-"""The Twilio server sets the process's start-up objects aside from garbage collection while it serves."""
+"""The Twilio server sets the garbage collector up for calls while it serves, and puts it back after."""
 
 from __future__ import annotations
 
@@ -34,16 +34,18 @@ class Node:
 @pytest.fixture(autouse=True)
 def thawed():
     gc.unfreeze()
+    before = gc.get_threshold()
     assert gc.get_freeze_count() == 0
     yield
     gc.unfreeze()
+    gc.set_threshold(*before)
 
 
 async def test_objects_alive_at_start_are_frozen_until_stop_and_garbage_is_collected_first() -> None:
     kept = Node()
     Node()  # garbage already: collected at start, never frozen with the rest
     async with server() as one:
-        assert one._holds_heap
+        assert one._holds_gc
         frozen = gc.get_freeze_count()
         assert frozen > 1000  # the modules and the SDKs, at least
         assert not any(o is kept for o in gc.get_objects())  # set aside: no pass walks it
@@ -51,22 +53,41 @@ async def test_objects_alive_at_start_are_frozen_until_stop_and_garbage_is_colle
     assert any(o is kept for o in gc.get_objects())  # given back to the collector
 
 
-async def test_the_heap_stays_frozen_until_the_last_server_stops() -> None:
+async def test_the_young_threshold_is_raised_while_serving_and_put_back_after() -> None:
+    gc.set_threshold(700, 10, 10)
+    async with server():
+        assert gc.get_threshold() == (10_000, 10, 10)
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+async def test_a_threshold_the_application_raised_further_is_left_alone() -> None:
+    gc.set_threshold(50_000, 20, 5)
+    async with server():
+        assert gc.get_threshold() == (50_000, 20, 5)
+    assert gc.get_threshold() == (50_000, 20, 5)
+
+
+async def test_the_set_up_holds_until_the_last_server_stops() -> None:
+    gc.set_threshold(700, 10, 10)
     first, second = server(), server()
     await first.start()
     await second.start()
     try:
         await first.stop()
         assert gc.get_freeze_count() > 0, "the first stop thawed the heap while the second server serves"
+        assert gc.get_threshold() == (10_000, 10, 10)
     finally:
         await second.stop()
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == (700, 10, 10)
 
 
-async def test_freeze_gc_false_leaves_the_collector_alone() -> None:
-    async with server(freeze_gc=False) as one:
-        assert not one._holds_heap
+async def test_tune_gc_false_leaves_the_collector_alone() -> None:
+    gc.set_threshold(700, 10, 10)
+    async with server(tune_gc=False) as one:
+        assert not one._holds_gc
         assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == (700, 10, 10)
 
 
 async def test_a_start_that_fails_holds_nothing() -> None:
@@ -94,3 +115,15 @@ async def test_a_second_stop_releases_nothing() -> None:
     assert gc.get_freeze_count() > 0
     await second.stop()
     assert gc.get_freeze_count() == 0
+
+
+async def test_cyclic_garbage_made_while_serving_is_still_collected_without_asking() -> None:
+    import weakref
+
+    async with server():
+        first = Node()
+        watch = weakref.ref(first)
+        del first
+        for _ in range(30_000):  # three young thresholds' worth of tracked allocations
+            Node()
+        assert watch() is None, "the collector never ran while the server served"
