@@ -434,6 +434,8 @@ async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any])
             records = await asyncio.gather(*(one(i) for i in range(k)))
         wall = time.monotonic() - t0
         figures = usage.stop()
+    for key in ("gc_counts", "gc_collected", "gc_seconds", "gc_longest_ms"):
+        figures.pop(key, None)  # this process's collector, not the workers': not the calls' figure
     outcomes = Counter(r.outcome.value for r in records)
     return {**figures, "wall": wall, "outcomes": dict(outcomes), "rss_base": usage.base_rss}
 
