@@ -127,3 +127,19 @@ async def test_cyclic_garbage_made_while_serving_is_still_collected_without_aski
         for _ in range(30_000):  # three young thresholds' worth of tracked allocations
             Node()
         assert watch() is None, "the collector never ran while the server served"
+
+
+async def test_a_stop_that_is_cancelled_still_puts_the_collector_back() -> None:
+    import asyncio
+
+    gc.set_threshold(700, 10, 10)
+    one = server()
+    await one.start()
+    stopping = asyncio.ensure_future(one.stop())
+    await asyncio.sleep(0)  # under way: waiting on the listener's cleanup
+    assert not stopping.done()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == (700, 10, 10)
+    await one.stop()  # a second stop finishes the rest and releases nothing more

@@ -58,12 +58,13 @@ raises its youngest threshold from 700 to 10,000 allocations. Calls make
 little cyclic garbage: with the defaults, 100 calls ran 25 young passes a
 second and a full pass every five seconds (each walking the calls' 150,000
 or so live objects), and all of them together freed about 2,400 objects in
-twenty seconds. In the call-density benchmark (8 kHz, two alternating rounds each
-against no tuning): the collector's time falls from 6.9 % to 1.0 % of the
-process's CPU time at K = 100 and from 14.5 % to 2.8 % at K = 200, and its
-longest pause (it stalls every call of the process) from 170-185 ms to
-36 ms and from 350-400 ms to 43-47 ms. Full passes still run, after about a
-million allocations, so cycles that outlive a call are still freed.
+twenty seconds. In the call-density benchmark (8 kHz, two alternating
+rounds each against no tuning): the collector's time falls from 6.9 % to
+1.0 % of the process's CPU time at K = 100 and from 14.5 % to 2.8 % at
+K = 200, and its longest pause (it stalls every call of the process) from
+170-185 ms to 36 ms and from 350-400 ms to 43-47 ms. Full passes still run,
+after about a million allocations, so cycles that outlive a call are still
+freed. ``tune_gc=False`` leaves the collector to the application.
 
 Isolation: each call runs in its own request handler; an exception, a
 malformed stream or a failed service ends that call only. When a pipeline
@@ -334,22 +335,25 @@ class TwilioServer:
         REST API (within ``SETTLE_TIMEOUT`` seconds, side by side) or ends as
         ``error``. A call still ringing is not hung up; one still being placed
         is left to ``place_call``."""
-        active = list(self.active.values())
-        await self._all(pipeline.cancel("server stopping") for a in active if (pipeline := a.task) is not None)
-        await self._all(a.transport.close(WSCloseCode.GOING_AWAY, "server stopping") for a in active)
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2.0)
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-        await self._all(self._settle(call) for call in self.registry.calls() if call.sid is not None and not call.ended)
-        if self._own_client:
-            await self.client.aclose()
-        if self._holds_gc:
-            self._holds_gc = False
-            _ServingGc.release()
+        try:
+            active = list(self.active.values())
+            await self._all(pipeline.cancel("server stopping") for a in active if (pipeline := a.task) is not None)
+            await self._all(a.transport.close(WSCloseCode.GOING_AWAY, "server stopping") for a in active)
+            for task in self._tasks:
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=2.0)
+            if self._runner is not None:
+                runner, self._runner = self._runner, None
+                await runner.cleanup()
+            unsettled = (call for call in self.registry.calls() if call.sid is not None and not call.ended)
+            await self._all(self._settle(call) for call in unsettled)
+            if self._own_client:
+                await self.client.aclose()
+        finally:
+            if self._holds_gc:  # even when stopping failed or was cancelled
+                self._holds_gc = False
+                _ServingGc.release()
 
     async def _settle(self, call: OutboundCall) -> None:
         """The record of a call whose last status will never reach this server (it stops)."""
