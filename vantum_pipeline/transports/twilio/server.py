@@ -57,7 +57,7 @@ about 158,000 objects) out of the collector's reach (``gc.freeze``), and
 raises its youngest threshold from 700 to 10,000 allocations. Calls make
 little cyclic garbage: with the defaults, 100 calls ran 25 young passes a
 second and a full pass every five seconds (each walking the calls' 150,000
-or so live objects), and all of them together freed about 2,400 objects in
+or so live objects), and all of them together freed 2,400 to 5,600 objects in
 twenty seconds. In the call-density benchmark (8 kHz, two alternating
 rounds each against no tuning): the collector's time falls from 6.9 % to
 1.0 % of the process's CPU time at K = 100 and from 14.5 % to 2.8 % at
