@@ -64,6 +64,8 @@ FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
 MULAW_SILENCE = 0xFF
 #: Most bot audio Twilio's side buffers (bytes of μ-law: 120 s).
 MAX_PLAYBACK_BYTES = 8000 * 120
+#: How long a hang-up waits for the server to answer its close, reading on meanwhile (seconds).
+CLOSE_WAIT = 5.0
 _SILENCE_FRAME = bytes([MULAW_SILENCE]) * FRAME_BYTES
 
 
@@ -256,6 +258,8 @@ class Callee:
         self._bot_chunks = 0
         self._heard_mark = 0
         self._send_lock = asyncio.Lock()
+        #: Why the stream is being ended from Twilio's side, once ``end`` has begun.
+        self._ending: str | None = None
 
     # ------------------------------------------------------------- queries
 
@@ -367,9 +371,13 @@ class Callee:
                 await self.websocket.send_str(message)
 
     async def end(self, reason: str) -> None:
-        """End the stream from Twilio's side: ``stop``, then close."""
+        """End the stream from Twilio's side: ``stop``; ``run`` then closes the socket (see ``CLOSE_WAIT``)."""
         if self.ended.is_set():
             return
+        if self._ending is not None:  # another hang-up is sending ``stop``: wait for it
+            await self.ended.wait()
+            return
+        self._ending = reason
         try:
             await self._send(
                 {
@@ -380,10 +388,8 @@ class Callee:
             )
         except Exception as exc:  # the server may have closed first: the stream ends all the same
             logger.info("fake callee {}: 'stop' not sent ({}: {}): {}", self.call_sid, type(exc).__name__, exc, reason)
-        self._finish(reason)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
-                await self.websocket.close()
+        finally:
+            self._finish(reason)
 
     # ------------------------------------------------------------- running
 
@@ -415,6 +421,14 @@ class Callee:
         except TimeoutError:
             await self.end(f"call reached {self.max_seconds:.0f}s")
         finally:
+            if self._ending is not None:
+                # After ``stop``: the close handshake, reading (and dropping) what still comes until the
+                # server's close. A socket closed with unread data in it is reset by the kernel, and a
+                # reset discards what the server had not read yet, ``stop`` included: a server running
+                # behind would see the socket end without it.
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(CLOSE_WAIT):
+                        await self.websocket.close()
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=2.0)
@@ -471,7 +485,7 @@ class Callee:
         speech or silence) and play 20 ms of the bot's buffered audio."""
         start = self._loop.time()
         tick = 0
-        while not self.ended.is_set():
+        while not self.ended.is_set() and self._ending is None:  # no media after ``stop``
             await self._send_media(tick)
             await self._play(tick * FRAME_SECONDS + (start - self._t0))
             self._tick.set()
@@ -508,6 +522,8 @@ class Callee:
             elif message.type is WSMsgType.BINARY:
                 self.protocol_errors.append("binary message (Twilio expects JSON text)")
             else:
+                if self._ending is not None:
+                    return  # the close after ``stop`` (``run``) broke the wait: it reads on until the server's close
                 self.close_code = self.websocket.close_code
                 self.close_reason = str(message.extra or "") if message.type is WSMsgType.CLOSE else ""
                 self._finish(f"server closed ({self.close_code})")
