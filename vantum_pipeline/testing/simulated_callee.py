@@ -32,7 +32,7 @@ from loguru import logger
 from vantum_pipeline.audio.mulaw import ulaw2lin
 from vantum_pipeline.audio.resample import StreamResampler
 from vantum_pipeline.services.offline.agent import SalesScript
-from vantum_pipeline.services.offline.espeak import CALLEE_VOICE, EspeakSynthesizer, EspeakVoice
+from vantum_pipeline.services.offline.espeak import CALLEE_VOICE, EspeakSynthesizer, EspeakVoice, Synthesis
 from vantum_pipeline.services.offline.language_model import DomainLanguageModel
 from vantum_pipeline.services.offline.recognizer import SAMPLE_RATE, PocketsphinxRecognizer
 from vantum_pipeline.testing.callee import Callee, load_speech
@@ -102,12 +102,22 @@ class SimulatedCallee:
     def __post_init__(self) -> None:
         self._synthesizer = EspeakSynthesizer(self.voice)
         self._recognizer: PocketsphinxRecognizer | None = None
+        self._speech: dict[str, Synthesis] = {}
 
     def prepare(self) -> None:
-        """Build the recognizer now (a second or so) rather than on the call."""
+        """Build the recognizer and say every line once now (a second or so), rather than on the call.
+
+        Lines said ahead sound the same on every run: espeak-ng keeps state in
+        the process from one synthesis to the next (the bot's included), so a
+        line synthesized when it is due would depend on how much the bot had
+        said by then, and a barge-in line on when the bot was cut.
+        """
         if self._recognizer is None:
             model = DomainLanguageModel.from_phrases(self.bot_phrases, pronunciations=self.pronunciations)
             self._recognizer = PocketsphinxRecognizer(model)
+        for line in self.lines:
+            if line.text not in self._speech:
+                self._speech[line.text] = self._synthesizer.synthesize(line.text)
 
     async def __call__(self, callee: Callee) -> None:
         await asyncio.to_thread(self.prepare)
@@ -144,7 +154,9 @@ class SimulatedCallee:
         return start - 0.05  # the first 20 ms frames came before bot_speaking said so
 
     async def _say(self, callee: Callee, line: CalleeLine, *, barge_in: bool = False) -> None:
-        speech = await asyncio.to_thread(self._synthesizer.synthesize, line.text)
+        speech = self._speech.get(line.text)
+        if speech is None:  # not prepared: said now
+            speech = await asyncio.to_thread(self._synthesizer.synthesize, line.text)
         if self.on_event is not None and not barge_in:
             self.on_event("callee", line.text, callee.now())
         start = callee.now()
