@@ -459,6 +459,42 @@ async def test_the_request_carries_the_history_window(fake: FakeOpenAI) -> None:
     assert sent[-1] == {"role": "user", "content": "last question"} and sent[1]["content"] == "answer 7"
 
 
+async def test_the_bodies_sent_are_what_the_sdks_create_would_send(fake: FakeOpenAI) -> None:
+    # The service posts its body with the client's own post(), skipping create()'s transform of the
+    # body (a walk of the whole history per request). That is only right while the transform leaves
+    # every body this service builds unchanged: history, an interrupted reply, a call and its
+    # result, tools offered and refused.
+    from openai._utils import async_maybe_transform
+    from openai.types.chat.completion_create_params import CompletionCreateParamsStreaming
+
+    async def check_calendar(args: dict[str, Any]) -> dict[str, Any]:
+        return {"free": ["Tuesday 10:00"], "note": None}
+
+    tool = Tool(
+        "check_calendar",
+        "Free demo slots on a day",
+        {"type": "object", "properties": {"day": {"type": "string", "enum": ["Tuesday"]}}, "required": ["day"]},
+        check_calendar,
+    )
+    fake.script(
+        Reply("Let me check.", tool_calls=[ToolCall("check_calendar", {"day": "Tuesday"})]),
+        "Tuesday at ten works.",
+    )
+    context = conversation()
+    context.add_user("Hello?")
+    context.add_assistant("Hi, this is Sarah from Vantum, do you", interrupted=True)
+    context.add_user('Who is this? Ünïcödé, quotes " and a tab\t.')
+    llm = OpenAILLMService(settings_for(fake, top_p=0.5), tools=[tool])
+    await run_pipeline([UserAggregator(context), llm], [EndOfTurnFrame("Can we meet Tuesday?")])
+    bodies = [request.body for request in fake.chat_requests]
+    assert len(bodies) == 2 and "tools" in bodies[0] and bodies[1]["messages"][-1]["role"] == "tool"
+    for body in bodies:
+        assert await async_maybe_transform(body, CompletionCreateParamsStreaming) == body
+    # create()'s authentication: the key as a bearer token, and nothing else.
+    for request in fake.chat_requests:
+        assert request.path == "/v1/chat/completions" and request.headers["Authorization"] == "Bearer ***"
+
+
 # --------------------------------------------------------------- settings
 
 

@@ -46,6 +46,16 @@ this policy is the only one in force, and the SDK gets an explicit timeout
 (``openai.Timeout``, the httpx timeout class the SDK uses: connect
 ``connect_timeout``, read ``read_timeout``) instead of its 10-minute default.
 
+The request goes out through the client's own ``post`` (the SDK's documented
+way to send a request it does not model), to the same path, with the same
+authentication, options and stream class as ``chat.completions.create``,
+which would first pass the body through the SDK's ``transform``: a walk of
+every message of the history against the parameters' type hints that
+returns a plain JSON body such as ours unchanged, and took 4 ms for a
+21-message history on this library's test machine, on every request, on the
+turn's path. A test checks that the transform leaves the bodies this service
+builds unchanged, so an SDK release that starts changing them shows up.
+
 Metrics (``MetricsFrame`` downstream, ``labels={"service": "openai"}``):
 ``latency.llm_ttft`` (request sent → first token, per request),
 ``usage.llm_prompt_tokens`` / ``usage.llm_completion_tokens`` (the usage
@@ -67,7 +77,8 @@ from typing import Any, ClassVar
 
 import openai
 from loguru import logger
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from vantum_pipeline.errors import ConfigurationError, ServiceError
 from vantum_pipeline.frames import MetricsFrame
@@ -92,6 +103,8 @@ __all__ = ["FirstTokenTimeout", "OpenAILLMService", "OpenAISettings"]
 
 SERVICE = "openai"
 _LABELS = {"service": SERVICE}
+_PATH = "/chat/completions"
+_STREAM = AsyncStream[ChatCompletionChunk]
 
 
 def _default_retry() -> RetryPolicy:
@@ -427,7 +440,15 @@ class OpenAILLMService(LLMService):
             buffered: list[Any] = []
             try:
                 async with asyncio.timeout(s.first_token_timeout):
-                    stream = await client.chat.completions.create(**params)
+                    # chat.completions.create without its transform of the body (see the module docstring).
+                    stream = await client.post(
+                        _PATH,
+                        cast_to=ChatCompletion,
+                        body=params,
+                        options={"security": {"bearer_auth": True}},
+                        stream=True,
+                        stream_cls=_STREAM,
+                    )
                     while True:
                         try:
                             chunk = await stream.__anext__()
