@@ -246,6 +246,44 @@ async def test_server_errors_are_retried_with_backoff(fake: FakeOpenAI, fault: F
     assert len(metrics(out.downstream, "service.retry")) == 2
 
 
+NOT_CHUNKS = [
+    '"just a string"',
+    '{"choices": "abc"}',
+    '{"choices": [7]}',
+    '{"choices": [{"delta": "hi"}]}',
+    '{"choices": [{"delta": {"content": 5}}]}',
+    '{"choices": [{"delta": {"tool_calls": [{"index": "0"}]}}]}',
+    '{"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": 1}}]}}]}',
+    '{"choices": [], "usage": {"prompt_tokens": "many"}}',
+]
+
+
+@pytest.mark.parametrize("data", NOT_CHUNKS)
+async def test_an_event_that_is_not_a_chunk_before_the_first_token_is_retried(fake: FakeOpenAI, data: str) -> None:
+    fake.fail_next(Fault.malformed_event(0, data=data))
+    fake.script("Here I am.")
+    context = conversation()
+    context.add_user("Hello?")
+    out = await run_pipeline([OpenAILLMService(settings_for(fake))], [LLMContextFrame(context)], timeout=10)
+    assert len(fake.chat_requests) == 2
+    assert texts(out.downstream) == "Here I am."
+    assert len(metrics(out.downstream, "protocol.malformed")) == 1
+
+
+@pytest.mark.parametrize("data", NOT_CHUNKS)
+async def test_an_event_that_is_not_a_chunk_mid_reply_ends_the_reply_where_it_is(fake: FakeOpenAI, data: str) -> None:
+    fake.fail_next(Fault.malformed_event(2, data=data))
+    fake.script("One two three four five six.")
+    context = conversation()
+    context.add_user("Hello?")
+    out = await run_pipeline([OpenAILLMService(settings_for(fake))], [LLMContextFrame(context)], timeout=10)
+    assert len(fake.chat_requests) == 1  # tokens were spoken: a retry would repeat them
+    said = texts(out.downstream)
+    assert said and "One two three four five six.".startswith(said) and said != "One two three four five six."
+    assert len(metrics(out.downstream, "protocol.malformed")) == 1
+    assert len(out.of_type(LLMFullResponseStartFrame)) == len(out.of_type(LLMFullResponseEndFrame)) == 1
+
+
 @pytest.mark.parametrize(
     "fault",
     [Fault.unauthorized(), Fault.rate_limited(quota=True), Fault.http_error(503, "busy", should_retry=False)],

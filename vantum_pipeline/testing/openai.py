@@ -129,6 +129,8 @@ class Fault:
     should_retry: bool | None = None
     after_tokens: int = 0
     seconds: float | None = None
+    #: A malformed event's ``data:`` (None: a line that is not JSON).
+    data: str | None = None
 
     @classmethod
     def http_error(
@@ -211,9 +213,12 @@ class Fault:
         return cls("error_event", after_tokens=after_tokens, message=message, error_type="server_error")
 
     @classmethod
-    def malformed_event(cls, after_tokens: int = 1) -> Fault:
-        """A ``data:`` line that is not JSON mid-stream, then the end of the body."""
-        return cls("malformed_event", after_tokens=after_tokens)
+    def malformed_event(cls, after_tokens: int = 1, data: str | None = None) -> Fault:
+        """A ``data:`` line that is not JSON (or is ``data``, JSON that is not a
+        chunk: ``'{"choices": "abc"}'``) mid-stream, then the end of the body."""
+        if data is not None and ("\n" in data or "\r" in data):
+            raise ValueError("a malformed event's data must be one line")
+        return cls("malformed_event", after_tokens=after_tokens, data=data)
 
     @classmethod
     def close_without_done(cls, after_tokens: int | None = None) -> Fault:
@@ -637,7 +642,10 @@ class FakeOpenAI:
             await send(encode_sse(error_body(fault.message, type=fault.error_type or "server_error")))
             return True
         if fault.kind == "malformed_event":
-            await send(b'data: {"id": "chatcmpl-broken", "choices": [{"delta": \n\n')
+            if fault.data is None:
+                await send(b'data: {"id": "chatcmpl-broken", "choices": [{"delta": \n\n')
+            else:
+                await send(b"data: " + fault.data.encode() + b"\n\n")
             return True
         if fault.kind == "close_without_done":
             return True
