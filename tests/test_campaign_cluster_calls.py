@@ -252,9 +252,17 @@ async def test_a_campaign_on_three_workers_survives_a_killed_worker_and_a_redis_
         )
     assert len(calls) >= 200
 
-    # The account's cap held across the workers, and the test did load it.
+    # The account's cap held across the workers, and the test did load it. One exception, by design
+    # (ClusterLeases.keep): a worker whose event loop stalled past the lease TTL (3 s here; a CI run
+    # on a loaded machine did) finds its place taken when it renews, and its call goes on over the
+    # limit, logged as such. Each such lapse may add one call; nothing else may.
     peak = peak_concurrency(calls)
-    assert peak <= CALL_CAP, f"{peak} calls in progress at once; the cluster's cap is {CALL_CAP}"
+    lapses = sum(
+        (tmp_path / f"worker{i}.log").read_text().count("none free under calls: over the limit") for i in range(WORKERS)
+    )
+    assert peak <= CALL_CAP + lapses, (
+        f"{peak} calls in progress at once; the cluster's cap is {CALL_CAP}, with {lapses} logged lapse(s)"
+    )
     assert peak >= CALL_CAP - 2, f"the workers never came near the cap ({peak}): the test did not load it"
 
     # `campaign status --redis`: the store's counts, and the live workers' summed.
