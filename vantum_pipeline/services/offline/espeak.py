@@ -12,6 +12,16 @@ thread-safe: every call into it holds one process-wide lock, and the voice is
 set on each call, so several synthesizers with different voices can share
 the library.
 
+A synthesis is not independent of the ones before it in the process: the
+same text in the same voice can come out as a slightly different waveform
+(state inside libespeak-ng that no API call resets: the pitch flutter of its
+classic and Klatt generators, and more: a synthesis in a speechPlayer voice
+such as the bot's, whose generator keeps no flutter state, still changes a
+later one in another voice, depending on its text). It sounds the same to a
+listener, but a speech recognizer may hear it differently, so a test that
+judges recognition of synthesized speech synthesizes it in a fresh process
+(as ``tests/test_offline_demo.py`` runs the demo).
+
 Word timings come from espeak's word events (start of each word in the audio);
 a word ends where its sound ends: the last loud sample before the next word
 starts, so the pause after a comma is not counted as the word.
