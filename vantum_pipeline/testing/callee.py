@@ -374,18 +374,25 @@ class Callee:
         """End the stream from Twilio's side: ``stop``; ``run`` then closes the socket (see ``CLOSE_WAIT``)."""
         if self.ended.is_set():
             return
-        if self._ending is not None:  # another hang-up is sending ``stop``: wait for it
-            await self.ended.wait()
+        if self._ending is not None:  # another hang-up is sending ``stop`` (bounded below): wait for it
+            try:
+                async with asyncio.timeout(CLOSE_WAIT + 1.0):
+                    await self.ended.wait()
+            except TimeoutError:
+                logger.warning("fake callee {}: the hang-up in progress did not end the stream", self.call_sid)
+                self._finish(reason)
             return
         self._ending = reason
         try:
-            await self._send(
-                {
-                    "event": "stop",
-                    "streamSid": self.stream_sid,
-                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-                }
-            )
+            # Bounded: a server that reads nothing leaves the send waiting on a full socket buffer.
+            async with asyncio.timeout(CLOSE_WAIT):
+                await self._send(
+                    {
+                        "event": "stop",
+                        "streamSid": self.stream_sid,
+                        "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+                    }
+                )
         except Exception as exc:  # the server may have closed first: the stream ends all the same
             logger.info("fake callee {}: 'stop' not sent ({}: {}): {}", self.call_sid, type(exc).__name__, exc, reason)
         finally:
