@@ -252,6 +252,7 @@ NOT_CHUNKS = [
     '{"choices": [7]}',
     '{"choices": [{"delta": "hi"}]}',
     '{"choices": [{"delta": {"content": 5}}]}',
+    '{"choices": [{"delta": {"tool_calls": 5}}]}',
     '{"choices": [{"delta": {"tool_calls": [{"index": "0"}]}}]}',
     '{"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": 1}}]}}]}',
     '{"choices": [], "usage": {"prompt_tokens": "many"}}',

@@ -319,8 +319,11 @@ class _Chunk:
                 content = delta.get("content")
                 if content:
                     chunk.content += _text(content, "delta content")
-                for call in delta.get("tool_calls") or ():
-                    chunk.calls.append(_call_delta(call))
+                calls = delta.get("tool_calls")
+                if calls:
+                    if not isinstance(calls, list):
+                        raise _MalformedChunk("tool_calls that are not a list")
+                    chunk.calls.extend(_call_delta(call) for call in calls)
             elif delta is not None:
                 raise _MalformedChunk("a delta that is not an object")
             finish = choice.get("finish_reason")
