@@ -259,13 +259,18 @@ NOT_CHUNKS = [
 ]
 
 
-@pytest.mark.parametrize("data", NOT_CHUNKS)
-async def test_an_event_that_is_not_a_chunk_before_the_first_token_is_retried(fake: FakeOpenAI, data: str) -> None:
-    fake.fail_next(Fault.malformed_event(0, data=data))
-    fake.script("Here I am.")
+async def reply_with_a_bad_event(fake: FakeOpenAI, data: str, after_tokens: int, reply: str) -> Any:
+    """One turn whose stream carries ``data`` after ``after_tokens`` tokens (then a clean reply)."""
+    fake.fail_next(Fault.malformed_event(after_tokens, data=data))
+    fake.script(reply)
     context = conversation()
     context.add_user("Hello?")
-    out = await run_pipeline([OpenAILLMService(settings_for(fake))], [LLMContextFrame(context)], timeout=10)
+    return await run_pipeline([OpenAILLMService(settings_for(fake))], [LLMContextFrame(context)], timeout=10)
+
+
+@pytest.mark.parametrize("data", NOT_CHUNKS)
+async def test_an_event_that_is_not_a_chunk_before_the_first_token_is_retried(fake: FakeOpenAI, data: str) -> None:
+    out = await reply_with_a_bad_event(fake, data, 0, "Here I am.")
     assert len(fake.chat_requests) == 2
     assert texts(out.downstream) == "Here I am."
     assert len(metrics(out.downstream, "protocol.malformed")) == 1
@@ -273,11 +278,7 @@ async def test_an_event_that_is_not_a_chunk_before_the_first_token_is_retried(fa
 
 @pytest.mark.parametrize("data", NOT_CHUNKS)
 async def test_an_event_that_is_not_a_chunk_mid_reply_ends_the_reply_where_it_is(fake: FakeOpenAI, data: str) -> None:
-    fake.fail_next(Fault.malformed_event(2, data=data))
-    fake.script("One two three four five six.")
-    context = conversation()
-    context.add_user("Hello?")
-    out = await run_pipeline([OpenAILLMService(settings_for(fake))], [LLMContextFrame(context)], timeout=10)
+    out = await reply_with_a_bad_event(fake, data, 2, "One two three four five six.")
     assert len(fake.chat_requests) == 1  # tokens were spoken: a retry would repeat them
     said = texts(out.downstream)
     assert said and "One two three four five six.".startswith(said) and said != "One two three four five six."
