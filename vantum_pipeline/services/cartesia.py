@@ -93,6 +93,7 @@ from vantum_pipeline.services.shared_clients import shared_client
 from vantum_pipeline.services.tts import TTSService, TTSTiming, TTSTurn, TurnState, UnspokenText
 from vantum_pipeline.services.tts_cache import TTSCache, TTSCacheKey
 from vantum_pipeline.settings import Secret, load_env, optional_env, require_secret
+from vantum_pipeline.warmup import http_stacks, import_available, register
 
 if TYPE_CHECKING:
     from cartesia import AsyncCartesia
@@ -475,3 +476,26 @@ async def _close_quietly(conn: Any) -> None:
             await conn.close()
     except Exception as exc:  # closing a dead socket may raise anything; it is gone either way
         logger.debug("cartesia: closing the websocket: {}", exc)
+
+
+def _warm_up() -> None:
+    """The cartesia SDK (imported when the service first connects) and its request types, which its
+    ``send`` loads on first use (see ``vantum_pipeline.warmup``)."""
+    from cartesia._utils import maybe_transform
+    from cartesia.types import WebsocketClientEventParam
+
+    # The client's resources (its ``tts`` property imports the package, every resource with it).
+    import_available(["cartesia.resources", "cartesia.lib._tts", "websockets.asyncio.client", "distro"])
+    request = {
+        "context_id": "warm-up",
+        "model_id": "sonic-2",
+        "transcript": "Hello.",
+        "voice": {"id": "warm-up"},
+        "output_format": {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000},
+        "continue": False,
+    }
+    maybe_transform(request, WebsocketClientEventParam)
+
+
+register("cartesia", _warm_up)
+register("http", http_stacks)

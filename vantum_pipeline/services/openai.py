@@ -103,6 +103,7 @@ from vantum_pipeline.services.answer_cache import AnswerCache
 from vantum_pipeline.services.llm import FirstTokenTimeout, LLMReply, LLMService
 from vantum_pipeline.services.shared_clients import shared_client
 from vantum_pipeline.settings import Secret, load_env, optional_env, require_secret
+from vantum_pipeline.warmup import http_stacks, register
 
 __all__ = ["FirstTokenTimeout", "OpenAILLMService", "OpenAISettings"]
 
@@ -713,3 +714,6 @@ class OpenAILLMService(LLMService):
             result = ToolResult({"error": str(exc)})
         context.add_tool_result(call.id, result_text(result.content))
         return result
+
+
+register("http", http_stacks)

@@ -26,6 +26,7 @@ from vantum_pipeline.errors import ServiceError
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.telephony.numbers import mask_number
 from vantum_pipeline.telephony.settings import TwilioSettings
+from vantum_pipeline.warmup import register
 
 __all__ = ["TwilioCallError", "TwilioRestClient", "mask_numbers"]
 
@@ -199,3 +200,18 @@ class TwilioRestClient:
         if started_after is not None:
             options["start_time_after"] = started_after
         return list(await self._call("listing calls", lambda: client.calls.list_async(**options), retryable=_transient))
+
+
+def _warm_up() -> None:
+    """The Twilio SDK's REST client and call resources, which load on first use (see ``vantum_pipeline.warmup``)."""
+    try:
+        import twilio.twiml.voice_response  # noqa: F401  (TwiML for answers and redirects)
+        from twilio.http.async_http_client import AsyncTwilioHttpClient  # noqa: F401
+        from twilio.rest import Client
+    except ImportError:  # the twilio extra is not installed: nothing to warm
+        return
+    client = Client("AC" + "0" * 32, "warm-up", environment={"TWILIO_EDGE": "", "TWILIO_REGION": ""})
+    client.calls("CA" + "0" * 32)  # builds the call resources; sends nothing
+
+
+register("twilio-rest", _warm_up)

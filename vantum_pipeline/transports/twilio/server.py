@@ -66,6 +66,11 @@ K = 200, and its longest pause (it stalls every call of the process) from
 after about a million allocations, so cycles that outlive a call are still
 freed. ``tune_gc=False`` leaves the collector to the application.
 
+Start: ``warm_up=True`` (the default) runs ``vantum_pipeline.warmup`` in a
+thread before the server serves: the imports and first-use set-up the SDKs
+would otherwise do in the first call (559 modules in the call-density
+benchmark), on the event loop, stalling every call of the process.
+
 Isolation: each call runs in its own request handler; an exception, a
 malformed stream or a failed service ends that call only. When a pipeline
 ends on our side (goodbye said, ``end_call``, budget, error) the call is hung
@@ -90,6 +95,7 @@ from typing import Any, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
 
+from vantum_pipeline import warmup
 from vantum_pipeline.errors import ConfigurationError, ProtocolError, ServiceError
 from vantum_pipeline.observability.retry import RetryExhausted
 from vantum_pipeline.task import PipelineTask
@@ -215,6 +221,7 @@ class TwilioServer:
     long a final status callback that arrives while the call's pipeline is
     still running waits for it to finish (so that the pipeline's failure
     decides the outcome). ``tune_gc``: see *Memory* in the module docstring.
+    ``warm_up``: see *Start* in the module docstring.
     """
 
     def __init__(
@@ -237,6 +244,7 @@ class TwilioServer:
         stream_limit: StreamLimit | None = None,
         listen: bool = True,
         tune_gc: bool = True,
+        warm_up: bool = True,
     ) -> None:
         self.settings = settings
         self.public_base_url = settings.public_base_url
@@ -260,6 +268,7 @@ class TwilioServer:
         #: False: ``start`` opens no socket; connections accepted elsewhere come in through ``adopt``.
         self.listen = listen
         self.tune_gc = tune_gc
+        self.warm_up = warm_up
         self._holds_gc = False
         self.active: dict[str, _ActiveCall] = {}
         #: Media sockets accepted and not closed yet, started or not: what ``max_calls`` bounds.
@@ -290,6 +299,9 @@ class TwilioServer:
     async def start(self) -> None:
         from twilio.request_validator import RequestValidator
 
+        if self.warm_up and warmup.pending():
+            # Before the heap is frozen (tune_gc), so that what it imports is frozen with the rest.
+            await asyncio.to_thread(warmup.warm_up)
         self._validator = RequestValidator(self.settings.auth_token.reveal())
         if not self.settings.validate_signatures:
             logger.warning(
