@@ -6,22 +6,9 @@ import gc
 import socket
 
 import pytest
-
-from vantum_pipeline.settings import Secret
-from vantum_pipeline.telephony.settings import TwilioSettings
-from vantum_pipeline.transports.twilio.server import TwilioServer
+from twilio_scripted import idle_server
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def server(**options: object) -> TwilioServer:
-    settings = TwilioSettings(
-        account_sid="AC" + "0" * 32,
-        auth_token=Secret("f" * 32),
-        from_number="+15005550006",
-        public_base_url="https://calls.example.com",
-    )
-    return TwilioServer(settings, lambda call: None, host="127.0.0.1", port=0, **options)  # type: ignore[arg-type,return-value]
 
 
 class Node:
@@ -44,7 +31,7 @@ def thawed():
 async def test_objects_alive_at_start_are_frozen_until_stop_and_garbage_is_collected_first() -> None:
     kept = Node()
     Node()  # garbage already: collected at start, never frozen with the rest
-    async with server() as one:
+    async with idle_server() as one:
         assert one._holds_gc
         frozen = gc.get_freeze_count()
         assert frozen > 1000  # the modules and the SDKs, at least
@@ -55,21 +42,21 @@ async def test_objects_alive_at_start_are_frozen_until_stop_and_garbage_is_colle
 
 async def test_the_young_threshold_is_raised_while_serving_and_put_back_after() -> None:
     gc.set_threshold(700, 10, 10)
-    async with server():
+    async with idle_server():
         assert gc.get_threshold() == (10_000, 10, 10)
     assert gc.get_threshold() == (700, 10, 10)
 
 
 async def test_a_threshold_the_application_raised_further_is_left_alone() -> None:
     gc.set_threshold(50_000, 20, 5)
-    async with server():
+    async with idle_server():
         assert gc.get_threshold() == (50_000, 20, 5)
     assert gc.get_threshold() == (50_000, 20, 5)
 
 
 async def test_the_set_up_holds_until_the_last_server_stops() -> None:
     gc.set_threshold(700, 10, 10)
-    first, second = server(), server()
+    first, second = idle_server(), idle_server()
     await first.start()
     await second.start()
     try:
@@ -84,7 +71,7 @@ async def test_the_set_up_holds_until_the_last_server_stops() -> None:
 
 async def test_tune_gc_false_leaves_the_collector_alone() -> None:
     gc.set_threshold(700, 10, 10)
-    async with server(tune_gc=False) as one:
+    async with idle_server(tune_gc=False) as one:
         assert not one._holds_gc
         assert gc.get_freeze_count() == 0
         assert gc.get_threshold() == (700, 10, 10)
@@ -95,7 +82,7 @@ async def test_a_start_that_fails_holds_nothing() -> None:
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     try:
-        one = server()
+        one = idle_server()
         one.port = taken.getsockname()[1]
         with pytest.raises(OSError):
             await one.start()
@@ -107,7 +94,7 @@ async def test_a_start_that_fails_holds_nothing() -> None:
 
 
 async def test_a_second_stop_releases_nothing() -> None:
-    first, second = server(), server()
+    first, second = idle_server(), idle_server()
     await first.start()
     await second.start()
     await first.stop()
@@ -120,7 +107,7 @@ async def test_a_second_stop_releases_nothing() -> None:
 async def test_cyclic_garbage_made_while_serving_is_still_collected_without_asking() -> None:
     import weakref
 
-    async with server():
+    async with idle_server():
         first = Node()
         watch = weakref.ref(first)
         del first
@@ -133,7 +120,7 @@ async def test_a_stop_that_is_cancelled_still_puts_the_collector_back() -> None:
     import asyncio
 
     gc.set_threshold(700, 10, 10)
-    one = server()
+    one = idle_server()
     await one.start()
     stopping = asyncio.ensure_future(one.stop())
     await asyncio.sleep(0)  # under way: waiting on the listener's cleanup

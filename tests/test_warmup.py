@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 from loguru import logger
+from twilio_scripted import idle_server
 
 from vantum_pipeline import warmup
-from vantum_pipeline.settings import Secret
-from vantum_pipeline.telephony.settings import TwilioSettings
-from vantum_pipeline.transports.twilio.server import TwilioServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,30 +71,20 @@ class Made:
     """An object a warm-up step leaves behind (as an import leaves its module's objects)."""
 
 
-def server(**options: object) -> TwilioServer:
-    settings = TwilioSettings(
-        account_sid="AC" + "0" * 32,
-        auth_token=Secret("f" * 32),
-        from_number="+15005550006",
-        public_base_url="https://calls.example.com",
-    )
-    return TwilioServer(settings, lambda call: None, host="127.0.0.1", port=0, **options)  # type: ignore[arg-type,return-value]
-
-
 async def test_the_server_warms_up_before_it_freezes_the_heap(registry: None) -> None:
     made: list[Made] = []
     warmup.register("test", lambda: made.append(Made()))
-    async with server():
+    async with idle_server():
         assert len(made) == 1 and warmup.pending() == []
         # Made before the heap was frozen: no collection walks it.
         assert not any(o is made[0] for o in gc.get_objects())
-    async with server():  # a second start has nothing left to do
+    async with idle_server():  # a second start has nothing left to do
         assert len(made) == 1
 
 
 async def test_warm_up_false_leaves_the_steps_to_the_first_call(registry: None) -> None:
     warmup.register("test", lambda: None)
-    async with server(warm_up=False):
+    async with idle_server(warm_up=False):
         assert warmup.pending() == ["test"]
 
 

@@ -16,6 +16,7 @@ import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -306,3 +307,18 @@ def load_example() -> types.ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up while being built
     spec.loader.exec_module(module)
     return module
+
+
+def idle_server(**options: Any) -> Any:
+    """A TwilioServer on a free port whose pipeline factory is never called (for lifecycle tests)."""
+    from vantum_pipeline.settings import Secret
+    from vantum_pipeline.telephony.settings import TwilioSettings
+    from vantum_pipeline.transports.twilio.server import TwilioServer
+
+    settings = TwilioSettings(
+        account_sid="AC" + "0" * 32,
+        auth_token=Secret("f" * 32),
+        from_number="+15005550006",
+        public_base_url="https://calls.example.com",
+    )
+    return TwilioServer(settings, lambda call: None, host="127.0.0.1", port=0, **options)  # type: ignore[arg-type]
