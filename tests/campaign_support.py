@@ -39,7 +39,7 @@ def write_campaign(
     rules: str = "",
     extra: str = "",
     dnc: list[str] | None = None,
-    hours: str = 'days = ["mon","tue","wed","thu","fri","sat","sun"]\nstart = "00:00"\nend = "23:59"',
+    hours: str = 'days = ["mon","tue","wed","thu","fri","sat","sun"]\nstart = "00:00"\nend = "24:00"',
 ) -> Path:
     """A campaign file in ``folder`` with ``prospects`` as (number, name) rows (or CSV text)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -171,7 +171,7 @@ calls_per_second = 5
 [rules.calling_hours]
 days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 start = "00:00"
-end = "23:59"
+end = "24:00"
 
 [rules.outcomes]
 busy = {{ action = "retry", delay_seconds = 0.5, max_attempts = 2 }}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -36,6 +38,25 @@ def test_minimal_file_gets_the_product_defaults(tmp_path: Path) -> None:
     assert config.outcome_rules["failed"].action is Action.REMOVE
     assert config.outcome_rules["do_not_call"].action is Action.DNC
     assert config.resolved_folder() == tmp_path / "runs" / "spring-outreach"
+
+
+def test_a_window_may_end_at_midnight(tmp_path: Path) -> None:
+    # "24:00": to the end of the day. "23:59" left the day's last minute out, and a campaign meant to
+    # run around the clock stopped there (in New York, 04:59-05:00 UTC in winter).
+    text = MINIMAL + '\n[rules.calling_hours]\nstart = "00:00"\nend = "24:00"\ndays = ["sat"]\n'
+    hours = parse_campaign(text, tmp_path / "c.toml").calling_hours
+    assert hours.window_text() == "00:00-24:00 sat"
+    new_york = ZoneInfo("America/New_York")
+    saturday = dt.datetime(2026, 12, 5, tzinfo=new_york)
+    for at in (saturday, saturday.replace(hour=23, minute=59, second=59, microsecond=999_999)):
+        assert hours.allows(at, new_york), at
+    assert not hours.allows(saturday + dt.timedelta(days=1), new_york)  # Sunday midnight: the next day
+    assert not hours.allows(saturday - dt.timedelta(microseconds=1), new_york)  # Friday's last instant
+    assert hours.next_opening(saturday - dt.timedelta(hours=1), new_york) == saturday
+    # Only the end may be midnight, and 24:30 is no time.
+    for bad in ('start = "24:00"', 'end = "24:30"'):
+        with pytest.raises(CampaignFileError):
+            parse_campaign(MINIMAL + f"\n[rules.calling_hours]\n{bad}\n", tmp_path / "c.toml")
 
 
 def test_the_example_file_is_valid() -> None:

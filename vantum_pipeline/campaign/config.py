@@ -44,6 +44,7 @@ from typing import Any
 
 from vantum_pipeline.campaign.rules import (
     DEFAULT_OUTCOME_RULES,
+    END_OF_DAY,
     WEEKDAYS,
     Action,
     CallingHours,
@@ -407,11 +408,14 @@ class _Reader:
         if isinstance(value, dt.time):
             return value
         if isinstance(value, str):
+            if key == "end" and value.strip() in ("24:00", "24:00:00"):
+                return END_OF_DAY  # a window to midnight ("23:59" would leave the day's last minute out)
             try:
                 return dt.time.fromisoformat(value)
             except ValueError:
                 pass
-        raise self.fail(f"{prefix}.{key}", f'must be a time of day like "09:00", got {value!r}')
+        hint = ' (or "24:00" for an end at midnight)' if key == "end" else ""
+        raise self.fail(f"{prefix}.{key}", f'must be a time of day like "09:00"{hint}, got {value!r}')
 
     def read_rule(self, table: Mapping[str, Any], prefix: str, base: OutcomeRule | None) -> OutcomeRule:
         self.only(table, prefix, {"action", "delay_minutes", "delay_seconds", "max_attempts", "then"})

@@ -55,6 +55,7 @@ from vantum_pipeline.errors import ConfigurationError
 __all__ = [
     "COUNTRY_TIMEZONES",
     "DEFAULT_OUTCOME_RULES",
+    "END_OF_DAY",
     "WEEKDAYS",
     "Action",
     "CallingHours",
@@ -67,6 +68,8 @@ __all__ = [
 ]
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: A calling window's ``end`` at midnight (``"24:00"`` in a campaign file): the window runs to the end of the day.
+END_OF_DAY = dt.time.max
 
 
 class ProspectState(enum.StrEnum):
@@ -197,7 +200,8 @@ def zone(name: str, *, field: str = "timezone") -> ZoneInfo:
 
 @dataclass(frozen=True, slots=True)
 class CallingHours:
-    """When calls may start, in the prospect's local time: ``start`` ≤ t < ``end`` on ``days``."""
+    """When calls may start, in the prospect's local time: ``start`` ≤ t < ``end`` on ``days``
+    (``end`` = ``END_OF_DAY``: to midnight, the whole of the last minute included)."""
 
     start: dt.time = dt.time(9, 0)
     end: dt.time = dt.time(20, 0)
@@ -211,7 +215,9 @@ class CallingHours:
 
     def allows(self, at: dt.datetime, tz: ZoneInfo) -> bool:
         local = at.astimezone(tz)
-        return local.weekday() in self.days and self.start <= local.time().replace(tzinfo=None) < self.end
+        clock = local.time().replace(tzinfo=None)
+        # END_OF_DAY ("24:00") closes the window at midnight: the day's last instant is in it.
+        return local.weekday() in self.days and self.start <= clock and (clock < self.end or self.end == END_OF_DAY)
 
     def next_opening(self, at: dt.datetime, tz: ZoneInfo) -> dt.datetime:
         """``at`` if calls are allowed then, else when the next window opens (UTC)."""
@@ -241,7 +247,8 @@ class CallingHours:
 
     def window_text(self) -> str:
         days = ",".join(WEEKDAYS[d] for d in sorted(self.days))
-        return f"{self.start:%H:%M}-{self.end:%H:%M} {days}"
+        end = "24:00" if self.end == END_OF_DAY else f"{self.end:%H:%M}"
+        return f"{self.start:%H:%M}-{end} {days}"
 
 
 #: Country calling code → time zone, for countries with one zone. Countries
