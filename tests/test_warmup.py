@@ -59,6 +59,16 @@ def test_each_step_runs_once_and_a_failed_one_is_logged_and_skipped(registry: No
     assert ran == ["one", "two", "three"]
 
 
+def test_a_step_that_registers_a_step_does_not_deadlock(registry: None) -> None:
+    # As when a step imports an application module that imports a service module.
+    ran: list[str] = []
+    warmup.register("outer", lambda: warmup.register("inner", lambda: ran.append("inner")))
+    assert warmup.warm_up().keys() == {"outer"}
+    assert warmup.pending() == ["inner"]
+    warmup.warm_up()
+    assert ran == ["inner"]
+
+
 def test_a_step_registered_twice_before_the_warm_up_runs_once(registry: None) -> None:
     ran: list[str] = []
     warmup.register("http", lambda: ran.append("first"))
