@@ -267,8 +267,8 @@ async def test_a_hang_up_reaches_a_server_that_runs_behind():
     async def bot(socket: web.WebSocketResponse, app: App) -> None:
         try:
             while (message := await socket.receive()).type is WSMsgType.TEXT:
-                if json.loads(message.data)["event"] == "start":
-                    sid = json.loads(message.data)["streamSid"]
+                if (first := json.loads(message.data))["event"] == "start":
+                    sid = first["streamSid"]
                     break
             payload = mulaw(0.2)
 

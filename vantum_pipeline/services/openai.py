@@ -289,8 +289,8 @@ class _Chunk:
     #: (index, id, name, arguments) of each tool-call delta.
     calls: list[tuple[int, str, str, str]] = field(default_factory=list)
     finish: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    #: (prompt, completion) tokens, from the usage chunk; None on the others.
+    usage: tuple[int, int] | None = None
 
     @property
     def carries_output(self) -> bool:
@@ -305,8 +305,7 @@ class _Chunk:
         if usage is not None:
             if not isinstance(usage, dict):
                 raise _MalformedChunk("usage that is not an object")
-            chunk.prompt_tokens = _count(usage.get("prompt_tokens"))
-            chunk.completion_tokens = _count(usage.get("completion_tokens"))
+            chunk.usage = (_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
         choices = data.get("choices")
         if choices is None:
             return chunk
@@ -638,8 +637,8 @@ class OpenAILLMService(LLMService):
                     except openai.OpenAIError as exc:
                         await self.metric("service.error", 1)
                         raise _service_error(exc) from exc
-                if chunk.prompt_tokens is not None:
-                    await self._usage(chunk.prompt_tokens, chunk.completion_tokens or 0)
+                if chunk.usage is not None:
+                    await self._usage(*chunk.usage)
                 if chunk.content:
                     said += chunk.content
                     await reply.token(chunk.content, self.name)
