@@ -131,6 +131,67 @@ def test_events_are_ordered_and_timed(synthesizer: EspeakSynthesizer, callee_mod
     assert final.confidence >= 0.5
 
 
+@pytest.mark.parametrize("hiss", [0.0, 20.0], ids=["digital silence", "line hiss"])
+def test_a_final_does_not_depend_on_where_the_phone_frames_fell(
+    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel, hiss: float
+) -> None:
+    # The same two lines, said into the call after a little more or less quiet: the phone's
+    # 20 ms frames fall differently against the endpointer's 30 ms ones. The finals must not
+    # change. (They did: "What is the price?" came out as "what is right" on most alignments.)
+    lines = [
+        phone_line(synthesizer.synthesize(text, CALLEE_VOICE).audio, synthesizer.sample_rate)
+        for text in (
+            "Yes, I have a minute.",
+            "What is the price?",
+        )
+    ]
+    frame = 320  # 20 ms at 16 kHz
+    rng = np.random.default_rng(3)
+    results: list[list[FinalTranscript]] = []
+    for lead, gap in itertools.product((50, 51, 52), (60, 61, 62)):
+        parts = [np.zeros(lead * frame, np.int16), lines[0], np.zeros(gap * frame, np.int16), lines[1]]
+        audio = np.concatenate([*parts, np.zeros(50 * frame, np.int16)]).astype(np.float64)
+        if hiss:
+            audio += rng.normal(0, hiss, len(audio))
+        pcm = np.clip(audio, -32768, 32767).astype(np.int16).tobytes()
+        recognizer = PocketsphinxRecognizer(callee_model)
+        finals = [e for e in feed_in_chunks(recognizer, pcm, chunk=2 * frame) if isinstance(e, FinalTranscript)]
+        results.append(finals)
+    # The endpointer decides on 30 ms frames, so where an utterance starts may move by a
+    # frame; its words must not, and their times only by that much.
+    assert {tuple(f.text for f in finals) for finals in results} == {tuple(f.text for f in results[0])}
+    assert len(results[0]) == 2 and all(f.text for f in results[0])
+    for finals in results[1:]:
+        for final, first in zip(finals, results[0], strict=True):
+            assert final.confidence == pytest.approx(first.confidence, abs=0.05)
+            shifts = [a - b for (_, a, _), (_, b, _) in zip(final.words, first.words, strict=True)]
+            assert max(shifts) - min(shifts) <= 0.031, (final.words, first.words)
+
+
+def test_recognize_hears_the_same_words_after_any_amount_of_quiet(
+    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel
+) -> None:
+    speech = phone_line(
+        synthesizer.synthesize("Thursday at ten works for me.", CALLEE_VOICE).audio, synthesizer.sample_rate
+    )
+    loud = np.flatnonzero(np.abs(speech) > 100)
+    speech = speech[loud[0] : loud[-1] + 1]  # no quiet of its own
+    recognizer = PocketsphinxRecognizer(callee_model)
+    recognizer.recognize(speech.tobytes())  # what was decoded before does not matter either
+    finals = []
+    for before, after in ((0, 0), (37, 5), (800, 1601), (1600, 333), (16000, 8000), (24011, 0)):
+        pcm = np.concatenate((np.zeros(before, np.int16), speech, np.zeros(after, np.int16))).tobytes()
+        final = recognizer.recognize(pcm)
+        # Word times stay on the audio given: they move with the quiet before the speech.
+        finals.append((final, [(w, a - before / 16000) for w, a, _ in final.words]))
+    first, first_words = finals[0]
+    assert {"thursday", "ten"} <= set(first.text.split())
+    for final, words in finals[1:]:
+        assert final.text == first.text and final.confidence == first.confidence
+        for (word, at), (first_word, first_at) in zip(words, first_words, strict=True):
+            assert word == first_word and at == pytest.approx(first_at, abs=0.002)  # times are rounded to 1 ms
+
+
 def test_the_callee_side_recognizes_the_bot_lines(
     synthesizer: EspeakSynthesizer, bot_model: DomainLanguageModel
 ) -> None:
