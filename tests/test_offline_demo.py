@@ -33,10 +33,11 @@ SCRIPT = SalesScript()
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
     # In a process of its own, as a new user runs it (README command 1). In a test worker the
     # callee's lines would be synthesized after whatever other tests had espeak-ng say: the library
-    # keeps state from one synthesis to the next (not only in the voice's generator), so the same
-    # line comes out as a slightly different waveform, and the barge-in line "What is the price?"
-    # was once heard as "what is right". In a fresh process the callee's lines are the first
-    # syntheses, so the callee sounds the same on every run.
+    # keeps state from one synthesis to the next, so the same line comes out as a slightly
+    # different waveform. In a fresh process the callee's lines are the first syntheses, so the
+    # callee sounds the same on every run. (What the bot hears of them does not depend on the
+    # call's timing either: see the recognizer's notes. Where the phone's 20 ms frames fell once
+    # turned the barge-in line "What is the price?" into "what is right", even in a fresh process.)
     out = tmp_path_factory.mktemp("demo")
     result = subprocess.run(
         [sys.executable, "-m", "vantum_pipeline", "demo", "--out", str(out)],

@@ -254,6 +254,8 @@ def test_silence_and_noise_give_no_transcript(callee_model: DomainLanguageModel)
     noise = (np.random.default_rng(3).normal(0, 30, 16000 * 2)).astype(np.int16).tobytes()
     events = feed_in_chunks(recognizer, noise)
     assert not any(isinstance(e, FinalTranscript) and e.text for e in events)
+    for quiet in (b"", bytes(3200)):
+        assert recognizer.recognize(quiet).text == ""
 
 
 def test_odd_byte_counts_are_rejected(callee_model: DomainLanguageModel) -> None:
