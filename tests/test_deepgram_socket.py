@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from deepgram import AsyncDeepgramClient
 from deepgram.core.api_error import ApiError
-from deepgram.listen.v1.socket_client import AsyncV1SocketClient
+from deepgram.core.unchecked_base_model import construct_type
+from deepgram.listen.v1.socket_client import AsyncV1SocketClient, V1SocketClientResponse
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from loguru import logger
 
-from vantum_pipeline.errors import ConfigurationError
-from vantum_pipeline.frames import EndOfTurnFrame, ErrorFrame, InputAudioRawFrame
+from vantum_pipeline.errors import ConfigurationError, ProtocolError
+from vantum_pipeline.frames import (
+    EndOfTurnFrame,
+    ErrorFrame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+)
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.services.deepgram import DeepgramSettings, DeepgramSTTService
-from vantum_pipeline.services.deepgram_socket import connect_listen, listen_request
+from vantum_pipeline.services.deepgram_socket import JSONMessage, ListenSocket, connect_listen, listen_request
+from vantum_pipeline.services.deepgram_turns import TurnAssembler
 from vantum_pipeline.settings import Secret
 from vantum_pipeline.testing.deepgram import DeepgramFaults, FakeDeepgram, ScriptedRecognizer, UpgradeAttempt
 from vantum_pipeline.testing.pipeline import PipelineHarness
@@ -110,7 +121,7 @@ async def test_the_request_is_the_one_the_sdk_builds() -> None:
         async with client.listen.v1.connect(**options):
             pass
         async with connect_listen(client, options) as socket:
-            assert isinstance(socket, AsyncV1SocketClient)
+            assert isinstance(socket, AsyncV1SocketClient) and isinstance(socket, ListenSocket)
         await fake.wait_for_attempts(2)
     sdk, ours = fake.attempts
     assert request_of(ours) == request_of(sdk)
@@ -200,3 +211,110 @@ async def test_a_stalled_upgrade_is_bounded_by_connect_timeout_in_both_modes(
             end = await harness.wait_for(EndOfTurnFrame, timeout=10)
     assert end.text == "Still here." and len(fake.attempts) == 2 and len(fake.connections) == 1
     assert any("no answer from Deepgram within 0.3s" in line for line in warnings)
+
+
+# --------------------------------------------------------- reading messages
+
+
+async def test_both_modes_give_the_same_frames() -> None:
+    """The SDK's models (its connect) and JSONMessage (ours) read alike: the same frames, field for field."""
+    seen: list[list[tuple[Any, ...]]] = []
+    for compression in (True, False):
+        recognizer = ScriptedRecognizer(["hello there friend", "what is the price", "thursday at ten"])
+        async with FakeDeepgram(api_key=KEY, recognizer=recognizer) as fake:
+            stt = DeepgramSTTService(settings_for(fake, compression=compression))
+            async with PipelineHarness([stt]) as harness:
+                for seed in range(3):
+                    await say(harness, speech(1.2, seed=seed) + silence(1.5))
+                    await harness.wait_for(EndOfTurnFrame, count=seed + 1, timeout=10)
+        seen.append(
+            [
+                (
+                    type(f).__name__,
+                    *(getattr(f, n, None) for n in ("text", "confidence", "timestamp", "words", "language")),
+                )
+                for f in harness.downstream
+                if isinstance(f, InterimTranscriptionFrame | TranscriptionFrame | EndOfTurnFrame)
+            ]
+        )
+        assert stt.malformed == 0
+    sdk, ours = seen
+    assert ours == sdk
+    assert [f for f in ours if f[0] == "EndOfTurnFrame"] and [f for f in ours if f[0] == "InterimTranscriptionFrame"]
+
+
+_NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), st.booleans(), st.text(max_size=3)
+)
+_TEXTS = st.one_of(st.text(max_size=8), st.none(), st.integers(0, 3))
+_WORD = st.fixed_dictionaries(
+    {},
+    optional={"word": _TEXTS, "punctuated_word": _TEXTS, "start": _NUMBERS, "end": _NUMBERS, "confidence": _NUMBERS},
+)
+_ALTERNATIVE = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "transcript": _TEXTS,
+            "confidence": _NUMBERS,
+            "words": st.one_of(st.lists(st.one_of(_WORD, st.text(max_size=2)), max_size=3), st.none()),
+            "languages": st.one_of(st.lists(_TEXTS, max_size=2), st.none(), st.text(max_size=2)),
+        },
+    ),
+    st.text(max_size=2),
+)
+_RESULTS = st.fixed_dictionaries(
+    {"type": st.just("Results")},
+    optional={
+        "start": _NUMBERS,
+        "duration": _NUMBERS,
+        "is_final": st.one_of(st.booleans(), st.none()),
+        "speech_final": st.one_of(st.booleans(), st.none()),
+        "from_finalize": st.one_of(st.booleans(), st.none()),
+        "channel": st.one_of(
+            st.fixed_dictionaries(
+                {}, optional={"alternatives": st.one_of(st.lists(_ALTERNATIVE, max_size=2), st.none())}
+            ),
+            st.lists(st.integers(), max_size=2),
+        ),
+    },
+)
+_UTTERANCE_END = st.fixed_dictionaries({"type": st.just("UtteranceEnd")}, optional={"last_word_end": _NUMBERS})
+
+
+def _outcome(assembler: TurnAssembler, message: Any) -> Any:
+    try:
+        if message.type == "UtteranceEnd":
+            frames = [assembler.on_utterance_end(message)]
+        else:
+            frames = assembler.on_results(message)
+    except (ProtocolError, AttributeError, TypeError, ValueError, IndexError):  # what the service counts as malformed
+        return "malformed"
+    return [repr(frame) for frame in frames]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_RESULTS, _UTTERANCE_END), min_size=1, max_size=4))
+def test_a_json_message_reads_as_the_sdk_model_of_it(messages: list[dict[str, Any]]) -> None:
+    """Whatever the server sends, well-formed or not: the same frames, or malformed both ways."""
+    sdk_turns = TurnAssembler(language="en-US", min_confidence=0.5)
+    our_turns = TurnAssembler(language="en-US", min_confidence=0.5)
+    for raw in messages:
+        model = construct_type(type_=V1SocketClientResponse, object_=json.loads(json.dumps(raw)))
+        ours = JSONMessage(json.loads(json.dumps(raw)))
+        assert _outcome(our_turns, ours) == _outcome(sdk_turns, model), raw
+
+
+async def test_json_that_is_not_an_object_or_not_a_known_type_is_malformed(warnings: list[str]) -> None:
+    recognizer = ScriptedRecognizer(["still here"])
+    async with FakeDeepgram(api_key=KEY, recognizer=recognizer) as fake:
+        stt = DeepgramSTTService(settings_for(fake))
+        async with PipelineHarness([stt]) as harness:
+            connection = await fake.wait_for_connection()
+            for odd in ([1, 2], "Results", 7, None, {"type": 5}, {"type": "Gossip"}, {"no": "type"}):
+                await connection.send_raw(json.dumps(odd))
+            await say(harness, speech(0.8) + silence(1.5))
+            end = await harness.wait_for(EndOfTurnFrame, timeout=10)
+    assert end.text == "Still here."
+    assert stt.malformed == 7 and stt.reconnects == 0
+    assert len([w for w in warnings if "malformed Deepgram message" in w]) == 7

@@ -60,13 +60,6 @@ from typing import Any
 from deepgram import AsyncDeepgramClient
 from deepgram.core.api_error import ApiError
 from deepgram.environment import DeepgramClientEnvironment
-from deepgram.listen.v1.types import (
-    ListenV1Error,
-    ListenV1Metadata,
-    ListenV1Results,
-    ListenV1SpeechStarted,
-    ListenV1UtteranceEnd,
-)
 from loguru import logger
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, WebSocketException
 
@@ -523,9 +516,10 @@ class DeepgramSTTService(STTService):
 
         For a call that is over (hung up, failed): waiting for the service to
         answer a close costs a round trip per call when many end together.
-        The SDK keeps its websockets protocol as ``_websocket``; without it the
+        Our socket (``ListenSocket``) holds its websockets protocol as
+        ``protocol``, the SDK's as ``_websocket``; without either the
         connection task's bounded close handshake runs instead."""
-        protocol = getattr(self._socket, "_websocket", None)
+        protocol = getattr(self._socket, "protocol", None) or getattr(self._socket, "_websocket", None)
         transport = getattr(protocol, "transport", None)
         if isinstance(transport, asyncio.Transport) and not transport.is_closing():
             transport.abort()
@@ -741,27 +735,29 @@ class DeepgramSTTService(STTService):
     # ---------------------------------------------------------- messages
 
     async def _dispatch(self, message: Any) -> None:
-        if isinstance(message, ListenV1Results):
+        """One server message: the SDK's model of it, or a ``JSONMessage`` (``deepgram_socket``)."""
+        if isinstance(message, bytes):
+            raise ProtocolError("unexpected binary message from Deepgram", raw=message)
+        kind = getattr(message, "type", None)
+        if kind == "Results":
             await self._on_results(message)
-        elif isinstance(message, ListenV1SpeechStarted):
+        elif kind == "SpeechStarted":
             self._speech = True
             await self.speech_started()
-        elif isinstance(message, ListenV1UtteranceEnd):
+        elif kind == "UtteranceEnd":
             end = self._assembler.on_utterance_end(message)
             if end is not None:
                 self._speech = False
                 await self.end_turn(end)
-        elif isinstance(message, ListenV1Metadata):
+        elif kind == "Metadata":
             logger.debug("{}: Deepgram stream metadata: {} s", self.name, message.duration)
-        elif isinstance(message, ListenV1Error):
+        elif kind == "Error":
             await self.metric("service.error", 1)
             logger.warning("{}: Deepgram error: {}", self.name, str(message.description or message.message)[:_MAX_RAW])
-        elif isinstance(message, bytes):
-            raise ProtocolError("unexpected binary message from Deepgram", raw=message)
         else:
             raise ProtocolError("message of unknown type from Deepgram", raw=repr(message))
 
-    async def _on_results(self, results: ListenV1Results) -> None:
+    async def _on_results(self, results: Any) -> None:
         end = self._assembler.offset + number(results.start, "start") + number(results.duration, "duration")
         frames = self._assembler.on_results(results)
         if results.is_final:

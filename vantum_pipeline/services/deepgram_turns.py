@@ -1,12 +1,13 @@
 """Deepgram's results → transcription frames and user turns, without I/O.
 
-``TurnAssembler`` takes the SDK's messages (``ListenV1Results``,
-``ListenV1UtteranceEnd``) and returns the frames to push: an interim
+``TurnAssembler`` takes Deepgram's ``Results`` and ``UtteranceEnd`` messages
+(the SDK's models of them, or ``deepgram_socket.JSONMessage``: the same
+fields by attribute) and returns the frames to push: an interim
 transcript, a final one, and ``EndOfTurnFrame`` once the turn is over. The
 final segments of one turn are joined; the turn ends on the first of
 ``speech_final``, the final answering our ``Finalize``, or an
-``UtteranceEnd`` about the turn's words, and only once. The SDK builds its
-models without validation, so every field read is checked here: a bad one is
+``UtteranceEnd`` about the turn's words, and only once. Neither form is
+validated (the SDK builds its models without), so every field read is checked here: a bad one is
 a ``ProtocolError`` (counted and skipped by the service).
 """
 
@@ -14,13 +15,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vantum_pipeline.errors import ProtocolError
 from vantum_pipeline.frames import EndOfTurnFrame, Frame, InterimTranscriptionFrame, TranscriptionFrame
-
-if TYPE_CHECKING:
-    from deepgram.listen.v1.types import ListenV1Results, ListenV1UtteranceEnd
 
 __all__ = ["TurnAssembler", "number"]
 
@@ -42,7 +40,7 @@ class _Alternative:
     language: str | None
 
 
-def _best_alternative(results: ListenV1Results) -> _Alternative:
+def _best_alternative(results: Any) -> _Alternative:
     """The first alternative of a Results message, validated (the SDK does not)."""
     channel = results.channel
     alternatives = getattr(channel, "alternatives", None)
@@ -96,7 +94,7 @@ class TurnAssembler:
         self.offset = offset
         self._finalize_pending = False
 
-    def on_results(self, results: ListenV1Results) -> list[Frame]:
+    def on_results(self, results: Any) -> list[Frame]:
         alternative = _best_alternative(results)
         start = self.offset + number(results.start, "start")
         language = alternative.language or self.language
@@ -127,7 +125,7 @@ class TurnAssembler:
             frames.append(self._end_turn())
         return frames
 
-    def on_utterance_end(self, message: ListenV1UtteranceEnd) -> EndOfTurnFrame | None:
+    def on_utterance_end(self, message: Any) -> EndOfTurnFrame | None:
         """The turn's end if it is still open and this is about its words."""
         last_word_end = self.offset + number(message.last_word_end, "last_word_end")
         if not self._segments:
