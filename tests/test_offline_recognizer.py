@@ -182,6 +182,7 @@ def test_recognize_hears_the_same_words_after_any_amount_of_quiet(
     for before, after in ((0, 0), (37, 5), (800, 1601), (1600, 333), (16000, 8000), (24011, 0)):
         pcm = np.concatenate((np.zeros(before, np.int16), speech, np.zeros(after, np.int16))).tobytes()
         final = recognizer.recognize(pcm)
+        assert final.start == 0.0 and final.end == round(len(pcm) / 32000, 3)  # the utterance is the audio given
         # Word times stay on the audio given: they move with the quiet before the speech.
         finals.append((final, [(w, a - before / 16000) for w, a, _ in final.words]))
     first, first_words = finals[0]

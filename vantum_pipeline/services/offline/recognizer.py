@@ -308,13 +308,23 @@ class PocketsphinxRecognizer:
         decoder.start_utt()
         decoder.process_raw(_dithered(samples), no_search=False, full_utt=True)
         decoder.end_utt()
-        result = self._result(decoder, start + skipped / SAMPLE_RATE, end, forced)
+        result = self._result(decoder, start, end, forced, audio_start=start + skipped / SAMPLE_RATE)
         if len(samples) >= SAMPLE_RATE // 2:  # half a second of audio: a mean worth keeping
             self._decoder.set_cmn(decoder.get_cmn(False))
         return result
 
-    def _result(self, decoder: Any, start: float, end: float, forced: bool) -> FinalTranscript:
-        words = _words(decoder, start)
+    def _result(
+        self, decoder: Any, start: float, end: float, forced: bool, *, audio_start: float | None = None
+    ) -> FinalTranscript:
+        """The decoder's result for the utterance from ``start`` to ``end``; its word times
+        count from ``audio_start`` (where the audio it decoded began; default ``start``).
+
+        A word is not placed before the utterance began: in quiet padded in front of it
+        (``_steady_edges``) the decoder may start the first word a frame early."""
+        words = _words(decoder, start if audio_start is None else audio_start)
+        if audio_start is not None and audio_start < start:
+            floor = round(start, 3)  # as the transcript's start
+            words = [(word, max(begin, floor), max(finish, floor)) for word, begin, finish in words]
         segments = decoder.seg() if words else ()
         posteriors = [float(segment.prob) for segment in segments if not segment.word.startswith(("<", "["))]
         confidence = sum(posteriors) / len(posteriors) if posteriors else 0.0
