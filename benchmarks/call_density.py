@@ -37,9 +37,9 @@ fresh process. Per K and library:
   speech chunk sent → the first chunk of the bot's answer received, minus the
   endpointing silence Deepgram waits for by protocol (the stand-ins answer at
   once; loopback and their own processing are included);
-- **added / react p50/p99** (vantum in one process; not with ``--workers``,
-  whose workers also print their warnings instead of counting them): measured inside the
-  library process (see :class:`TurnTimes`): *react* is the final transcript
+- **added / react p50/p99** (vantum): measured inside the library process
+  (with ``--workers``, inside each worker, pooled by the parent; the workers
+  print their warnings instead of counting them) (see :class:`TurnTimes`): *react* is the final transcript
   received -> the answer's first μ-law chunk written; *added* is react minus
   the LLM's time to first token and the TTS's time to first audio (the
   waits on the stand-ins): the turn latency the library itself adds;
@@ -58,8 +58,10 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -232,6 +234,8 @@ class TurnTimes:
     def __init__(self) -> None:
         self.react: list[float] = []
         self.added: list[float] = []
+        #: A worker of ``--workers`` also appends each turn here (``monotonic react added``), for the parent.
+        self.sink: Path | None = None
 
     def observer(self) -> Callable[[Any, Any], None]:
         from vantum_pipeline.frames import BotStartedSpeakingFrame, MetricsFrame
@@ -246,12 +250,26 @@ class TurnTimes:
                 elif "final" in turn and frame.metric in ("latency.llm_ttft", "latency.tts_ttfb"):
                     turn.setdefault(frame.metric, frame.value)
             elif isinstance(frame, BotStartedSpeakingFrame) and len(turn) == 3:
-                react = time.monotonic() - turn["final"]
+                now = time.monotonic()
+                react = now - turn["final"]
+                added = react - turn["latency.llm_ttft"] - turn["latency.tts_ttfb"]
                 self.react.append(react)
-                self.added.append(react - turn["latency.llm_ttft"] - turn["latency.tts_ttfb"])
+                self.added.append(added)
                 turn.clear()
+                if self.sink is not None:
+                    with self.sink.open("a") as sink:
+                        sink.write(f"{now} {react} {added}\n")
 
         return observe
+
+    def read_sinks(self, directory: Path, since: float) -> None:
+        """Take the turns the workers wrote to ``directory`` (one file each) that ended after ``since``."""
+        for path in sorted(directory.glob("*.turns")):
+            for line in path.read_text().splitlines():
+                at, react, added = (float(x) for x in line.split())
+                if at >= since:
+                    self.react.append(react)
+                    self.added.append(added)
 
     def figures(self) -> dict[str, Any]:
         def pct(values: list[float], q: float) -> float | None:
@@ -267,7 +285,7 @@ class TurnTimes:
         }
 
 
-#: The library process's turn clock (one per process; ``--workers`` processes have their own, unreported).
+#: The library process's turn clock (one per process; each of ``--workers`` has its own, written to a file).
 TURNS = TurnTimes()
 
 
@@ -379,6 +397,8 @@ def _in_worker(urls: dict[str, str], options: dict[str, Any]) -> VantumFactory:
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING", format="worker {process}: {message}")
+    if options.get("turns_dir"):
+        TURNS.sink = Path(options["turns_dir"]) / f"{os.getpid()}.turns"
     return VantumFactory(urls, options)
 
 
@@ -408,6 +428,8 @@ async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any])
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
     params = _transport_params(options)
+    turns_dir = Path(tempfile.mkdtemp(prefix="density-turns-"))
+    options = {**options, "turns_dir": str(turns_dir)}
     pool = TwilioWorkerPool(
         _twilio_settings(urls),
         VantumFactory(urls, options),
@@ -436,8 +458,11 @@ async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any])
         figures = usage.stop()
     for key in ("gc_counts", "gc_collected", "gc_seconds", "gc_longest_ms"):
         figures.pop(key, None)  # this process's collector, not the workers': not the calls' figure
+    turns = TurnTimes()
+    turns.read_sinks(turns_dir, since=t0)  # the measured calls' turns (the warm-up's ended before t0)
+    shutil.rmtree(turns_dir, ignore_errors=True)
     outcomes = Counter(r.outcome.value for r in records)
-    return {**figures, "wall": wall, "outcomes": dict(outcomes), "rss_base": usage.base_rss}
+    return {**figures, **turns.figures(), "wall": wall, "outcomes": dict(outcomes), "rss_base": usage.base_rss}
 
 
 async def run_vantum(urls: dict[str, str], k: int, options: dict[str, Any]) -> dict[str, Any]:
