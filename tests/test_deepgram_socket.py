@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -318,3 +319,15 @@ async def test_json_that_is_not_an_object_or_not_a_known_type_is_malformed(warni
     assert end.text == "Still here."
     assert stt.malformed == 7 and stt.reconnects == 0
     assert len([w for w in warnings if "malformed Deepgram message" in w]) == 7
+
+
+def test_a_json_message_reads_fields_and_nothing_else() -> None:
+    message = JSONMessage({"type": "Results", "channel": {"alternatives": [{"transcript": "hi"}, 3]}, "start": 1.5})
+    assert message.type == "Results" and message.start == 1.5 and message.duration is None
+    first, second = message.channel.alternatives
+    assert first.transcript == "hi" and first.words is None and second == 3
+    assert message.raw["start"] == 1.5
+    with pytest.raises(AttributeError):
+        _ = message.__deepcopy__
+    assert copy.deepcopy(message).raw == message.raw  # copy does not take a missing hook for None
+    assert "Results" in repr(message)

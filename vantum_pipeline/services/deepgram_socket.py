@@ -80,9 +80,10 @@ def listen_request(client: AsyncDeepgramClient, options: Mapping[str, Any]) -> t
 class JSONMessage:
     """A decoded JSON object read by attribute, as the SDK's models read: ``message.channel.alternatives``.
 
-    A field the object lacks reads as None; an object inside is a
-    ``JSONMessage`` too, a list a list of what its items read as. ``raw``
-    is the decoded object itself.
+    A field the object lacks reads as None (a name starting with ``_`` is
+    not a field: AttributeError); an object inside is a ``JSONMessage``
+    too, a list a list of what its items read as. ``raw`` is the decoded
+    object itself.
     """
 
     __slots__ = ("raw",)
@@ -91,6 +92,8 @@ class JSONMessage:
         self.raw = raw
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # no field of Deepgram's; copy, pickle and friends probe for these
+            raise AttributeError(name)
         return _read(self.raw.get(name))
 
     def __repr__(self) -> str:
