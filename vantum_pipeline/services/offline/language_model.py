@@ -15,7 +15,8 @@ not say (back-off). 0.2 by default: against 0.5, the callee's lines after a
 phone line went from 0.85 to 0.89, the bot's from 0.93 to 0.95, a dozen
 off-script callee sentences made of the model's words (``"Can you send me the
 price?"``) from 0.71 to 0.75, and streamed recognition of the callee's lines
-from 0.85 to 0.91; 0.1 was no better overall.
+from 0.85 to 0.91. 0.1 was mixed: better on the callee's lines, worse on
+the bot's and on off-script speech at 16 kHz.
 
 Pronunciations come from the CMU dictionary in the pocketsphinx wheel; words
 it lacks (a brand name) take theirs from ``pronunciations`` (ARPAbet phones,
