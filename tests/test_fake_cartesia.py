@@ -195,6 +195,23 @@ def test_tone_synthesizer_is_deterministic_and_plausibly_long() -> None:
     assert synth.synthesize("", 16000) == Synthesis(b"", ())
 
 
+def test_tone_synthesizer_cache_gives_what_a_fresh_synthesis_gives() -> None:
+    """The kept syntheses are keyed on everything that shapes the audio: the
+    text, the rate and the voice's settings, changed after construction too."""
+    synth = ToneSynthesizer()
+    texts = [f"Line number {i}." for i in range(ToneSynthesizer.CACHED + 3)]
+    for _ in range(2):  # the second pass reads partly from the cache, partly after eviction
+        for text in texts:
+            assert synth.synthesize(text, 8000) == ToneSynthesizer().synthesize(text, 8000)
+    slow = synth.synthesize("Hello there.", 16000)
+    synth.seconds_per_char = 0.1
+    synth.amplitude = 0.5
+    slower = synth.synthesize("Hello there.", 16000)
+    assert slower == ToneSynthesizer(seconds_per_char=0.1, amplitude=0.5).synthesize("Hello there.", 16000)
+    assert len(slower.audio) > len(slow.audio)
+    assert synth.synthesize("Hello there.", 8000) != synth.synthesize("Hello there.", 16000)
+
+
 # ------------------------------------------------------------------ cancel
 
 

@@ -12,11 +12,13 @@ import time
 
 import pytest
 from aiohttp import WSMsgType, web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from vantum_pipeline.testing.callee import Drop, HangUp, Listen, Pause
+from vantum_pipeline.testing.callee import Callee, Drop, HangUp, Listen, Pause
 from vantum_pipeline.testing.twilio import CalleeBehaviour, FakeTwilio
 
 pytestmark = pytest.mark.timeout(60)
@@ -321,3 +323,53 @@ async def test_a_callee_who_listens_waits_for_the_bot_then_hangs_up():
         callee = fake.calls[call.sid].callee
     assert callee.end_reason == "callee hung up" and callee.heard_seconds() == pytest.approx(0.3, abs=0.021)
     assert callee.heard[0].at >= 0.2
+
+
+class _Recorder:
+    """Where a Callee writes: the texts it sends."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    async def send_str(self, text: str) -> None:
+        self.texts.append(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stream_sid=st.text(max_size=40),
+    ticks=st.lists(st.integers(min_value=0, max_value=10**7), min_size=1, max_size=5),
+    payloads=st.lists(st.binary(min_size=1, max_size=400), max_size=5),
+)
+def test_the_callees_media_messages_are_twilios_json(stream_sid: str, ticks: list[int], payloads: list[bytes]) -> None:
+    """The callee writes its media messages out by hand (50 a second each):
+    byte for byte what ``json.dumps`` gives for Twilio's message, for any
+    stream SID (quotes, backslashes, any Unicode), tick and payload."""
+
+    async def scenario() -> list[str]:
+        recorder = _Recorder()
+        callee = Callee(recorder, stream_sid=stream_sid, call_sid="CA1", account_sid="AC1", parameters={})
+        callee._outgoing.extend(payloads)
+        for tick in ticks:
+            await callee._send_media(tick)
+        return recorder.texts
+
+    texts = asyncio.run(scenario())
+    sent = [*payloads, *[b"\xff" * 160] * len(ticks)][: len(ticks)]  # then μ-law silence
+    expected = [
+        json.dumps(
+            {
+                "event": "media",
+                "sequenceNumber": str(i + 1),
+                "streamSid": stream_sid,
+                "media": {
+                    "track": "inbound",
+                    "chunk": str(tick + 1),
+                    "timestamp": str(round(tick * 0.02 * 1000)),
+                    "payload": base64.b64encode(payload).decode("ascii"),
+                },
+            }
+        )
+        for i, (tick, payload) in enumerate(zip(ticks, sent, strict=True))
+    ]
+    assert texts == expected

@@ -223,6 +223,7 @@ class Callee:
     ) -> None:
         self.websocket = websocket
         self.stream_sid = stream_sid
+        self._sid_json = json.dumps(stream_sid)
         self.call_sid = call_sid
         self.account_sid = account_sid
         self.parameters = parameters
@@ -506,18 +507,16 @@ class Callee:
         if not self._outgoing and self._speech_done is not None:
             self._speech_done.set()
             self._speech_done = None
-        await self._send(
-            {
-                "event": "media",
-                "streamSid": self.stream_sid,
-                "media": {
-                    "track": "inbound",
-                    "chunk": str(tick + 1),
-                    "timestamp": str(round(tick * FRAME_SECONDS * 1000)),
-                    "payload": base64.b64encode(payload).decode("ascii"),
-                },
-            }
+        # What json.dumps gives for the message, written out: 50 a second per callee.
+        self._sequence += 1
+        text = (
+            f'{{"event": "media", "sequenceNumber": "{self._sequence}", "streamSid": {self._sid_json}, '
+            f'"media": {{"track": "inbound", "chunk": "{tick + 1}", '
+            f'"timestamp": "{round(tick * FRAME_SECONDS * 1000)}", '
+            f'"payload": "{base64.b64encode(payload).decode("ascii")}"}}}}'
         )
+        async with self._send_lock:
+            await self.websocket.send_str(text)
 
     async def _receiver(self) -> None:
         from aiohttp import WSMsgType

@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import json
 import math
@@ -112,9 +113,18 @@ class Synthesis(NamedTuple):
 
 
 class Synthesizer(Protocol):
-    """Turns text into speech for the fake. Called from a worker thread."""
+    """Turns text into speech for the fake. Called from a worker thread,
+    unless it has a true ``runs_inline`` attribute (cheap synthesizers, such
+    as :class:`ToneSynthesizer`), so a slow one never stalls the event loop."""
 
     def synthesize(self, text: str, sample_rate: int) -> Synthesis: ...
+
+
+async def synthesize(synthesizer: Synthesizer, text: str, sample_rate: int) -> Synthesis:
+    """``synthesizer``'s audio for ``text``: inline if it ``runs_inline``, else in a worker thread."""
+    if getattr(synthesizer, "runs_inline", False):
+        return synthesizer.synthesize(text, sample_rate)
+    return await asyncio.to_thread(synthesizer.synthesize, text, sample_rate)
 
 
 class ToneSynthesizer:
@@ -123,8 +133,13 @@ class ToneSynthesizer:
     A word lasts ``seconds_per_char`` per character (at least 120 ms), words
     are separated by ``word_gap`` of silence and a sentence end adds
     ``sentence_gap``. Each word's pitch and noise come from its text, so the
-    same text always gives the same bytes.
+    same text always gives the same bytes, and the last
+    ``CACHED`` syntheses are kept (a fake under load says the same sentences
+    over and over). Cheap enough to run on the event loop (``runs_inline``).
     """
+
+    runs_inline = True
+    CACHED = 32
 
     def __init__(
         self,
@@ -138,13 +153,20 @@ class ToneSynthesizer:
         self.word_gap = word_gap
         self.sentence_gap = sentence_gap
         self.amplitude = amplitude
+        self._cached = functools.lru_cache(maxsize=self.CACHED)(self._synthesize)
 
     def synthesize(self, text: str, sample_rate: int) -> Synthesis:
+        shape = (self.seconds_per_char, self.word_gap, self.sentence_gap, self.amplitude)
+        synthesis: Synthesis = self._cached(text, sample_rate, shape)
+        return synthesis
+
+    def _synthesize(self, text: str, sample_rate: int, shape: tuple[float, float, float, float]) -> Synthesis:
+        seconds_per_char, word_gap, sentence_gap, amplitude = shape
         pieces: list[np.ndarray[Any, np.dtype[np.float64]]] = []
         words: list[tuple[str, float, float]] = []
         t = 0.0
         for word in text.split():
-            duration = max(0.12, self.seconds_per_char * len(word))
+            duration = max(0.12, seconds_per_char * len(word))
             n = round(duration * sample_rate)
             seed = zlib.crc32(word.encode())
             rng = np.random.default_rng(seed)
@@ -152,10 +174,10 @@ class ToneSynthesizer:
             x = np.arange(n) / sample_rate
             envelope = np.minimum(1.0, np.minimum(x, duration - x) / 0.015)
             tone = np.sin(2 * math.pi * freq * x) + 0.4 * np.sin(4 * math.pi * freq * x)
-            pieces.append(self.amplitude * envelope * (tone / 1.4 + 0.08 * rng.standard_normal(n)))
+            pieces.append(amplitude * envelope * (tone / 1.4 + 0.08 * rng.standard_normal(n)))
             words.append((word, round(t, 4), round(t + n / sample_rate, 4)))
             t += n / sample_rate
-            gap = self.word_gap + (self.sentence_gap if word[-1] in ".!?" else 0.0)
+            gap = word_gap + (sentence_gap if word[-1] in ".!?" else 0.0)
             gap_samples = round(gap * sample_rate)
             pieces.append(np.zeros(gap_samples))
             t += gap_samples / sample_rate
@@ -533,7 +555,7 @@ class FakeCartesia:
                 if context.cancelled.is_set() and (not piece.text or late >= self.faults.late_chunks):
                     return
                 if piece.text.strip():
-                    synthesis = await asyncio.to_thread(self.synthesizer.synthesize, piece.text, rate)
+                    synthesis = await synthesize(self.synthesizer, piece.text, rate)
                     audio = encode_audio(synthesis.audio, encoding)
                     offset = context.audio_seconds
                     words = [(w, s + offset, e + offset) for w, s, e in synthesis.words]
@@ -661,7 +683,7 @@ class FakeCartesia:
         if self.faults.first_chunk_delay > 0:
             await asyncio.sleep(self.faults.first_chunk_delay)
         rate = int(fmt["sample_rate"])
-        synthesis = await asyncio.to_thread(self.synthesizer.synthesize, transcript, rate)
+        synthesis = await synthesize(self.synthesizer, transcript, rate)
         if fmt["container"] == "wav":
             return web.Response(body=_wav(synthesis.audio, rate), content_type="audio/wav")
         audio = encode_audio(synthesis.audio, str(fmt["encoding"]))

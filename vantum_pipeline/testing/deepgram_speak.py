@@ -51,7 +51,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from vantum_pipeline.audio.mulaw import lin2ulaw
-from vantum_pipeline.testing.cartesia import Synthesizer, ToneSynthesizer
+from vantum_pipeline.testing.cartesia import Synthesizer, ToneSynthesizer, synthesize
 
 if TYPE_CHECKING:
     from deepgram.environment import DeepgramClientEnvironment
@@ -276,7 +276,7 @@ class FakeDeepgramSpeak:
         """Send ``text``'s audio in chunks; False when a fault ended the socket."""
         if not text.strip():
             return True
-        synthesis = await asyncio.to_thread(self.synthesizer.synthesize, text, rate)
+        synthesis = await synthesize(self.synthesizer, text, rate)
         pcm = synthesis.audio
         audio = lin2ulaw(pcm) if encoding == "mulaw" else _alaw(pcm) if encoding == "alaw" else pcm
         width = 2 if encoding == "linear16" else 1

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from vantum_pipeline.testing.cartesia import ToneSynthesizer
+from vantum_pipeline.testing.cartesia import ToneSynthesizer, synthesize
 from vantum_pipeline.testing.openai_wire import error_body
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class SpeechEndpoint:
         if fault is not None and fault.kind == "http_error":
             return fake._fault_response(fault)
         record.reply_text = body["input"]
-        synthesis = await asyncio.to_thread(self.synthesizer.synthesize, body["input"], SPEECH_RATE)
+        synthesis = await synthesize(self.synthesizer, body["input"], SPEECH_RATE)
         audio = synthesis.audio if fmt == "pcm" else _wav(synthesis.audio)
         content_type = "audio/pcm" if fmt == "pcm" else "audio/wav"
         response = web.StreamResponse(status=200, headers={**fake._headers(), "Content-Type": content_type})
