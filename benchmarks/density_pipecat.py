@@ -128,7 +128,9 @@ async def _bot(websocket: Any, urls: dict[str, str], done: Any, rate: int) -> No
             await task.cancel()
 
         await task.queue_frames([TTSSpeakFrame(standins.GREETING)])
-        await WorkerRunner(handle_sigint=False).run(task)
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(task)
+        await runner.run()
     finally:
         done()
 
