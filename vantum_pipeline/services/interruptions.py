@@ -271,8 +271,12 @@ PHONE_DEFAULT: Final[InterruptionPolicy] = NeverOnBackchannel(MinWords(2) | MinS
 _FULL_SCALE_DB = 20 * math.log10(32768)
 
 
-#: The power of each mu-law byte's sample: a phone call's level without decoding it.
-_MULAW_POWER: Final = ULAW_TO_PCM16.astype(np.float64) ** 2
+#: The power of each mu-law byte's sample, as Python ints: a phone call's level
+#: without decoding it. Summed with map() over a 20 ms frame, 5 µs in a busy call
+#: process (median), against 27 µs for numpy's take().sum() there (2.4 µs in a
+#: warm loop: in a process doing everything else, numpy's machinery runs cold).
+_MULAW_POWER: Final = [int(sample) ** 2 for sample in ULAW_TO_PCM16]
+_mulaw_power = _MULAW_POWER.__getitem__
 
 
 def level_dbfs(audio: bytes, encoding: str) -> float:
@@ -280,7 +284,7 @@ def level_dbfs(audio: bytes, encoding: str) -> float:
     if encoding == MULAW:
         if not audio:
             return -math.inf
-        power = float(_MULAW_POWER.take(np.frombuffer(audio, dtype=np.uint8)).sum()) / len(audio)
+        power = sum(map(_mulaw_power, audio)) / len(audio)
     else:
         samples = np.frombuffer(as_pcm16(audio, encoding), dtype="<i2").astype(np.float64)
         if samples.size == 0:
