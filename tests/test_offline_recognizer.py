@@ -163,7 +163,9 @@ def test_a_final_does_not_depend_on_where_the_phone_frames_fell(
     assert len(results[0]) == 2 and all(f.text for f in results[0])
     for finals in results[1:]:
         for final, first in zip(finals, results[0], strict=True):
-            assert final.confidence == pytest.approx(first.confidence, abs=0.05)
+            # Over digital silence the decoded audio is the same sample for sample (the endpointer
+            # may open an utterance a few samples into the speech: the lead-in before it is kept).
+            assert final.confidence == pytest.approx(first.confidence, abs=0.05 if hiss else 0.0)
             shifts = [a - b for (_, a, _), (_, b, _) in zip(final.words, first.words, strict=True)]
             assert max(shifts) - min(shifts) <= 0.031, (final.words, first.words)
 

@@ -146,6 +146,12 @@ class PocketsphinxRecognizer:
         self._endpointer_offset = 0.0
         self._pending = b""
         self._fed_bytes = 0
+        #: The last second of audio fed, ending at ``_fed_bytes``: the quiet before an utterance.
+        self._recent = bytearray()
+        #: What came before the utterance in progress (``EDGE_MARGIN``), for its batch decode.
+        self._lead_in = b""
+        #: Where the last utterance ended (seconds): a lead-in never reaches back into it.
+        self._last_end = 0.0
         self._in_utterance = False
         self._utterance_start = 0.0
         self._utterance_audio: list[bytes] = []
@@ -199,6 +205,8 @@ class PocketsphinxRecognizer:
         self._in_utterance = False
         self._pending = b""
         self._fed_bytes = 0
+        self._recent.clear()
+        self._last_end = 0.0
         self._reset_endpointer()
 
     def recognize(self, pcm: bytes) -> FinalTranscript:
@@ -250,10 +258,14 @@ class PocketsphinxRecognizer:
         was_in_speech = endpointer.in_speech
         speech = endpointer.process(frame)
         self._fed_bytes += len(frame)
+        self._recent += frame
+        if len(self._recent) > 2 * SAMPLE_RATE:
+            del self._recent[: len(self._recent) - 2 * SAMPLE_RATE]
         if speech is None:
             return
         if not was_in_speech and not self._in_utterance:
             self._open_utterance(self._endpointer_offset + endpointer.speech_start)
+            self._lead_in = self._audio_before(self._utterance_start)
             events.append(SpeechStarted(round(self._utterance_start, 3)))
         self._add_speech(speech)
         if not endpointer.in_speech:
@@ -271,9 +283,21 @@ class PocketsphinxRecognizer:
                 self._last_partial = text
                 events.append(PartialTranscript(text, round(self._utterance_start, 3), round(self.time, 3)))
 
+    def _audio_before(self, start: float) -> bytes:
+        """Up to ``EDGE_MARGIN`` of the audio fed just before ``start`` (seconds).
+
+        The endpointer may open an utterance a few samples into the speech (where
+        its frames fell decides it): the batch decode gets what came before, so
+        that ``_steady_edges`` finds the same onset whatever the alignment."""
+        first = self._fed_bytes - len(self._recent)  # stream position of _recent[0], in bytes
+        position = round(start * SAMPLE_RATE) * 2 - first
+        floor = max(0, round(self._last_end * SAMPLE_RATE) * 2 - first, position - int(EDGE_MARGIN * SAMPLE_RATE) * 2)
+        return bytes(self._recent[floor:position]) if position > floor else b""
+
     def _open_utterance(self, start: float) -> None:
         self._in_utterance = True
         self._utterance_start = start
+        self._lead_in = b""
         self._utterance_audio = []
         self._utterance_bytes = 0
         self._since_partial = 0
@@ -294,11 +318,16 @@ class PocketsphinxRecognizer:
         self._in_utterance = False
         audio = b"".join(self._utterance_audio)
         self._utterance_audio = []
+        self._last_end = end
         if self.rescore_final:
-            return self._decode_batch(audio, start=self._utterance_start, end=end, forced=forced)
+            lead_in, self._lead_in = self._lead_in, b""
+            return self._decode_batch(
+                lead_in + audio, start=self._utterance_start, end=end, forced=forced, lead=len(lead_in) // 2
+            )
         return self._result(self._decoder, self._utterance_start, end, forced)
 
-    def _decode_batch(self, pcm: bytes, *, start: float, end: float, forced: bool) -> FinalTranscript:
+    def _decode_batch(self, pcm: bytes, *, start: float, end: float, forced: bool, lead: int = 0) -> FinalTranscript:
+        """The final of ``pcm``: an utterance from ``start`` to ``end``, after ``lead`` samples from before it."""
         samples, skipped = _steady_edges(np.frombuffer(pcm, dtype="<i2"))
         if not len(samples):
             return FinalTranscript("", (), 0.0, round(start, 3), round(end, 3), forced)
@@ -308,7 +337,7 @@ class PocketsphinxRecognizer:
         decoder.start_utt()
         decoder.process_raw(_dithered(samples), no_search=False, full_utt=True)
         decoder.end_utt()
-        result = self._result(decoder, start, end, forced, audio_start=start + skipped / SAMPLE_RATE)
+        result = self._result(decoder, start, end, forced, audio_start=start + (skipped - lead) / SAMPLE_RATE)
         if len(samples) >= SAMPLE_RATE // 2:  # half a second of audio: a mean worth keeping
             self._decoder.set_cmn(decoder.get_cmn(False))
         return result
