@@ -73,6 +73,8 @@ SAMPLE_RATE = 16000
 _FRAME_RATE = 100
 #: Quiet kept before and after the speech of an utterance decoded at once (seconds).
 EDGE_MARGIN = 0.1
+#: Audio kept from before an utterance opens, in bytes: 2 s of pcm16.
+_RECENT_BYTES = 2 * 2 * SAMPLE_RATE
 _DITHER_SEED = 1
 
 
@@ -146,7 +148,8 @@ class PocketsphinxRecognizer:
         self._endpointer_offset = 0.0
         self._pending = b""
         self._fed_bytes = 0
-        #: The last second of audio fed, ending at ``_fed_bytes``: the quiet before an utterance.
+        #: The last 2 s of audio fed, ending at ``_fed_bytes`` (the endpointer's window, at most
+        #: 1.5 s, and the margin): the quiet before an utterance.
         self._recent = bytearray()
         #: What came before the utterance in progress (``EDGE_MARGIN``), for its batch decode.
         self._lead_in = b""
@@ -240,7 +243,9 @@ class PocketsphinxRecognizer:
         """Finish the utterance begun with ``begin_utterance``; return its final."""
         if not self._in_utterance:
             raise RuntimeError("end_utterance() called without begin_utterance()")
-        return self._finalize(self._utterance_bytes / (2 * SAMPLE_RATE), forced=False)
+        final = self._finalize(self._utterance_bytes / (2 * SAMPLE_RATE), forced=False)
+        self._last_end = self.time  # its times count from its own start, not the stream's
+        return final
 
     # ----------------------------------------------------------- internals
 
@@ -259,8 +264,8 @@ class PocketsphinxRecognizer:
         speech = endpointer.process(frame)
         self._fed_bytes += len(frame)
         self._recent += frame
-        if len(self._recent) > 2 * SAMPLE_RATE:
-            del self._recent[: len(self._recent) - 2 * SAMPLE_RATE]
+        if len(self._recent) > _RECENT_BYTES:
+            del self._recent[: len(self._recent) - _RECENT_BYTES]
         if speech is None:
             return
         if not was_in_speech and not self._in_utterance:
