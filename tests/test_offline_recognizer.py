@@ -170,6 +170,29 @@ def test_a_final_does_not_depend_on_where_the_phone_frames_fell(
             assert max(shifts) - min(shifts) <= 0.031, (final.words, first.words)
 
 
+def test_the_lead_in_is_the_audio_just_before_an_utterance(callee_model: DomainLanguageModel) -> None:
+    # The final's decode gets up to EDGE_MARGIN of what came before the utterance (the endpointer
+    # may open one a few samples into the speech): the right samples, never the last utterance's,
+    # and nothing from before the 2 s kept.
+    recognizer = PocketsphinxRecognizer(callee_model)
+    quiet = (np.arange(3 * 16000) % 7).astype(np.int16)  # well below speech; every sample says where it is
+    recognizer.feed(quiet.tobytes())
+    fed = round(recognizer.time * 16000)  # whole endpointer frames only
+    at = fed - 8000  # half a second before the end of what was fed
+
+    def expected(first: int, last: int) -> bytes:
+        return quiet[first:last].tobytes()
+
+    assert recognizer._audio_before(at / 16000) == expected(at - 1600, at)
+    recognizer._last_end = (at - 800) / 16000  # an utterance ended 50 ms before
+    assert recognizer._audio_before(at / 16000) == expected(at - 800, at)
+    recognizer._last_end = at / 16000
+    assert recognizer._audio_before(at / 16000) == b""
+    recognizer._last_end = 0.0
+    assert recognizer._audio_before((fed - 2 * 16000 + 800) / 16000) == expected(fed - 2 * 16000, fed - 2 * 16000 + 800)
+    assert recognizer._audio_before((fed - 2 * 16000 - 800) / 16000) == b""
+
+
 def test_recognize_hears_the_same_words_after_any_amount_of_quiet(
     synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel
 ) -> None:
