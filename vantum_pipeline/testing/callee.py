@@ -515,8 +515,7 @@ class Callee:
             f'"timestamp": "{round(tick * FRAME_SECONDS * 1000)}", '
             f'"payload": "{base64.b64encode(payload).decode("ascii")}"}}}}'
         )
-        async with self._send_lock:
-            await self.websocket.send_str(text)
+        await self.send_raw(text)
 
     async def _receiver(self) -> None:
         from aiohttp import WSMsgType

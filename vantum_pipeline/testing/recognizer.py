@@ -29,7 +29,6 @@ partial lines for interim hypotheses at a nominal speaking rate.
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from collections import deque
@@ -38,6 +37,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+
+from vantum_pipeline.frames import PCM16
+from vantum_pipeline.services.interruptions import level_dbfs
 
 __all__ = [
     "Recognition",
@@ -88,16 +90,11 @@ class Recognizer(Protocol):
     def transcribe(self, pcm16: bytes, sample_rate: int, *, final: bool = True) -> Recognition: ...
 
 
-_FULL_SCALE_DB = 20 * math.log10(32768)
-
-
 def dbfs(pcm16: bytes | bytearray | memoryview) -> float:
-    """RMS level of 16-bit PCM in dB relative to full scale (-inf for silence)."""
-    samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
-    if samples.size == 0:
-        return -math.inf
-    power = float(np.dot(samples, samples)) / samples.size  # per frame received: a third of np.mean(np.square())
-    return 10 * math.log10(power) - _FULL_SCALE_DB if power > 0 else -math.inf
+    """RMS level of 16-bit PCM in dB relative to full scale (-inf for silence): the barge-in judge's level."""
+    if len(pcm16) % 2:
+        raise ValueError(f"16-bit PCM must have an even number of bytes, got {len(pcm16)}")
+    return level_dbfs(bytes(pcm16), PCM16)
 
 
 def speech_span(

@@ -27,7 +27,9 @@ stream or what came before it:
 
 - the batch decode sees exactly ``EDGE_MARGIN`` seconds of quiet on either
   side of the speech (the endpointer cuts on its 30 ms frames, so the quiet
-  it keeps varies with the speech's phase against them);
+  it keeps varies with the speech's phase against them, and it may open an
+  utterance a few samples into the speech: the audio just before the
+  utterance is kept for the decode);
 - its dither (a least-significant bit of noise, so that digital silence has
   a log energy) is drawn afresh from one seed for each utterance, not from a
   generator that runs on across the call;
@@ -263,9 +265,10 @@ class PocketsphinxRecognizer:
         was_in_speech = endpointer.in_speech
         speech = endpointer.process(frame)
         self._fed_bytes += len(frame)
-        self._recent += frame
-        if len(self._recent) > _RECENT_BYTES:
-            del self._recent[: len(self._recent) - _RECENT_BYTES]
+        if self.rescore_final:  # only the batch decode takes a lead-in
+            self._recent += frame
+            if len(self._recent) > _RECENT_BYTES:
+                del self._recent[: len(self._recent) - _RECENT_BYTES]
         if speech is None:
             return
         if not was_in_speech and not self._in_utterance:
