@@ -176,10 +176,55 @@ async def test_quiet_audio_goes_in_larger_sends_and_speech_frame_by_frame() -> N
             after_onset = connection.audio_messages[before:]
         total = len(connection.audio)
     assert quiet == [BPS // 10] * 10  # ... in ten sends of 100 ms
-    # Once speech is heard, frame by frame (the end of the turn is not delayed);
-    # everything arrived, in order.
-    assert after_onset and set(after_onset[1:]) == {BPS // 50}
+    # Once speech is heard (the bot silent): the loud speech in sends of 80 ms, ...
+    loud = list(itertools.takewhile(lambda n: n > BPS // 50, after_onset))
+    assert len(loud) >= 8 and set(loud[:-1]) == {int(0.08 * BPS)}
+    # ... then the silence that ends the turn frame by frame (the end of the turn
+    # is not delayed: Deepgram's endpointing waits 300 ms); everything arrived, in order.
+    assert after_onset[len(loud) : len(loud) + 15] == [BPS // 50] * 15
     assert total == int(2.5 * BPS)
+
+
+@pytest.mark.parametrize("tail", [0.32, 0.34, 0.36, 0.38])
+async def test_the_end_of_a_turn_is_heard_without_more_audio_than_the_endpointing_needs(tail: float) -> None:
+    recognizer = ScriptedRecognizer(["yes I am interested"])
+    async with FakeDeepgram(api_key=KEY, recognizer=recognizer) as fake:
+        stt = DeepgramSTTService(settings_for(fake))
+        async with PipelineHarness([stt]) as harness:
+            # Speech, then just the 300 ms of silence the endpointer waits for (and a frame or more),
+            # then nothing: none of it may be waiting for a larger send.
+            pcm = silence(0.2) + speech(1.0) + silence(tail)
+            onset = int(0.5 * BPS)
+            await say(harness, pcm[:onset])
+            await harness.wait_for(UserStartedSpeakingFrame)
+            await say(harness, pcm[onset:])
+            await harness.wait_for(EndOfTurnFrame, timeout=3.0)
+            held = len(pcm) - len(fake.connections[0].audio)
+    assert texts(harness, EndOfTurnFrame) == ["Yes I am interested."]
+    assert held == 0
+
+
+@pytest.mark.parametrize("case", ["the bot speaks", "speech sends off"])
+async def test_speech_goes_frame_by_frame_over_the_bot_or_with_speech_sends_off(case: str) -> None:
+    recognizer = ScriptedRecognizer(["wait a moment please"])
+    speech_send = 0.0 if case == "speech sends off" else 0.08
+    async with FakeDeepgram(api_key=KEY, recognizer=recognizer) as fake:
+        stt = DeepgramSTTService(settings_for(fake, speech_send_seconds=speech_send))
+        async with PipelineHarness([stt]) as harness:
+            await until(lambda: fake.connections)
+            connection = fake.connections[0]
+            if case == "the bot speaks":
+                await harness.send(BotStartedSpeakingFrame())
+            pcm = speech(1.0) + silence(0.5)
+            onset = int(0.3 * BPS)
+            await say(harness, pcm[:onset])
+            await harness.wait_for(UserStartedSpeakingFrame)
+            before = len(connection.audio_messages)
+            await say(harness, pcm[onset:])
+            await harness.wait_for(EndOfTurnFrame)
+            after_onset = connection.audio_messages[before:]
+    # Barge-in is judged on the results, which must not wait for a larger send.
+    assert len(after_onset) >= 50 and set(after_onset[1:]) == {BPS // 50}
 
 
 async def test_every_frame_goes_at_once_with_quiet_sends_off() -> None:
@@ -655,6 +700,11 @@ def test_settings_defaults_env_and_phone_mode() -> None:
         DeepgramSettings.from_env({})
     with pytest.raises(ConfigurationError, match="encoding"):
         dataclasses.replace(settings, encoding="opus")
+    assert (settings.quiet_send_seconds, settings.speech_send_seconds) == (0.1, 0.08)
+    for name in ("quiet_send_seconds", "speech_send_seconds"):
+        for bad in (-0.01, 1.5):
+            with pytest.raises(ConfigurationError, match=name):
+                dataclasses.replace(settings, **{name: bad})
     assert settings.connect_options()["endpointing"] == 300
     assert dataclasses.replace(settings, endpointing=False).connect_options()["endpointing"] == "false"
 

@@ -21,11 +21,15 @@ comes back into frames:
 Times (``TranscriptionFrame.timestamp``, word times) are seconds of the
 call's audio as received by this processor, across reconnections.
 
-Audio goes out frame by frame while speech is heard (from ``SpeechStarted``,
-or a local VAD's ``UserStartedSpeakingFrame``, to the end of the turn), so
-the end of a turn is never delayed; in between, in ``quiet_send_seconds``
-sends (100 ms: a fifth of the websocket messages). Everything held is sent
-before ``Finalize`` and ``CloseStream``.
+Audio goes out in larger sends where no one waits on it, frame by frame
+where someone does. Between turns, in ``quiet_send_seconds`` sends (100 ms:
+a fifth of the websocket messages). While speech is heard (from
+``SpeechStarted``, or a local VAD's ``UserStartedSpeakingFrame``, to the end
+of the turn): frame by frame while the bot speaks (barge-in is judged on the
+results), and otherwise loud frames in ``speech_send_seconds`` sends (80 ms)
+and every quieter frame at once with what was held, so the silence that ends
+a turn is never delayed. Everything held is sent before ``Finalize`` and
+``CloseStream``.
 
 The SDK's own connect offers permessage-deflate and has no option to turn it
 off: when the service accepts it, every audio message is deflated for nothing
@@ -84,7 +88,7 @@ from vantum_pipeline.frames import (
 from vantum_pipeline.observability.retry import RetryPolicy
 from vantum_pipeline.processor import FrameDirection
 from vantum_pipeline.services.deepgram_turns import TurnAssembler, number
-from vantum_pipeline.services.interruptions import InterruptionPolicy
+from vantum_pipeline.services.interruptions import InterruptionPolicy, level_dbfs
 from vantum_pipeline.services.shared_clients import shared_client
 from vantum_pipeline.services.stt import STTService
 from vantum_pipeline.settings import InterruptionSettings, Secret, load_env, optional_env, require_secret
@@ -165,6 +169,14 @@ class DeepgramSettings:
     #: speaks every frame goes out at once, so the end of a turn is not delayed.
     #: 0: send every frame at once.
     quiet_send_seconds: float = 0.1
+    #: While speech is heard and the bot is silent (no barge-in to judge), loud
+    #: audio (above ``interruptions.speech_threshold_dbfs``) goes out in sends of
+    #: up to this many seconds: about half of a call's remaining messages. The
+    #: first frame at or below the threshold goes out at once with what was held,
+    #: so the silence that ends a turn reaches Deepgram when it did; interim
+    #: results of loud speech come up to this much later (minus one frame).
+    #: While the bot speaks every frame goes out at once. 0: frame by frame.
+    speech_send_seconds: float = 0.08
     #: Open the websocket with the SDK's own connect, which offers permessage-deflate
     #: (off: the same request without compression; audio does not compress).
     compression: bool = False
@@ -174,10 +186,10 @@ class DeepgramSettings:
             raise ConfigurationError("DeepgramSettings.api_key must be a Secret (see DeepgramSettings.from_env)")
         if self.encoding not in ("linear16", "mulaw"):
             raise ConfigurationError(f"DeepgramSettings.encoding must be 'linear16' or 'mulaw', got {self.encoding!r}")
-        if not 0 <= self.quiet_send_seconds <= 1:
-            raise ConfigurationError(
-                f"DeepgramSettings.quiet_send_seconds must be between 0 and 1, got {self.quiet_send_seconds!r}"
-            )
+        for name in ("quiet_send_seconds", "speech_send_seconds"):
+            seconds = getattr(self, name)
+            if not 0 <= seconds <= 1:
+                raise ConfigurationError(f"DeepgramSettings.{name} must be between 0 and 1, got {seconds!r}")
         if self.sample_rate <= 0 or self.channels != 1:
             raise ConfigurationError(
                 f"DeepgramSettings needs a positive sample_rate and channels=1, "
@@ -354,6 +366,8 @@ class DeepgramSTTService(STTService):
         #: Speech is being heard (see ``DeepgramSettings.quiet_send_seconds``).
         self._speech = False
         self._quiet_bytes = int(s.quiet_send_seconds * self._bytes_per_second) // self._width * self._width
+        self._speech_bytes = int(s.speech_send_seconds * self._bytes_per_second) // self._width * self._width
+        self._loud_dbfs = s.interruptions.speech_threshold_dbfs
         self._format_error = False
         #: Counters, for tests and logs.
         self.reconnects = 0
@@ -425,8 +439,15 @@ class DeepgramSTTService(STTService):
         self._backlog.append(frame.audio)
         self.audio_arrived(self._backlog.end)
         unsent = self._backlog.end - self._sent
-        if unsent < self._quiet_bytes and not self._speech and not self._assembler.turn_open:
-            return  # quiet: batched (see DeepgramSettings.quiet_send_seconds)
+        if not self._speech and not self._assembler.turn_open:
+            if unsent < self._quiet_bytes:
+                return  # quiet: batched (see DeepgramSettings.quiet_send_seconds)
+        elif (
+            unsent < self._speech_bytes
+            and not self.judge.wants_audio
+            and level_dbfs(frame.audio, frame.encoding) > self._loud_dbfs
+        ):
+            return  # loud speech, the bot silent: batched (see DeepgramSettings.speech_send_seconds)
         await self._send_unsent()
 
     async def _send_unsent(self) -> None:
