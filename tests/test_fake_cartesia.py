@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import os
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -210,6 +212,20 @@ def test_tone_synthesizer_cache_gives_what_a_fresh_synthesis_gives() -> None:
     assert slower == ToneSynthesizer(seconds_per_char=0.1, amplitude=0.5).synthesize("Hello there.", 16000)
     assert len(slower.audio) > len(slow.audio)
     assert synth.synthesize("Hello there.", 8000) != synth.synthesize("Hello there.", 16000)
+
+
+def test_a_tone_synthesizer_and_its_cache_are_freed_without_the_collector() -> None:
+    synth = ToneSynthesizer()
+    synth.synthesize("Hello there.", 8000)
+    gone = weakref.ref(synth)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del synth
+        assert gone() is None  # no reference cycle through its cache
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # ------------------------------------------------------------------ cancel

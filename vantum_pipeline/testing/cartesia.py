@@ -153,14 +153,16 @@ class ToneSynthesizer:
         self.word_gap = word_gap
         self.sentence_gap = sentence_gap
         self.amplitude = amplitude
-        self._cached = functools.lru_cache(maxsize=self.CACHED)(self._synthesize)
+        # The cache wraps the plain function, not a bound method: no reference cycle through self.
+        self._cached = functools.lru_cache(maxsize=self.CACHED)(ToneSynthesizer._synthesize)
 
     def synthesize(self, text: str, sample_rate: int) -> Synthesis:
         shape = (self.seconds_per_char, self.word_gap, self.sentence_gap, self.amplitude)
         synthesis: Synthesis = self._cached(text, sample_rate, shape)
         return synthesis
 
-    def _synthesize(self, text: str, sample_rate: int, shape: tuple[float, float, float, float]) -> Synthesis:
+    @staticmethod
+    def _synthesize(text: str, sample_rate: int, shape: tuple[float, float, float, float]) -> Synthesis:
         seconds_per_char, word_gap, sentence_gap, amplitude = shape
         pieces: list[np.ndarray[Any, np.dtype[np.float64]]] = []
         words: list[tuple[str, float, float]] = []
