@@ -43,6 +43,9 @@ fresh process. Per K and library:
   received -> the answer's first μ-law chunk written; *added* is react minus
   the LLM's time to first token and the TTS's time to first audio (the
   waits on the stand-ins): the turn latency the library itself adds;
+- **kernel %**: the share of the library process's CPU time spent in the
+  kernel (system time: socket reads and writes, epoll, the wake-ups of the
+  processes it writes to over loopback);
 - **MiB/call**: peak resident memory growth of the library process over the
   calls, divided by K;
 - **done**: calls the callee completed (hung up after its script), and
@@ -79,6 +82,7 @@ ROUND_TIMEOUT = 150.0
 #: What each round prints as it ends.
 ROUND_KEYS = (
     "cpu",
+    "cpu_system",
     "late",
     "chunks",
     "added_p99",
@@ -150,6 +154,7 @@ class Usage:
         self.peak = 0
         self.base_rss = 0
         self.cpu0 = 0.0
+        self.system0 = 0.0
         self._task: asyncio.Task[None] | None = None
         self.collections = GcPauses()
 
@@ -161,18 +166,24 @@ class Usage:
         return total
 
     def _cpu(self) -> float:
+        return sum(self._cpu_split())
+
+    def _cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of this process and its children, the ended ones included."""
         times = self._process.cpu_times()
-        total = times.user + times.system
+        user, system = times.user + times.children_user, times.system + times.children_system
         for child in self._process.children(recursive=True):
             with contextlib.suppress(Exception):
                 t = child.cpu_times()
-                total += t.user + t.system
-        return total + times.children_user + times.children_system
+                user += t.user
+                system += t.system
+        return user, system
 
     def start(self) -> None:
         self.collections.install()
         self.base_rss = self.peak = self._rss()
         self.cpu0 = self._cpu()
+        self.system0 = self._cpu_split()[1]
         self._task = asyncio.ensure_future(self._sample())
 
     async def _sample(self) -> None:
@@ -186,6 +197,7 @@ class Usage:
         self.collections.remove()
         return {
             "cpu": self._cpu() - self.cpu0,
+            "cpu_system": self._cpu_split()[1] - self.system0,
             "rss_growth": max(0, self.peak - self.base_rss),
             **self.collections.figures(),
         }
@@ -639,14 +651,21 @@ def _gc(row: dict[str, Any]) -> str:
     return f"{100 * row['gc_seconds'] / row['cpu']:.1f} / {row['gc_longest_ms']:.0f}"
 
 
+def _kernel(row: dict[str, Any]) -> str:
+    """The share of the library's CPU time spent in the kernel (socket calls, epoll, wake-ups)."""
+    if "cpu_system" not in row or not row.get("cpu"):
+        return "-"
+    return f"{100 * row['cpu_system'] / row['cpu']:.0f}"
+
+
 def report(rows: list[dict[str, Any]]) -> None:
     print()
     print(
         "| K | library | CPU/call (% core) | late % | eroded % | worst late ms | turn p50 ms | turn p99 ms "
-        "| added p50 / p99 ms | react p50 / p99 ms | MiB/call | GC % of CPU / longest ms | done | warnings "
-        "| stand-ins CPU s |"
+        "| added p50 / p99 ms | react p50 / p99 ms | MiB/call | GC % of CPU / longest ms | kernel % of CPU "
+        "| done | warnings | stand-ins CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r and "cpu" not in r:
             print(f"| {r['k']} | {r['library']} | error: {r['error']} |")
@@ -660,7 +679,7 @@ def report(rows: list[dict[str, Any]]) -> None:
             f"| {1000 * r['worst_late']:.0f} | {_fmt_ms(r['latency_p50'])} | {_fmt_ms(r['latency_p99'])} "
             f"| {_fmt_ms(r.get('added_p50'), 1)} / {_fmt_ms(r.get('added_p99'), 1)} "
             f"| {_fmt_ms(r.get('react_p50'))} / {_fmt_ms(r.get('react_p99'))} "
-            f"| {p['mib']:.2f} | {_gc(r)} | {r['completed']}/{r['k']} | {r['warning_count']} "
+            f"| {p['mib']:.2f} | {_gc(r)} | {_kernel(r)} | {r['completed']}/{r['k']} | {r['warning_count']} "
             f"| {r['stand_in_cpu']:.1f} |"
         )
     by_k: dict[int, dict[str, list[dict[str, float]]]] = {}
