@@ -577,7 +577,9 @@ def one_round(library: str, k: int, options: dict[str, Any]) -> dict[str, Any]:
         stand_in_cpu0 = _recv(services_pipe, 10) + _recv(twilio_pipe, 10)
         process, pipe = _spawn(library_main, library, urls, k, options)
         if options.get("profile"):
-            profiler = _py_spy(process.pid, f"{options['profile']}-{library}-k{k}")
+            profiler = _py_spy(
+                process.pid, f"{options['profile']}-{library}-k{k}", gil=options.get("profile_gil", False)
+            )
         result = _recv(pipe, ROUND_TIMEOUT + 60)
         process.join(30)
         lead = 0.04 if library == "pipecat" else (options.get("lead_ms") or 100) / 1000
@@ -600,7 +602,9 @@ def one_round(library: str, k: int, options: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _py_spy(pid: int, out: str) -> Any:
+def _py_spy(pid: int, out: str, *, gil: bool = False) -> Any:
+    """py-spy on the library process. ``gil``: only samples where a thread holds the GIL,
+    i.e. Python's own work, without the time in socket calls and epoll (which release it)."""
     import shutil
     import subprocess
 
@@ -620,6 +624,7 @@ def _py_spy(pid: int, out: str) -> Any:
             "--output",
             f"{out}.txt",
             "--nonblocking",
+            *(["--gil"] if gil else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -735,6 +740,11 @@ def main() -> int:
     )
     parser.add_argument("--profile", help="py-spy raw output prefix (one file per round)")
     parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only while the GIL is held (Python's own CPU, not syscalls and waits)",
+    )
+    parser.add_argument(
         "--chunk-ms", type=int, default=0, help="vantum: audio per Twilio media message (0: the transport's default)"
     )
     parser.add_argument(
@@ -755,6 +765,7 @@ def main() -> int:
         "loop": args.loop,
         "warmup": args.warmup,
         "profile": args.profile,
+        "profile_gil": args.profile_gil,
         "workers": args.workers,
         "chunk_ms": args.chunk_ms,
         "lead_ms": args.lead_ms,
