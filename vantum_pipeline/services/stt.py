@@ -132,7 +132,9 @@ class STTService(FrameProcessor):
         self._clock += frame.duration
         if not self._interrupt_on_speech_started or not self._needs_levels or not self.judge.wants_audio:
             return
-        await self._act(self.judge.audio(self._clock, level_dbfs(frame.audio, frame.encoding), frame.duration))
+        verdict = self.judge.audio(self._clock, level_dbfs(frame.audio, frame.encoding), frame.duration)
+        if verdict is not Verdict.NONE:  # nearly every frame: no coroutine to make and await
+            await self._act(verdict)
 
     def audio_arrived(self, end: int) -> None:
         """Note that the stream's audio up to byte ``end`` has arrived now."""
