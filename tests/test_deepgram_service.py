@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.listen.v1.socket_client import V1SocketClientResponse
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from loguru import logger
 
 from vantum_pipeline.audio.vad import VADParams
@@ -202,6 +204,60 @@ async def test_the_end_of_a_turn_is_heard_without_more_audio_than_the_endpointin
             held = len(pcm) - len(fake.connections[0].audio)
     assert texts(harness, EndOfTurnFrame) == ["Yes I am interested."]
     assert held == 0
+
+
+_FRAME = BPS // 50
+_LOUD = speech(0.02, seed=5)  # about -18 dBFS: above the speech threshold (-40)
+_SOFT = speech(0.02, level_dbfs=-55.0, seed=6)  # line hiss: below it
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    runs=st.lists(
+        st.tuples(st.sampled_from(["loud", "soft", "silent", "bot starts", "bot stops"]), st.integers(1, 8)),
+        max_size=10,
+    )
+)
+async def test_speech_sends_lose_nothing_and_hold_nothing_anyone_waits_for(runs: list[tuple[str, int]]) -> None:
+    """Any run of loud, soft and silent frames, the bot starting and stopping between them:
+    every byte arrives once and in order; while the bot speaks, or from a frame at or below
+    the threshold on, nothing fed is held back; no send is longer than 80 ms."""
+    steps = [kind for kind, count in runs for _ in range(count)]
+    fed = bytearray()
+    bot_speaking = False
+    # No endpointing, VAD events or utterance ends: the turn stays open (a local VAD opened it).
+    async with FakeDeepgram(api_key=KEY, recognizer=ScriptedRecognizer([])) as fake:
+        stt = DeepgramSTTService(
+            settings_for(
+                fake,
+                endpointing=False,
+                vad_events=False,
+                utterance_end_ms=None,
+                interrupt_on_speech_started=False,
+            )
+        )
+        async with PipelineHarness([stt]) as harness:
+            await until(lambda: fake.connections)
+            connection = fake.connections[0]
+            await harness.send(UserStartedSpeakingFrame(source="vad"))
+            for step in steps:
+                if step in ("bot starts", "bot stops"):
+                    bot_speaking = step == "bot starts"
+                    await harness.send(BotStartedSpeakingFrame() if bot_speaking else BotStoppedSpeakingFrame())
+                    continue
+                audio = {"loud": _LOUD, "soft": _SOFT, "silent": silence(0.02)}[step]
+                fed += audio
+                await harness.send(InputAudioRawFrame(audio, RATE))
+                # Over the bot, or a frame that is not loud: everything fed arrives, with nothing
+                # more fed. Loud speech with the bot silent: less than one 80 ms send held back.
+                allowed = 0 if bot_speaking or step != "loud" else int(0.08 * BPS) - _FRAME
+                needed = len(fed) - allowed
+                await until(lambda n=needed: len(connection.audio) >= n, timeout=2.0)
+            await harness.send(UserStoppedSpeakingFrame(source="vad"))  # Finalize: what is held goes first
+            await until(lambda: len(connection.audio) == len(fed), timeout=2.0)
+    assert bytes(connection.audio) == bytes(fed)
+    assert all(0 < size <= int(0.08 * BPS) and size % _FRAME == 0 for size in connection.audio_messages)
 
 
 @pytest.mark.parametrize("case", ["the bot speaks", "speech sends off"])
