@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.listen.v1.socket_client import V1SocketClientResponse
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
 
@@ -212,7 +212,7 @@ _SOFT = speech(0.02, level_dbfs=-55.0, seed=6)  # line hiss: below it
 
 
 @pytest.mark.timeout(120)
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None)
 @given(
     runs=st.lists(
         st.tuples(st.sampled_from(["loud", "soft", "silent", "bot starts", "bot stops"]), st.integers(1, 8)),
