@@ -14,6 +14,7 @@ from vantum_pipeline.services.offline.agent import SalesScript
 from vantum_pipeline.services.offline.espeak import BOT_VOICE, CALLEE_VOICE, EspeakSynthesizer, espeak_available
 from vantum_pipeline.services.offline.language_model import DomainLanguageModel
 from vantum_pipeline.services.offline.recognizer import (
+    EDGE_MARGIN,
     FinalTranscript,
     PartialTranscript,
     PocketsphinxRecognizer,
@@ -131,30 +132,36 @@ def test_events_are_ordered_and_timed(synthesizer: EspeakSynthesizer, callee_mod
     assert final.confidence >= 0.5
 
 
-@pytest.mark.parametrize("hiss", [0.0, 20.0], ids=["digital silence", "line hiss"])
+@pytest.mark.parametrize(
+    ("hiss", "window"),
+    [(0.0, 0.3), (20.0, 0.3), (0.0, 1.5)],
+    ids=["digital silence", "line hiss", "digital silence, longest endpointer window"],
+)
 def test_a_final_does_not_depend_on_where_the_phone_frames_fell(
-    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel, hiss: float
+    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel, hiss: float, window: float
 ) -> None:
     # The same two lines, said into the call after a little more or less quiet: the phone's
     # 20 ms frames fall differently against the endpointer's 30 ms ones. The finals must not
     # change. (They did: "What is the price?" came out as "what is right" on most alignments.)
-    lines = [
-        phone_line(synthesizer.synthesize(text, CALLEE_VOICE).audio, synthesizer.sample_rate)
-        for text in (
-            "Yes, I have a minute.",
-            "What is the price?",
-        )
-    ]
+    # The longest window (1.5 s, 90 % voiced) opens no utterance for a line shorter than about
+    # 1.4 s, so it gets longer lines; the 2 s of audio kept must still hold each lead-in.
+    texts = (
+        ("Yes, I have a minute.", "What is the price?")
+        if window <= 0.3
+        else ("Yes, I have a minute to talk right now.", "What is the price for a team of ten people?")
+    )
+    lines = [phone_line(synthesizer.synthesize(text, CALLEE_VOICE).audio, synthesizer.sample_rate) for text in texts]
     frame = 320  # 20 ms at 16 kHz
     rng = np.random.default_rng(3)
     results: list[list[FinalTranscript]] = []
-    for lead, gap in itertools.product((50, 51, 52), (60, 61, 62)):
+    pause = round(60 * window / 0.3) if window > 0.3 else 60  # the pause must close the first utterance
+    for lead, gap in itertools.product((50, 51, 52), (pause, pause + 1, pause + 2)):
         parts = [np.zeros(lead * frame, np.int16), lines[0], np.zeros(gap * frame, np.int16), lines[1]]
-        audio = np.concatenate([*parts, np.zeros(50 * frame, np.int16)]).astype(np.float64)
+        audio = np.concatenate([*parts, np.zeros(pause * frame, np.int16)]).astype(np.float64)
         if hiss:
             audio += rng.normal(0, hiss, len(audio))
         pcm = np.clip(audio, -32768, 32767).astype(np.int16).tobytes()
-        recognizer = PocketsphinxRecognizer(callee_model)
+        recognizer = PocketsphinxRecognizer(callee_model, endpoint_silence=window)
         finals = [e for e in feed_in_chunks(recognizer, pcm, chunk=2 * frame) if isinstance(e, FinalTranscript)]
         results.append(finals)
     # The endpointer decides on 30 ms frames, so where an utterance starts may move by a
@@ -191,6 +198,29 @@ def test_the_lead_in_is_the_audio_just_before_an_utterance(callee_model: DomainL
     recognizer._last_end = 0.0
     assert recognizer._audio_before((fed - 2 * 16000 + 800) / 16000) == expected(fed - 2 * 16000, fed - 2 * 16000 + 800)
     assert recognizer._audio_before((fed - 2 * 16000 - 800) / 16000) == b""
+
+
+@pytest.mark.parametrize("window", [0.3, 1.5])
+def test_an_utterance_gets_its_lead_in_with_any_endpointer_window(
+    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel, window: float
+) -> None:
+    # The endpointer hands speech back a window late, so an utterance opens up to 1.5 s behind
+    # the audio fed: the audio kept must reach back that far and EDGE_MARGIN more.
+    quiet = ((np.arange(3 * 16000) % 7) - 3).astype(np.int16)  # well below speech, every sample distinct by place
+    said = synthesizer.synthesize("Yes, I have a minute to talk right now.", CALLEE_VOICE)
+    line = phone_line(said.audio, synthesizer.sample_rate)
+    audio = np.concatenate([quiet, line, np.zeros(2 * 16000, np.int16)]).tobytes()
+    recognizer = PocketsphinxRecognizer(callee_model, endpoint_silence=window)
+    for offset in range(0, len(audio), 640):
+        if any(isinstance(e, SpeechStarted) for e in recognizer.feed(audio[offset : offset + 640])):
+            break
+    else:
+        pytest.fail("no utterance opened")
+    start = round(recognizer._utterance_start * 16000)
+    behind = recognizer.time - recognizer._utterance_start
+    margin = round(EDGE_MARGIN * 16000)
+    assert start <= len(quiet) and behind >= 0.9 * window  # the case this is about
+    assert recognizer._lead_in == np.frombuffer(audio, np.int16)[start - margin : start].tobytes()
 
 
 def test_recognize_hears_the_same_words_after_any_amount_of_quiet(
