@@ -74,6 +74,19 @@ async def say(harness: PipelineHarness, pcm: bytes) -> None:
         await harness.send(frame)
 
 
+async def say_past_onset(
+    harness: PipelineHarness, connection: Any, pcm: bytes, onset: int, *, timeout: float = 5.0
+) -> list[int]:
+    """Say ``pcm``: its first ``onset`` bytes, then the rest once the service has heard speech start;
+    return the sizes of the audio messages ``connection`` got from then to the end of the turn."""
+    await say(harness, pcm[:onset])
+    await harness.wait_for(UserStartedSpeakingFrame)
+    before = len(connection.audio_messages)
+    await say(harness, pcm[onset:])
+    await harness.wait_for(EndOfTurnFrame, timeout=timeout)
+    return list(connection.audio_messages[before:])
+
+
 def turn_frames(harness: PipelineHarness) -> list[Frame]:
     return [f for f in harness.downstream if isinstance(f, TURN_KINDS)]
 
@@ -168,14 +181,8 @@ async def test_quiet_audio_goes_in_larger_sends_and_speech_frame_by_frame() -> N
             await say(harness, silence(1.0))
             await until(lambda: len(connection.audio) >= BPS)  # every byte of the quiet second, ...
             quiet = list(connection.audio_messages)
-            pcm = speech(1.0) + silence(0.5)
-            onset = int(0.3 * BPS)
-            await say(harness, pcm[:onset])  # goes in 100 ms sends, until Deepgram hears speech start
-            await harness.wait_for(UserStartedSpeakingFrame)
-            before = len(connection.audio_messages)
-            await say(harness, pcm[onset:])
-            await harness.wait_for(EndOfTurnFrame)
-            after_onset = connection.audio_messages[before:]
+            # The first 0.3 s go in 100 ms sends, until Deepgram hears speech start.
+            after_onset = await say_past_onset(harness, connection, speech(1.0) + silence(0.5), int(0.3 * BPS))
         total = len(connection.audio)
     assert quiet == [BPS // 10] * 10  # ... in ten sends of 100 ms
     # Once speech is heard (the bot silent): the loud speech in sends of 80 ms, ...
@@ -195,12 +202,9 @@ async def test_the_end_of_a_turn_is_heard_without_more_audio_than_the_endpointin
         async with PipelineHarness([stt]) as harness:
             # Speech, then just the 300 ms of silence the endpointer waits for (and a frame or more),
             # then nothing: none of it may be waiting for a larger send.
+            await until(lambda: fake.connections)
             pcm = silence(0.2) + speech(1.0) + silence(tail)
-            onset = int(0.5 * BPS)
-            await say(harness, pcm[:onset])
-            await harness.wait_for(UserStartedSpeakingFrame)
-            await say(harness, pcm[onset:])
-            await harness.wait_for(EndOfTurnFrame, timeout=3.0)
+            await say_past_onset(harness, fake.connections[0], pcm, int(0.5 * BPS), timeout=3.0)
             held = len(pcm) - len(fake.connections[0].audio)
     assert texts(harness, EndOfTurnFrame) == ["Yes I am interested."]
     assert held == 0
@@ -271,14 +275,7 @@ async def test_speech_goes_frame_by_frame_over_the_bot_or_with_speech_sends_off(
             connection = fake.connections[0]
             if case == "the bot speaks":
                 await harness.send(BotStartedSpeakingFrame())
-            pcm = speech(1.0) + silence(0.5)
-            onset = int(0.3 * BPS)
-            await say(harness, pcm[:onset])
-            await harness.wait_for(UserStartedSpeakingFrame)
-            before = len(connection.audio_messages)
-            await say(harness, pcm[onset:])
-            await harness.wait_for(EndOfTurnFrame)
-            after_onset = connection.audio_messages[before:]
+            after_onset = await say_past_onset(harness, connection, speech(1.0) + silence(0.5), int(0.3 * BPS))
     # Barge-in is judged on the results, which must not wait for a larger send.
     assert len(after_onset) >= 50 and set(after_onset[1:]) == {BPS // 50}
 
