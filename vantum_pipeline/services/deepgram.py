@@ -367,7 +367,6 @@ class DeepgramSTTService(STTService):
         self._speech = False
         self._quiet_bytes = int(s.quiet_send_seconds * self._bytes_per_second) // self._width * self._width
         self._speech_bytes = int(s.speech_send_seconds * self._bytes_per_second) // self._width * self._width
-        self._loud_dbfs = s.interruptions.speech_threshold_dbfs
         self._format_error = False
         #: Counters, for tests and logs.
         self.reconnects = 0
@@ -445,7 +444,7 @@ class DeepgramSTTService(STTService):
         elif (
             unsent < self._speech_bytes
             and not self.judge.wants_audio
-            and level_dbfs(frame.audio, frame.encoding) > self._loud_dbfs
+            and level_dbfs(frame.audio, frame.encoding) > self.judge.speech_threshold_dbfs
         ):
             return  # loud speech, the bot silent: batched (see DeepgramSettings.speech_send_seconds)
         await self._send_unsent()
