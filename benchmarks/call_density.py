@@ -165,9 +165,6 @@ class Usage:
                 total += child.memory_info().rss
         return total
 
-    def _cpu(self) -> float:
-        return sum(self._cpu_split())
-
     def _cpu_split(self) -> tuple[float, float]:
         """(user, system) CPU seconds of this process and its children, the ended ones included."""
         times = self._process.cpu_times()
@@ -182,8 +179,8 @@ class Usage:
     def start(self) -> None:
         self.collections.install()
         self.base_rss = self.peak = self._rss()
-        self.cpu0 = self._cpu()
-        self.system0 = self._cpu_split()[1]
+        user, self.system0 = self._cpu_split()
+        self.cpu0 = user + self.system0
         self._task = asyncio.ensure_future(self._sample())
 
     async def _sample(self) -> None:
@@ -195,9 +192,10 @@ class Usage:
         if self._task is not None:
             self._task.cancel()
         self.collections.remove()
+        user, system = self._cpu_split()
         return {
-            "cpu": self._cpu() - self.cpu0,
-            "cpu_system": self._cpu_split()[1] - self.system0,
+            "cpu": user + system - self.cpu0,
+            "cpu_system": system - self.system0,
             "rss_growth": max(0, self.peak - self.base_rss),
             **self.collections.figures(),
         }
