@@ -572,7 +572,7 @@ def one_round(library: str, k: int, options: dict[str, Any]) -> dict[str, Any]:
         urls = {**_recv(services_pipe, 60), **_recv(twilio_pipe, 60)}
         services_pipe.send("cpu")
         twilio_pipe.send("cpu")
-        stand_in_cpu0 = _recv(services_pipe, 10) + _recv(twilio_pipe, 10)
+        services_cpu0, twilio_cpu0 = _recv(services_pipe, 10), _recv(twilio_pipe, 10)
         process, pipe = _spawn(library_main, library, urls, k, options)
         if options.get("profile"):
             profiler = _py_spy(
@@ -585,7 +585,9 @@ def one_round(library: str, k: int, options: dict[str, Any]) -> dict[str, Any]:
         result.update(_recv(twilio_pipe, 60))
         services_pipe.send("cpu")
         twilio_pipe.send("cpu")
-        result["stand_in_cpu"] = _recv(services_pipe, 10) + _recv(twilio_pipe, 10) - stand_in_cpu0
+        result["services_cpu"] = _recv(services_pipe, 10) - services_cpu0
+        result["callees_cpu"] = _recv(twilio_pipe, 10) - twilio_cpu0
+        result["stand_in_cpu"] = result["services_cpu"] + result["callees_cpu"]
     finally:
         for proc, pipe in ((services, services_pipe), (twilio, twilio_pipe)):
             with contextlib.suppress(Exception):
@@ -666,7 +668,7 @@ def report(rows: list[dict[str, Any]]) -> None:
     print(
         "| K | library | CPU/call (% core) | late % | eroded % | worst late ms | turn p50 ms | turn p99 ms "
         "| added p50 / p99 ms | react p50 / p99 ms | MiB/call | GC % of CPU / longest ms | kernel % of CPU "
-        "| done | warnings | stand-ins CPU s |"
+        "| done | warnings | stand-ins CPU s (services + callees) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -683,7 +685,7 @@ def report(rows: list[dict[str, Any]]) -> None:
             f"| {_fmt_ms(r.get('added_p50'), 1)} / {_fmt_ms(r.get('added_p99'), 1)} "
             f"| {_fmt_ms(r.get('react_p50'))} / {_fmt_ms(r.get('react_p99'))} "
             f"| {p['mib']:.2f} | {_gc(r)} | {_kernel(r)} | {r['completed']}/{r['k']} | {r['warning_count']} "
-            f"| {r['stand_in_cpu']:.1f} |"
+            f"| {r['stand_in_cpu']:.1f} ({r['services_cpu']:.1f} + {r['callees_cpu']:.1f}) |"
         )
     by_k: dict[int, dict[str, list[dict[str, float]]]] = {}
     for r in rows:

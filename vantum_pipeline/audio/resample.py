@@ -122,8 +122,6 @@ class StreamResampler:
         d = self._design
         #: The phases as (taps, up) columns, for the upsampling product.
         self._phases_t = np.ascontiguousarray(d.phases.T)
-        #: Decimation's polyphase branches: taps r, r + down, r + 2 down, ... of the one phase.
-        self._branches = [d.phases[0][r :: d.down].astype(np.float64) for r in range(d.down)] if d.up == 1 else []
         # Input samples per block: about a million window elements (4 MB) of scratch at most.
         self._block = max(d.down, _SCRATCH_ELEMENTS // d.taps_per_phase * d.down // d.up)
         self.reset()
@@ -207,18 +205,13 @@ class StreamResampler:
             product: npt.NDArray[np.float32] = np.dot(windows[first : first + (n1 - n0) // d.up], self._phases_t)
             y = product.ravel()
         elif d.up == 1:
-            # Decimation by `down`, in polyphase form: output n is the sum over r of
-            # taps h[r::down] against inputs first + r + down * (n + i). One short
-            # correlation per branch beats a strided product over the overlapping windows.
-            # (numpy correlates float64 faster than float32.)
+            # Decimation by `down`: output i is window (first + i * down) against the one
+            # phase, so the windows a `down`-sample stride apart make one matrix-vector product.
             first = n0 * d.down - buf_start - (k - 1)
-            count = n1 - n0
-            wide = buf.astype(np.float64)
-            acc = np.zeros(count)
-            for r, taps in enumerate(self._branches):
-                start = first + r
-                acc += np.correlate(wide[start : start + (count + len(taps) - 1) * d.down : d.down], taps, "valid")
-            y = acc.astype(np.float32)
+            strided: npt.NDArray[np.float32] = np.ndarray(
+                (n1 - n0, k), np.float32, buf, first * step, (d.down * step, step)
+            )
+            y = np.dot(strided, d.phases[0])
         else:
             n = np.arange(n0, n1, dtype=np.int64)
             t = n * d.down
