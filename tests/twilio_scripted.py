@@ -269,8 +269,9 @@ async def phone_stack(
     outcome_timeout: float = 5.0,
     max_calls: int = 100,
     transport_params: TwilioTransportParams | None = None,
+    **server_options: Any,
 ) -> AsyncIterator[tuple[FakeTwilio, TwilioServer]]:
-    """FakeTwilio plus our server wired to it, on loopback."""
+    """FakeTwilio plus our server wired to it, on loopback (``server_options``: more of TwilioServer's)."""
     async with FakeTwilio() as fake:
         settings = TwilioSettings(
             account_sid=fake.account_sid,
@@ -290,6 +291,7 @@ async def phone_stack(
                 outcome_timeout=outcome_timeout,
                 max_calls=max_calls,
                 transport_params=transport_params,
+                **server_options,
             )
             async with server:
                 server.public_base_url = server.local_url

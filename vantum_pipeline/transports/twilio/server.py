@@ -71,6 +71,16 @@ thread before the server serves: the imports and first-use set-up the SDKs
 would otherwise do in the first call (559 modules in the call-density
 benchmark), on the event loop, stalling every call of the process.
 
+Load: the server measures how late its event loop runs (``loop_monitor``, a
+``LoopMonitor``; see ``vantum_pipeline.observability.loop``), into the
+process's metrics registry as ``loop.lag``. While the loop's p90 lag over the
+last 5 s exceeds ``overload_lag`` (default 0.1 s: the process has far more
+work than its core can do on time), ``place_call`` places no new call: the
+call ends at once as ``retry_later`` (status ``overloaded``), with no
+request to Twilio, and the calls in progress keep the core. Media streams of
+calls already placed are still served. ``overload_lag=None`` places calls
+whatever the load.
+
 Isolation: each call runs in its own request handler; an exception, a
 malformed stream or a failed service ends that call only. When a pipeline
 ends on our side (goodbye said, ``end_call``, budget, error) the call is hung
@@ -97,6 +107,8 @@ from loguru import logger
 
 from vantum_pipeline import warmup
 from vantum_pipeline.errors import ConfigurationError, ProtocolError, ServiceError
+from vantum_pipeline.observability.loop import LoopMonitor
+from vantum_pipeline.observability.metrics import process_registry
 from vantum_pipeline.observability.retry import RetryExhausted
 from vantum_pipeline.task import PipelineTask
 from vantum_pipeline.telephony.amd import MachineDetection
@@ -221,7 +233,9 @@ class TwilioServer:
     long a final status callback that arrives while the call's pipeline is
     still running waits for it to finish (so that the pipeline's failure
     decides the outcome). ``tune_gc``: see *Memory* in the module docstring.
-    ``warm_up``: see *Start* in the module docstring.
+    ``warm_up``: see *Start* in the module docstring. ``overload_lag``
+    (seconds, or None) and ``loop_monitor`` (default: one observing into
+    ``process_registry()``): see *Load* in the module docstring.
     """
 
     def __init__(
@@ -245,7 +259,11 @@ class TwilioServer:
         listen: bool = True,
         tune_gc: bool = True,
         warm_up: bool = True,
+        overload_lag: float | None = 0.1,
+        loop_monitor: LoopMonitor | None = None,
     ) -> None:
+        if overload_lag is not None and not overload_lag > 0:
+            raise ConfigurationError(f"overload_lag must be > 0 seconds or None, got {overload_lag!r}")
         self.settings = settings
         self.public_base_url = settings.public_base_url
         self.pipeline_factory = pipeline_factory
@@ -269,6 +287,10 @@ class TwilioServer:
         self.listen = listen
         self.tune_gc = tune_gc
         self.warm_up = warm_up
+        self.overload_lag = overload_lag
+        self.loop_monitor = loop_monitor if loop_monitor is not None else LoopMonitor(registry=process_registry())
+        #: Calls not placed because the process was overloaded.
+        self.refused_overloaded = 0
         self._holds_gc = False
         self.active: dict[str, _ActiveCall] = {}
         #: Media sockets accepted and not closed yet, started or not: what ``max_calls`` bounds.
@@ -311,6 +333,7 @@ class TwilioServer:
             )
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
+        self.loop_monitor.start()
         if not self.listen:
             self._hold_gc()
             logger.info("Twilio server ready for adopted connections (public URL {})", self.public_base_url)
@@ -363,6 +386,7 @@ class TwilioServer:
             if self._own_client:
                 await self.client.aclose()
         finally:
+            await self.loop_monitor.stop()
             if self._holds_gc:  # even when stopping failed or was cancelled
                 self._holds_gc = False
                 _ServingGc.release()
@@ -460,6 +484,16 @@ class TwilioServer:
             campaign_id=campaign_id,
             prospect_id=prospect_id,
         )
+        if self.overload_lag is not None and self.loop_monitor.overloaded(self.overload_lag):
+            self.refused_overloaded += 1
+            logger.warning(
+                "call to {} not placed: this process is overloaded (its event loop runs {:.0f} ms late, p90); "
+                "retry later",
+                mask_number(to),
+                1000 * self.loop_monitor.lag(0.9),
+            )
+            call.finish(CallOutcome.RETRY_LATER, "overloaded")
+            return call
         amd = self.features.amd if self.features is not None else None
         detection = machine_detection or (amd.mode if amd is not None else None)
         if amd is not None and detection is not None:
