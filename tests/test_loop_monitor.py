@@ -63,7 +63,7 @@ def captured_logs() -> Iterator[list[str]]:
 
 async def test_a_held_loop_is_measured_late_and_observed_into_the_registry() -> None:
     registry = MetricsRegistry()
-    async with LoopMonitor(interval=0.01, window=5.0, registry=registry, warn_at=None) as monitor:
+    async with LoopMonitor(interval=0.01, window=5.0, registry=registry, warn_at=None, min_samples=1) as monitor:
         await until(lambda: monitor.measured >= 3)
         seen = monitor.measured
         time.sleep(0.3)  # noqa: ASYNC251 - the loop held: the monitor's timer fires 0.3 s late
@@ -77,7 +77,7 @@ async def test_a_held_loop_is_measured_late_and_observed_into_the_registry() -> 
 
 
 async def test_the_window_forgets_old_lags() -> None:
-    async with LoopMonitor(interval=0.01, window=0.3, warn_at=None) as monitor:
+    async with LoopMonitor(interval=0.01, window=0.3, warn_at=None, min_samples=1) as monitor:
         async with held_loop():
             await until(lambda: monitor.overloaded(0.05))
         await until(lambda: not monitor.overloaded(0.05))  # 0.3 s of on-time measurements
@@ -85,16 +85,28 @@ async def test_the_window_forgets_old_lags() -> None:
 
 
 async def test_a_loop_held_longer_than_the_window_reads_late_at_once() -> None:
-    async with LoopMonitor(interval=0.01, window=0.05, warn_at=None) as monitor:
+    async with LoopMonitor(interval=0.01, window=0.05, warn_at=None, min_samples=1) as monitor:
         await until(lambda: monitor.measured >= 3)
         time.sleep(0.2)  # noqa: ASYNC251 - held: the measurement under way is overdue, none landed in the window
         assert monitor.lag(0.9) >= 0.15
         assert monitor.overloaded(0.1)
 
 
+async def test_one_stall_on_a_window_of_few_measurements_is_not_a_trend() -> None:
+    with captured_logs() as lines:
+        async with LoopMonitor(interval=0.01, window=5.0, warn_at=0.05, min_samples=10) as monitor:
+            await until(lambda: monitor.measured >= 1)
+            time.sleep(0.3)  # noqa: ASYNC251 - one stall, two measurements into the window
+            await until(lambda: monitor.measured >= 2)
+            assert monitor.lag(0.9) >= 0.25 and not monitor.overloaded(0.05)
+            await until(lambda: monitor.measured >= 11)
+            assert not monitor.overloaded(0.05)  # one late measurement of ten: p90 on time
+    assert not any(line.startswith("WARNING") for line in lines)
+
+
 async def test_a_late_loop_is_warned_about_once_and_its_recovery_logged() -> None:
     with captured_logs() as lines:
-        async with LoopMonitor(interval=0.01, window=0.3, warn_at=0.05) as monitor:
+        async with LoopMonitor(interval=0.01, window=0.3, warn_at=0.05, min_samples=1) as monitor:
             async with held_loop():
                 await until(lambda: monitor.overloaded(0.05))
                 held = monitor.measured
@@ -129,6 +141,8 @@ async def test_a_stopped_monitor_keeps_its_figures_and_starts_again_with_an_empt
         ({"interval": 20.0}, "interval"),
         ({"interval": 0.1, "window": 0.05}, "window"),
         ({"warn_at": 0.0}, "warn_at"),
+        ({"interval": 0.1, "window": 0.5, "min_samples": 6}, "min_samples"),
+        ({"min_samples": 0}, "min_samples"),
     ],
 )
 def test_bad_settings_are_refused(options: dict[str, float], message: str) -> None:
@@ -142,7 +156,7 @@ def test_a_quantile_outside_0_to_1_is_refused() -> None:
 
 
 async def test_an_overloaded_server_places_no_call_until_its_loop_is_on_time_again() -> None:
-    monitor = LoopMonitor(interval=0.01, window=0.3, warn_at=None)
+    monitor = LoopMonitor(interval=0.01, window=0.3, warn_at=None, min_samples=1)
     async with phone_stack(lambda call: None, loop_monitor=monitor, overload_lag=0.05) as (fake, server):
         fake.default = CalleeBehaviour(outcome="busy")
         assert monitor.running
@@ -163,7 +177,7 @@ async def test_an_overloaded_server_places_no_call_until_its_loop_is_on_time_aga
 
 
 async def test_without_an_overload_lag_calls_are_placed_whatever_the_load() -> None:
-    monitor = LoopMonitor(interval=0.01, window=0.3, warn_at=None)
+    monitor = LoopMonitor(interval=0.01, window=0.3, warn_at=None, min_samples=1)
     async with phone_stack(lambda call: None, loop_monitor=monitor, overload_lag=None) as (fake, server):
         fake.default = CalleeBehaviour(outcome="busy")
         async with held_loop():

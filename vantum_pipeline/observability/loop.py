@@ -58,6 +58,7 @@ class LoopMonitor:
         window: float = 5.0,
         registry: MetricsRegistry | None = None,
         warn_at: float | None = 0.05,
+        min_samples: int = 10,
     ) -> None:
         if not 0.001 <= interval <= 10.0:
             raise ConfigurationError(f"LoopMonitor interval must be 0.001-10 s, got {interval!r}")
@@ -67,7 +68,13 @@ class LoopMonitor:
             )
         if warn_at is not None and not warn_at > 0:
             raise ConfigurationError(f"LoopMonitor warn_at must be > 0 s or None, got {warn_at!r}")
+        if not 1 <= min_samples <= math.ceil(window / interval):
+            raise ConfigurationError(
+                f"LoopMonitor min_samples must be 1 to the window's {math.ceil(window / interval)} "
+                f"measurements, got {min_samples!r}"
+            )
         self.interval = interval
+        self.min_samples = min_samples
         self.window = window
         self.registry = registry
         self.warn_at = warn_at
@@ -124,11 +131,12 @@ class LoopMonitor:
         if not lags:
             return 0.0
         lags.sort()
-        return lags[min(len(lags) - 1, int(quantile * len(lags)))]
+        return lags[max(0, math.ceil(quantile * len(lags)) - 1)]  # nearest rank
 
     def overloaded(self, threshold: float) -> bool:
-        """Whether the p90 lag over the window exceeds ``threshold`` seconds."""
-        return self.lag(0.9) > threshold
+        """Whether the p90 lag over the window exceeds ``threshold`` seconds, on at least ``min_samples``."""
+        p90 = self.lag(0.9)  # drops what left the window first
+        return len(self._lags) >= self.min_samples and p90 > threshold
 
     def _recent(self) -> list[tuple[float, float]]:
         """The window's measurements, with the one under way when it is overdue."""
@@ -160,6 +168,8 @@ class LoopMonitor:
         if self.registry is not None:
             self.registry.histogram(LOOP_LAG_METRIC).observe(lag)
         if self.warn_at is None:
+            return
+        if len(self._lags) < self.min_samples:
             return
         p90 = self.lag(0.9)
         if p90 > self.warn_at and not self._warned:

@@ -333,14 +333,15 @@ class TwilioServer:
             )
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        self.loop_monitor.start()
         if not self.listen:
             self._hold_gc()
+            self.loop_monitor.start()  # after the start-up's own stalls (the collection above)
             logger.info("Twilio server ready for adopted connections (public URL {})", self.public_base_url)
             return
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self._hold_gc()
+        self.loop_monitor.start()  # after the start-up's own stalls (the collection above)
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         if sockets:
