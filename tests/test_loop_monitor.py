@@ -18,7 +18,7 @@ from loguru import logger
 from twilio_scripted import phone_stack
 
 from vantum_pipeline.errors import ConfigurationError
-from vantum_pipeline.observability.loop import LOOP_LAG_METRIC, LoopMonitor
+from vantum_pipeline.observability.loop import LAG_BUCKETS, LOOP_LAG_METRIC, LoopMonitor
 from vantum_pipeline.observability.metrics import MetricsRegistry
 from vantum_pipeline.telephony.outcome import CallOutcome
 from vantum_pipeline.testing.twilio_calls import CalleeBehaviour
@@ -73,6 +73,10 @@ async def test_a_held_loop_is_measured_late_and_observed_into_the_registry() -> 
         assert monitor.lag(0.0) < 0.25  # the on-time measurements are there too
     summary = registry.histogram(LOOP_LAG_METRIC).summary()
     assert summary.count == monitor.measured and summary.max is not None and summary.max >= 0.25
+    assert [bound for bound, _ in summary.buckets][:-1] == list(LAG_BUCKETS)  # milliseconds, not latency's
+    merged = MetricsRegistry()  # as the worker pool merges its workers' registries
+    merged.merge(registry.export())
+    assert merged.histogram(LOOP_LAG_METRIC).summary().buckets == summary.buckets
     assert not monitor.running
 
 

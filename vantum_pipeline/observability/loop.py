@@ -36,10 +36,12 @@ from loguru import logger
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.observability.metrics import MetricsRegistry
 
-__all__ = ["LOOP_LAG_METRIC", "LoopMonitor"]
+__all__ = ["LAG_BUCKETS", "LOOP_LAG_METRIC", "LoopMonitor"]
 
 #: The histogram each lag is observed into (seconds).
 LOOP_LAG_METRIC = "loop.lag"
+#: Its buckets' upper bounds (seconds): a loop on time lags well under a millisecond.
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 class LoopMonitor:
@@ -166,7 +168,7 @@ class LoopMonitor:
         self.measured += 1
         self.worst = max(self.worst, lag)
         if self.registry is not None:
-            self.registry.histogram(LOOP_LAG_METRIC).observe(lag)
+            self.registry.histogram(LOOP_LAG_METRIC, bounds=LAG_BUCKETS).observe(lag)
         if self.warn_at is None:
             return
         if len(self._lags) < self.min_samples:

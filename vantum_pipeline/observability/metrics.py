@@ -222,7 +222,8 @@ class MetricsRegistry:
                 found = self._counters[key] = Counter(self._lock)
             return found
 
-    def histogram(self, name: str, service: str = "") -> Histogram:
+    def histogram(self, name: str, service: str = "", bounds: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+        """The histogram ``(name, service)``; ``bounds``: its buckets' upper bounds when this call creates it."""
         key = (name, service)
         found = self._histograms.get(key)
         if found is not None:
@@ -231,7 +232,7 @@ class MetricsRegistry:
             key = self._bounded_key(key, self._histograms)
             found = self._histograms.get(key)
             if found is None:
-                found = self._histograms[key] = Histogram(self._lock)
+                found = self._histograms[key] = Histogram(self._lock, bounds)
             return found
 
     def _bounded_key(self, key: tuple[str, str], table: dict[tuple[str, str], Any]) -> tuple[str, str]:
@@ -278,7 +279,7 @@ class MetricsRegistry:
             if value:
                 self.counter(name, service).inc(value)
         for (name, service), histogram in state["histograms"].items():
-            self.histogram(name, service).merge(histogram)
+            self.histogram(name, service, tuple(histogram["bounds"])).merge(histogram)
         self.dropped_series += state["dropped_series"]
 
     def snapshot(self) -> dict[str, Any]:
