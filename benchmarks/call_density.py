@@ -43,6 +43,13 @@ fresh process. Per K and library:
   received -> the answer's first μ-law chunk written; *added* is react minus
   the LLM's time to first token and the TTS's time to first audio (the
   waits on the stand-ins): the turn latency the library itself adds;
+- **loop lag p50/p99** (vantum): how late the server's event loop ran during
+  the round, from its ``loop.lag`` metric (see
+  ``vantum_pipeline.observability.loop``; the bucket's upper bound, as an
+  operator reads it; with ``--workers``, every worker's measurements
+  together). A loop on time lags under a millisecond; a saturated one by tens
+  of milliseconds, and every call's waits with it. The server places the K
+  calls whatever the lag (``overload_lag=None``);
 - **kernel %**: the share of the library process's CPU time spent in the
   kernel (system time: socket reads and writes, epoll, the wake-ups of the
   processes it writes to over loopback);
@@ -59,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -86,6 +94,7 @@ ROUND_KEYS = (
     "late",
     "chunks",
     "added_p99",
+    "loop_lag_p99",
     "completed",
     "error",
     "end_reasons",
@@ -429,6 +438,45 @@ async def _warm_up(server: Any, calls: int) -> None:
     TURNS.added.clear()
 
 
+def _server_options() -> dict[str, Any]:
+    """K calls are the workload: placed whatever the load (``overload_lag=None``; a ``--baseline``
+    checkout older than the option has no admission check to turn off)."""
+    import inspect
+
+    from vantum_pipeline.transports.twilio.server import TwilioServer
+
+    return {"overload_lag": None} if "overload_lag" in inspect.signature(TwilioServer).parameters else {}
+
+
+def _registry_state() -> dict[str, Any] | None:
+    """This process's metrics (where the server's loop monitor observes ``loop.lag``), as plain data."""
+    from vantum_pipeline.observability.metrics import process_registry
+
+    return process_registry().export()
+
+
+def loop_lag(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    """The p50 and p99 of the server's ``loop.lag`` over the round, from the histogram's buckets (the
+    bucket's upper bound: how an operator reads it from the metrics); none from a library without it."""
+    found = (after or {}).get("histograms", {}).get(("loop.lag", ""))
+    if found is None:
+        return {}
+    earlier = (before or {}).get("histograms", {}).get(("loop.lag", ""))
+    counts = [n - (earlier["counts"][i] if earlier else 0) for i, n in enumerate(found["counts"])]
+    total = sum(counts)
+    if not total:
+        return {}
+    figures: dict[str, Any] = {"loop_lag_n": total}
+    for name, q in (("loop_lag_p50", 0.5), ("loop_lag_p99", 0.99)):
+        rank, running = math.ceil(q * total), 0
+        for bound, n in zip((*found["bounds"], math.inf), counts, strict=True):
+            running += n
+            if running >= rank:
+                figures[name] = bound
+                break
+    return figures
+
+
 async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any]) -> dict[str, Any]:
     """The same calls through ``TwilioWorkerPool``: ``options["workers"]`` server processes behind one port."""
     import socket
@@ -447,13 +495,14 @@ async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any])
         port=port,
         public_base_url=f"http://127.0.0.1:{port}",
         max_calls=k + 10,
-        server_options={"transport_params": params},
+        server_options={"transport_params": params, **_server_options()},
         stop_timeout=30.0,
     )
     usage = Usage()
     async with pool:
         if options.get("warmup"):
             await _warm_up(pool, options["workers"])
+        lag0 = (await pool.metrics()).export()
         usage.start()  # after the workers are up: their start-up is not the calls' cost
         t0 = time.monotonic()
 
@@ -466,6 +515,7 @@ async def run_vantum_pool(urls: dict[str, str], k: int, options: dict[str, Any])
             records = await asyncio.gather(*(one(i) for i in range(k)))
         wall = time.monotonic() - t0
         figures = usage.stop()
+        figures.update(loop_lag(lag0, (await pool.metrics()).export()))
     for key in ("gc_counts", "gc_collected", "gc_seconds", "gc_longest_ms"):
         figures.pop(key, None)  # this process's collector, not the workers': not the calls' figure
     turns = TurnTimes()
@@ -489,11 +539,13 @@ async def run_vantum(urls: dict[str, str], k: int, options: dict[str, Any]) -> d
         port=0,
         max_calls=k + 10,
         transport_params=params,
+        **_server_options(),
     )
     async with server:
         server.public_base_url = server.local_url
         if options.get("warmup"):
             await _warm_up(server, 1)
+        lag0 = _registry_state()
         usage.start()
         t0 = time.monotonic()
 
@@ -507,6 +559,7 @@ async def run_vantum(urls: dict[str, str], k: int, options: dict[str, Any]) -> d
             await server.wait_idle()
         wall = time.monotonic() - t0
         figures = usage.stop()
+        figures.update(loop_lag(lag0, _registry_state()))
     outcomes = Counter(r.outcome.value for r in records)
     return {**figures, **TURNS.figures(), "wall": wall, "outcomes": dict(outcomes), "rss_base": usage.base_rss}
 
@@ -650,6 +703,13 @@ def _fmt_ms(value: float | None, decimals: int = 0) -> str:
     return "-" if value is None else f"{1000 * value:.{decimals}f}"
 
 
+def _fmt_lag(bound: float | None) -> str:
+    """A loop lag bucket's upper bound, in ms (``≤ 5``), or ``> 2000`` past the last bucket."""
+    if bound is None:
+        return "-"
+    return "> 2000" if math.isinf(bound) else f"≤ {1000 * bound:g}"
+
+
 def _gc(row: dict[str, Any]) -> str:
     if "gc_seconds" not in row or not row.get("cpu"):
         return "-"
@@ -667,10 +727,10 @@ def report(rows: list[dict[str, Any]]) -> None:
     print()
     print(
         "| K | library | CPU/call (% core) | late % | eroded % | worst late ms | turn p50 ms | turn p99 ms "
-        "| added p50 / p99 ms | react p50 / p99 ms | MiB/call | GC % of CPU / longest ms | kernel % of CPU "
-        "| done | warnings | stand-ins CPU s (services + callees) |"
+        "| added p50 / p99 ms | react p50 / p99 ms | loop lag p50 / p99 ms | MiB/call | GC % of CPU / longest ms "
+        "| kernel % of CPU | done | warnings | stand-ins CPU s (services + callees) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r and "cpu" not in r:
             print(f"| {r['k']} | {r['library']} | error: {r['error']} |")
@@ -684,6 +744,7 @@ def report(rows: list[dict[str, Any]]) -> None:
             f"| {1000 * r['worst_late']:.0f} | {_fmt_ms(r['latency_p50'])} | {_fmt_ms(r['latency_p99'])} "
             f"| {_fmt_ms(r.get('added_p50'), 1)} / {_fmt_ms(r.get('added_p99'), 1)} "
             f"| {_fmt_ms(r.get('react_p50'))} / {_fmt_ms(r.get('react_p99'))} "
+            f"| {_fmt_lag(r.get('loop_lag_p50'))} / {_fmt_lag(r.get('loop_lag_p99'))} "
             f"| {p['mib']:.2f} | {_gc(r)} | {_kernel(r)} | {r['completed']}/{r['k']} | {r['warning_count']} "
             f"| {r['stand_in_cpu']:.1f} ({r['services_cpu']:.1f} + {r['callees_cpu']:.1f}) |"
         )
