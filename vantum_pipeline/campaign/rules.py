@@ -18,7 +18,7 @@ no_answer              retry     after 4 h, at most 3 attempts, then unreachable
 failed                 remove    the number is not in service: off the list
 invalid_number         remove    Twilio refused the number
 error                  retry     our side or the network failed: after 10 min, 3 attempts, then failed
-rate_limited           retry     Twilio said too many requests: after 1 min, 10 attempts
+rate_limited           retry     Twilio said too many requests, or our server was overloaded: after 1 min, 10 attempts
 canceled               retry     we canceled it before an answer: after 10 min, 3 attempts
 interrupted            retry     the runner stopped mid-call: at once, 3 attempts, then failed
 completed              done      answered, no result recorded
