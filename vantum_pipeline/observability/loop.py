@@ -50,7 +50,11 @@ class LoopMonitor:
     ``interval``: seconds between measurements; ``window``: seconds of
     measurements :meth:`lag` looks at; ``registry``: where the ``loop.lag``
     histogram goes (None: nowhere); ``warn_at``: the p90 lag (seconds) above
-    which a warning is logged (None: never).
+    which a warning is logged (None: never); ``min_samples``: how many
+    measurements the window must hold before the loop can count as late
+    (:meth:`overloaded`, the warning), so that one stall (a start-up step, a
+    collection) on a window of few measurements is not taken for a trend.
+    One monitor per server: the server that stops it stops it for all.
     """
 
     def __init__(
