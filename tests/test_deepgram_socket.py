@@ -12,7 +12,7 @@ from deepgram import AsyncDeepgramClient
 from deepgram.core.api_error import ApiError
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.listen.v1.socket_client import AsyncV1SocketClient, V1SocketClientResponse
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from loguru import logger
 
@@ -296,6 +296,8 @@ def _outcome(assembler: TurnAssembler, message: Any) -> Any:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(_RESULTS, _UTTERANCE_END), min_size=1, max_size=4))
+# Found by this test: only the first alternative is read, but a later one that is not an object is malformed too.
+@example([{"type": "Results", "start": 0.0, "channel": {"alternatives": [{"transcript": ""}, ""]}}])
 def test_a_json_message_reads_as_the_sdk_model_of_it(messages: list[dict[str, Any]]) -> None:
     """Whatever the server sends, well-formed or not: the same frames, or malformed both ways."""
     sdk_turns = TurnAssembler(language="en-US", min_confidence=0.5)

@@ -48,6 +48,11 @@ def _best_alternative(results: Any) -> _Alternative:
         raise ProtocolError("Deepgram Results without channel.alternatives", raw=repr(results)[:_MAX_RAW])
     if not alternatives:
         return _Alternative("", 0.0, (), None)
+    if any(
+        isinstance(alternative, str | bytes | int | float | list) or alternative is None for alternative in alternatives
+    ):
+        # Only the first is read, but a list the SDK cannot model is a malformed message either way.
+        raise ProtocolError("Deepgram Results with an alternative that is not an object", raw=repr(results)[:_MAX_RAW])
     best = alternatives[0]
     transcript = best.transcript
     if not isinstance(transcript, str):
