@@ -92,13 +92,15 @@ calls_per_second = 50
 
 
 @contextlib.asynccontextmanager
-async def workers(url: str, line: ScriptedLine, n: int, **options: Any) -> AsyncIterator[list[CampaignWorker]]:
+async def workers(
+    url: str, line: ScriptedLine, n: int, prefix: str = "w", **options: Any
+) -> AsyncIterator[list[CampaignWorker]]:
     @contextlib.asynccontextmanager
     async def factory(config: Any, dnc: Any) -> AsyncIterator[ScriptedLine]:
         yield line
 
     made = [
-        CampaignWorker(url, factory, limits={"calls": 3}, calls_per_second=100, lease_ttl=2, worker_id=f"w{i}",
+        CampaignWorker(url, factory, limits={"calls": 3}, calls_per_second=100, lease_ttl=2, worker_id=f"{prefix}{i}",
                        max_jobs=5, poll_delay=0.05, **options)
         for i in range(n)
     ]  # fmt: skip
@@ -138,6 +140,48 @@ async def test_a_campaign_through_redis_workers(redis_server: Any, tmp_path: Pat
         outcomes = store.outcome_counts(config.id)
         assert outcomes.get("busy") == 3 and outcomes.get("no_answer") == 3 and outcomes.get("failed") == 3
         assert outcomes.get("completed") == 21
+
+
+class OverloadedLine(ScriptedLine):
+    """A worker's line whose process is overloaded (as PhoneDialer says while its loop runs late)."""
+
+    def overloaded(self) -> bool:
+        return True
+
+
+async def test_an_overloaded_worker_puts_its_jobs_back_undialled(redis_server: Any, tmp_path: Path) -> None:
+    numbers = [f"+1415555{i:04d}" for i in range(3, 9)]  # all answer "completed"
+    path = write_campaign(tmp_path, numbers)
+    config = load_campaign(path)
+    dials: list[tuple[str, str]] = []
+    late = OverloadedLine([])
+    with CampaignStore(tmp_path / "store.db") as store:
+        prepare_campaign(config, store)
+        async with (
+            RedisDispatcher(
+                redis_server.url, campaign_id=config.id, config_text=path.read_text(), config_path=str(path),
+                max_outstanding=6,
+            ) as dispatcher,
+            workers(redis_server.url, late, 1) as (overloaded,),
+        ):  # fmt: skip
+            runner = CampaignRunner(
+                config, store, late, clock=FrozenClock(TUESDAY_MORNING), dispatcher=dispatcher, poll_interval=0.05,
+                idle_exit=0.0, write_records=False,
+            )  # fmt: skip
+            dispatcher.bind(runner, dnc=runner.dnc)
+            running = asyncio.get_running_loop().create_task(runner.run())
+            async with asyncio.timeout(30):
+                while overloaded.overloaded_deferrals < 3:  # noqa: ASYNC110 - the worker's counter has no event
+                    await asyncio.sleep(0.05)
+            assert not late.log and store.attempts(config.id) != []  # claimed, put back, never dialled
+            assert overloaded.health()["overloaded_deferrals"] >= 3
+            async with workers(redis_server.url, ScriptedLine(dials), 1, prefix="on-time-"):  # takes them
+                summary = await asyncio.wait_for(running, 60)
+        assert summary.reason in ("finished", "waiting")
+        assert not late.log
+        assert sorted(number for _, number in dials) == numbers  # each dialled once, by the worker on time
+        assert len(store.attempts(config.id)) == 6  # one attempt each: the deferrals spent none
+        assert store.outcome_counts(config.id) == {"completed": 6}
 
 
 def test_poison_jobs_are_refused_with_the_field_named() -> None:

@@ -4,6 +4,7 @@ and reconciliation of attempts a dead runner left open."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 from collections.abc import AsyncIterator, Mapping
@@ -291,3 +292,21 @@ async def test_reconciliation_never_takes_an_earlier_attempts_call_for_this_one(
         assert attempts[2]["call_sid"] not in (None, call.sid)  # dialled for real, once
         assert attempts[2]["outcome"] == "completed" and len(attempts) == 2
         assert len(w.calls_to(number)) == 2
+
+
+async def test_an_overloaded_dialer_is_handed_no_call_and_no_attempt_is_spent(tmp_path: Path) -> None:
+    prospects = numbers(3)
+    async with world(tmp_path, prospects) as w:
+        busy = [True]
+        w.dialer.overloaded = lambda: busy[0]  # type: ignore[attr-defined]  # as PhoneDialer's, while its loop runs late
+        runner = w.runner(SystemClock(), idle_exit=None)
+        running = asyncio.get_running_loop().create_task(runner.run())
+        await asyncio.sleep(0.5)  # ten polls of the runner while overloaded
+        assert runner.dispatcher.free_slots() == 0
+        assert not w.twilio.calls and w.store.open_attempts("test") == []
+        assert all(w.state(number) == ("pending", None, 0) for number, _ in prospects)
+        busy[0] = False
+        async with asyncio.timeout(30):
+            summary = await running
+        assert summary.reason == "finished" and len(w.twilio.calls) == 3
+        assert all(w.state(number)[2] == 1 for number, _ in prospects)  # one attempt each: none spent on the wait

@@ -6,12 +6,14 @@ the new sections of the campaign file are validated with their line."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import io
 import json
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,14 @@ import pytest
 from vantum_pipeline.campaign.clock import Clock, OffsetClock
 from vantum_pipeline.campaign.command import run_campaign
 from vantum_pipeline.campaign.config import CampaignConfig, CampaignFileError, load_campaign, parse_campaign
-from vantum_pipeline.campaign.dispatch import CallJob, Dialer, EventCallback
+from vantum_pipeline.campaign.dispatch import CallJob, Dialer, EventCallback, dialer_overloaded
 from vantum_pipeline.campaign.phone import PhoneDialer
 from vantum_pipeline.campaign.runner import StoreDoNotCall, prepare_campaign
 from vantum_pipeline.campaign.store import AttemptRow, CampaignStore
+from vantum_pipeline.campaign.twilio_rest import ConfirmingDialer
 from vantum_pipeline.demo.campaign_world import PERSONAS, REP_NUMBER, SimulatedWorld, WorldDialer
 from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.observability.loop import LoopMonitor
 from vantum_pipeline.telephony.settings import AMD_START_AND_YIELD, TRANSFER_END
 
 pytestmark = pytest.mark.timeout(300)
@@ -219,6 +223,41 @@ async def test_a_campaign_leaves_voicemails_removes_faxes_transfers_and_honours_
                 record = await dialer.call(CallJob(attempt, "Nina"), placed)
             assert record.outcome == "do_not_call_list" and record.call_sid is None
             assert creates_to(world, PRESSES_9) == []
+
+
+async def test_the_phone_dialer_is_overloaded_while_its_servers_loop_runs_late(tmp_path: Path) -> None:
+    config = load_campaign(write_campaign(tmp_path, {HUMAN: ("Hugo", "books_meeting")}, campaign_id="late"))
+    with CampaignStore(tmp_path / "store.sqlite") as store:
+        async with SimulatedWorld({}, voices=False) as world:
+            dialer = PhoneDialer(
+                config, world.services(config.caller_id), dnc=StoreDoNotCall(store), clock=OffsetClock(START), port=0
+            )
+            dialer.server.loop_monitor = LoopMonitor(interval=0.01, window=2.0, warn_at=None, min_samples=3)
+            confirming = ConfirmingDialer(dialer, lambda job: _no_sids())
+            async with dialer:
+                assert not dialer.overloaded() and not dialer_overloaded(confirming)
+                hog = asyncio.get_running_loop().create_task(_hold_loop(0.15))  # far past overload_lag (0.1 s)
+                try:
+                    async with asyncio.timeout(20):
+                        while not dialer.overloaded():  # noqa: ASYNC110 - the monitor's figures have no event
+                            await asyncio.sleep(0.05)
+                    assert dialer_overloaded(confirming)
+                    dialer.server.overload_lag = None  # the application turned the guard off
+                    assert not dialer.overloaded()
+                finally:
+                    hog.cancel()
+                    await asyncio.wait({hog}, timeout=1.0)
+
+
+async def _hold_loop(seconds: float) -> None:
+    """The event loop held ``seconds`` at a time, as a process with more calls than its core can carry."""
+    while True:
+        time.sleep(seconds)  # noqa: ASYNC251 - holding the loop is the point
+        await asyncio.sleep(0)
+
+
+async def _no_sids() -> set[str]:
+    return set()
 
 
 async def test_a_rep_who_does_not_answer_ends_the_call_politely_and_the_prospect_is_retried(tmp_path: Path) -> None:

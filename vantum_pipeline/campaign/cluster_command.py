@@ -222,7 +222,8 @@ def format_cluster(metrics: Mapping[str, Any]) -> str:
         f"{summed['jobs']} jobs running, {summed['calls']} calls placed since they started",
         f"worker calls  {shown} (spend ${campaign.get('spend_usd', 0.0):.4f})",
         f"cluster       lease refusals {int(campaign.get('lease_refusals', 0))}, "
-        f"poison jobs {summed['poison_jobs']}, reconciled after a lost worker {summed['reconciled']}",
+        f"poison jobs {summed['poison_jobs']}, reconciled after a lost worker {summed['reconciled']}, "
+        f"put back by an overloaded worker {summed.get('overloaded_deferrals', 0)}",
     ]
     for worker in metrics["per_worker"]:
         lines.append(

@@ -19,6 +19,12 @@ workers on other machines) can stand in for the in-process one:
 ``max_concurrent`` jobs at once and call starts at least ``1 /
 calls_per_second`` apart (Twilio's calls-per-second limit for the account).
 Both are measured (``max_active_seen``, ``starts``).
+
+A dialer may also say it can place no call now: an ``overloaded()`` method
+returning True (``PhoneDialer``'s does while its Twilio server's event loop
+runs late; see ``TwilioServer``'s ``overload_lag``). Meanwhile the in-process
+dispatcher reports no free slot, so the runner claims no attempt and the
+prospects stay due: an overloaded process burns none of their attempts.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ __all__ = [
     "Pacer",
     "PlacedCallback",
     "ResultSink",
+    "dialer_overloaded",
 ]
 
 PlacedCallback = Callable[[str], Awaitable[None]]
@@ -137,6 +144,12 @@ class Dialer(Protocol):
     async def hang_up(self, sid: str) -> None: ...
 
 
+def dialer_overloaded(dialer: Dialer) -> bool:
+    """Whether ``dialer`` says it can place no call now (its optional ``overloaded()``; see the module docstring)."""
+    check = getattr(dialer, "overloaded", None)
+    return bool(check()) if callable(check) else False
+
+
 class ResultSink(Protocol):
     async def placed(self, job: CallJob, sid: str) -> None: ...
 
@@ -221,6 +234,8 @@ class InProcessDispatcher:
         return len(self._tasks)
 
     def free_slots(self) -> int:
+        if dialer_overloaded(self.dialer):
+            return 0
         return max(0, self.max_concurrent - len(self._tasks))
 
     async def submit(self, job: CallJob) -> None:

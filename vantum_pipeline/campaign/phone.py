@@ -258,6 +258,12 @@ class PhoneDialer:
         self._public_base_url = public_base_url
         self._lookup = TwilioCallLookup(self.server.client)
 
+    def overloaded(self) -> bool:
+        """True while the server's event loop runs later than its ``overload_lag`` (see ``TwilioServer``):
+        the dispatchers then hand this dialer no call, and no attempt is spent on a refusal."""
+        lag = self.server.overload_lag
+        return lag is not None and self.server.loop_monitor.overloaded(lag)
+
     async def __aenter__(self) -> PhoneDialer:
         _load_call_modules()
         await self.server.start()

@@ -329,7 +329,7 @@ async def cluster_metrics(redis: Any, campaign_id: str) -> dict[str, Any]:
             logger.warning("worker health {!r} is not JSON: ignored", key)
     summed = {
         name: sum(int(w.get(name, 0)) for w in workers)
-        for name in ("running", "jobs", "calls", "lease_refusals", "poison_jobs", "reconciled")
+        for name in ("running", "jobs", "calls", "lease_refusals", "overloaded_deferrals", "poison_jobs", "reconciled")
     }
     return {
         "campaign": campaign,

@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 from loguru import logger
 
-from vantum_pipeline.campaign.dispatch import TWILIO_STATUS_OUTCOMES, CallJob, CallStatus, Dialer, PlacedCallback
+from vantum_pipeline.campaign.dispatch import (
+    TWILIO_STATUS_OUTCOMES,
+    CallJob,
+    CallStatus,
+    Dialer,
+    PlacedCallback,
+    dialer_overloaded,
+)
 from vantum_pipeline.campaign.store import AttemptRecord
 from vantum_pipeline.errors import PipelineError, ServiceError
 from vantum_pipeline.telephony.outcome import call_cost
@@ -262,6 +269,10 @@ class ConfirmingDialer:
                 retryable=True,
             ) from exc
         return [call for call in found if call.sid not in known]
+
+    def overloaded(self) -> bool:
+        """The wrapped dialer's (see ``dialer_overloaded``)."""
+        return dialer_overloaded(self.dialer)
 
     async def call_status(self, sid: str) -> CallStatus | None:
         return await self.dialer.call_status(sid)

@@ -62,7 +62,7 @@ from typing import Any
 from loguru import logger
 
 from vantum_pipeline.campaign.config import CampaignConfig, parse_campaign
-from vantum_pipeline.campaign.dispatch import CallJob, Dialer
+from vantum_pipeline.campaign.dispatch import CallJob, Dialer, dialer_overloaded
 from vantum_pipeline.campaign.jobs import BadJob, Keys, decode_job, encode_event, encode_job, encode_record
 from vantum_pipeline.campaign.leases import ClusterLeases, Lease
 from vantum_pipeline.campaign.redis_link import is_connection_error, redis_settings, with_redis
@@ -84,6 +84,8 @@ DialerFactory = Callable[[CampaignConfig, "RedisDoNotCall"], AbstractAsyncContex
 
 #: A retry because the cluster is full is not a failure: the job may wait a long time.
 _MAX_TRIES = 1_000_000
+#: Seconds a job waits on the queue when the worker that took it is overloaded.
+OVERLOAD_DEFER = 2.0
 _MARKER_TTL = 7 * 24 * 3600
 #: Seconds after a dial marker within which its worker may still be placing the call (REST retries included).
 _PLACING_WINDOW = 60.0
@@ -172,6 +174,8 @@ class CampaignWorker:
         self.calls = 0
         self.running = 0
         self.refusals = 0
+        #: Jobs put back on the queue because this worker was overloaded when it took them.
+        self.overloaded_deferrals = 0
         self.poison = 0
         self.reconciled = 0
 
@@ -287,6 +291,7 @@ class CampaignWorker:
             "jobs": len(self._active),
             "max_jobs": self.max_jobs,
             "lease_refusals": self.refusals,
+            "overloaded_deferrals": self.overloaded_deferrals,
             "poison_jobs": self.poison,
             "reconciled": self.reconciled,
             "redis_ok": self.redis_ok,
@@ -413,6 +418,11 @@ class CampaignWorker:
                 self.reconciled += 1
                 await self._report_finished(keys, job_id, encode_job(job), recovered)
                 return recovered.outcome
+        if dialer_overloaded(dialer):
+            # Back to the queue, undialled: another worker, or this one once on time, takes it.
+            self.overloaded_deferrals += 1
+            logger.info("job {}: this worker is overloaded (its event loop runs late); back to the queue", job_id)
+            return OVERLOAD_DEFER
         grant = await self._leases_of().acquire(job_id)
         if not isinstance(grant, Lease):
             self.refusals += 1
