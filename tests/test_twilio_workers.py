@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -149,6 +150,46 @@ async def test_the_pipelines_metrics_of_every_worker_are_summed():
     assert {c.worker for c in calls} == {0, 1}
     assert total.value("calls.built", "test") == 4  # two in each worker's registry
     assert total.value("usage.call_seconds", "twilio") > 4 * 0.8  # each call lasted over a second
+
+
+class HoggingAgent(ScriptedAgent):
+    """The scripted agent, whose first call in a worker holds that worker's event loop 0.15 s at a
+    time for ``seconds``: a worker with more calls than its core can carry."""
+
+    seconds = 10.0
+
+    def __call__(self, call: TwilioCall) -> PipelineTask:
+        global _HOG
+        if _HOG is None:
+            _HOG = asyncio.get_running_loop().create_task(_hold_loop(self.seconds))
+        return super().__call__(call)
+
+
+_HOG: asyncio.Task[None] | None = None
+
+
+async def _hold_loop(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.15)  # noqa: ASYNC251 - holding the loop is the point
+        await asyncio.sleep(0)
+
+
+async def test_the_pool_places_calls_on_the_workers_whose_loop_is_on_time():
+    bot = HoggingAgent("Hi there", {"first": ("Okay", False)}, ["first"], mulaw=True)
+    async with pool_stack(workers=2, factory=bot) as (fake, pool):
+        fake.default.script = SCRIPT
+        first = await pool.place_call("+14155550100", worker=1)  # its pipeline holds worker 1's loop
+        await until(lambda: pool.stats().per_worker[1]["overloaded"] == 1, 60)
+        stats = pool.stats()
+        assert stats["overloaded"] == 1 and stats.per_worker[0]["overloaded"] == 0
+        assert stats["loop_lag_ms"] == stats.per_worker[1]["loop_lag_ms"] >= 100  # a level: the largest
+        calls = [await pool.place_call(f"+1415555{n:04d}") for n in range(1, 4)]
+        assert [c.worker for c in calls] == [0, 0, 0]  # not the overloaded one, though it has fewer calls
+        async with asyncio.timeout(60):
+            records = await asyncio.gather(*(c.wait() for c in calls))
+            await first.wait()
+    assert [r.outcome for r in records] == [CallOutcome.COMPLETED] * 3
 
 
 async def until(condition: Callable[[], bool], timeout: float) -> None:

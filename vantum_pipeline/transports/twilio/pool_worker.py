@@ -40,6 +40,7 @@ from vantum_pipeline.transports.twilio.server import PipelineFactory, ServerPath
 
 __all__ = [
     "STAT_FIELDS",
+    "STAT_LEVELS",
     "SharedBoard",
     "WorkerSpec",
     "WorkerStreamLimit",
@@ -48,7 +49,20 @@ __all__ = [
     "worker_main",
 ]
 
-STAT_FIELDS = ("streams", "active_calls", "streams_accepted", "rejected_signatures", "calls_placed", "connections")
+STAT_FIELDS = (
+    "streams",
+    "active_calls",
+    "streams_accepted",
+    "rejected_signatures",
+    "calls_placed",
+    "connections",
+    # Calls its server did not place for being overloaded; 1 while it is; its event loop's p90 lag (ms).
+    "refused_overloaded",
+    "overloaded",
+    "loop_lag_ms",
+)
+#: Fields of STAT_FIELDS that are a level, not a count: the pool's totals take their largest.
+STAT_LEVELS = frozenset({"loop_lag_ms"})
 _LENGTH = struct.Struct("!I")
 MAX_MESSAGE = 1 << 20
 
@@ -322,6 +336,9 @@ class _Worker:
             server.rejected_signatures,
             self.placed,
             self.connections,
+            server.refused_overloaded,
+            int(server.overload_lag is not None and server.loop_monitor.overloaded(server.overload_lag)),
+            round(1000 * server.loop_monitor.lag(0.9)),
         ]
         self.board.write_stats(self.spec.index, values)
 

@@ -68,6 +68,7 @@ from vantum_pipeline.telephony.settings import TwilioSettings
 from vantum_pipeline.transports.twilio.pool_worker import (
     MAX_MESSAGE,
     STAT_FIELDS,
+    STAT_LEVELS,
     SharedBoard,
     WorkerSpec,
     receive_message,
@@ -163,6 +164,14 @@ class _Handle:
     alive: bool = True
     #: Pipelines' metrics asked of the worker, by request number.
     metrics_asked: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+
+
+def choose_worker(alive: list[_Handle], board: SharedBoard | None) -> _Handle:
+    """The worker to place a call: of those not overloaded (their event loop on time, as they last
+    wrote on the board), the one with the fewest calls; all overloaded, the one with the fewest calls
+    (its server then refuses the call as ``retry_later``)."""
+    on_time = [h for h in alive if board is None or not board.read_stats(h.index)["overloaded"]]
+    return min(on_time or alive, key=lambda h: len(h.calls))
 
 
 class TwilioWorkerPool:
@@ -390,7 +399,8 @@ class TwilioWorkerPool:
         machine_detection: str | None = None,
         worker: int | None = None,
     ) -> PooledCall:
-        """Place a call from a worker (``worker``, or the one with the fewest calls); see ``TwilioServer.place_call``.
+        """Place a call from a worker (``worker``, or the one with the fewest calls of those whose event loop
+        is on time; see ``TwilioServer``'s ``overload_lag``); see ``TwilioServer.place_call``.
 
         Returns once the worker has placed it (``sid`` set) or given up (``record`` set).
         """
@@ -404,7 +414,7 @@ class TwilioWorkerPool:
             if chosen is None:
                 raise ConfigurationError(f"worker {worker} is not running (workers 0..{self.workers - 1})")
         else:
-            chosen = min(alive, key=lambda h: len(h.calls))
+            chosen = choose_worker(alive, self._board)
         self._call_ids += 1
         call_id = self._call_ids
         call = PooledCall(chosen.index, to)
@@ -428,7 +438,7 @@ class TwilioWorkerPool:
         board = self._board
         empty = dict.fromkeys(STAT_FIELDS, 0)
         rows = [board.read_stats(i) if board is not None else dict(empty) for i in range(self.workers)]
-        totals = {name: sum(row[name] for row in rows) for name in STAT_FIELDS}
+        totals = {name: (max if name in STAT_LEVELS else sum)(row[name] for row in rows) for name in STAT_FIELDS}
         return PoolStats(totals, rows, self.restarts, self.routed, self.unrouted)
 
     async def metrics(self, timeout: float = 2.0) -> MetricsRegistry:
