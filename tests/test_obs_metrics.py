@@ -13,6 +13,7 @@ from obs_fakes import Reply, ScriptedLLM, ScriptedOutput, ScriptedSTT, ScriptedT
 from vantum_pipeline.frames import HeardTextFrame, MetricsFrame
 from vantum_pipeline.observability.collector import MetricsCollector
 from vantum_pipeline.observability.cost import CostTracker
+from vantum_pipeline.observability.loop import LAG_BUCKETS, LOOP_LAG_METRIC
 from vantum_pipeline.observability.metrics import Histogram, MetricsRegistry
 from vantum_pipeline.observability.prometheus import PrometheusExporter, PrometheusSettings, metric_name
 from vantum_pipeline.testing import PipelineHarness
@@ -110,6 +111,14 @@ def test_render_uses_the_prometheus_exposition_format():
     assert 'vantum_latency_tts_ttfb_seconds_bucket{le="0.2",service="cartesia"} 1.0' in text
     assert 'vantum_latency_tts_ttfb_seconds_bucket{le="0.1",service="cartesia"} 0.0' in text
     assert 'vantum_latency_tts_ttfb_seconds_count{service="cartesia"} 1.0' in text
+
+
+def test_the_loop_lag_is_exported_in_seconds_with_its_own_buckets():
+    registry = MetricsRegistry()
+    registry.histogram(LOOP_LAG_METRIC, bounds=LAG_BUCKETS).observe(0.003)
+    text = PrometheusExporter(registry).render()[0].decode()
+    assert 'vantum_loop_lag_seconds_bucket{le="0.002",service=""} 0.0' in text
+    assert 'vantum_loop_lag_seconds_bucket{le="0.005",service=""} 1.0' in text
 
 
 async def test_the_prometheus_endpoint_scrapes_over_loopback():

@@ -41,6 +41,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 __all__ = ["PrometheusExporter", "PrometheusSettings"]
 
+#: Histograms in seconds besides the ``latency.*`` ones (the event loop's lag, see ``observability.loop``).
+_SECONDS = frozenset({"loop.lag"})
+
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -87,7 +90,7 @@ class _RegistryCollector(Collector):
         for (name, service), summary in sorted(self._registry.histograms().items()):
             family_h = histograms.get(name)
             if family_h is None:
-                unit = "_seconds" if name.startswith(LATENCY_PREFIX) else ""
+                unit = "_seconds" if name.startswith(LATENCY_PREFIX) or name in _SECONDS else ""
                 family_h = histograms[name] = HistogramMetricFamily(
                     metric_name(name, self._namespace) + unit, f"{name} per service", labels=["service"]
                 )
