@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -361,6 +362,37 @@ async def test_campaign_figures_come_through_the_provider_protocol(console):
     assert campaign["spent"] == 0.014 and campaign["budget"] == 1.0
     with pytest.raises(ConfigurationError, match="unknown campaign 'nope'"):
         stats.record("nope", "completed", 0.0)
+
+
+async def test_the_servers_load_comes_with_the_state_and_on_the_event_stream():
+    loads = iter([{"calls": 3, "loop_lag_ms": 0.4, "overloaded": False}] * 2 + [{"calls": 9, "overloaded": True}] * 99)
+    hub = ConsoleHub()
+    app = web.Application()
+    assert mount_console(app, hub, ConsoleSettings(token=Secret(TOKEN), campaign_refresh=0.1), load=lambda: next(loads))
+    async for url in serve(app):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/console/api/state", headers=auth()) as response:
+                assert (await response.json())["load"] == {"calls": 3, "loop_lag_ms": 0.4, "overloaded": False}
+            seen: list[dict[str, Any]] = []
+            async with asyncio.timeout(10), http.get(url + "/console/api/events", headers=auth()) as response:
+                async for line in response.content:
+                    if line.startswith(b"event: load"):
+                        data = await response.content.readline()
+                        seen.append(json.loads(data.decode()[len("data: ") :]))
+                        if seen[-1].get("overloaded"):
+                            break
+    assert seen[0]["calls"] == 3 and seen[-1] == {"calls": 9, "overloaded": True}  # refreshed as it changes
+
+
+async def test_a_failing_load_provider_leaves_the_console_working():
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("no server")
+
+    app = web.Application()
+    mount_console(app, ConsoleHub(), ConsoleSettings(token=Secret(TOKEN)), load=broken)
+    async for url in serve(app):
+        async with aiohttp.ClientSession() as http, http.get(url + "/console/api/state", headers=auth()) as response:
+            assert response.status == 200 and (await response.json())["load"] is None
 
 
 class HangingProvider:

@@ -187,7 +187,7 @@ async def test_the_console_follows_a_faked_call_live_to_its_recording(browser, t
 
         server = TwilioServer(twilio, factory, host="127.0.0.1", port=0, registry=CallRegistry(on_record=on_record))
         settings = ConsoleSettings(token=Secret(TOKEN), campaign_refresh=0.5)
-        assert mount_console(server.app, hub, settings, campaigns=stats)
+        assert mount_console(server.app, hub, settings, campaigns=stats, load=server.load)
         async with server:
             server.public_base_url = url = server.local_url
 
@@ -261,8 +261,11 @@ async def test_the_console_follows_a_faked_call_live_to_its_recording(browser, t
                 wait_until(
                     browser, lambda d: "3 of 5" in text_of(d, "#campaigns .campaign"), "the campaign's new figures"
                 )
+                wait_until(browser, lambda d: "ms late (p90)" in text_of(d, "#load"), "the server's load")
                 browser.save_screenshot(str(shots / "console-finished.png"))
                 return {
+                    "load": text_of(browser, "#load"),
+                    "load_state": attribute_of(browser, "#load", "data-state"),
                     "playback": playback,
                     "turns": text_of(browser, "#detail-turns .turn"),
                     "cut": text_of(browser, "#detail-turns .turn.assistant.interrupted"),
@@ -293,6 +296,8 @@ async def test_the_console_follows_a_faked_call_live_to_its_recording(browser, t
     assert "3 of 5 prospects done" in seen["campaign"] and seen["progress"] == "60"
     assert "3 completed" in seen["campaign"] and "1 retry_later" in seen["campaign"]
     assert seen["chart"] == 1
+    # The server's load: its calls and its event loop's lag (overloaded only on a starved machine).
+    assert seen["load_state"] in ("ok", "overloaded") and "loop" in seen["load"], seen["load"]
     # Nothing secret reached the page.
     for secret in (TOKEN, NUMBER, "dg-fake-key", "sk-fake-key", "sk_car_fake", twilio.auth_token.reveal()):
         assert secret not in seen["source"]

@@ -254,15 +254,15 @@ class PhoneDialer:
         if self.console_hub is not None and self.console_settings is not None:
             from vantum_pipeline.console import mount_console
 
-            mount_console(self.server.app, self.console_hub, self.console_settings, campaigns=campaign_stats)
+            settings, server = self.console_settings, self.server
+            mount_console(server.app, self.console_hub, settings, campaigns=campaign_stats, load=server.load)
         self._public_base_url = public_base_url
         self._lookup = TwilioCallLookup(self.server.client)
 
     def overloaded(self) -> bool:
         """True while the server's event loop runs later than its ``overload_lag`` (see ``TwilioServer``):
         the dispatchers then hand this dialer no call, and no attempt is spent on a refusal."""
-        lag = self.server.overload_lag
-        return lag is not None and self.server.loop_monitor.overloaded(lag)
+        return self.server.overloaded
 
     async def __aenter__(self) -> PhoneDialer:
         _load_call_modules()

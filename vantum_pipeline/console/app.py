@@ -7,10 +7,15 @@
                                          without credentials, a sign-in form (401)
 ``POST /console/login``                  the form's token: sets the session cookie
 ``GET /console/static/{file}``           its script and style sheet
-``GET /console/api/state``               calls (live and finished) and campaigns, JSON
+``GET /console/api/state``               calls (live and finished), campaigns and the server's load, JSON
 ``GET /console/api/calls/{id}``          one call
 ``GET /console/api/calls/{id}/recording``  the call's recording (WAV; ranges supported)
-``GET /console/api/events``              server-sent events: ``snapshot``, ``call``, ``campaigns``
+``GET /console/api/events``              server-sent events: ``snapshot``, ``call``, ``campaigns``, ``load``
+
+``load`` (``mount_console(..., load=server.load)``): how loaded the serving
+process is (``TwilioServer.load()``: calls, its event loop's lag, whether it
+places no new call for being overloaded), sent with the campaigns' figures
+every ``campaign_refresh`` seconds; without it the page shows no load.
 
 Access needs the console token (``VANTUM_CONSOLE_TOKEN``, at least 16
 characters). Without a token configured the routes are not mounted at all:
@@ -53,7 +58,7 @@ from vantum_pipeline.console.hub import ConsoleHub
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.settings import Secret, env_float, env_int, load_env, optional_env
 
-__all__ = ["ConsoleSettings", "mount_console", "new_console_token"]
+__all__ = ["ConsoleSettings", "LoadProvider", "mount_console", "new_console_token"]
 
 COOKIE: Final = "vantum_console"
 MIN_TOKEN_LENGTH: Final = 16
@@ -121,12 +126,23 @@ def _asset(name: str) -> bytes:
     return resources.files("vantum_pipeline.console").joinpath("static", name).read_bytes()
 
 
+#: What ``mount_console``'s ``load`` gives: ``TwilioServer.load`` (a JSON-ready mapping).
+LoadProvider = Callable[[], Mapping[str, Any]]
+
+
 class _Console:
-    def __init__(self, hub: ConsoleHub, settings: ConsoleSettings, campaigns: CampaignStatsProvider | None) -> None:
+    def __init__(
+        self,
+        hub: ConsoleHub,
+        settings: ConsoleSettings,
+        campaigns: CampaignStatsProvider | None,
+        load: LoadProvider | None = None,
+    ) -> None:
         assert settings.token is not None
         self.hub = hub
         self.settings = settings
         self.campaigns = campaigns
+        self.load = load
         token = settings.token.reveal().encode()
         self._token_digest = hashlib.sha256(token).digest()
         # The cookie's value: derived from the token, useless for a Bearer header.
@@ -230,7 +246,18 @@ class _Console:
     async def state(self, request: web.Request) -> web.StreamResponse:
         state = self.hub.snapshot()
         state["campaigns"] = await self.campaign_stats()
+        state["load"] = self.server_load()
         return web.json_response(state, headers=_HEADERS)
+
+    def server_load(self) -> dict[str, Any] | None:
+        """The serving process's load (None: no provider, or it failed: logged)."""
+        if self.load is None:
+            return None
+        try:
+            return dict(self.load())
+        except Exception as exc:
+            logger.opt(exception=exc).warning("console: the load provider failed: {}", exc)
+            return None
 
     async def call(self, request: web.Request) -> web.StreamResponse:
         view = self.hub.call(request.match_info["call_id"])
@@ -272,13 +299,17 @@ class _Console:
         try:
             await self._send(response, "snapshot", self.hub.snapshot())
             next_campaigns = 0.0
+            refreshed = self.campaigns is not None or self.load is not None
             while True:
                 now = loop.time()
-                if self.campaigns is not None and now >= next_campaigns:
-                    await self._send(response, "campaigns", await self.campaign_stats())
+                if refreshed and now >= next_campaigns:
+                    if self.campaigns is not None:
+                        await self._send(response, "campaigns", await self.campaign_stats())
+                    if self.load is not None:
+                        await self._send(response, "load", self.server_load())
                     next_campaigns = now + self.settings.campaign_refresh
                 wait = self.settings.heartbeat
-                if self.campaigns is not None:
+                if refreshed:
                     wait = min(wait, max(0.05, next_campaigns - loop.time()))
                 try:
                     async with asyncio.timeout(wait):
@@ -317,14 +348,16 @@ def mount_console(
     settings: ConsoleSettings | None = None,
     *,
     campaigns: CampaignStatsProvider | None = None,
+    load: LoadProvider | None = None,
 ) -> bool:
     """Add the console's routes to ``app`` (before it starts); False, and
-    nothing added, when no console token is configured."""
+    nothing added, when no console token is configured. ``campaigns``: the
+    campaigns' figures; ``load``: the serving process's load (``server.load``)."""
     settings = settings if settings is not None else ConsoleSettings.from_env()
     if settings.token is None:
         logger.info("console: VANTUM_CONSOLE_TOKEN is not set: the web console is off")
         return False
-    console = _Console(hub, settings, campaigns)
+    console = _Console(hub, settings, campaigns, load)
     base = settings.path
     app.router.add_get(base, console.page)
     app.router.add_post(base + "/login", console.login)

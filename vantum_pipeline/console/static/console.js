@@ -214,6 +214,18 @@
     }
   }
 
+  function renderLoad(load) {
+    // The serving process: its event loop's lag, and whether it holds new calls back for being overloaded.
+    const box = document.getElementById("load");
+    if (!load) { box.hidden = true; return; }
+    box.hidden = false;
+    box.dataset.state = load.overloaded ? "overloaded" : "ok";
+    const lag = `loop ${Number(load.loop_lag_ms).toFixed(1)} ms late (p90)`;
+    box.textContent = load.overloaded
+      ? `overloaded: ${lag}, new calls held back`
+      : `${load.calls} calls · ${lag}`;
+  }
+
   function put(view) {
     if (view.state === "finished") {
       live.delete(view.call_id);
@@ -250,6 +262,7 @@
       put(JSON.parse(event.data));
       renderAll();
     });
+    source.addEventListener("load", (event) => renderLoad(JSON.parse(event.data)));
     source.addEventListener("campaigns", (event) => {
       campaigns = JSON.parse(event.data);
       renderCampaigns();

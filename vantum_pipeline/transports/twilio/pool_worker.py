@@ -337,7 +337,7 @@ class _Worker:
             self.placed,
             self.connections,
             server.refused_overloaded,
-            int(server.overload_lag is not None and server.loop_monitor.overloaded(server.overload_lag)),
+            int(server.overloaded),
             round(1000 * server.loop_monitor.lag(0.9)),
         ]
         self.board.write_stats(self.spec.index, values)

@@ -348,6 +348,25 @@ class TwilioServer:
             self.port = sockets[0].getsockname()[1]
         logger.info("Twilio server listening on {} (public URL {})", self.local_url, self.public_base_url)
 
+    @property
+    def overloaded(self) -> bool:
+        """Whether the event loop's p90 lag is over ``overload_lag`` (then ``place_call`` places no call)."""
+        return self.overload_lag is not None and self.loop_monitor.overloaded(self.overload_lag)
+
+    def load(self) -> dict[str, Any]:
+        """How loaded this server's process is (for a dashboard: the web console shows it): its calls and
+        open media streams, its event loop's p90 and worst lag (ms), whether it is overloaded, and
+        the calls it did not place for that."""
+        monitor = self.loop_monitor
+        return {
+            "calls": len(self.active),
+            "streams": self.streams,
+            "loop_lag_ms": round(1000 * monitor.lag(0.9), 1),
+            "loop_lag_worst_ms": round(1000 * monitor.worst, 1),
+            "overloaded": self.overloaded,
+            "refused_overloaded": self.refused_overloaded,
+        }
+
     def _hold_gc(self) -> None:
         if self.tune_gc and not self._holds_gc:
             _ServingGc.hold()
@@ -485,7 +504,7 @@ class TwilioServer:
             campaign_id=campaign_id,
             prospect_id=prospect_id,
         )
-        if self.overload_lag is not None and self.loop_monitor.overloaded(self.overload_lag):
+        if self.overloaded:
             self.refused_overloaded += 1
             logger.warning(
                 "call to {} not placed: this process is overloaded (its event loop runs {:.0f} ms late, p90); "
