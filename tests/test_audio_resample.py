@@ -124,11 +124,14 @@ def test_impulse_lands_where_it_was() -> None:
     assert int(np.argmax(np.abs(out))) == 4000
 
 
-def test_large_buffer_is_processed_in_blocks_with_the_same_result() -> None:
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(48000, 8000), (16000, 8000), (8000, 16000), (24000, 16000)])
+def test_large_buffer_is_processed_in_blocks_with_the_same_result(in_rate: int, out_rate: int) -> None:
+    # 3 s in one call: several scratch blocks, and products split to stay on one BLAS thread.
     rng = np.random.default_rng(3)
-    data = pcm(rng.normal(0, 3000, size=48000 * 3))
-    whole = samples(run_stream(48000, 8000, data))
-    chunked = samples(run_stream(48000, 8000, data, chunk_bytes=1920))
+    data = pcm(rng.normal(0, 3000, size=in_rate * 3))
+    whole = samples(run_stream(in_rate, out_rate, data))
+    chunked = samples(run_stream(in_rate, out_rate, data, chunk_bytes=in_rate // 25))
+    assert len(whole) == len(chunked) == out_rate * 3
     assert np.abs(whole - chunked).max() <= 1
 
 

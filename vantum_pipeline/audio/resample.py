@@ -46,6 +46,11 @@ _LE_INT16 = np.dtype("<i2")
 _INT16_MIN = np.float32(-32768)
 _INT16_MAX = np.float32(32767)
 _SCRATCH_ELEMENTS = 1 << 20
+#: Window elements per BLAS call at most. Past a few hundred thousand, OpenBLAS splits a product over
+#: its threads, which then spin on a second core for a while after it: a 1 s buffer resampled
+#: 16 -> 8 kHz in one product kept a second thread busy about 5 ms per call, and a process doing it
+#: for every utterance (the test callee) used twice its CPU. A 20 ms frame is one call far below this.
+_BLAS_ELEMENTS = 1 << 17
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +207,7 @@ class StreamResampler:
         if d.down == 1:
             # Every input sample yields `up` outputs, one per phase: a single matrix product.
             first = n0 // d.up - buf_start - (k - 1)
-            product: npt.NDArray[np.float32] = np.dot(windows[first : first + (n1 - n0) // d.up], self._phases_t)
-            y = product.ravel()
+            y = _products(windows[first : first + (n1 - n0) // d.up], self._phases_t).ravel()
         elif d.up == 1:
             # Decimation by `down`: output i is window (first + i * down) against the one
             # phase, so the windows a `down`-sample stride apart make one matrix-vector product.
@@ -211,7 +215,7 @@ class StreamResampler:
             strided: npt.NDArray[np.float32] = np.ndarray(
                 (n1 - n0, k), np.float32, buf, first * step, (d.down * step, step)
             )
-            y = np.dot(strided, d.phases[0])
+            y = _products(strided, d.phases[0])
         else:
             n = np.arange(n0, n1, dtype=np.int64)
             t = n * d.down
@@ -230,3 +234,12 @@ class StreamResampler:
         # minimum/maximum: np.clip costs three times as much on a 20 ms frame.
         np.minimum(np.maximum(y, _INT16_MIN, out=y), _INT16_MAX, out=y)
         return y.astype(_LE_INT16).tobytes()
+
+
+def _products(rows: npt.NDArray[np.float32], weights: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``rows @ weights``, in products of at most ``_BLAS_ELEMENTS`` window elements (one BLAS thread)."""
+    step = max(1, _BLAS_ELEMENTS // rows.shape[1])
+    if len(rows) <= step:
+        product: npt.NDArray[np.float32] = np.dot(rows, weights)
+        return product
+    return np.concatenate([np.dot(rows[i : i + step], weights) for i in range(0, len(rows), step)])
