@@ -13,7 +13,6 @@ import io
 import json
 import re
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.twilio_scripted import held_loop
 from vantum_pipeline.campaign.clock import Clock, OffsetClock
 from vantum_pipeline.campaign.command import run_campaign
 from vantum_pipeline.campaign.config import CampaignConfig, CampaignFileError, load_campaign, parse_campaign
@@ -236,24 +236,13 @@ async def test_the_phone_dialer_is_overloaded_while_its_servers_loop_runs_late(t
             confirming = ConfirmingDialer(dialer, lambda job: _no_sids())
             async with dialer:
                 assert not dialer.overloaded() and not dialer_overloaded(confirming)
-                hog = asyncio.get_running_loop().create_task(_hold_loop(0.15))  # far past overload_lag (0.1 s)
-                try:
+                async with held_loop(0.15):  # far past overload_lag (0.1 s)
                     async with asyncio.timeout(20):
                         while not dialer.overloaded():  # noqa: ASYNC110 - the monitor's figures have no event
                             await asyncio.sleep(0.05)
                     assert dialer_overloaded(confirming)
                     dialer.server.overload_lag = None  # the application turned the guard off
                     assert not dialer.overloaded()
-                finally:
-                    hog.cancel()
-                    await asyncio.wait({hog}, timeout=1.0)
-
-
-async def _hold_loop(seconds: float) -> None:
-    """The event loop held ``seconds`` at a time, as a process with more calls than its core can carry."""
-    while True:
-        time.sleep(seconds)  # noqa: ASYNC251 - holding the loop is the point
-        await asyncio.sleep(0)
 
 
 async def _no_sids() -> set[str]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from loguru import logger
-from twilio_scripted import phone_stack
 
+from tests.twilio_scripted import held_loop, phone_stack
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.observability.loop import LAG_BUCKETS, LOOP_LAG_METRIC, LoopMonitor
 from vantum_pipeline.observability.metrics import MetricsRegistry
@@ -32,23 +32,6 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():  # noqa: ASYNC110 - the monitor's figures have no event to wait on
             await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def held_loop(hold: float = 0.1) -> AsyncIterator[None]:
-    """The loop held ``hold`` seconds at a time (with a yield between) while inside."""
-
-    async def hog() -> None:
-        while True:
-            time.sleep(hold)  # noqa: ASYNC251 - holding the loop is the point
-            await asyncio.sleep(0)
-
-    task = asyncio.get_running_loop().create_task(hog())
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
 
 
 @contextlib.contextmanager
@@ -193,7 +176,7 @@ async def test_without_an_overload_lag_calls_are_placed_whatever_the_load() -> N
 
 @pytest.mark.parametrize("lag", [0.0, -1.0])
 def test_an_overload_lag_must_be_positive(lag: float) -> None:
-    from twilio_scripted import idle_server
+    from tests.twilio_scripted import idle_server
 
     with pytest.raises(ConfigurationError, match="overload_lag"):
         idle_server(overload_lag=lag)

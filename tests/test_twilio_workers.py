@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -16,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
-from tests.twilio_scripted import ScriptedAgent, tone
+from tests.twilio_scripted import ScriptedAgent, hold_loop, tone
 from vantum_pipeline.observability.collector import MetricsCollector
 from vantum_pipeline.observability.metrics import process_registry
 from vantum_pipeline.settings import Secret
@@ -161,18 +160,11 @@ class HoggingAgent(ScriptedAgent):
     def __call__(self, call: TwilioCall) -> PipelineTask:
         global _HOG
         if _HOG is None:
-            _HOG = asyncio.get_running_loop().create_task(_hold_loop(self.seconds))
+            _HOG = asyncio.get_running_loop().create_task(hold_loop(0.15, self.seconds))
         return super().__call__(call)
 
 
 _HOG: asyncio.Task[None] | None = None
-
-
-async def _hold_loop(seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        time.sleep(0.15)  # noqa: ASYNC251 - holding the loop is the point
-        await asyncio.sleep(0)
 
 
 async def test_the_pool_places_calls_on_the_workers_whose_loop_is_on_time():

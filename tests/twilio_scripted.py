@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import math
 import sys
+import time
 import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -309,6 +310,26 @@ def load_example() -> types.ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up while being built
     spec.loader.exec_module(module)
     return module
+
+
+async def hold_loop(hold: float = 0.1, seconds: float = math.inf) -> None:
+    """Hold the running event loop ``hold`` seconds at a time, yielding in between, for ``seconds``
+    (until cancelled by default): a process with more calls than its core can carry."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(hold)  # noqa: ASYNC251 - holding the loop is the point
+        await asyncio.sleep(0)
+
+
+@contextlib.asynccontextmanager
+async def held_loop(hold: float = 0.1) -> AsyncIterator[None]:
+    """The running event loop held (see ``hold_loop``) while inside."""
+    task = asyncio.get_running_loop().create_task(hold_loop(hold))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
 
 
 def idle_server(**options: Any) -> Any:
