@@ -143,6 +143,7 @@ class _Console:
         self.settings = settings
         self.campaigns = campaigns
         self.load = load
+        self._load_failed = False
         token = settings.token.reveal().encode()
         self._token_digest = hashlib.sha256(token).digest()
         # The cookie's value: derived from the token, useless for a Bearer header.
@@ -254,10 +255,14 @@ class _Console:
         if self.load is None:
             return None
         try:
-            return dict(self.load())
+            load = dict(self.load())
         except Exception as exc:
-            logger.opt(exception=exc).warning("console: the load provider failed: {}", exc)
+            if not self._load_failed:  # once, not at every refresh of every viewer
+                self._load_failed = True
+                logger.opt(exception=exc).warning("console: the load provider failed: {}", exc)
             return None
+        self._load_failed = False
+        return load
 
     async def call(self, request: web.Request) -> web.StreamResponse:
         view = self.hub.call(request.match_info["call_id"])
