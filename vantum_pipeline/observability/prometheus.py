@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vantum_pipeline.errors import ConfigurationError
+from vantum_pipeline.observability.loop import LOOP_LAG_METRIC
 from vantum_pipeline.observability.metrics import LATENCY_PREFIX, MetricsRegistry
 from vantum_pipeline.settings import env_int, load_env, optional_env
 
@@ -41,8 +42,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 __all__ = ["PrometheusExporter", "PrometheusSettings"]
 
-#: Histograms in seconds besides the ``latency.*`` ones (the event loop's lag, see ``observability.loop``).
-_SECONDS = frozenset({"loop.lag"})
+#: Histograms in seconds besides the ``latency.*`` ones.
+_SECONDS = frozenset({LOOP_LAG_METRIC})
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
