@@ -7,7 +7,10 @@ import itertools
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from vantum_pipeline.audio.mulaw import ulaw2lin
 from vantum_pipeline.audio.resample import SUPPORTED_RATES, StreamResampler, design_filter
 from vantum_pipeline.errors import ConfigurationError
 
@@ -155,3 +158,45 @@ def test_reset_starts_a_new_stream() -> None:
 def test_invalid_rate_is_a_configuration_error(rate: object) -> None:
     with pytest.raises(ConfigurationError, match="in_rate"):
         StreamResampler(rate, 16000)  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    out_rate=st.sampled_from([16000, 24000, 48000, 44100]),
+    audio=st.integers(min_value=0, max_value=12_000).flatmap(lambda n: st.binary(min_size=n, max_size=n)),
+    cuts=st.lists(st.integers(min_value=0, max_value=12_000), max_size=8),
+)
+def test_mulaw_input_is_the_same_stream_as_its_decoded_samples(out_rate: int, audio: bytes, cuts: list[int]) -> None:
+    # The fused mu-law path gives what decoding first gives, to the bit, however the stream
+    # is cut; and, to 1 LSB, what the whole decoded buffer gives in one call. Chunks past
+    # the kept scratch (4800 samples) grow it and shrink it again.
+    bounds = [0, *sorted(c for c in cuts if c <= len(audio)), len(audio)]
+    fused, decoded = StreamResampler(8000, out_rate), StreamResampler(8000, out_rate)
+    via_mulaw = b"".join(fused.resample_mulaw(audio[a:b]) for a, b in itertools.pairwise(bounds)) + fused.flush()
+    via_pcm = b"".join(decoded.resample(ulaw2lin(audio[a:b])) for a, b in itertools.pairwise(bounds))
+    assert via_mulaw == via_pcm + decoded.flush()
+    whole = run_stream(8000, out_rate, ulaw2lin(audio))
+    assert len(via_mulaw) == len(whole) == 2 * round(len(audio) * out_rate / 8000)
+    if whole:
+        assert np.abs(samples(via_mulaw) - samples(whole)).max() <= 1
+
+
+@pytest.mark.parametrize("out_rate", [16000, 24000])
+def test_frames_after_a_long_chunk_go_on_with_the_stream(out_rate: int) -> None:
+    # 20 ms frames, a 1.2 s chunk (the scratch grows past what is kept), frames again.
+    audio = pcm(np.random.default_rng(5).normal(0, 3000, size=16000))
+    sizes = [320] * 10 + [19200] + [320] * 25 + [7]
+    resampler, parts, i = StreamResampler(8000, out_rate), [], 0
+    for size in sizes:
+        parts.append(resampler.resample(audio[i : i + size]))
+        i += size
+    chunked = b"".join(parts) + resampler.resample(audio[i:]) + resampler.flush()
+    whole = run_stream(8000, out_rate, audio)
+    assert len(chunked) == len(whole)
+    assert np.abs(samples(chunked) - samples(whole)).max() <= 1
+
+
+def test_mulaw_input_at_equal_rates_is_decoded() -> None:
+    resampler = StreamResampler(8000, 8000)
+    assert resampler.resample_mulaw(b"\x00\xff\x7f") == ulaw2lin(b"\x00\xff\x7f")
+    assert resampler.resample_mulaw(b"") == b""

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import signal
 
+from vantum_pipeline.audio.mulaw import ULAW_TO_PCM16, ulaw2lin
 from vantum_pipeline.errors import ConfigurationError
 
 __all__ = ["SUPPORTED_RATES", "FilterDesign", "StreamResampler", "design_filter"]
@@ -51,6 +52,10 @@ _SCRATCH_ELEMENTS = 1 << 20
 #: 16 -> 8 kHz in one product kept a second thread busy about 5 ms per call, and a process doing it
 #: for every utterance (the test callee) used twice its CPU. A 20 ms frame is one call far below this.
 _BLAS_ELEMENTS = 1 << 17
+#: Input samples of scratch kept between chunks: 100 ms at 48 kHz, any frame a stream sends.
+_KEPT_SCRATCH = 4800
+#: mu-law byte -> its 16-bit sample, as float32: mu-law goes into the filter in one step.
+_ULAW_TO_FLOAT32 = ULAW_TO_PCM16.astype(np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +146,9 @@ class StreamResampler:
     def reset(self) -> None:
         """Forget the stream: the next call starts a new one."""
         k = self._design.taps_per_phase
-        # Input samples before the stream are zeros.
-        self._history = np.zeros(k - 1, dtype=np.float32)
+        # buf[: k - 1] holds the last k - 1 input samples (zeros before the stream);
+        # each chunk's samples are converted straight into the space after them.
+        self._buf = np.zeros(k - 1 + _KEPT_SCRATCH, dtype=np.float32)
         self._inputs = 0  # input samples consumed
         self._next_out = 0  # index of the next output sample, before the delay is trimmed
         self._emitted = 0  # output samples returned, after the delay was trimmed
@@ -160,12 +166,19 @@ class StreamResampler:
         self._odd_byte = bytes(data[usable:])
         if usable == 0:
             return b""
-        samples = np.frombuffer(data, dtype=_LE_INT16, count=usable // 2).astype(np.float32)
-        if len(samples) <= self._block:
-            return self._to_pcm(self._run(samples))
-        # A long buffer (a whole file) goes in blocks, to bound the scratch memory.
-        blocks = [self._run(samples[i : i + self._block]) for i in range(0, len(samples), self._block)]
-        return self._to_pcm(np.concatenate(blocks))
+        return self._convert(np.frombuffer(data, dtype=_LE_INT16, count=usable // 2), None)
+
+    def resample_mulaw(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Convert a chunk of mu-law (one byte per sample) to 16-bit PCM at ``out_rate``.
+
+        The same stream as :meth:`resample` of the decoded samples, without the
+        intermediate 16-bit buffer: phone audio on its way to a wideband service.
+        """
+        if self._passthrough:
+            return ulaw2lin(data)
+        if not data:
+            return b""
+        return self._convert(np.frombuffer(data, dtype=np.uint8), _ULAW_TO_FLOAT32)
 
     def flush(self) -> bytes:
         """End the stream: return the remaining output and reset.
@@ -183,44 +196,79 @@ class StreamResampler:
         if missing > 0:
             # Zeros after the end push the filter's tail out.
             inputs_needed = -(-(total + d.delay_out) * d.down // d.up)
-            out = self._run(np.zeros(inputs_needed - self._inputs, dtype=np.float32))[:missing]
+            zeros = inputs_needed - self._inputs
+            self._slot(zeros)[:] = 0
+            out = self._run(zeros)[:missing]
         self.reset()
         return self._to_pcm(out)
 
-    def _run(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def _convert(
+        self, samples: npt.NDArray[np.int16] | npt.NDArray[np.uint8], table: npt.NDArray[np.float32] | None
+    ) -> bytes:
+        """Run ``samples`` (16-bit, or mu-law codes decoded through ``table``), block by block."""
+        outputs = []
+        for i in range(0, len(samples), self._block):
+            chunk = samples[i : i + self._block]
+            slot = self._slot(len(chunk))
+            if table is None:
+                slot[:] = chunk
+            else:
+                table.take(chunk, out=slot)
+            outputs.append(self._run(len(chunk)))
+        # A long buffer (a whole file) goes in blocks, to bound the scratch memory.
+        return self._to_pcm(outputs[0] if len(outputs) == 1 else np.concatenate(outputs))
+
+    def _slot(self, n: int) -> npt.NDArray[np.float32]:
+        """The scratch space for the next ``n`` input samples, after the kept history."""
+        h = self._design.taps_per_phase - 1
+        if len(self._buf) < h + n:
+            grown = np.empty(h + n, dtype=np.float32)
+            grown[:h] = self._buf[:h]
+            self._buf = grown
+        return self._buf[h : h + n]
+
+    def _run(self, n: int) -> npt.NDArray[np.float32]:
+        """Filter the ``n`` samples just written to :meth:`_slot`; returns the outputs they complete."""
         d = self._design
         k = d.taps_per_phase
-        buf = np.concatenate((self._history, x))
+        buf = self._buf[: k - 1 + n]
         buf_start = self._inputs - (k - 1)  # absolute input index of buf[0]
-        self._inputs += len(x)
+        self._inputs += n
         # Output n needs input floor(n*down/up); those up to the last input are ready.
         n0 = self._next_out
         n1 = -(-self._inputs * d.up // d.down)
-        self._history = buf[len(buf) - (k - 1) :].copy() if k > 1 else np.zeros(0, dtype=np.float32)
         self._next_out = n1
         if n1 <= n0:
-            return np.zeros(0, dtype=np.float32)
-        # windows[i] = buf[i : i + k], a view; built directly, as sliding_window_view
-        # costs tens of microseconds per call in argument checks.
-        step = buf.strides[0]
-        windows: npt.NDArray[np.float32] = np.ndarray((len(buf) - k + 1, k), np.float32, buf, 0, (step, step))
-        if d.down == 1:
-            # Every input sample yields `up` outputs, one per phase: a single matrix product.
-            first = n0 // d.up - buf_start - (k - 1)
-            y = _products(windows[first : first + (n1 - n0) // d.up], self._phases_t).ravel()
-        elif d.up == 1:
-            # Decimation by `down`: output i is window (first + i * down) against the one
-            # phase, so the windows a `down`-sample stride apart make one matrix-vector product.
-            first = n0 * d.down - buf_start - (k - 1)
-            strided: npt.NDArray[np.float32] = np.ndarray(
-                (n1 - n0, k), np.float32, buf, first * step, (d.down * step, step)
-            )
-            y = _products(strided, d.phases[0])
+            y = np.zeros(0, dtype=np.float32)
         else:
-            n = np.arange(n0, n1, dtype=np.int64)
-            t = n * d.down
-            rows = t // d.up - buf_start - (k - 1)
-            y = np.einsum("ij,ij->i", windows[rows], d.phases[t % d.up])
+            # windows[i] = buf[i : i + k], a view; built directly, as sliding_window_view
+            # costs tens of microseconds per call in argument checks.
+            step = buf.strides[0]
+            if d.down == 1:
+                # Every input sample yields `up` outputs, one per phase: a single matrix product.
+                first = n0 // d.up - buf_start - (k - 1)
+                windows: npt.NDArray[np.float32] = np.ndarray(
+                    ((n1 - n0) // d.up, k), np.float32, buf, first * step, (step, step)
+                )
+                y = _products(windows, self._phases_t).ravel()
+            elif d.up == 1:
+                # Decimation by `down`: output i is window (first + i * down) against the one
+                # phase, so the windows a `down`-sample stride apart make one matrix-vector product.
+                first = n0 * d.down - buf_start - (k - 1)
+                strided: npt.NDArray[np.float32] = np.ndarray(
+                    (n1 - n0, k), np.float32, buf, first * step, (d.down * step, step)
+                )
+                y = _products(strided, d.phases[0])
+            else:
+                t = np.arange(n0, n1, dtype=np.int64) * d.down
+                rows = t // d.up - buf_start - (k - 1)
+                windows = np.ndarray((len(buf) - k + 1, k), np.float32, buf, 0, (step, step))
+                y = np.einsum("ij,ij->i", windows[rows], d.phases[t % d.up])
+        # Keep the last k - 1 inputs at the front (an overlapping copy: numpy handles it).
+        if k > 1:
+            self._buf[: k - 1] = buf[n:]
+        if len(self._buf) > k - 1 + _KEPT_SCRATCH:
+            self._buf = self._buf[: k - 1 + _KEPT_SCRATCH].copy()  # a long buffer's scratch is not kept
         # Trim the filter delay from the start of the stream.
         skip = d.delay_out - n0
         if skip > 0:
@@ -230,7 +278,7 @@ class StreamResampler:
 
     @staticmethod
     def _to_pcm(y: npt.NDArray[np.float32]) -> bytes:
-        y = np.rint(y)
+        y = np.rint(y, out=y)  # y is the resampler's own array
         # minimum/maximum: np.clip costs three times as much on a 20 ms frame.
         np.minimum(np.maximum(y, _INT16_MIN, out=y), _INT16_MAX, out=y)
         return y.astype(_LE_INT16).tobytes()

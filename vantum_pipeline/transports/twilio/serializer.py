@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vantum_pipeline.audio.mulaw import lin2ulaw, ulaw2lin
+from vantum_pipeline.audio.mulaw import lin2ulaw
 from vantum_pipeline.audio.resample import StreamResampler
 from vantum_pipeline.errors import ConfigurationError, PipelineError, ProtocolError
 from vantum_pipeline.frames import (
@@ -274,7 +274,7 @@ class TwilioSerializer:
             return []
         if self.passthrough:
             return [InputAudioRawFrame(audio, TWILIO_SAMPLE_RATE, 1, MULAW)]
-        pcm = self._inbound.resample(ulaw2lin(audio))
+        pcm = self._inbound.resample_mulaw(audio)
         if not pcm:
             return []
         return [InputAudioRawFrame(pcm, self.sample_rate, 1, PCM16)]
