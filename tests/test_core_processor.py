@@ -324,3 +324,21 @@ def test_a_turn_task_cancelled_before_it_started_leaves_no_never_awaited_warning
     assert len(cancelled) == 4
     never_awaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
     assert never_awaited == []
+
+
+async def test_a_started_processor_knows_its_running_task_without_asking_asyncio():
+    # The lanes' owner is read from the processor's loop (asyncio.current_task() costs a system
+    # call per frame on Python 3.11); it must be the very task asyncio reports, in every handler.
+    seen = []
+
+    class Asker(FrameProcessor):
+        async def process_frame(self, frame, direction):
+            seen.append((self._running_task(), asyncio.current_task()))
+            await self.push_frame(frame, direction)
+
+    asker = Asker()
+    assert asker._running_task() is asyncio.current_task()  # not started: asyncio's own answer
+    await run_pipeline([asker], [TextFrame(f"t{i}") for i in range(3)], timeout=5)
+    assert len(seen) >= 5  # start, three texts, end
+    assert all(mine is theirs and mine is not None for mine, theirs in seen)
+    assert asker._vp_loop is asyncio.get_running_loop()

@@ -470,7 +470,7 @@ class DeepgramSTTService(STTService):
         async with asyncio.timeout(self.settings.send_timeout):
             await socket.send_media(data)
         self._unbilled += len(data)
-        self._last_send = asyncio.get_running_loop().time()
+        self._last_send = (self._vp_loop or asyncio.get_running_loop()).time()
 
     async def _finalize(self) -> None:
         if not self.settings.finalize_on_vad_stop:

@@ -126,7 +126,7 @@ class InputTransport(FrameProcessor):
         #: Frames thrown away because the buffer was full.
         self.dropped = 0
         self._pending: deque[Frame] = deque()
-        self._available = asyncio.Event()
+        self._available = _Alarm()
         self._last_drop_log = 0.0
         self._started = False
         self._closed = False
@@ -179,7 +179,7 @@ class InputTransport(FrameProcessor):
 
     async def _pump(self) -> None:
         while not self._closed:
-            await self._available.wait()
+            await self._available.sleep(None, self._vp_loop)
             self._available.clear()
             while self._pending and not self._closed:
                 await self.push_frame(self._pending.popleft())
@@ -230,12 +230,12 @@ _Item = AudioChunk | _ContextEnd
 
 
 class _Alarm:
-    """The playout task's wake-up: ``set()`` from anywhere, or the deadline.
+    """One task's wake-up (the playout loop's, the input pump's): ``set()`` from anywhere, or the deadline.
 
     What ``Event.wait()`` under ``asyncio.timeout()`` does, for the one task
     that sleeps on it, without a timeout context and a cancellation per
     sleep: the playout loop sleeps once or twice per chunk, 25 to 50 times a
-    second for every call.
+    second for every call, and the input pump once per inbound frame.
     """
 
     __slots__ = ("_flag", "_waiter")
@@ -253,11 +253,15 @@ class _Alarm:
     def clear(self) -> None:
         self._flag = False
 
-    async def sleep(self, seconds: float | None) -> None:
-        """Until ``set()`` is called (at once if it was since the last ``clear()``), or ``seconds`` pass."""
+    async def sleep(self, seconds: float | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Until ``set()`` is called (at once if it was since the last ``clear()``), or ``seconds`` pass.
+
+        ``loop`` is the running loop, when the caller knows it (finding it costs a system call on Python 3.11).
+        """
         if self._flag:
             return
-        loop = asyncio.get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         timer = None if seconds is None else loop.call_later(seconds, _ring, waiter)
         try:
@@ -363,7 +367,7 @@ class OutputTransport(FrameProcessor):
         return self._queued_seconds
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return (self._vp_loop or asyncio.get_running_loop()).time()
 
     # ------------------------------------------------------------ frames
 
@@ -491,7 +495,7 @@ class OutputTransport(FrameProcessor):
                 await self._sleep(self.progress_interval if busy else None)
 
     async def _sleep(self, seconds: float | None) -> None:
-        await self._wake.sleep(seconds)
+        await self._wake.sleep(seconds, self._vp_loop)
 
     async def _write(self, chunk: AudioChunk) -> None:
         generation = self._generation
