@@ -17,6 +17,7 @@ from vantum_pipeline.frames import (
     StartFrame,
     TextFrame,
 )
+from vantum_pipeline.processor import _Deadline
 from vantum_pipeline.testing import FrameRecorder, PipelineHarness, run_pipeline
 
 DOWN, UP = FrameDirection.DOWNSTREAM, FrameDirection.UPSTREAM
@@ -342,3 +343,91 @@ async def test_a_started_processor_knows_its_running_task_without_asking_asyncio
     assert len(seen) >= 5  # start, three texts, end
     assert all(mine is theirs and mine is not None for mine, theirs in seen)
     assert asker._vp_loop is asyncio.get_running_loop()
+
+
+async def _timeout_scenarios(timeout):
+    """What a timeout context does in each case, as (case, outcome) pairs."""
+    outcomes = []
+
+    async def attempt(case, body, seconds):
+        try:
+            async with timeout(seconds):
+                await body()
+            outcome = "done"
+        except TimeoutError:
+            outcome = "timeout"
+        except asyncio.CancelledError:
+            outcomes.append((case, "cancelled", asyncio.current_task().cancelling()))
+            raise
+        outcomes.append((case, outcome, asyncio.current_task().cancelling()))
+
+    async def sleeps(seconds):
+        await asyncio.sleep(seconds)
+
+    await attempt("in time", lambda: sleeps(0.01), 0.05)
+    await asyncio.sleep(0.1)  # a timer left behind would cancel this sleep
+    outcomes.append(("after", "quiet", asyncio.current_task().cancelling()))
+    await attempt("too long", lambda: sleeps(5), 0.02)
+
+    async def outer_first():
+        async with asyncio.timeout(0.02):
+            await attempt("inside a shorter asyncio.timeout", lambda: sleeps(5), 1.0)
+
+    try:
+        await outer_first()
+    except TimeoutError:
+        outcomes.append(("outer", "timeout", asyncio.current_task().cancelling()))
+
+    async def inner_first():
+        async with asyncio.timeout(1.0):
+            await attempt("inside a longer asyncio.timeout", lambda: sleeps(5), 0.02)
+        outcomes.append(("outer", "done", asyncio.current_task().cancelling()))
+
+    await inner_first()
+    return outcomes
+
+
+async def _cancelled_under_timeout(timeout):
+    started = asyncio.Event()
+
+    async def body():
+        async with timeout(1.0):
+            started.set()
+            await asyncio.sleep(5)
+
+    task = asyncio.create_task(body())
+    await started.wait()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return "cancelled"
+    except TimeoutError:
+        return "timeout"
+    return "done"
+
+
+async def test_a_started_processors_timeout_behaves_as_asyncio_timeout():
+    # Transports and the STT send under the processor's own timeout (cheaper than asyncio's on
+    # Python 3.11); it must raise, pass on and count cancellations exactly as asyncio.timeout does.
+    processor = FrameProcessor()
+    assert not isinstance(processor._timeout(1.0), _Deadline)  # not started: asyncio's own
+    async with PipelineHarness([processor]):
+        results = {}
+        for name, timeout in (("asyncio", asyncio.timeout), ("processor", processor._timeout)):
+            task = processor.create_task(_timeout_scenarios(timeout))
+            results[name] = await asyncio.wait_for(task, 10)
+        fast = processor.create_task(_check_is_deadline(processor))
+        assert await asyncio.wait_for(fast, 5)
+        cancelled = [await _cancelled_under_timeout(t) for t in (asyncio.timeout, processor._timeout)]
+    assert results["processor"] == results["asyncio"]
+    assert [outcome for _, outcome, _ in results["asyncio"]] == [
+        "done", "quiet", "timeout", "cancelled", "timeout", "timeout", "done",
+    ]  # fmt: skip
+    # Only the cancellation of the enclosing asyncio.timeout is still pending where it passes through.
+    assert [cancelling for _, _, cancelling in results["processor"]] == [0, 0, 0, 1, 0, 0, 0]
+    assert cancelled == ["cancelled", "cancelled"]
+
+
+async def _check_is_deadline(processor):
+    return isinstance(processor._timeout(1.0), _Deadline)

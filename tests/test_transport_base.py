@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 import pytest
@@ -15,6 +16,7 @@ from vantum_pipeline.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     EndFrame,
+    ErrorFrame,
     HeardTextFrame,
     InputAudioRawFrame,
     InterruptionFrame,
@@ -354,6 +356,21 @@ async def test_a_failing_device_ends_the_pipeline():
 
     collected = await run_pipeline([Broken()], [TTSAudioRawFrame(pcm(0.2), RATE)], timeout=5)
     assert collected.finish_reason == "error"
+
+
+async def test_a_stalled_device_write_times_out_and_ends_the_pipeline():
+    # A peer that stops reading: the write never returns. io_timeout bounds it; the output
+    # breaks with an error that names the hook, and the pipeline ends instead of hanging.
+    class Stalled(RecordingOutput):
+        async def write_audio(self, chunk: AudioChunk) -> None:
+            await asyncio.Event().wait()
+
+    started = time.monotonic()
+    collected = await run_pipeline([Stalled(io_timeout=0.2)], [TTSAudioRawFrame(pcm(0.2), RATE)], timeout=5)
+    assert collected.finish_reason == "error"
+    errors = [f.error for f in collected.of_type(ErrorFrame, FrameDirection.UPSTREAM)]
+    assert any("write_audio did not finish within 0.2s" in e for e in errors), errors
+    assert time.monotonic() - started < 3
 
 
 def test_output_rejects_nonsense_settings():

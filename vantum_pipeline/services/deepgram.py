@@ -467,7 +467,7 @@ class DeepgramSTTService(STTService):
             self._sent += len(data)
 
     async def _send_audio(self, socket: Any, data: bytes) -> None:
-        async with asyncio.timeout(self.settings.send_timeout):
+        async with self._timeout(self.settings.send_timeout):
             await socket.send_media(data)
         self._unbilled += len(data)
         self._last_send = (self._vp_loop or asyncio.get_running_loop()).time()

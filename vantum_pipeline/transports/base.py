@@ -570,7 +570,7 @@ class OutputTransport(FrameProcessor):
     async def _io(self, operation: object, what: str) -> bool:
         """Await a device hook with ``io_timeout``; a failure breaks the output."""
         try:
-            async with asyncio.timeout(self.io_timeout):
+            async with self._timeout(self.io_timeout):
                 await operation  # type: ignore[misc]
             return True
         except asyncio.CancelledError:
