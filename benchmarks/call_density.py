@@ -66,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import multiprocessing as mp
 import os
@@ -167,9 +168,9 @@ class Usage:
         self._task: asyncio.Task[None] | None = None
         self.collections = GcPauses()
 
-    def _rss(self) -> int:
+    def _rss(self, children: list[Any] | None = None) -> int:
         total = self._process.memory_info().rss
-        for child in self._process.children(recursive=True):
+        for child in self._process.children(recursive=True) if children is None else children:
             with contextlib.suppress(Exception):
                 total += child.memory_info().rss
         return total
@@ -193,9 +194,15 @@ class Usage:
         self._task = asyncio.ensure_future(self._sample())
 
     async def _sample(self) -> None:
-        while True:
+        # Finding the children reads every process's /proc entry: 2-3 ms of this process's CPU,
+        # which at 4 samples a second was about 1 % of a core charged to the library measured.
+        # The list is refreshed every 2 s; the RSS of the known ones is read every 0.25 s.
+        children: list[Any] = []
+        for n in itertools.count():
             await asyncio.sleep(0.25)
-            self.peak = max(self.peak, self._rss())
+            if n % 8 == 0:
+                children = self._process.children(recursive=True)
+            self.peak = max(self.peak, self._rss(children))
 
     def stop(self) -> dict[str, Any]:
         if self._task is not None:
