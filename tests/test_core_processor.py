@@ -431,3 +431,27 @@ async def test_a_started_processors_timeout_behaves_as_asyncio_timeout():
 
 async def _check_is_deadline(processor):
     return isinstance(processor._timeout(1.0), _Deadline)
+
+
+def test_a_processor_run_again_on_another_loop_uses_the_new_one():
+    # The processor keeps its loop from each StartFrame; a second run on a new loop must not
+    # schedule its timeouts on the first, closed one.
+    class Timed(FrameProcessor):
+        async def process_frame(self, frame, direction):
+            async with self._timeout(1.0):
+                await asyncio.sleep(0)
+            await self.push_frame(frame, direction)
+
+    timed = Timed()
+    loops = []
+    for _ in range(2):
+
+        async def one_run():
+            loops.append(asyncio.get_running_loop())
+            return await run_pipeline([timed], [TextFrame("a"), TextFrame("b")], timeout=5)
+
+        result = asyncio.run(one_run())
+        assert result.finish_reason == "end"
+        assert [f.text for f in result.of_type(TextFrame)] == ["a", "b"]
+        assert timed._vp_loop is loops[-1]
+    assert loops[0] is not loops[1]

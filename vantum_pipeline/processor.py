@@ -447,14 +447,15 @@ class FrameProcessor:
     def _running_task(self) -> asyncio.Task[Any] | None:
         """``asyncio.current_task()``, without looking the loop up once the processor has started."""
         loop = self._vp_loop
-        if loop is None or _TASKS_BY_LOOP is None:
-            return _current_task()
-        return _TASKS_BY_LOOP.get(loop)
+        task = _TASKS_BY_LOOP.get(loop) if loop is not None and _TASKS_BY_LOOP is not None else None
+        # None: not started, outside a task, or the loop of an earlier run: ask asyncio.
+        return task if task is not None else _current_task()
 
     def _timeout(self, seconds: float) -> AbstractAsyncContextManager[Any]:
         """``asyncio.timeout(seconds)``, cheaper in a started processor's own tasks (see :class:`_Deadline`)."""
         loop = self._vp_loop
-        task = self._running_task() if loop is not None else None
+        # A task found under the kept loop is running on it now (not a loop of an earlier run).
+        task = _TASKS_BY_LOOP.get(loop) if loop is not None and _TASKS_BY_LOOP is not None else None
         if loop is None or task is None:
             return asyncio.timeout(seconds)
         return _Deadline(loop, task, seconds)
