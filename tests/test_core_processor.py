@@ -430,6 +430,8 @@ async def test_a_started_processors_timeout_behaves_as_asyncio_timeout():
 
 
 async def _check_is_deadline(processor):
+    async with processor._timeout(None):  # no deadline, as asyncio.timeout(None)
+        await asyncio.sleep(0.01)
     return isinstance(processor._timeout(1.0), _Deadline)
 
 

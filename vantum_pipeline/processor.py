@@ -451,12 +451,12 @@ class FrameProcessor:
         # None: not started, outside a task, or the loop of an earlier run: ask asyncio.
         return task if task is not None else _current_task()
 
-    def _timeout(self, seconds: float) -> AbstractAsyncContextManager[Any]:
+    def _timeout(self, seconds: float | None) -> AbstractAsyncContextManager[Any]:
         """``asyncio.timeout(seconds)``, cheaper in a started processor's own tasks (see :class:`_Deadline`)."""
         loop = self._vp_loop
         # A task found under the kept loop is running on it now (not a loop of an earlier run).
         task = _TASKS_BY_LOOP.get(loop) if loop is not None and _TASKS_BY_LOOP is not None else None
-        if loop is None or task is None:
+        if seconds is None or loop is None or task is None:
             return asyncio.timeout(seconds)
         return _Deadline(loop, task, seconds)
 
