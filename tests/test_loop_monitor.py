@@ -91,6 +91,18 @@ async def test_one_stall_on_a_window_of_few_measurements_is_not_a_trend() -> Non
     assert not any(line.startswith("WARNING") for line in lines)
 
 
+async def test_a_stall_longer_than_the_window_is_one_measurement_not_a_trend_for_the_warning_either() -> None:
+    # The measurements from before the stall leave the window with it: what is left is too few.
+    with captured_logs() as lines:
+        async with LoopMonitor(interval=0.01, window=0.3, warn_at=0.05, min_samples=10) as monitor:
+            await until(lambda: monitor.measured >= 15)
+            seen = monitor.measured
+            time.sleep(0.5)  # noqa: ASYNC251 - one stall, longer than the window
+            await until(lambda: monitor.measured >= seen + 2)
+            assert not monitor.overloaded(0.05)
+    assert not any(line.startswith("WARNING") for line in lines), lines
+
+
 async def test_a_late_loop_is_warned_about_once_and_its_recovery_logged() -> None:
     with captured_logs() as lines:
         async with LoopMonitor(interval=0.01, window=0.3, warn_at=0.05, min_samples=1) as monitor:

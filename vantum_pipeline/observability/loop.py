@@ -141,8 +141,13 @@ class LoopMonitor:
 
     def overloaded(self, threshold: float) -> bool:
         """Whether the p90 lag over the window exceeds ``threshold`` seconds, on at least ``min_samples``."""
-        p90 = self.lag(0.9)  # drops what left the window first
-        return len(self._lags) >= self.min_samples and p90 > threshold
+        p90 = self._trend()
+        return p90 is not None and p90 > threshold
+
+    def _trend(self) -> float | None:
+        """The p90 lag over the window; None while the window holds fewer than ``min_samples`` measurements."""
+        p90 = self.lag(0.9)  # drops what left the window first, so the count below is the window's
+        return p90 if len(self._lags) >= self.min_samples else None
 
     def _recent(self) -> list[tuple[float, float]]:
         """The window's measurements, with the one under way when it is overdue."""
@@ -175,9 +180,9 @@ class LoopMonitor:
             self.registry.histogram(LOOP_LAG_METRIC, bounds=LAG_BUCKETS).observe(lag)
         if self.warn_at is None:
             return
-        if len(self._lags) < self.min_samples:
+        p90 = self._trend()
+        if p90 is None:
             return
-        p90 = self.lag(0.9)
         if p90 > self.warn_at and not self._warned:
             self._warned = True
             logger.warning(
