@@ -155,11 +155,15 @@ def test_a_final_does_not_depend_on_where_the_phone_frames_fell(
     rng = np.random.default_rng(3)
     results: list[list[FinalTranscript]] = []
     pause = round(60 * window / 0.3) if window > 0.3 else 60  # the pause must close the first utterance
+    # The same hiss on every alignment: under each line, and just before it (the quiet parts take the
+    # end of one longer stretch). Only where the frames fall changes. (A new hiss per alignment moved
+    # the second line's confidence by up to 0.07 on its own, and a CI run failed on it.)
+    lead_in = rng.normal(0, hiss, 52 * frame)
+    between = rng.normal(0, hiss, (pause + 2) * frame)
+    spoken = [line + rng.normal(0, hiss, len(line)) for line in lines]
+    after = rng.normal(0, hiss, pause * frame)
     for lead, gap in itertools.product((50, 51, 52), (pause, pause + 1, pause + 2)):
-        parts = [np.zeros(lead * frame, np.int16), lines[0], np.zeros(gap * frame, np.int16), lines[1]]
-        audio = np.concatenate([*parts, np.zeros(pause * frame, np.int16)]).astype(np.float64)
-        if hiss:
-            audio += rng.normal(0, hiss, len(audio))
+        audio = np.concatenate([lead_in[-lead * frame :], spoken[0], between[-gap * frame :], spoken[1], after])
         pcm = np.clip(audio, -32768, 32767).astype(np.int16).tobytes()
         recognizer = PocketsphinxRecognizer(callee_model, endpoint_silence=window)
         finals = [e for e in feed_in_chunks(recognizer, pcm, chunk=2 * frame) if isinstance(e, FinalTranscript)]
@@ -172,7 +176,8 @@ def test_a_final_does_not_depend_on_where_the_phone_frames_fell(
         for final, first in zip(finals, results[0], strict=True):
             # Over digital silence the decoded audio is the same sample for sample (the endpointer
             # may open an utterance a few samples into the speech: the lead-in before it is kept).
-            assert final.confidence == pytest.approx(first.confidence, abs=0.05 if hiss else 0.0)
+            # Over hiss, how much of it comes before the utterance may change by a frame.
+            assert final.confidence == pytest.approx(first.confidence, abs=0.01 if hiss else 0.0)
             shifts = [a - b for (_, a, _), (_, b, _) in zip(final.words, first.words, strict=True)]
             assert max(shifts) - min(shifts) <= 0.031, (final.words, first.words)
 
