@@ -9,6 +9,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests judge behaviour, never speed: no per-example deadline and no "too slow" health
+# check, which a loaded machine (four test workers on two cores) trips at random.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 _PARSE = ast.parse.__code__
 

@@ -65,9 +65,9 @@ async def test_a_real_question_cuts_the_bot_right_after_its_second_word():
     assert len(callee.clears) == 1
     clear_at = callee.clears[0]
     assert callee.barge_in_at is not None
-    second_word_end = callee.barge_in_at + word_end(1)
-    # The bot went on while the policy listened, and stopped within 150 ms of the second word.
-    assert callee.barge_in_at + 0.3 < clear_at <= second_word_end + 0.15, clear_at - callee.barge_in_at
+    # The bot went on while the policy listened, and stopped after the second word (0.63 s in; the
+    # interim results come every 0.1 s), before a third could have been counted (0.97 s in).
+    assert callee.barge_in_at + 0.3 < clear_at < callee.barge_in_at + word_end(2), clear_at - callee.barge_in_at
     assert callee.heard_seconds(clear_at + CHUNK, callee.spoke[0][1]) == 0.0
     assert requests == 2
     # The context holds what the callee heard of the pitch, flagged, then the question and the answer.
@@ -141,9 +141,10 @@ async def test_at_once_without_resume_is_the_behaviour_before_policies():
     async with barge_in_stack(["Mm-hmm."], [PITCH, ANSWER], settings) as stack:
         call, callee = await stack.call("+14155550106", script)
         requests = len(stack.openai.chat_requests)
-    # Cut as soon as speech started (Deepgram's SpeechStarted), and the "mm-hmm" answered as a turn.
+    # Cut as soon as speech started (Deepgram's SpeechStarted), and the "mm-hmm" answered as a turn:
+    # well before a second word (0.63 s in), where the phone policy would have cut.
     assert len(callee.clears) == 1
-    assert callee.barge_in_at is not None and callee.clears[0] - callee.barge_in_at < 0.3
+    assert callee.barge_in_at is not None and callee.clears[0] - callee.barge_in_at < 0.5
     assert requests == 2
     assert [(t.text, t.backchannel) for t in call.turns] == [("Mm-hmm.", False)]
     roles = [(m.role, m.interrupted) for m in call.context.messages[1:]]

@@ -222,7 +222,10 @@ async def test_interruption_after_a_switch_stops_the_backup(fake: FakeCartesia) 
         await harness.send(TextFrame(long_text))
         first = await harness.wait_for(TTSAudioRawFrame, timeout=10)
         await harness.send(InterruptionFrame())
-        await asyncio.sleep(0.1)
+        async with asyncio.timeout(5):  # until the interruption has begun: old frames are stale from then on
+            while harness.task.state.interruptions == 0:  # noqa: ASYNC110 - the task's own counter
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # and has reached every processor
         cut = len(harness.downstream)
         await asyncio.sleep(0.4)
         assert not [f for f in harness.downstream[cut:] if getattr(f, "context_id", None) == first.context_id]

@@ -232,7 +232,9 @@ def test_a_tone_synthesizer_and_its_cache_are_freed_without_the_collector() -> N
 
 
 async def test_cancel_stops_chunks_and_late_chunks_are_bounded(fake: FakeCartesia) -> None:
-    fake.faults.chunk_delay = 0.01
+    # 50 ms between chunks: "at most one already on the wire" below holds unless the loop stalls that
+    # long between the cancel's send and its handling (10 ms was within reach of a loaded machine).
+    fake.faults.chunk_delay = 0.05
     fake.faults.late_chunks = 2
     async with client_for(fake).tts.websocket_connect() as conn:
         await conn.send(

@@ -203,7 +203,7 @@ async def test_configure_is_acknowledged() -> None:
 
 
 async def test_idle_stream_is_closed_like_the_service_unless_kept_alive() -> None:
-    async with FakeDeepgram(idle_timeout=0.4) as fake:
+    async with FakeDeepgram(idle_timeout=1.0) as fake:
         async with listen(fake) as idle:
             with pytest.raises(ConnectionClosedError) as closed:
                 async with asyncio.timeout(5):
@@ -213,9 +213,9 @@ async def test_idle_stream_is_closed_like_the_service_unless_kept_alive() -> Non
         assert fake.connections[0].closed_by == "idle"
 
         async with listen(fake) as kept:
-            for _ in range(8):  # 1.2 s, three idle timeouts
+            for _ in range(8):  # 2.4 s, more than two idle timeouts, with room for a loaded machine
                 await kept.send_keep_alive()
-                await asyncio.sleep(0.15)
+                await asyncio.sleep(0.3)
             assert not fake.connections[1].is_closed
             await kept.send_close_stream()
             assert isinstance((await drain(kept))[-1], ListenV1Metadata)

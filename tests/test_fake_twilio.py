@@ -251,7 +251,9 @@ async def test_marks_echo_after_playback_and_a_clear_echoes_the_rest_unplayed():
     assert [m["mark"]["name"] for m in app.events("mark")] == ["m1", "m2"]
     assert 0.35 <= app.first_echo_after < 1.0  # m1 came back once its 0.4 s had played
     assert [(m.name, m.cleared) for m in callee.marks] == [("m1", False), ("m2", True)]
-    assert callee.clears and 0.45 <= callee.heard_seconds() <= 0.6  # the clear cut m2's audio short
+    # The clear cut m2's audio short: about 0.5 s heard of the 0.8 s sent (the clear goes 0.1 s after m1's
+    # echo; the rest is two socket hops and a tick, which a loaded machine may stretch).
+    assert callee.clears and 0.45 <= callee.heard_seconds() <= 0.75
     assert app.events("stop")[0]["stop"]["callSid"] == call.sid
 
 

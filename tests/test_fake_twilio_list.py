@@ -32,9 +32,11 @@ async def test_list_calls_filters_pages_and_orders_newest_first() -> None:
             assert all(c.status == "completed" and c.date_created is not None for c in mine)
             everyone = await client.list_calls(limit=3)  # pages of up to 3 through next_page_uri
             assert {c.sid for c in everyone} == set(sids)
-            today = dt.datetime.now(dt.UTC)
-            assert len(await client.list_calls(to="+14155550101", started_after=today)) == 2
-            assert await client.list_calls(to="+14155550101", started_after=today + dt.timedelta(days=1)) == []
+            # The filter goes by date: the calls' own, not today's (midnight may pass while they run).
+            created = [c.date_created for c in mine if c.date_created is not None]
+            assert len(await client.list_calls(to="+14155550101", started_after=min(created))) == 2
+            later = max(created) + dt.timedelta(days=1)
+            assert await client.list_calls(to="+14155550101", started_after=later) == []
             sdk = client._sdk()
             paged = await sdk.calls.list_async(page_size=1)  # the SDK follows next_page_uri
             assert [c.sid for c in paged] == list(reversed(sids))

@@ -155,7 +155,9 @@ async def test_an_interruption_reaches_the_hosted_processor_and_no_stale_audio_f
         await harness.send(TextFrame("old"))
         await harness.wait_for(TTSAudioRawFrame, count=3)
         await harness.send(UserStartedSpeakingFrame())
-        await asyncio.sleep(0.1)
+        async with asyncio.timeout(5):  # until the hosted processor has the interruption
+            while slow.interruptions == 0:  # noqa: ASYNC110 - a counter the pipecat side bumps
+                await asyncio.sleep(0.01)
         cut = len(harness.collected.of_type(TTSAudioRawFrame))
         await asyncio.sleep(0.3)
         assert len(harness.collected.of_type(TTSAudioRawFrame)) == cut  # nothing of the old turn after the cut

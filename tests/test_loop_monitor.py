@@ -81,13 +81,14 @@ async def test_a_loop_held_longer_than_the_window_reads_late_at_once() -> None:
 
 async def test_one_stall_on_a_window_of_few_measurements_is_not_a_trend() -> None:
     with captured_logs() as lines:
-        async with LoopMonitor(interval=0.01, window=5.0, warn_at=0.05, min_samples=10) as monitor:
+        # Thresholds of 0.25 s: a loaded machine's own hiccups (a collection, a busy neighbour) stay below.
+        async with LoopMonitor(interval=0.01, window=5.0, warn_at=0.25, min_samples=10) as monitor:
             await until(lambda: monitor.measured >= 1)
-            time.sleep(0.3)  # noqa: ASYNC251 - one stall, two measurements into the window
+            time.sleep(0.6)  # noqa: ASYNC251 - one stall, two measurements into the window
             await until(lambda: monitor.measured >= 2)
-            assert monitor.lag(0.9) >= 0.25 and not monitor.overloaded(0.05)
+            assert monitor.lag(0.9) >= 0.5 and not monitor.overloaded(0.25)
             await until(lambda: monitor.measured >= 11)
-            assert not monitor.overloaded(0.05)  # one late measurement of ten: p90 on time
+            assert not monitor.overloaded(0.25)  # one late measurement of ten: p90 on time
     assert not any(line.startswith("WARNING") for line in lines)
 
 

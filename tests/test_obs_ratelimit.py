@@ -1,8 +1,9 @@
-"""RateLimiter on virtual time: nothing here sleeps for real."""
+"""RateLimiter on virtual time: nothing here sleeps for real, except the test of the default sleep."""
 
 import asyncio
 import heapq
 import itertools
+import time
 
 import pytest
 
@@ -233,8 +234,11 @@ async def test_unlimited_limiter_never_waits(vt):
 async def test_real_sleep_is_the_default(vt):
     rl = RateLimiter("cartesia", tokens_per_minute=60)  # one token per second
     await rl.acquire(60, timeout=0)
-    waited = await rl.acquire(0.005, timeout=1.0)  # a few milliseconds, for real
-    assert 0 < waited <= 0.005
+    started = time.monotonic()
+    # 0.2 s, for real: long enough that a pause of the machine between the two calls cannot refill it.
+    waited = await rl.acquire(0.2, timeout=1.0)
+    assert 0 < waited <= 0.2
+    assert time.monotonic() - started >= waited - 0.01
 
 
 @pytest.mark.parametrize(

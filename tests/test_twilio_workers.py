@@ -104,7 +104,8 @@ async def test_calls_placed_by_different_workers_are_served_by_their_own_worker(
         calls = await asyncio.gather(*(pool.place_call(n, worker=i % 2) for i, n in enumerate(numbers)))
         async with asyncio.timeout(60):
             records = await asyncio.gather(*(c.wait() for c in calls))
-        await asyncio.sleep(0.3)  # the workers' counters are written every 0.1 s
+        # The workers write their counters every 0.1 s: wait for a row written after every stream ended.
+        await until(lambda: all(row["streams"] == 0 for row in pool.stats().per_worker), 10)
         stats = pool.stats()
         heard = {c.sid: fake.calls[c.sid].callee for c in calls}
     assert {c.worker for c in calls} == {0, 1}
@@ -214,12 +215,12 @@ async def test_a_burst_of_upgrades_across_workers_never_exceeds_the_global_max_c
             refused = [r for r in results if not isinstance(r, aiohttp.ClientWebSocketResponse)]
             assert len(open_sockets) == 5
             assert refused == [503] * 7
-            await asyncio.sleep(0.3)
-            assert pool.stats()["streams"] == 5
+            await until(lambda: pool.stats()["streams"] == 5, 10)
             for ws in open_sockets:
                 await ws.close()
-            # Every slot was given back: a second burst gets five again.
-            await asyncio.sleep(0.3)
+            # Every slot was given back (a worker frees it as its stream ends, before the counters say
+            # so): a second burst gets five again.
+            await until(lambda: pool.stats()["streams"] == 0, 10)
             again = await asyncio.gather(*(upgrade(u) for u in urls))
             reopened = [r for r in again if isinstance(r, aiohttp.ClientWebSocketResponse)]
             assert len(reopened) == 5
@@ -267,7 +268,7 @@ async def test_forged_and_unknown_requests_get_the_refusals_of_a_single_server()
         async with session.get(f"{base}/w0/twilio/media") as response:
             assert response.status == 403  # the upgrade has no signature
         _silent[1].close()
-        await asyncio.sleep(0.3)
+        await until(lambda: pool.stats()["rejected_signatures"] >= 3, 10)
         assert pool.stats()["rejected_signatures"] == 3
 
 
