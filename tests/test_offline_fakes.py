@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.fresh_speech import FreshSpeech
 from vantum_pipeline.audio.resample import StreamResampler
 from vantum_pipeline.frames import (
     EndFrame,
@@ -40,7 +41,7 @@ SCRIPT = SalesScript()
 
 def callee_audio(text: str) -> bytes:
     """16 kHz pcm16: quiet, the callee saying ``text``, a second of quiet."""
-    spoken = EspeakSynthesizer.load().synthesize(text, CALLEE_VOICE)
+    spoken = FreshSpeech().synthesize(text, CALLEE_VOICE)  # the same samples on every run
     resampler = StreamResampler(spoken.sample_rate, 16000)
     speech = np.frombuffer(resampler.resample(spoken.audio) + resampler.flush(), np.int16)
     noise = np.random.default_rng(2).normal(0, 20, len(speech) + 24000)

@@ -7,11 +7,12 @@ import itertools
 import numpy as np
 import pytest
 
+from tests.fresh_speech import FreshSpeech
 from vantum_pipeline.audio.mulaw import lin2ulaw, ulaw2lin
 from vantum_pipeline.audio.resample import StreamResampler
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.services.offline.agent import SalesScript
-from vantum_pipeline.services.offline.espeak import BOT_VOICE, CALLEE_VOICE, EspeakSynthesizer, espeak_available
+from vantum_pipeline.services.offline.espeak import BOT_VOICE, CALLEE_VOICE, espeak_available
 from vantum_pipeline.services.offline.language_model import DomainLanguageModel
 from vantum_pipeline.services.offline.recognizer import (
     EDGE_MARGIN,
@@ -42,8 +43,9 @@ CALLEE_LINES = (
 
 
 @pytest.fixture(scope="module")
-def synthesizer() -> EspeakSynthesizer:
-    return EspeakSynthesizer.load()
+def synthesizer() -> FreshSpeech:
+    """Each line made in a fresh process: the same samples on every run (see ``fresh_speech``)."""
+    return FreshSpeech()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def phone_line(audio: bytes, rate: int) -> np.ndarray:
     return np.frombuffer(up.resample(line) + up.flush(), np.int16)
 
 
-def speech_stream(synthesizer: EspeakSynthesizer, lines: tuple[str, ...], voice: object, gap: float = 1.0) -> bytes:
+def speech_stream(synthesizer: FreshSpeech, lines: tuple[str, ...], voice: object, gap: float = 1.0) -> bytes:
     rng = np.random.default_rng(7)
     parts = [np.zeros(int(0.5 * 16000), np.int16)]
     for line in lines:
@@ -85,9 +87,7 @@ def feed_in_chunks(recognizer: PocketsphinxRecognizer, audio: bytes, chunk: int 
     return events
 
 
-def test_streaming_recognizes_the_callee_lines(
-    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel
-) -> None:
+def test_streaming_recognizes_the_callee_lines(synthesizer: FreshSpeech, callee_model: DomainLanguageModel) -> None:
     recognizer = PocketsphinxRecognizer(callee_model)
     lines = SCRIPT.callee_phrases
     audio = speech_stream(synthesizer, lines, CALLEE_VOICE)
@@ -107,7 +107,7 @@ def test_streaming_recognizes_the_callee_lines(
     assert {"yes", "minute"} <= set(heard["Yes, I have a minute."])
 
 
-def test_events_are_ordered_and_timed(synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel) -> None:
+def test_events_are_ordered_and_timed(synthesizer: FreshSpeech, callee_model: DomainLanguageModel) -> None:
     line = "What is the price?"
     spoken = synthesizer.synthesize(line, CALLEE_VOICE)
     audio = speech_stream(synthesizer, (line,), CALLEE_VOICE)
@@ -138,7 +138,7 @@ def test_events_are_ordered_and_timed(synthesizer: EspeakSynthesizer, callee_mod
     ids=["digital silence", "line hiss", "digital silence, longest endpointer window"],
 )
 def test_a_final_does_not_depend_on_where_the_phone_frames_fell(
-    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel, hiss: float, window: float
+    synthesizer: FreshSpeech, callee_model: DomainLanguageModel, hiss: float, window: float
 ) -> None:
     # The same two lines, said into the call after a little more or less quiet: the phone's
     # 20 ms frames fall differently against the endpointer's 30 ms ones. The finals must not
@@ -207,7 +207,7 @@ def test_the_lead_in_is_the_audio_just_before_an_utterance(callee_model: DomainL
 
 @pytest.mark.parametrize("window", [0.3, 1.5])
 def test_an_utterance_gets_its_lead_in_with_any_endpointer_window(
-    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel, window: float
+    synthesizer: FreshSpeech, callee_model: DomainLanguageModel, window: float
 ) -> None:
     # The endpointer hands speech back a window late, so an utterance opens up to 1.5 s behind
     # the audio fed: the audio kept must reach back that far and EDGE_MARGIN more.
@@ -229,7 +229,7 @@ def test_an_utterance_gets_its_lead_in_with_any_endpointer_window(
 
 
 def test_recognize_hears_the_same_words_after_any_amount_of_quiet(
-    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel
+    synthesizer: FreshSpeech, callee_model: DomainLanguageModel
 ) -> None:
     speech = phone_line(
         synthesizer.synthesize("Thursday at ten works for me.", CALLEE_VOICE).audio, synthesizer.sample_rate
@@ -253,9 +253,7 @@ def test_recognize_hears_the_same_words_after_any_amount_of_quiet(
             assert word == first_word and at == pytest.approx(first_at, abs=0.002)  # times are rounded to 1 ms
 
 
-def test_the_callee_side_recognizes_the_bot_lines(
-    synthesizer: EspeakSynthesizer, bot_model: DomainLanguageModel
-) -> None:
+def test_the_callee_side_recognizes_the_bot_lines(synthesizer: FreshSpeech, bot_model: DomainLanguageModel) -> None:
     recognizer = PocketsphinxRecognizer(bot_model)
     lines = (SCRIPT.greeting, SCRIPT.price, SCRIPT.close)
     total = WordErrors(0, 0, 0, 0)
@@ -266,9 +264,7 @@ def test_the_callee_side_recognizes_the_bot_lines(
     assert total.accuracy >= 0.85
 
 
-def test_the_domain_model_beats_the_general_model(
-    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel
-) -> None:
+def test_the_domain_model_beats_the_general_model(synthesizer: FreshSpeech, callee_model: DomainLanguageModel) -> None:
     domain = PocketsphinxRecognizer(callee_model)
     general = PocketsphinxRecognizer(None)
     scores = {"domain": WordErrors(0, 0, 0, 0), "general": WordErrors(0, 0, 0, 0)}
@@ -280,7 +276,7 @@ def test_the_domain_model_beats_the_general_model(
 
 
 def test_grammar_search_only_yields_phrases_of_the_model(
-    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel
+    synthesizer: FreshSpeech, callee_model: DomainLanguageModel
 ) -> None:
     recognizer = PocketsphinxRecognizer(callee_model, search="grammar")
     audio = phone_line(synthesizer.synthesize("What is the price?", CALLEE_VOICE).audio, synthesizer.sample_rate)
@@ -290,7 +286,7 @@ def test_grammar_search_only_yields_phrases_of_the_model(
 
 
 def test_finish_forces_the_final_of_an_utterance_in_progress(
-    synthesizer: EspeakSynthesizer, callee_model: DomainLanguageModel
+    synthesizer: FreshSpeech, callee_model: DomainLanguageModel
 ) -> None:
     recognizer = PocketsphinxRecognizer(callee_model)
     speech = phone_line(synthesizer.synthesize("Thursday at ten works for me.", CALLEE_VOICE).audio, 22050)

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from tests.fresh_speech import FreshSpeech
 from vantum_pipeline.audio.mulaw import lin2ulaw
 from vantum_pipeline.audio.resample import StreamResampler
 from vantum_pipeline.frames import (
@@ -38,7 +39,7 @@ from vantum_pipeline.processors.aggregators import AssistantAggregator, UserAggr
 from vantum_pipeline.processors.context import LLMContext
 from vantum_pipeline.processors.sentence import SentenceAggregator
 from vantum_pipeline.services.offline.agent import SalesScript
-from vantum_pipeline.services.offline.espeak import CALLEE_VOICE, EspeakSynthesizer, espeak_available
+from vantum_pipeline.services.offline.espeak import CALLEE_VOICE, espeak_available
 from vantum_pipeline.services.offline.llm import ScriptedLLMService, tokens_of
 from vantum_pipeline.services.offline.stt import PocketsphinxSTTService
 from vantum_pipeline.services.offline.tts import EspeakSettings, EspeakTTSService
@@ -57,7 +58,7 @@ FRAME_BYTES = 640  # 20 ms at 16 kHz
 @pytest.fixture(scope="module")
 def callee_speech() -> dict[str, bytes]:
     """16 kHz pcm16 of callee lines, with half a second of quiet line noise on each side."""
-    synthesizer = EspeakSynthesizer.load()
+    synthesizer = FreshSpeech()  # each line made in a fresh process: the same samples on every run
     rng = np.random.default_rng(5)
     lines = {}
     for line in ("What is the price?", "Yes, let's book a meeting.", "Thursday at ten works for me."):
