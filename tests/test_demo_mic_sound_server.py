@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fresh_speech import FreshSpeech
 from tests.virtual_sound import MISSING, PACKAGES, RATE, SpeakerRecorder, VirtualSoundCard, speech_spans
 from vantum_pipeline.audio.resample import StreamResampler
 from vantum_pipeline.audio.wav import read_wav
 from vantum_pipeline.processors.sentence import SentenceSplitter
 from vantum_pipeline.services.offline.agent import SalesScript
-from vantum_pipeline.services.offline.espeak import BOT_VOICE, CALLEE_VOICE, EspeakSynthesizer, espeak_available
+from vantum_pipeline.services.offline.espeak import BOT_VOICE, CALLEE_VOICE, espeak_available
 from vantum_pipeline.services.offline.word_accuracy import word_errors
 
 pytestmark = pytest.mark.timeout(90)
@@ -163,14 +164,15 @@ def bot_turn(demo: Demo, speaker: SpeakerRecorder, heard: int, timeout: float) -
 
 
 def callee_line(text: str) -> bytes:
-    synthesis = EspeakSynthesizer.load().synthesize(text, CALLEE_VOICE)
+    """``text`` in the callee's voice, the same samples on every run (see ``fresh_speech``)."""
+    synthesis = FreshSpeech().synthesize(text, CALLEE_VOICE)
     resampler = StreamResampler(synthesis.sample_rate, RATE)
     return resampler.resample(synthesis.audio) + resampler.flush()
 
 
 def bot_line(text: str) -> bytes:
     """``text`` in the bot's voice, as the demo's speech stand-in renders it."""
-    synthesis = EspeakSynthesizer.load().synthesize(text, BOT_VOICE)
+    synthesis = FreshSpeech().synthesize(text, BOT_VOICE)
     resampler = StreamResampler(synthesis.sample_rate, RATE)
     return resampler.resample(synthesis.audio) + resampler.flush()
 
