@@ -13,10 +13,12 @@ from vantum_pipeline import FrameDirection, FrameProcessor
 from vantum_pipeline.audio.wav import WavAudio, decode_wav, encode_wav
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
+    BotStartedSpeakingFrame,
     EndFrame,
     Frame,
     InputAudioRawFrame,
     InterruptionFrame,
+    StartFrame,
     TextFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
@@ -166,13 +168,16 @@ async def test_recorder_on_the_wall_clock_writes_silence_for_the_time_that_passe
     recorder = WavRecorder(buffer, sample_rate=8000)
     started = time.monotonic()
     clip = np.full(800, 3000, dtype="<i2").tobytes()
-    await run_pipeline([recorder], [0.2, TTSAudioRawFrame(clip, 8000)], timeout=5)
+    async with PipelineHarness([recorder], end_timeout=5) as harness:
+        await harness.wait_for(StartFrame)  # the recorder's clock has started
+        await asyncio.sleep(0.2)
+        await harness.send(TTSAudioRawFrame(clip, 8000))
+        await harness.send(EndFrame())
+        await harness.wait_finished(5)
     elapsed = time.monotonic() - started
     track = samples(decode_wav(buffer.getvalue()).pcm)
     first = int(np.nonzero(track)[0][0])
-    # The recorder's clock starts at its StartFrame, which a loaded machine may
-    # handle a little after the 0.2 s pause began: allow for that, not for zero.
-    assert 0.1 * 8000 <= first <= elapsed * 8000
+    assert 0.2 * 8000 <= first <= elapsed * 8000
     assert track[first : first + 800].tobytes() == clip
 
 
@@ -227,15 +232,17 @@ async def test_output_transport_cuts_the_file_at_an_interruption() -> None:
     buffer = io.BytesIO()
     output = WavOutputTransport(buffer, sample_rate=8000, lead=0.5, record_input=True)
     bot = np.full(16000, 3000, dtype="<i2").tobytes()  # 1 s at 16 kHz, resampled to the file's 8 kHz
-    frames: list[Frame | float] = [
-        TTSAudioRawFrame(bot, 16000, context_id="c"),
-        0.3,
-        InterruptionFrame(),
-        InputAudioRawFrame(np.full(160, 700, dtype="<i2").tobytes(), 8000),
-        0.1,
-    ]
     started = time.monotonic()
-    await run_pipeline([output], frames, timeout=5)
+    async with PipelineHarness([output], end_timeout=5) as harness:
+        await harness.send(TTSAudioRawFrame(bot, 16000, context_id="c"))
+        # 0.3 s from the first write on (not from the send: a loaded machine may start playing later).
+        await harness.wait_for(BotStartedSpeakingFrame, direction=FrameDirection.UPSTREAM)
+        await asyncio.sleep(0.3)
+        await harness.send(InterruptionFrame())
+        await harness.send(InputAudioRawFrame(np.full(160, 700, dtype="<i2").tobytes(), 8000))
+        await asyncio.sleep(0.1)
+        await harness.send(EndFrame())
+        await harness.wait_finished(5)
     elapsed = time.monotonic() - started
     stereo = samples(decode_wav(buffer.getvalue()).pcm).reshape(-1, 2)
     caller, heard = stereo[:, 0], stereo[:, 1]
