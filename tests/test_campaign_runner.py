@@ -215,7 +215,9 @@ async def test_concurrency_and_pacing_measured_at_twilio(tmp_path: Path) -> None
         # request was delayed on a loaded machine (a missing pacer puts 3 in the same instant).
         per_second = [sum(1 for t in creates if at <= t < at + 1.0) for at in creates]
         assert max(per_second) <= 5 + 1, creates
-        assert creates[-1] - creates[0] >= 13 * 0.2 - 0.1, creates
+        # As Twilio saw them (the first request also opens the client's connection, so allow 0.3 s); the
+        # pacer's own release times below are exact.
+        assert creates[-1] - creates[0] >= 13 * 0.2 - 0.3, creates
         dispatcher = runner.dispatcher
         assert isinstance(dispatcher, InProcessDispatcher)
         starts = list(dispatcher.starts)  # as released by the pacer: never closer than 1 / rate

@@ -295,7 +295,8 @@ async def test_frames_a_queued_processor_failed_on_are_settled_by_the_next_one_i
     # Pipecat calls no frame callback for a frame its processor raised on. Each queue is taken in
     # order, so the next frame processed settles the failed ones before it: failures never pile
     # up in the bound and make the sender wait out the backlog timeout.
-    adapter = PipecatProcessor(FailingOnOdd(), max_outstanding=2, backlog_timeout=0.5, short_way=short_way)
+    # 2 s: a send waiting for room on a loaded machine is not an overrun; failures piling up still are.
+    adapter = PipecatProcessor(FailingOnOdd(), max_outstanding=2, backlog_timeout=2.0, short_way=short_way)
     async with PipelineHarness([adapter]) as harness:
         for i in range(20):  # ends on 19 (fails); 20 is processed and settles it
             await harness.send(TextFrame(str(i)))

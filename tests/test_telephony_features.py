@@ -255,13 +255,13 @@ async def test_the_keypad_fires_at_once_when_nothing_longer_can_match_and_waits_
     recorded = Recorded()
     keypad = KeypadProcessor(
         {"9": recorded.action("nine"), "1": recorded.action("one"), "12": recorded.action("twelve")},
-        inter_digit_timeout=0.3,
+        inter_digit_timeout=1.0,  # the gap of 0.1 s below must stay inside it on a loaded machine too
     )
     frames = [
         InputDTMFFrame("9"),  # fires at once
         0.05,
         InputDTMFFrame("1"),
-        0.5,  # "1" times out, then fires
+        1.5,  # "1" times out, then fires
         InputDTMFFrame("1"),
         0.1,
         InputDTMFFrame("2"),  # "12": nothing longer, fires at once

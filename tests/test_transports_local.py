@@ -291,7 +291,7 @@ async def test_a_cancelled_call_cuts_the_speaker_at_once(monkeypatch: pytest.Mon
         cancelled = asyncio.get_running_loop().time()
         await harness.task.cancel("hung up")
         await harness.wait_finished(3)
-    assert asyncio.get_running_loop().time() - cancelled < 1.0
+    assert asyncio.get_running_loop().time() - cancelled < 2.0  # aborts and joins: milliseconds when idle
     assert sorted(card.ended) == ["input aborted", "output aborted"]
     assert _loud(card.played) < 16000 * 1.5  # far from the three seconds queued
 
