@@ -17,6 +17,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import waiting
 from vantum_pipeline.audio.wav import WavWriter
 from vantum_pipeline.console import (
     CampaignStats,
@@ -331,9 +332,7 @@ async def test_viewers_are_bounded(tmp_path):
                 async with http.get(url + "/console/api/events", headers=auth()) as second:
                     assert second.status == 503
             # The first viewer left: a new one is let in (once the server has noticed, at its next heartbeat).
-            async with asyncio.timeout(10):
-                while hub.subscribers:  # noqa: ASYNC110 - the hub's own count
-                    await asyncio.sleep(0.02)
+            await waiting.until(lambda: hub.subscribers == 0, 10, interval=0.02)
             async with http.get(url + "/console/api/events", headers=auth()) as third:
                 assert third.status == 200
 

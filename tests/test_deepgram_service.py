@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
 
+from tests.waiting import until
 from vantum_pipeline.audio.vad import VADParams
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
@@ -97,13 +98,6 @@ def metrics(harness: PipelineHarness, name: str) -> list[MetricsFrame]:
 
 def texts(harness: PipelineHarness, kind: type[Any]) -> list[str]:
     return [f.text for f in harness.downstream if isinstance(f, kind)]
-
-
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    """Poll ``condition()`` (state of a fake or recognizer) until true."""
-    async with asyncio.timeout(timeout):  # the fakes' records have no events to wait on
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def shape(sequence: list[Frame]) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import until
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.frames import (
     MULAW,
@@ -222,9 +223,7 @@ async def test_interruption_after_a_switch_stops_the_backup(fake: FakeCartesia) 
         await harness.send(TextFrame(long_text))
         first = await harness.wait_for(TTSAudioRawFrame, timeout=10)
         await harness.send(InterruptionFrame())
-        async with asyncio.timeout(5):  # until the interruption has begun: old frames are stale from then on
-            while harness.task.state.interruptions == 0:  # noqa: ASYNC110 - the task's own counter
-                await asyncio.sleep(0.01)
+        await until(lambda: harness.task.state.interruptions > 0)  # begun: old frames are stale from then on
         await asyncio.sleep(0.1)  # and has reached every processor
         cut = len(harness.downstream)
         await asyncio.sleep(0.4)

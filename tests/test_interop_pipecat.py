@@ -20,6 +20,7 @@ from pipecat.processors.filters.function_filter import FunctionFilter
 from pipecat.processors.frame_processor import FrameDirection as PipecatDirection
 from pipecat.processors.frame_processor import FrameProcessor as PipecatFrameProcessor
 
+from tests.waiting import until
 from vantum_pipeline.frames import (
     EndOfTurnFrame,
     InputAudioRawFrame,
@@ -155,9 +156,7 @@ async def test_an_interruption_reaches_the_hosted_processor_and_no_stale_audio_f
         await harness.send(TextFrame("old"))
         await harness.wait_for(TTSAudioRawFrame, count=3)
         await harness.send(UserStartedSpeakingFrame())
-        async with asyncio.timeout(5):  # until the hosted processor has the interruption
-            while slow.interruptions == 0:  # noqa: ASYNC110 - a counter the pipecat side bumps
-                await asyncio.sleep(0.01)
+        await until(lambda: slow.interruptions > 0)  # the hosted processor has the interruption
         cut = len(harness.collected.of_type(TTSAudioRawFrame))
         await asyncio.sleep(0.3)
         assert len(harness.collected.of_type(TTSAudioRawFrame)) == cut  # nothing of the old turn after the cut

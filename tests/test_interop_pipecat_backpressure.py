@@ -14,6 +14,7 @@ from pipecat.frames import frames as pc
 from pipecat.processors.frame_processor import FrameDirection as PipecatDirection
 from pipecat.processors.frame_processor import FrameProcessor as PipecatFrameProcessor
 
+from tests.waiting import until
 from vantum_pipeline.frames import (
     BotStartedSpeakingFrame,
     EndFrame,
@@ -26,13 +27,6 @@ from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.testing.pipeline import PipelineHarness, run_pipeline
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds (a slow machine only makes this take longer)."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - polling counters of pipecat and the inbox
-            await asyncio.sleep(0.01)
 
 
 def input_task_idle(processor: PipecatFrameProcessor) -> bool:
@@ -124,7 +118,7 @@ async def test_a_stuck_hosted_processor_is_overrun_counted_and_logged():
         async with PipelineHarness([adapter]) as harness:
             for i in range(5):
                 await harness.send(TextFrame(str(i)))
-            await wait_until(lambda: adapter.inbox.overruns == 3)  # 3 beyond the bound, each after 0.05 s
+            await until(lambda: adapter.inbox.overruns == 3)  # 3 beyond the bound, each after 0.05 s
             assert adapter.inbox.outstanding == 5  # handed over anyway: nothing lost
             stuck.release.set()
             await harness.wait_for(TextFrame, count=5)
@@ -145,7 +139,7 @@ async def test_a_frame_waiting_for_room_when_an_interruption_comes_never_reaches
         await harness.send(TextFrame("held"))
         await asyncio.wait_for(stuck.started_text.wait(), 5)
         await harness.send(TextFrame("waiting"))  # no room: it waits in the adapter, in the feeder's task
-        await wait_until(lambda: adapter.inbox.waiting == 1)
+        await until(lambda: adapter.inbox.waiting == 1)
         assert adapter.inbox.outstanding == 1
         # A barge-in, raised elsewhere (a VAD's task): pipecat drops "held", which makes room.
         await asyncio.wait_for(head.push_interruption(), 5)
@@ -213,7 +207,7 @@ class SelfQueueing(PipecatFrameProcessor):
 async def test_a_system_frame_processed_on_the_short_way_holds_what_is_queued_meanwhile():
     hosted = SelfQueueing()
     async with PipelineHarness([PipecatProcessor(hosted, enable_metrics=False)]) as harness:
-        await wait_until(lambda: input_task_idle(hosted))
+        await until(lambda: input_task_idle(hosted))
         await harness.send(UserStartedSpeakingFrame())
         await harness.wait_for(BotStartedSpeakingFrame)
     # Ours was processed in the sender's task (the short way); the frame the processor
@@ -246,9 +240,9 @@ async def test_pipecat_queues_filled_by_the_processor_itself_are_an_overrun_coun
         async with PipelineHarness([adapter]) as harness:
             await harness.send(TextFrame("first"))
             await asyncio.wait_for(flooding.started_text.wait(), 5)
-            await wait_until(lambda: adapter.inbox.queued == 6)
+            await until(lambda: adapter.inbox.queued == 6)
             await harness.send(TextFrame("second"))  # ours: 1 outstanding, under the bound
-            await wait_until(lambda: adapter.inbox.overruns == 1)
+            await until(lambda: adapter.inbox.overruns == 1)
             assert adapter.inbox.queued == 7  # handed over anyway: nothing lost
             flooding.release.set()
             await harness.wait_for(TextFrame, count=8)
@@ -301,7 +295,7 @@ async def test_frames_a_queued_processor_failed_on_are_settled_by_the_next_one_i
         for i in range(20):  # ends on 19 (fails); 20 is processed and settles it
             await harness.send(TextFrame(str(i)))
         await harness.send(TextFrame("20"))
-        await wait_until(lambda: adapter.inbox.outstanding == 0)
+        await until(lambda: adapter.inbox.outstanding == 0)
         await harness.send(EndFrame())
     assert adapter.inbox.overruns == 0
     texts = [f.text for f in harness.collected.of_type(TextFrame)]

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from loguru import logger
 
+from tests import waiting
 from tests.twilio_scripted import held_loop, phone_stack
 from vantum_pipeline.errors import ConfigurationError
 from vantum_pipeline.observability.loop import LAG_BUCKETS, LOOP_LAG_METRIC, LoopMonitor
@@ -28,10 +30,7 @@ pytestmark = pytest.mark.timeout(60)
 NUMBER = "+14155550123"
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - the monitor's figures have no event to wait on
-            await asyncio.sleep(0.01)
+until = partial(waiting.until, timeout=10.0)  # the monitor's figures have no event to wait on
 
 
 @contextlib.contextmanager

@@ -7,7 +7,8 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 
 import aiohttp
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
+from tests import waiting
 from tests.twilio_scripted import ScriptedAgent, hold_loop, tone
 from vantum_pipeline.observability.collector import MetricsCollector
 from vantum_pipeline.observability.metrics import process_registry
@@ -185,11 +187,8 @@ async def test_the_pool_places_calls_on_the_workers_whose_loop_is_on_time():
     assert [r.outcome for r in records] == [CallOutcome.COMPLETED] * 3
 
 
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    """Wait for what another process writes into the pool's shared counters."""
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - polling shared memory another process writes
-            await asyncio.sleep(0.05)
+#: Wait for what another process writes into the pool's shared counters (every 0.1 s).
+until = partial(waiting.until, interval=0.05)
 
 
 def media_signature(token: str, url: str) -> str:
