@@ -132,9 +132,14 @@ def require_program(program: str, package: str) -> None:
 
 
 @pytest.fixture
-def redis_server() -> Generator[Any, None, None]:
-    """A real redis-server on a free port, owned by the test (restart and kill it at will)."""
+def redis_installed() -> None:
+    """redis-server is installed: skipped loudly outside CI when it is not, failed in CI."""
     require_program("redis-server", "redis-server")
+
+
+@pytest.fixture
+def redis_server(redis_installed: None) -> Generator[Any, None, None]:
+    """A real redis-server on a free port, owned by the test (restart and kill it at will)."""
     from vantum_pipeline.testing.redis_server import RedisServer
 
     with RedisServer() as server:
