@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -423,39 +422,27 @@ async def test_dropped_connection_is_a_connection_error(fake: FakeOpenAI) -> Non
 # -------------------------------------------------------------- standalone
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_command_line_runs_the_fake_standalone() -> None:
-    port = _free_port()
+    # Port 0: the fake binds a free port itself and prints its URL (a port picked here and bound
+    # later by the child could be taken in between).
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "vantum_pipeline.testing",
         "openai",
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        client = AsyncOpenAI(
-            api_key="anything", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=openai.Timeout(2.0)
-        )
+        assert process.stdout is not None
+        async with asyncio.timeout(30):
+            line = (await process.stdout.readline()).decode()
+        assert line.startswith("FakeOpenAI listening:"), line
+        base_url = line.split("base_url=", 1)[1].split(",")[0].strip()
+        assert base_url.startswith("http://127.0.0.1:") and not base_url.startswith("http://127.0.0.1:0/")
+        client = AsyncOpenAI(api_key="anything", base_url=base_url, max_retries=0, timeout=openai.Timeout(5.0))
         async with client:
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    completion = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-                    break
-                except openai.APIConnectionError:
-                    if time.monotonic() > deadline or process.returncode is not None:
-                        raise
-                    await asyncio.sleep(0.1)
+            completion = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
         assert completion.choices[0].message.content
     finally:
         process.terminate()
