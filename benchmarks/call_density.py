@@ -70,6 +70,7 @@ import itertools
 import math
 import multiprocessing as mp
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -87,6 +88,8 @@ import density_standins as standins
 
 #: How long to spread the calls' start over (seconds per call), like a dialer does.
 STAGGER = 0.02
+#: What differs between two calls' copies of one warning: a processor's or call's id, a figure.
+_VARYING = re.compile(r"#[0-9a-f]+|\b[A-Z]{2}[0-9a-f]{32}\b|\d+(?:\.\d+)?")
 ROUND_TIMEOUT = 150.0
 #: What each round prints as it ends.
 ROUND_KEYS = (
@@ -231,7 +234,8 @@ class WarningCount:
 
     def _loguru(self, message: Any) -> None:
         text = str(message.record["message"])
-        key = " ".join(text.split()[:6])[:70]
+        # One key per kind of warning: without the processor's id and the figures, which differ per call.
+        key = " ".join(_VARYING.sub("…", text).split()[:6])[:70]
         self.counts[key] += 1
         if os.environ.get("DENSITY_DEBUG") and self.counts[key] == 1:
             print(f"[{os.getpid()}] {text[:2000]}", file=sys.stderr, flush=True)
