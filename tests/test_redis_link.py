@@ -47,24 +47,30 @@ class CuttingProxy:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         watching = False
 
+        # Each direction closes the socket it writes to when it ends, cancelled included: from Python 3.12
+        # on, the server's wait_closed() waits for every connection it accepted to close.
         async def upstream() -> None:
             nonlocal watching
-            while data := await reader.read(65536):
-                watching = watching or b"WATCH" in data
-                if watching and self.cut_on in data and self.cuts == 0:
-                    self.cuts += 1
-                    writer.transport.abort()
-                    up_writer.transport.abort()
-                    return
-                up_writer.write(data)
-                await up_writer.drain()
-            up_writer.close()
+            try:
+                while data := await reader.read(65536):
+                    watching = watching or b"WATCH" in data
+                    if watching and self.cut_on in data and self.cuts == 0:
+                        self.cuts += 1
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
+                    up_writer.write(data)
+                    await up_writer.drain()
+            finally:
+                up_writer.close()
 
         async def downstream() -> None:
-            while data := await up_reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-            writer.close()
+            try:
+                while data := await up_reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            finally:
+                writer.close()
 
         for coro in (upstream(), downstream()):
             task = asyncio.get_running_loop().create_task(coro)

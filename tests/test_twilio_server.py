@@ -11,9 +11,10 @@ from loguru import logger
 from twilio.request_validator import RequestValidator
 
 from tests.twilio_scripted import ScriptedAgent, phone_stack, tone
+from tests.waiting import until
 from vantum_pipeline import Pipeline, PipelineTask
-from vantum_pipeline.frames import HeardTextFrame, MetricsFrame
-from vantum_pipeline.processor import FrameProcessor
+from vantum_pipeline.frames import Frame, HeardTextFrame, MetricsFrame, StartFrame
+from vantum_pipeline.processor import FrameDirection, FrameProcessor
 from vantum_pipeline.telephony.outcome import CallOutcome
 from vantum_pipeline.telephony.state import CallState
 from vantum_pipeline.testing.callee import BargeIn, CloseSocket, Drop, HangUp, Listen, Say, SendRaw
@@ -523,7 +524,13 @@ class StopsTogether(FrameProcessor):
     def __init__(self, barrier: asyncio.Barrier) -> None:
         super().__init__()
         self.barrier = barrier
+        self.started = asyncio.Event()
         self.cleaned_up = False
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, StartFrame):
+            self.started.set()
+        await self.push_frame(frame, direction)
 
     async def cleanup(self) -> None:
         await self.barrier.wait()
@@ -542,11 +549,38 @@ async def test_stopping_the_server_stops_its_live_calls_side_by_side():
     async with phone_stack(factory) as (fake, server):
         fake.default.script = [Listen(quiet=30.0), HangUp()]
         placed = [await server.place_call(f"+1415555010{n}") for n in range(calls)]
-        async with asyncio.timeout(20):
-            while server.streams < calls:  # noqa: ASYNC110 (polled: the server offers no event for it)
-                await asyncio.sleep(0.05)
+        async with asyncio.timeout(20):  # every call's pipeline running (an open stream may still be setting up)
+            await until(lambda: len(built) == calls)
+            await asyncio.gather(*(p.started.wait() for p in built))
         await server.stop()
         records = [call.record for call in placed]  # no callback reaches a stopped server: stop() settled them
     # One at a time, the first call's cleanup would wait for the others' until its deadline.
     assert [p.cleaned_up for p in built] == [True] * calls
     assert all(record is not None for record in records), records
+
+
+async def test_a_call_still_setting_up_when_the_server_stops_runs_no_pipeline():
+    """The stop cancels the pipelines it finds; one built after it began must not start on a stopping server."""
+    building = asyncio.Event()
+    release = asyncio.Event()
+    built: list[StopsTogether] = []
+
+    async def factory(call):
+        building.set()
+        await release.wait()  # the pipeline is still being built when the stop begins
+        built.append(StopsTogether(asyncio.Barrier(1)))
+        return PipelineTask(Pipeline([call.transport.input(), built[-1], call.transport.output()]))
+
+    async with phone_stack(factory) as (fake, server):
+        fake.default.script = [Listen(quiet=30.0), HangUp()]
+        placed = await server.place_call("+14155550110")
+        async with asyncio.timeout(20):
+            await building.wait()
+        stopping = asyncio.ensure_future(server.stop())
+        await asyncio.sleep(0)  # the stop has begun
+        release.set()
+        async with asyncio.timeout(10):  # bounded: the call ends with the others, not at a deadline
+            await stopping
+        assert len(built) == 1 and not built[0].started.is_set(), "a pipeline started on a stopping server"
+        assert placed.record is not None
+        assert server.streams == 0

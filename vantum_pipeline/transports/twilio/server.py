@@ -292,6 +292,8 @@ class TwilioServer:
         #: Calls not placed because the process was overloaded.
         self.refused_overloaded = 0
         self._holds_gc = False
+        #: Set by ``stop``: a media stream still setting up its call then ends without running a pipeline.
+        self._stopping = False
         self.active: dict[str, _ActiveCall] = {}
         #: Media sockets accepted and not closed yet, started or not: what ``max_calls`` bounds.
         self.streams = 0
@@ -325,6 +327,7 @@ class TwilioServer:
             # Before the heap is frozen (tune_gc), so that what it imports is frozen with the rest.
             await asyncio.to_thread(warmup.warm_up)
         self._validator = RequestValidator(self.settings.auth_token.reveal())
+        self._stopping = False
         if not self.settings.validate_signatures:
             logger.warning(
                 "TWILIO SIGNATURE VALIDATION IS OFF: anyone who can reach {} can start calls' pipelines. "
@@ -389,7 +392,12 @@ class TwilioServer:
         stopped server, so a call still without one gets its status from the
         REST API (within ``SETTLE_TIMEOUT`` seconds, side by side) or ends as
         ``error``. A call still ringing is not hung up; one still being placed
-        is left to ``place_call``."""
+        is left to ``place_call``.
+
+        A media stream still setting up (reading ``start``, building its
+        pipeline) when the stop begins runs no pipeline: it closes as the
+        others do."""
+        self._stopping = True
         try:
             active = list(self.active.values())
             await self._all(pipeline.cancel("server stopping") for a in active if (pipeline := a.task) is not None)
@@ -642,6 +650,8 @@ class TwilioServer:
     async def _media(self, request: web.Request) -> web.StreamResponse:
         if await self._verified(request) is None:
             return web.Response(status=403, text="invalid Twilio signature")
+        if self._stopping:
+            return web.Response(status=503, text="server stopping")
         if self.streams >= self.max_calls:
             # Refused before the upgrade, before 'start' is read: the call's token stays unused.
             logger.warning("refused a media stream: {} streams already open (max_calls)", self.streams)
@@ -699,6 +709,10 @@ class TwilioServer:
             logger.warning("media stream refused: {}", reason)
             await socket.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
             return
+        if self._stopping:
+            logger.info("media stream of call {} closed: the server is stopping", start.call_sid)
+            await socket.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
+            return
         call = self.registry.claim_stream(start.custom_parameters.get("call_token"), start.call_sid)
         if call is None:
             logger.warning("media stream of call {} refused: unknown or already used call token", start.call_sid)
@@ -732,6 +746,11 @@ class TwilioServer:
         except Exception as exc:
             logger.opt(exception=exc).error("call {}: the pipeline could not be built: {}", call.sid, exc)
             call.note_failure(f"pipeline could not be built: {type(exc).__name__}")
+            return
+        if self._stopping:
+            # Built while the server stopped: the stop cancelled the pipelines it found; this one never starts.
+            logger.info("call {}: pipeline not started: the server is stopping", call.sid)
+            call.pipeline_finished("cancel")
             return
         active.task = task
         try:
