@@ -203,7 +203,9 @@ class ClusterLeases:
     async def keep_up(self, lease: Lease) -> Lease | LeaseRefused:
         """Renew ``lease``; a place that lapsed (its holder stalled or Redis away past ``ttl``) is
         taken again if it is free (no calls-per-second slot: the call is going already). Refused:
-        another holder has it, and the call goes on over the limit (logged)."""
+        another holder has it, and the call goes on over the limit (logged). Either way, from the
+        lapse to this renewal another holder could take the place: each lapse may put one call over
+        the limit for that long, and both cases log it as a lapse."""
         if await self.renew(lease):
             return lease
         again = await self.acquire(lease.holder, needs=lease.limits, start=False)
