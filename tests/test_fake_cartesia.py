@@ -6,9 +6,6 @@ import asyncio
 import base64
 import gc
 import json
-import os
-import subprocess
-import sys
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -20,6 +17,7 @@ import websockets
 from cartesia import APIStatusError, AsyncCartesia
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
+from tests.standalone import standalone_fake
 from vantum_pipeline.audio.mulaw import ulaw2lin
 from vantum_pipeline.testing.cartesia import FakeCartesia, Synthesis, ToneSynthesizer
 
@@ -441,36 +439,19 @@ async def test_bytes_endpoint_faults(fake: FakeCartesia) -> None:
 # ------------------------------------------------------------------ command line
 
 
-def test_runs_standalone_from_the_command_line() -> None:
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vantum_pipeline.testing", "cartesia", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "FakeCartesia listening" in line and "ws_url=ws://127.0.0.1:" in line
-        ws_url = line.split("ws_url=")[1].split(",")[0].strip()
-
-        async def speak() -> str:
-            client = AsyncCartesia(api_key="k", base_url=ws_url.replace("ws:", "http:"), websocket_base_url=ws_url)
-            async with client.tts.websocket_connect() as conn:
-                await conn.send(
-                    {
-                        "context_id": "cli",
-                        "model_id": "sonic-2",
-                        "voice": "v",
-                        "output_format": PCM16K,
-                        "transcript": "Hi. ",
-                    }
-                )
-                return str((await collect(conn))[-1].type)
-
-        assert asyncio.run(speak()) == "done"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
+async def test_runs_standalone_from_the_command_line() -> None:
+    async with standalone_fake("cartesia") as (line, urls):
+        assert "FakeCartesia listening" in line and urls["ws_url"].startswith("ws://127.0.0.1:")
+        ws_url = urls["ws_url"]
+        client = AsyncCartesia(api_key="k", base_url=ws_url.replace("ws:", "http:"), websocket_base_url=ws_url)
+        async with client.tts.websocket_connect() as conn:
+            await conn.send(
+                {
+                    "context_id": "cli",
+                    "model_id": "sonic-2",
+                    "voice": "v",
+                    "output_format": PCM16K,
+                    "transcript": "Hi. ",
+                }
+            )
+            assert str((await collect(conn))[-1].type) == "done"

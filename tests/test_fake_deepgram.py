@@ -7,9 +7,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,6 +26,7 @@ from deepgram.listen.v1.types import (
 )
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 
+from tests.standalone import standalone_fake
 from vantum_pipeline.testing.deepgram import (
     DeepgramFaults,
     FakeDeepgram,
@@ -472,24 +470,12 @@ async def test_stream_engine_without_network_endpointing_disabled() -> None:
 
 
 async def test_command_line_runs_the_fake_standalone() -> None:
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vantum_pipeline.testing", "deepgram", "--port", "0",
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(20):
-            line = (await process.stdout.readline()).decode()
+    async with standalone_fake("deepgram", timeout=20) as (line, urls):
         assert "FakeDeepgram listening" in line
-        ws_url = line.split("ws_url=")[1].split(",")[0].strip()
+        ws_url = urls["ws_url"]
         http_url = ws_url.replace("ws://", "http://")
         environment = DeepgramClientEnvironment(base=http_url, production=ws_url, agent=ws_url, agent_rest=http_url)
         client = AsyncDeepgramClient(api_key="any", environment=environment)
         async with client.listen.v1.connect(**PRODUCT) as socket:
             await socket.send_close_stream()
             assert isinstance((await drain(socket))[-1], ListenV1Metadata)
-    finally:
-        process.terminate()
-        async with asyncio.timeout(5):
-            await process.wait()

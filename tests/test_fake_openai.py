@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +15,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from tests.standalone import standalone_fake
 from vantum_pipeline.testing.openai import FakeOpenAI, Fault, Reply, ToolCall, last_user_text
 from vantum_pipeline.testing.openai_wire import split_tokens
 
@@ -423,34 +423,14 @@ async def test_dropped_connection_is_a_connection_error(fake: FakeOpenAI) -> Non
 
 
 async def test_command_line_runs_the_fake_standalone() -> None:
-    # Port 0: the fake binds a free port itself and prints its URL (a port picked here and bound
-    # later by the child could be taken in between).
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vantum_pipeline.testing",
-        "openai",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(30):
-            line = (await process.stdout.readline()).decode()
+    async with standalone_fake("openai") as (line, urls):
         assert line.startswith("FakeOpenAI listening:"), line
-        base_url = line.split("base_url=", 1)[1].split(",")[0].strip()
+        base_url = urls["base_url"]
         assert base_url.startswith("http://127.0.0.1:") and not base_url.startswith("http://127.0.0.1:0/")
         client = AsyncOpenAI(api_key="anything", base_url=base_url, max_retries=0, timeout=openai.Timeout(5.0))
         async with client:
             completion = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
         assert completion.choices[0].message.content
-    finally:
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=5)
-        except TimeoutError:
-            process.kill()
-            await asyncio.wait_for(process.wait(), timeout=5)
 
 
 async def test_malformed_event_mid_stream_is_a_json_error_in_the_sdk(fake: FakeOpenAI) -> None:
